@@ -1,0 +1,84 @@
+// Claude Code (the real CLI, installed from npm) runs a one-shot prompt through the Rampart gateway.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startDemo } from '../test/helpers.mjs';
+
+const CLAUDE = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'node_modules', '.bin', 'claude');
+const TIMEOUT_MS = 120_000;
+
+/** Run `claude` with a clean environment; resolve with { code, stdout, stderr }. */
+function runClaude(args, env, cwd) {
+  return new Promise((res, reject) => {
+    const child = spawn(CLAUDE, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`claude timed out after ${TIMEOUT_MS} ms\nstdout: ${stdout}\nstderr: ${stderr}`));
+    }, TIMEOUT_MS);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      res({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('Claude Code through the gateway', () => {
+  let demo;
+  before(async () => {
+    assert.ok(existsSync(CLAUDE), `Claude Code is not installed at ${CLAUDE} (run npm ci in tests/conformance/node)`);
+    demo = await startDemo();
+  });
+  after(async () => {
+    if (!demo) return;
+    const code = await demo.proc.terminate();
+    assert.equal(code, 0, `rampart demo exited with ${code} after SIGTERM\n${demo.proc.stderrTail()}`);
+  });
+
+  it('answers a print-mode prompt with the simulated reply and its requests reach the simulator', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'claude-home-'));
+    const work = mkdtempSync(join(tmpdir(), 'claude-work-'));
+    const env = {
+      PATH: process.env.PATH,
+      HOME: home,
+      XDG_CONFIG_HOME: join(home, '.config'),
+      TMPDIR: tmpdir(),
+      LANG: 'C.UTF-8',
+      TERM: 'dumb',
+      ANTHROPIC_BASE_URL: demo.baseURL,
+      ANTHROPIC_API_KEY: demo.apiKey,
+      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
+      DISABLE_TELEMETRY: '1',
+      DISABLE_AUTOUPDATER: '1',
+      DISABLE_ERROR_REPORTING: '1',
+      DISABLE_BUG_COMMAND: '1',
+      CI: 'true',
+    };
+    const before = await demo.sim.counters();
+    const { code, stdout, stderr } = await runClaude(['-p', 'echo: hello from rampart', '--output-format', 'json'], env, work);
+    const seen = await demo.sim.requests(50);
+    const detail = `exit ${code}\nstdout: ${stdout}\nstderr: ${stderr.slice(-4000)}\nsim saw: ${JSON.stringify(
+      seen.map((r) => [r.method, r.path, r.query, r.model]),
+    )}`;
+    assert.equal(code, 0, detail);
+    const out = JSON.parse(stdout);
+    assert.equal(out.is_error, false, detail);
+    assert.equal(out.result.trim(), 'hello from rampart', detail);
+
+    const after = await demo.sim.counters();
+    assert.ok((after.routes.messages ?? 0) > (before.routes.messages ?? 0), `no /v1/messages call reached the simulator\n${detail}`);
+    const viaGateway = seen.filter((r) => r.method === 'POST' && r.path === '/v1/messages' && /(^|&)beta=true(&|$)/.test(r.query ?? ''));
+    assert.ok(viaGateway.length >= 1, `no POST /v1/messages?beta=true reached the simulator\n${detail}`);
+    for (const r of viaGateway) {
+      assert.notEqual(r.headers['x-api-key'], demo.apiKey, 'the client key must be replaced by the upstream key');
+    }
+  });
+});
