@@ -1,1 +1,25 @@
-//! placeholder
+//! The Rampart gateway: a drop-in proxy for Anthropic's API.
+//!
+//! - [`config`]: layered configuration and validation;
+//! - [`auth`]: who is calling (constant-time key check behind the [`auth::Authenticator`] trait);
+//! - [`peek`]: one-pass body check that borrows only `model`, `stream` and `max_tokens`;
+//! - [`proxy`]: the forwarding engine and per-request accounting;
+//! - [`sse`]: the bounded SSE usage scanner;
+//! - [`server`]: router, pipeline order and the accept loop;
+//! - [`telemetry`]: metrics and the access log.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod peek;
+pub mod proxy;
+pub mod routes;
+pub mod secret;
+pub mod server;
+pub mod sse;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::{Settings, Sources};
+pub use secret::Secret;
+pub use server::Gateway;

@@ -1,0 +1,177 @@
+//! Data-plane authentication: who is calling, from the `x-api-key` or `Authorization: Bearer` header.
+//!
+//! This issue's [`StaticKeys`] holds SHA-256 digests of keys from config and compares every
+//! candidate in constant time. The identity store of a later issue implements the same
+//! [`Authenticator`] trait, so the proxy does not change.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// SHA-256 digest of a client key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ApiKeyHash([u8; 32]);
+
+impl ApiKeyHash {
+    /// Digest of `key`.
+    #[must_use]
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Parse a 64-character hex digest.
+    #[must_use]
+    pub fn from_hex(hex_digest: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_digest.trim(), &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    /// Hex form (for `auth.api_key_hashes`).
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// The caller behind a request.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Short, non-secret label of the key (first 8 hex chars of its digest), for logs.
+    pub key_label: Arc<str>,
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential header at all.
+    Missing,
+    /// A credential that is not accepted.
+    Invalid,
+}
+
+/// Resolves a presented credential to an identity.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The identity for `credential`, or `None` when it is not accepted.
+    fn authenticate(&self, credential: &str) -> Option<Identity>;
+}
+
+/// Keys from configuration, held as digests.
+#[derive(Debug, Clone, Default)]
+pub struct StaticKeys {
+    hashes: Vec<ApiKeyHash>,
+}
+
+impl StaticKeys {
+    /// From a set of digests.
+    #[must_use]
+    pub fn new(hashes: BTreeSet<ApiKeyHash>) -> Self {
+        Self {
+            hashes: hashes.into_iter().collect(),
+        }
+    }
+
+    /// Number of accepted keys.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Whether no key is accepted.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+}
+
+impl Authenticator for StaticKeys {
+    fn authenticate(&self, credential: &str) -> Option<Identity> {
+        let candidate = ApiKeyHash::of(credential);
+        // Compare against every key without early exit, so timing does not depend on which matched.
+        let mut found: Option<&ApiKeyHash> = None;
+        for h in &self.hashes {
+            if bool::from(h.0.ct_eq(&candidate.0)) {
+                found = Some(h);
+            }
+        }
+        found.map(|h| Identity {
+            key_label: Arc::from(&h.to_hex()[..8]),
+        })
+    }
+}
+
+/// The credential a client presented: `x-api-key`, else `Authorization: Bearer`.
+///
+/// # Errors
+/// [`AuthFailure::Missing`] when neither header carries a non-empty value.
+pub fn credential(headers: &HeaderMap) -> Result<&str, AuthFailure> {
+    if let Some(v) = headers.get("x-api-key") {
+        return match v.to_str() {
+            Ok(s) if !s.trim().is_empty() => Ok(s.trim()),
+            Ok(_) => Err(AuthFailure::Missing),
+            Err(_) => Err(AuthFailure::Invalid),
+        };
+    }
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let s = v.to_str().map_err(|_| AuthFailure::Invalid)?;
+        let token = s
+            .strip_prefix("Bearer ")
+            .or_else(|| s.strip_prefix("bearer "))
+            .ok_or(AuthFailure::Invalid)?
+            .trim();
+        if token.is_empty() {
+            return Err(AuthFailure::Missing);
+        }
+        return Ok(token);
+    }
+    Err(AuthFailure::Missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> StaticKeys {
+        StaticKeys::new(list.iter().map(|k| ApiKeyHash::of(k)).collect())
+    }
+
+    #[test]
+    fn accepts_a_configured_key_and_rejects_others() {
+        let k = keys(&["rk_alpha_0123456789", "rk_beta_0123456789"]);
+        assert!(k.authenticate("rk_beta_0123456789").is_some());
+        assert!(k.authenticate("rk_beta_012345678").is_none());
+        assert!(k.authenticate("").is_none());
+    }
+
+    #[test]
+    fn label_is_a_digest_prefix_not_the_key() {
+        let id = keys(&["rk_alpha_0123456789"])
+            .authenticate("rk_alpha_0123456789")
+            .unwrap();
+        assert_eq!(id.key_label.len(), 8);
+        assert!(!"rk_alpha_0123456789".contains(&*id.key_label));
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let h = ApiKeyHash::of("x");
+        assert_eq!(ApiKeyHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(ApiKeyHash::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn credential_prefers_x_api_key_then_bearer() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential(&h), Err(AuthFailure::Missing));
+        h.insert("authorization", "Bearer tok".parse().unwrap());
+        assert_eq!(credential(&h), Ok("tok"));
+        h.insert("x-api-key", "key".parse().unwrap());
+        assert_eq!(credential(&h), Ok("key"));
+        let mut basic = HeaderMap::new();
+        basic.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(credential(&basic), Err(AuthFailure::Invalid));
+    }
+}

@@ -1,0 +1,535 @@
+//! Configuration: defaults, then a TOML file, then `RAMPART_SECTION__FIELD` environment overrides.
+//!
+//! Secrets never come from the TOML file in plain text: the upstream key comes from
+//! `RAMPART_UPSTREAM_API_KEY` or `upstream.api_key_file`, client keys from `RAMPART_API_KEYS`
+//! (comma-separated), `auth.api_keys_file` (one per line) or as SHA-256 hashes in `auth.api_key_hashes`.
+//! [`load`] validates everything and reports every problem at once.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::auth::{ApiKeyHash, StaticKeys};
+use crate::secret::Secret;
+
+/// `[server]`: the listening socket and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free port. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Largest accepted body for messages and count_tokens. Default 32 MiB (the API's limit).
+    pub max_body_bytes: u64,
+    /// Largest accepted body for batch creation. Default 256 MiB (the API's limit).
+    pub max_batch_body_bytes: u64,
+    /// On SIGTERM, how long in-flight requests and streams may take to finish. Default 30 s.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            max_body_bytes: 32 * 1024 * 1024,
+            max_batch_body_bytes: 256 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[upstream]`: where requests are forwarded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Base URL of the Anthropic API (or the simulator). Default `https://api.anthropic.com`.
+    pub base_url: String,
+    /// File holding the upstream API key (alternative to `RAMPART_UPSTREAM_API_KEY`).
+    pub api_key_file: Option<PathBuf>,
+    /// TCP (and TLS) connect timeout. Default 5000 ms.
+    pub connect_timeout_ms: u64,
+    /// Time allowed until the upstream's response headers arrive. Default 600000 ms (the SDKs' own).
+    pub header_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.anthropic.com".to_owned(),
+            api_key_file: None,
+            connect_timeout_ms: 5_000,
+            header_timeout_ms: 600_000,
+        }
+    }
+}
+
+/// `[auth]`: client keys accepted on the data plane.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// SHA-256 hex digests of accepted keys (hashes are not secrets).
+    pub api_key_hashes: Vec<String>,
+    /// File with accepted keys, one per line (`#` comments allowed).
+    pub api_keys_file: Option<PathBuf>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (default).
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive. Default `info`.
+    pub level: String,
+    /// `json` or `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// A parsed upstream base URL.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and port.
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash (usually empty).
+    pub path_prefix: String,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bind address.
+    pub listen: SocketAddr,
+    /// Body limit for messages/count_tokens.
+    pub max_body_bytes: usize,
+    /// Body limit for batch creation.
+    pub max_batch_body_bytes: usize,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Upstream base.
+    pub upstream: UpstreamTarget,
+    /// Key sent upstream.
+    pub upstream_api_key: Secret,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Time-to-headers timeout.
+    pub header_timeout: Duration,
+    /// Accepted client keys.
+    pub keys: StaticKeys,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Where configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// A TOML file (optional: defaults and env alone are enough).
+    pub file: Option<PathBuf>,
+    /// Inline TOML (tests, demo), merged after the file.
+    pub inline_toml: Option<String>,
+    /// Read `RAMPART_*` from the process environment.
+    pub use_env: bool,
+    /// Overrides applied last (e.g. `--listen`), as `("server.listen", value)`.
+    pub overrides: Vec<(String, String)>,
+    /// Secrets given programmatically (demo); otherwise read from env/files.
+    pub upstream_api_key: Option<Secret>,
+    /// Client keys given programmatically (demo).
+    pub client_keys: Vec<Secret>,
+}
+
+/// Every problem found, one line each.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+const SECTIONS: [&str; 4] = ["server", "upstream", "auth", "log"];
+
+/// Load, merge and validate configuration; report every problem at once.
+///
+/// # Errors
+/// [`ConfigErrors`] listing each problem (file unreadable, bad types, unknown fields, invalid
+/// values, missing secrets).
+pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
+    let mut problems = Vec::new();
+    let mut fig = Figment::new();
+    if let Some(path) = &sources.file {
+        if path.is_file() {
+            fig = fig.merge(Toml::file_exact(path));
+        } else {
+            problems.push(format!(
+                "config file {}: not found or not a file",
+                path.display()
+            ));
+        }
+    }
+    if let Some(inline) = &sources.inline_toml {
+        fig = fig.merge(Toml::string(inline));
+    }
+    if sources.use_env {
+        fig = fig.merge(
+            Env::prefixed("RAMPART_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+    }
+    for (key, value) in &sources.overrides {
+        fig = fig.merge(figment::providers::Serialized::default(key, value));
+    }
+
+    match fig.extract::<figment::value::Dict>() {
+        Ok(top) => {
+            for key in top.keys() {
+                if !SECTIONS.contains(&key.as_str()) {
+                    problems.push(format!(
+                        "unknown section `{key}` (expected one of: {})",
+                        SECTIONS.join(", ")
+                    ));
+                }
+            }
+        }
+        Err(e) => problems.extend(describe(e)),
+    }
+
+    let server: ServerConfig = section(&fig, "server", &mut problems);
+    let upstream: UpstreamConfig = section(&fig, "upstream", &mut problems);
+    let auth: AuthConfig = section(&fig, "auth", &mut problems);
+    let log: LogConfig = section(&fig, "log", &mut problems);
+
+    let listen = server
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            problems.push(format!(
+                "server.listen: `{}` is not an address like 127.0.0.1:8080",
+                server.listen
+            ));
+        })
+        .ok();
+    let max_body_bytes = to_limit(
+        "server.max_body_bytes",
+        server.max_body_bytes,
+        &mut problems,
+    );
+    let max_batch_body_bytes = to_limit(
+        "server.max_batch_body_bytes",
+        server.max_batch_body_bytes,
+        &mut problems,
+    );
+    let upstream_target = parse_upstream(&upstream.base_url, &mut problems);
+    if upstream.connect_timeout_ms == 0 {
+        problems.push("upstream.connect_timeout_ms: must be greater than 0".to_owned());
+    }
+    if upstream.header_timeout_ms == 0 {
+        problems.push("upstream.header_timeout_ms: must be greater than 0".to_owned());
+    }
+    if tracing_filter_invalid(&log.level) {
+        problems.push(format!("log.level: `{}` is not a valid filter", log.level));
+    }
+
+    let upstream_api_key = match &sources.upstream_api_key {
+        Some(k) => Some(k.clone()),
+        None => read_upstream_key(
+            sources.use_env,
+            upstream.api_key_file.as_deref(),
+            &mut problems,
+        ),
+    };
+
+    let keys = collect_keys(sources, &auth, &mut problems);
+
+    match (
+        listen,
+        upstream_target,
+        upstream_api_key,
+        problems.is_empty(),
+    ) {
+        (Some(listen), Some(upstream_target), Some(upstream_api_key), true) => Ok(Settings {
+            listen,
+            max_body_bytes,
+            max_batch_body_bytes,
+            shutdown_grace: Duration::from_secs(server.shutdown_grace_secs),
+            upstream: upstream_target,
+            upstream_api_key,
+            connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),
+            header_timeout: Duration::from_millis(upstream.header_timeout_ms),
+            keys,
+            log,
+        }),
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+fn section<T: Default + for<'de> Deserialize<'de>>(
+    fig: &Figment,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> T {
+    if !fig.contains(name) {
+        return T::default();
+    }
+    fig.extract_inner::<T>(name).unwrap_or_else(|e| {
+        problems.extend(describe(e));
+        T::default()
+    })
+}
+
+fn describe(e: figment::Error) -> Vec<String> {
+    e.into_iter()
+        .map(|err| {
+            let path = err.path.iter().rev().cloned().collect::<Vec<_>>().join(".");
+            let source = err
+                .metadata
+                .as_ref()
+                .map(
+                    |m| match &err.metadata.as_ref().and_then(|m| m.source.clone()) {
+                        Some(src) => format!(" (from {src})"),
+                        None => format!(" (from {})", m.name),
+                    },
+                )
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{source}", err.kind)
+            } else {
+                format!("{path}: {}{source}", err.kind)
+            }
+        })
+        .collect()
+}
+
+fn to_limit(name: &str, v: u64, problems: &mut Vec<String>) -> usize {
+    if v == 0 {
+        problems.push(format!("{name}: must be greater than 0"));
+    }
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+fn tracing_filter_invalid(level: &str) -> bool {
+    level.trim().is_empty()
+        || level
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "_=,:-.[]{}\"*".contains(c)))
+}
+
+fn parse_upstream(base: &str, problems: &mut Vec<String>) -> Option<UpstreamTarget> {
+    let bad = |problems: &mut Vec<String>, why: &str| {
+        problems.push(format!("upstream.base_url: `{base}` {why}"));
+        None
+    };
+    let Ok(uri) = base.parse::<http::Uri>() else {
+        return bad(problems, "is not a URL");
+    };
+    let Some(scheme) = uri.scheme().cloned() else {
+        return bad(problems, "needs a scheme (http:// or https://)");
+    };
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return bad(problems, "must use http or https");
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        return bad(problems, "needs a host");
+    };
+    if authority.as_str().contains('@') {
+        return bad(problems, "must not carry credentials");
+    }
+    if uri.query().is_some() {
+        return bad(problems, "must not have a query string");
+    }
+    Some(UpstreamTarget {
+        scheme,
+        authority,
+        path_prefix: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn read_upstream_key(
+    use_env: bool,
+    file: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> Option<Secret> {
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim().to_owned())),
+            Ok(_) => {
+                problems.push(format!(
+                    "upstream.api_key_file {}: is empty",
+                    path.display()
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("upstream.api_key_file {}: {e}", path.display()));
+                None
+            }
+        };
+    }
+    if use_env
+        && let Ok(v) = std::env::var("RAMPART_UPSTREAM_API_KEY")
+        && !v.trim().is_empty()
+    {
+        return Some(Secret::new(v.trim().to_owned()));
+    }
+    problems.push(
+        "upstream API key missing: set RAMPART_UPSTREAM_API_KEY or upstream.api_key_file"
+            .to_owned(),
+    );
+    None
+}
+
+fn collect_keys(sources: &Sources, auth: &AuthConfig, problems: &mut Vec<String>) -> StaticKeys {
+    let mut hashes = BTreeSet::new();
+    for (i, h) in auth.api_key_hashes.iter().enumerate() {
+        match ApiKeyHash::from_hex(h) {
+            Some(hash) => {
+                hashes.insert(hash);
+            }
+            None => problems.push(format!(
+                "auth.api_key_hashes[{i}]: not a 64-character SHA-256 hex digest"
+            )),
+        }
+    }
+    let mut add_key = |key: &str, origin: &str, problems: &mut Vec<String>| {
+        let key = key.trim();
+        if key.is_empty() || key.starts_with('#') {
+            return;
+        }
+        if key.len() < 16 {
+            problems.push(format!(
+                "{origin}: a client key is shorter than 16 characters"
+            ));
+            return;
+        }
+        hashes.insert(ApiKeyHash::of(key));
+    };
+    for k in &sources.client_keys {
+        add_key(k.expose(), "client key", problems);
+    }
+    if let Some(path) = &auth.api_keys_file {
+        match std::fs::read_to_string(path) {
+            Ok(s) => {
+                for line in s.lines() {
+                    add_key(line, "auth.api_keys_file", problems);
+                }
+            }
+            Err(e) => problems.push(format!("auth.api_keys_file {}: {e}", path.display())),
+        }
+    }
+    if sources.use_env
+        && let Ok(v) = std::env::var("RAMPART_API_KEYS")
+    {
+        for k in v.split(',') {
+            add_key(k, "RAMPART_API_KEYS", problems);
+        }
+    }
+    if hashes.is_empty() {
+        problems.push(
+            "no client API keys: set RAMPART_API_KEYS, auth.api_keys_file or auth.api_key_hashes (deny by default)"
+                .to_owned(),
+        );
+    }
+    StaticKeys::new(hashes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(toml: &str) -> Sources {
+        Sources {
+            inline_toml: Some(toml.to_owned()),
+            upstream_api_key: Some(Secret::new("sk-up".to_owned())),
+            client_keys: vec![Secret::new("rk_test_0123456789abcdef".to_owned())],
+            ..Sources::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_with_secrets_given() {
+        let s = load(&sources("")).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.upstream.scheme, http::uri::Scheme::HTTPS);
+        assert_eq!(s.upstream.authority.as_str(), "api.anthropic.com");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let err = load(&Sources {
+            inline_toml: Some(
+                "[server]\nlisten = \"nope\"\nmax_body_bytes = 0\n[upstream]\nbase_url = \"ftp://x\"\n[bogus]\na = 1\n[log]\nformat = \"xml\"\n"
+                    .to_owned(),
+            ),
+            ..Sources::default()
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "server.listen",
+            "server.max_body_bytes",
+            "upstream.base_url",
+            "unknown section `bogus`",
+            "log.format",
+            "upstream API key missing",
+            "no client API keys",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        let err = load(&sources("[server]\nlisen = \"127.0.0.1:1\"\n")).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn upstream_path_prefix_is_kept_without_trailing_slash() {
+        let s = load(&sources(
+            "[upstream]\nbase_url = \"http://127.0.0.1:9/proxy/\"\n",
+        ))
+        .unwrap();
+        assert_eq!(s.upstream.path_prefix, "/proxy");
+        assert_eq!(s.upstream.scheme, http::uri::Scheme::HTTP);
+    }
+
+    #[test]
+    fn overrides_win_over_files() {
+        let mut src = sources("[server]\nlisten = \"127.0.0.1:1\"\n");
+        src.overrides
+            .push(("server.listen".to_owned(), "127.0.0.1:0".to_owned()));
+        assert_eq!(load(&src).unwrap().listen.port(), 0);
+    }
+
+    #[test]
+    fn short_client_keys_are_refused() {
+        let mut src = sources("");
+        src.client_keys = vec![Secret::new("short".to_owned())];
+        assert!(
+            load(&src)
+                .unwrap_err()
+                .to_string()
+                .contains("shorter than 16")
+        );
+    }
+}

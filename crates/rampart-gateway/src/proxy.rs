@@ -1,0 +1,510 @@
+//! The pass-through proxy engine: authenticate, read and check the body in one pass, forward with
+//! the upstream credential, pipe the response back chunk by chunk while reading usage on the side.
+//!
+//! Every request ends in exactly one [`Completion`], which records metrics and the access log
+//! when the response body finishes, fails, or is dropped because the client went away (dropping
+//! the body also drops the upstream response, which cancels the upstream request).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::auth::{self, AuthFailure, Authenticator};
+use crate::config::{Settings, UpstreamTarget};
+use crate::error::ProxyError;
+use crate::peek;
+use crate::routes::Route;
+use crate::sse::{UsageScanner, UsageSummary};
+use crate::telemetry;
+use crate::upstream::UpstreamClient;
+
+/// Largest non-streamed Messages body copied aside to read usage.
+const JSON_TAP_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Shared state of the proxy.
+pub struct AppState {
+    /// Validated configuration.
+    pub settings: Settings,
+    /// Who may call.
+    pub auth: Arc<dyn Authenticator>,
+    /// Pooled upstream client.
+    pub client: UpstreamClient,
+    /// The upstream `x-api-key` value (marked sensitive).
+    pub upstream_key: HeaderValue,
+    /// Set when SIGTERM arrived.
+    pub shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("upstream", &self.settings.upstream)
+            .field("shutting_down", &self.shutting_down)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Build the state from validated settings.
+    ///
+    /// # Errors
+    /// When the upstream key cannot be a header value.
+    pub fn new(settings: Settings, auth: Arc<dyn Authenticator>) -> Result<Self, String> {
+        let mut upstream_key = HeaderValue::from_str(settings.upstream_api_key.expose())
+            .map_err(|_| "the upstream API key contains characters not allowed in a header")?;
+        upstream_key.set_sensitive(true);
+        let client = crate::upstream::client(settings.connect_timeout);
+        Ok(Self {
+            settings,
+            auth,
+            client,
+            upstream_key,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Metrics and access log for one request, recorded exactly once, on drop.
+#[derive(Debug)]
+pub struct Completion {
+    route: Route,
+    method: Method,
+    request_id: String,
+    key: Option<Arc<str>>,
+    model: Option<String>,
+    status: u16,
+    streamed: bool,
+    start: Instant,
+    upstream: Option<Duration>,
+    overhead: Option<Duration>,
+    usage: Option<UsageSummary>,
+    client_aborted: bool,
+    upstream_request_id: Option<String>,
+}
+
+impl Completion {
+    fn new(route: Route, method: Method, request_id: String) -> Self {
+        telemetry::request_started();
+        Self {
+            route,
+            method,
+            request_id,
+            key: None,
+            model: None,
+            // Until a response is produced, a drop means the client went away.
+            status: 499,
+            streamed: false,
+            start: Instant::now(),
+            upstream: None,
+            overhead: None,
+            usage: None,
+            client_aborted: true,
+            upstream_request_id: None,
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        telemetry::request_finished(&telemetry::Finished {
+            route: self.route,
+            method: self.method.as_str(),
+            request_id: &self.request_id,
+            key: self.key.as_deref(),
+            model_requested: self.model.as_deref(),
+            status: self.status,
+            streamed: self.streamed,
+            total: self.start.elapsed(),
+            upstream: self.upstream,
+            overhead: self.overhead,
+            usage: self.usage.as_ref(),
+            client_aborted: self.client_aborted,
+            upstream_request_id: self.upstream_request_id.as_deref(),
+        });
+    }
+}
+
+/// A request id: the client's `x-request-id` when it is sane, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'=' | b'+' | b'/')
+        })
+    {
+        return v.to_owned();
+    }
+    format!("req_rmp_{:032x}", rand::random::<u128>())
+}
+
+/// Entry point for every proxied route.
+pub async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut done = Completion::new(route, parts.method.clone(), request_id(&parts.headers));
+    match forward(&state, &mut done, parts, body).await {
+        Ok((upstream, sent_at, headers_at)) => build_response(upstream, done, sent_at, headers_at),
+        Err(e) => error_response(e, done),
+    }
+}
+
+/// Respond with an error; the completion is recorded now.
+fn error_response(e: ProxyError, mut done: Completion) -> Response {
+    let resp = e.into_response_with(&done.request_id);
+    done.status = resp.status().as_u16();
+    done.client_aborted = false;
+    resp
+}
+
+/// A response for a request that never reaches the proxy engine (404, 405), still recorded.
+pub fn reject(route: Route, req: &Request, err: ProxyError) -> Response {
+    let done = Completion::new(route, req.method().clone(), request_id(req.headers()));
+    error_response(err, done)
+}
+
+async fn forward(
+    state: &AppState,
+    done: &mut Completion,
+    parts: http::request::Parts,
+    body: Body,
+) -> Result<(http::Response<Incoming>, Instant, Instant), ProxyError> {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Err(ProxyError::ShuttingDown);
+    }
+    // Authenticate before reading the body: deny by default, cheaply.
+    let identity = match auth::credential(&parts.headers) {
+        Ok(cred) => state
+            .auth
+            .authenticate(cred)
+            .ok_or(ProxyError::InvalidKey)?,
+        Err(AuthFailure::Missing) => return Err(ProxyError::MissingKey),
+        Err(AuthFailure::Invalid) => return Err(ProxyError::InvalidKey),
+    };
+    done.key = Some(identity.key_label);
+
+    let is_post = parts.method == Method::POST;
+    let body_bytes = if parts.method == Method::GET || parts.method == Method::DELETE {
+        Bytes::new()
+    } else {
+        let limit = if done.route == Route::Batches {
+            state.settings.max_batch_body_bytes
+        } else {
+            state.settings.max_body_bytes
+        };
+        read_body(&parts.headers, body, limit).await?
+    };
+    if done.route.has_json_body(is_post) {
+        let peeked = peek::peek(&body_bytes)?;
+        done.model = peeked.model;
+        done.streamed = peeked.stream;
+    }
+
+    let upstream_req = build_upstream_request(state, &parts, &done.request_id, body_bytes)?;
+    let sent_at = Instant::now();
+    let result = tokio::time::timeout(
+        state.settings.header_timeout,
+        state.client.request(upstream_req),
+    )
+    .await;
+    let headers_at = Instant::now();
+    done.upstream = Some(headers_at - sent_at);
+    let upstream_resp = match result {
+        Err(_) => {
+            telemetry::upstream_error("timeout");
+            return Err(ProxyError::UpstreamTimeout(
+                state.settings.header_timeout.as_millis(),
+            ));
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            telemetry::upstream_error("connect");
+            tracing::warn!(target: "rampart::proxy", request_id = %done.request_id, error = %e, "upstream connect failed");
+            return Err(ProxyError::UpstreamUnreachable);
+        }
+        Ok(Err(e)) => {
+            telemetry::upstream_error("io");
+            tracing::warn!(target: "rampart::proxy", request_id = %done.request_id, error = %e, "upstream request failed");
+            return Err(ProxyError::UpstreamFailed);
+        }
+        Ok(Ok(r)) => r,
+    };
+    Ok((upstream_resp, sent_at, headers_at))
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(ProxyError::BodyTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ProxyError::BodyTooLarge(limit))
+        }
+        Err(_) => Err(ProxyError::BodyRead),
+    }
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the ones
+/// Rampart sets itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Header names listed in `Connection`, which are hop-by-hop too.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+fn upstream_uri(
+    target: &UpstreamTarget,
+    parts: &http::request::Parts,
+) -> Result<http::Uri, ProxyError> {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let pq = if target.path_prefix.is_empty() {
+        http::uri::PathAndQuery::try_from(path_and_query)
+    } else {
+        http::uri::PathAndQuery::try_from(format!("{}{path_and_query}", target.path_prefix))
+    }
+    .map_err(|_| ProxyError::NotFound)?;
+    http::Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::NotFound)
+}
+
+fn build_upstream_request(
+    state: &AppState,
+    parts: &http::request::Parts,
+    request_id: &str,
+    body: Bytes,
+) -> Result<http::Request<Full<Bytes>>, ProxyError> {
+    let uri = upstream_uri(&state.settings.upstream, parts)?;
+    let listed = connection_listed(&parts.headers);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+    for (name, value) in &parts.headers {
+        if is_hop_by_hop(name)
+            || listed.contains(name)
+            || matches!(
+                name.as_str(),
+                "host"
+                    | "content-length"
+                    | "x-api-key"
+                    | "authorization"
+                    | "accept-encoding"
+                    | "x-request-id"
+            )
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert("x-api-key", state.upstream_key.clone());
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    // Usage is read from the body on the side, so ask for it uncompressed.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    let mut req = http::Request::new(Full::new(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn build_response(
+    upstream: http::Response<Incoming>,
+    mut done: Completion,
+    sent_at: Instant,
+    headers_at: Instant,
+) -> Response {
+    let (mut parts, body) = upstream.into_parts();
+    let listed = connection_listed(&parts.headers);
+    let names: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n) || listed.contains(n))
+        .cloned()
+        .collect();
+    for n in names {
+        parts.headers.remove(&n);
+    }
+    if let Ok(v) = HeaderValue::from_str(&done.request_id) {
+        parts.headers.insert("x-request-id", v);
+    }
+    done.upstream_request_id = parts
+        .headers
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    done.streamed = is_sse;
+    let tap = if is_sse {
+        Tap::Sse(Box::default())
+    } else if done.route.reports_usage() && parts.status.is_success() {
+        Tap::Json(Vec::new())
+    } else {
+        Tap::None
+    };
+    done.status = parts.status.as_u16();
+    done.overhead = Some((sent_at - done.start) + headers_at.elapsed());
+    // The completion moves into the body: it is recorded when the body ends or is dropped.
+    let metered = MeteredBody {
+        inner: body,
+        tap,
+        completion: Some(done),
+    };
+    http::Response::from_parts(parts, Body::new(metered))
+}
+
+/// What is read from the response on the side.
+enum Tap {
+    None,
+    Sse(Box<UsageScanner>),
+    Json(Vec<u8>),
+}
+
+/// The upstream body, piped through frame by frame, with usage read on the side and the
+/// request's [`Completion`] recorded when it ends or is dropped.
+struct MeteredBody {
+    inner: Incoming,
+    tap: Tap,
+    completion: Option<Completion>,
+}
+
+impl MeteredBody {
+    fn finish(&mut self, client_aborted: bool) {
+        if let Some(mut c) = self.completion.take() {
+            c.client_aborted = client_aborted;
+            c.usage = match std::mem::replace(&mut self.tap, Tap::None) {
+                Tap::None => None,
+                Tap::Sse(s) => Some(s.into_summary()),
+                Tap::Json(buf) => UsageSummary::from_json(&buf),
+            };
+            drop(c);
+        }
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    match &mut this.tap {
+                        Tap::None => {}
+                        Tap::Sse(s) => s.feed(data),
+                        Tap::Json(buf) => {
+                            if buf.len() + data.len() <= JSON_TAP_LIMIT {
+                                buf.extend_from_slice(data);
+                            }
+                        }
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                telemetry::upstream_error("io");
+                this.finish(false);
+            }
+            Poll::Ready(None) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // Still holding the completion: the client went away before the end of the body.
+        self.finish(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_from_clients_are_kept_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123_x.y"));
+        assert_eq!(request_id(&h), "abc-123_x.y");
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_static("bad id with spaces"),
+        );
+        assert!(request_id(&h).starts_with("req_rmp_"));
+        assert_eq!(request_id(&HeaderMap::new()).len(), "req_rmp_".len() + 32);
+    }
+
+    #[test]
+    fn connection_listed_headers_are_found() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-custom"));
+        let listed = connection_listed(&h);
+        assert!(listed.contains(&HeaderName::from_static("x-custom")));
+    }
+}

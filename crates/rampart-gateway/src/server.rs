@@ -1,0 +1,224 @@
+//! The gateway's router, the request pipeline, and the accept loop with graceful shutdown.
+//!
+//! Pipeline for every `/v1/*` request, in order (all in [`crate::proxy::handle`]):
+//! 1. request id: the client's `x-request-id` if sane, else generated; returned on every response;
+//! 2. a [`crate::proxy::Completion`] is opened: it records metrics and the access log exactly once;
+//! 3. authenticate (`x-api-key` / `Authorization: Bearer`) through the [`crate::auth::Authenticator`];
+//! 4. read the body under the route's limit (413 past it) and check it in one pass ([`crate::peek`]);
+//! 5. forward with the upstream credential, hop-by-hop headers removed, under the header timeout;
+//! 6. pipe the response back frame by frame; usage is read on the side ([`crate::sse`]).
+//!
+//! Unknown routes and methods get Anthropic's envelope too (404 / 405).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use http::{HeaderValue, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::error::ProxyError;
+use crate::proxy::{self, AppState};
+use crate::routes::Route;
+use crate::telemetry;
+
+/// A configured gateway, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+impl Gateway {
+    /// Build from validated settings, authenticating with `auth`.
+    ///
+    /// # Errors
+    /// When the metrics recorder or the upstream credential cannot be set up.
+    pub fn new(settings: Settings, auth: Arc<dyn Authenticator>) -> Result<Self, String> {
+        telemetry::install()?;
+        Ok(Self {
+            state: Arc::new(AppState::new(settings, auth)?),
+        })
+    }
+
+    /// The settings in force.
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.state.settings
+    }
+
+    /// The complete router.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, then stop accepting, let in-flight requests
+    /// and streams finish for up to `shutdown_grace`, and return.
+    ///
+    /// # Errors
+    /// Never in practice; accept errors are logged and retried.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let grace = self.state.settings.shutdown_grace;
+        let state = self.state.clone();
+        let upkeep = tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                telemetry::upkeep();
+            }
+        });
+        let result = serve_router(listener, self.router(), shutdown, grace, move || {
+            state.shutting_down.store(true, Ordering::Relaxed);
+        })
+        .await;
+        upkeep.abort();
+        result
+    }
+}
+
+fn proxied(
+    state: &Arc<AppState>,
+    route: Route,
+) -> impl Fn(Request) -> ProxyFuture + Clone + Send + Sync + 'static {
+    let state = state.clone();
+    move |req: Request| -> ProxyFuture {
+        let state = state.clone();
+        Box::pin(async move {
+            if !req
+                .uri()
+                .path()
+                .split('/')
+                .skip(1)
+                .all(crate::routes::valid_id_segment)
+            {
+                return proxy::reject(route, &req, ProxyError::NotFound);
+            }
+            proxy::handle(state, route, req).await
+        })
+    }
+}
+
+type ProxyFuture = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// The full router: proxied `/v1/*` routes, health, metrics, and envelope fallbacks.
+pub fn router(state: Arc<AppState>) -> Router {
+    let route = |r: Route| proxied(&state, r);
+    let ready_state = state.clone();
+    Router::new()
+        .route("/v1/messages", post(route(Route::Messages)))
+        .route("/v1/messages/count_tokens", post(route(Route::CountTokens)))
+        .route("/v1/models", get(route(Route::Models)))
+        .route("/v1/models/{model_id}", get(route(Route::Model)))
+        .route(
+            "/v1/messages/batches",
+            get(route(Route::Batches)).post(route(Route::Batches)),
+        )
+        .route(
+            "/v1/messages/batches/{id}",
+            get(route(Route::Batch)).merge(delete(route(Route::Batch))),
+        )
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(route(Route::BatchCancel)),
+        )
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(route(Route::BatchResults)),
+        )
+        .route("/livez", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let st = ready_state.clone();
+                async move {
+                    if st.shutting_down.load(Ordering::Relaxed) {
+                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+                    } else {
+                        (StatusCode::OK, "ready\n").into_response()
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(|req: Request| async move {
+            let m = req.method().to_string();
+            proxy::reject(Route::Unknown, &req, ProxyError::MethodNotAllowed(m))
+        })
+        .fallback(|req: Request| async move {
+            proxy::reject(Route::Unknown, &req, ProxyError::NotFound)
+        })
+}
+
+async fn metrics() -> Response {
+    let mut resp = telemetry::render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// Accept loop shared by every server subcommand: TCP_NODELAY, HTTP/1.1 keep-alive and h2c,
+/// a header-read timeout against slow clients, and graceful shutdown with a deadline.
+///
+/// # Errors
+/// Never in practice; accept errors are logged and retried.
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+    on_shutdown: impl FnOnce() + Send,
+) -> std::io::Result<()> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let svc = TowerToHyperService::new(router.clone());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let watched = graceful.watch(conn.into_owned());
+                    tokio::spawn(async move {
+                        let _ = watched.await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    on_shutdown();
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: finishing in-flight requests"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown deadline reached; closing remaining connections"),
+    }
+    Ok(())
+}

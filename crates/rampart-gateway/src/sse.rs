@@ -1,0 +1,400 @@
+//! A bounded, incremental SSE scanner that reads usage from a Messages stream on the side.
+//!
+//! The proxy sends the upstream bytes to the client untouched; a copy of each chunk is fed to
+//! [`UsageScanner::feed`], which keeps only the current line (capped) and the `data:` of the few
+//! events it cares about: `message_start`, `message_delta` and `error`.
+
+use serde::Deserialize;
+
+/// Longest line kept; longer lines (e.g. a huge text delta) are skipped, never buffered whole.
+const MAX_LINE: usize = 1 << 20;
+
+/// Usage and outcome of one response, from a JSON body or an SSE stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageSummary {
+    /// Model that served the request.
+    pub model: Option<String>,
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Output tokens (cumulative, final).
+    pub output_tokens: u64,
+    /// Cache writes.
+    pub cache_creation_input_tokens: u64,
+    /// Cache reads.
+    pub cache_read_input_tokens: u64,
+    /// Final stop reason.
+    pub stop_reason: Option<String>,
+    /// In-band error type, when the stream carried `event: error`.
+    pub stream_error: Option<String>,
+    /// Whether `message_stop` was seen.
+    pub completed: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct UsageFields {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct MessageFields {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: Option<UsageFields>,
+}
+
+#[derive(Deserialize)]
+struct StartEvent {
+    message: MessageFields,
+}
+
+#[derive(Deserialize)]
+struct DeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaEvent {
+    #[serde(default)]
+    delta: Option<DeltaBody>,
+    #[serde(default)]
+    usage: Option<UsageFields>,
+}
+
+#[derive(Deserialize)]
+struct ErrorInner {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorEvent {
+    error: ErrorInner,
+}
+
+impl UsageSummary {
+    fn apply_usage(&mut self, u: &UsageFields) {
+        if let Some(v) = u.input_tokens {
+            self.input_tokens = v;
+        }
+        if let Some(v) = u.output_tokens {
+            self.output_tokens = v;
+        }
+        if let Some(v) = u.cache_creation_input_tokens {
+            self.cache_creation_input_tokens = v;
+        }
+        if let Some(v) = u.cache_read_input_tokens {
+            self.cache_read_input_tokens = v;
+        }
+    }
+
+    /// Usage from a complete non-streamed Messages response body.
+    #[must_use]
+    pub fn from_json(body: &[u8]) -> Option<Self> {
+        let m: MessageFields = serde_json::from_slice(body).ok()?;
+        let mut s = Self {
+            model: m.model,
+            stop_reason: m.stop_reason,
+            completed: true,
+            ..Self::default()
+        };
+        if let Some(u) = &m.usage {
+            s.apply_usage(u);
+        }
+        Some(s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Start,
+    Delta,
+    Stop,
+    Error,
+}
+
+/// Incremental scanner; feed it every chunk in order.
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    line: Vec<u8>,
+    skipping_line: bool,
+    event: Option<Wanted>,
+    event_named: bool,
+    data: Vec<u8>,
+    summary: UsageSummary,
+}
+
+impl UsageScanner {
+    /// A fresh scanner.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What has been seen so far.
+    #[must_use]
+    pub fn summary(&self) -> &UsageSummary {
+        &self.summary
+    }
+
+    /// Consume the scanner.
+    #[must_use]
+    pub fn into_summary(self) -> UsageSummary {
+        self.summary
+    }
+
+    /// Feed the next chunk of the stream.
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            match memchr::memchr(b'\n', chunk) {
+                Some(i) => {
+                    self.push_line_part(&chunk[..i]);
+                    self.end_line();
+                    chunk = &chunk[i + 1..];
+                }
+                None => {
+                    self.push_line_part(chunk);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn push_line_part(&mut self, part: &[u8]) {
+        if self.skipping_line {
+            return;
+        }
+        if self.line.len() + part.len() > MAX_LINE {
+            self.skipping_line = true;
+            self.line.clear();
+            return;
+        }
+        self.line.extend_from_slice(part);
+    }
+
+    fn end_line(&mut self) {
+        if self.skipping_line {
+            self.skipping_line = false;
+            self.line.clear();
+            return;
+        }
+        let mut line = std::mem::take(&mut self.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            self.dispatch();
+        } else if let Some(rest) = line.strip_prefix(b"event:") {
+            self.event_named = true;
+            self.event = match trim(rest) {
+                b"message_start" => Some(Wanted::Start),
+                b"message_delta" => Some(Wanted::Delta),
+                b"message_stop" => Some(Wanted::Stop),
+                b"error" => Some(Wanted::Error),
+                _ => None,
+            };
+        } else if let Some(rest) = line.strip_prefix(b"data:") {
+            // Without an `event:` line the type is only known from the data; keep it (bounded).
+            if self.event.is_some() || !self.event_named {
+                if !self.data.is_empty() {
+                    self.data.push(b'\n');
+                }
+                if self.data.len() + rest.len() <= MAX_LINE {
+                    self.data
+                        .extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+                }
+            }
+        }
+        line.clear();
+        self.line = line;
+    }
+
+    fn dispatch(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        let event = self.event.take();
+        let named = std::mem::replace(&mut self.event_named, false);
+        if data.is_empty() && event != Some(Wanted::Stop) {
+            return;
+        }
+        let kind = match (event, named) {
+            (Some(k), _) => Some(k),
+            (None, true) => None,
+            (None, false) => sniff_type(&data),
+        };
+        match kind {
+            Some(Wanted::Start) => {
+                if let Ok(ev) = serde_json::from_slice::<StartEvent>(&data) {
+                    if ev.message.model.is_some() {
+                        self.summary.model = ev.message.model;
+                    }
+                    if let Some(u) = &ev.message.usage {
+                        self.summary.apply_usage(u);
+                    }
+                }
+            }
+            Some(Wanted::Delta) => {
+                if let Ok(ev) = serde_json::from_slice::<DeltaEvent>(&data) {
+                    if let Some(d) = ev.delta
+                        && d.stop_reason.is_some()
+                    {
+                        self.summary.stop_reason = d.stop_reason;
+                    }
+                    if let Some(u) = &ev.usage {
+                        self.summary.apply_usage(u);
+                    }
+                }
+            }
+            Some(Wanted::Stop) => self.summary.completed = true,
+            Some(Wanted::Error) => {
+                self.summary.stream_error = Some(
+                    serde_json::from_slice::<ErrorEvent>(&data)
+                        .map(|e| e.error.kind)
+                        .unwrap_or_else(|_| "unknown".to_owned()),
+                );
+            }
+            None => {}
+        }
+        let mut data = data;
+        data.clear();
+        self.data = data;
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+fn sniff_type(data: &[u8]) -> Option<Wanted> {
+    #[derive(Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: &'a str,
+    }
+    match serde_json::from_slice::<Typed<'_>>(data).ok()?.kind {
+        "message_start" => Some(Wanted::Start),
+        "message_delta" => Some(Wanted::Delta),
+        "message_stop" => Some(Wanted::Stop),
+        "error" => Some(Wanted::Error),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":7,\"cache_read_input_tokens\":3,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: ping\ndata: {\"type\": \"ping\"}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+    fn expected() -> UsageSummary {
+        UsageSummary {
+            model: Some("claude-sonnet-4-5".into()),
+            input_tokens: 25,
+            output_tokens: 15,
+            cache_creation_input_tokens: 7,
+            cache_read_input_tokens: 3,
+            stop_reason: Some("end_turn".into()),
+            stream_error: None,
+            completed: true,
+        }
+    }
+
+    #[test]
+    fn reads_usage_from_start_and_final_delta() {
+        let mut s = UsageScanner::new();
+        s.feed(STREAM.as_bytes());
+        assert_eq!(s.into_summary(), expected());
+    }
+
+    #[test]
+    fn handles_crlf_line_endings() {
+        let mut s = UsageScanner::new();
+        s.feed(STREAM.replace('\n', "\r\n").as_bytes());
+        assert_eq!(s.into_summary(), expected());
+    }
+
+    #[test]
+    fn records_in_band_errors_and_incomplete_streams() {
+        let mut s = UsageScanner::new();
+        let cut = STREAM.find("event: content_block_stop").unwrap();
+        s.feed(&STREAM.as_bytes()[..cut]);
+        s.feed(b"event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n");
+        let sum = s.into_summary();
+        assert_eq!(sum.stream_error.as_deref(), Some("overloaded_error"));
+        assert!(!sum.completed);
+        assert_eq!(sum.input_tokens, 25);
+    }
+
+    #[test]
+    fn oversized_lines_are_skipped_not_buffered() {
+        let mut s = UsageScanner::new();
+        let huge = vec![b'x'; MAX_LINE + 10];
+        s.feed(b"event: content_block_delta\ndata: ");
+        s.feed(&huge);
+        s.feed(b"\n\n");
+        s.feed(STREAM.as_bytes());
+        assert!(s.line.capacity() <= MAX_LINE + 4096 || s.line.is_empty());
+        assert_eq!(s.into_summary(), expected());
+    }
+
+    #[test]
+    fn usage_from_json_body() {
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"m","stop_reason":"max_tokens","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":4,"cache_creation_input_tokens":0,"cache_read_input_tokens":9}}"#;
+        let s = UsageSummary::from_json(body).unwrap();
+        assert_eq!(
+            (s.input_tokens, s.output_tokens, s.cache_read_input_tokens),
+            (3, 4, 9)
+        );
+        assert_eq!(s.stop_reason.as_deref(), Some("max_tokens"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_gives_the_same_summary(cuts in proptest::collection::vec(0usize..STREAM.len(), 0..12)) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let bytes = STREAM.as_bytes();
+            let mut s = UsageScanner::new();
+            let mut prev = 0;
+            for c in cuts {
+                s.feed(&bytes[prev..c]);
+                prev = c;
+            }
+            s.feed(&bytes[prev..]);
+            prop_assert_eq!(s.into_summary(), expected());
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_input(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
+            let mut s = UsageScanner::new();
+            for c in &chunks {
+                s.feed(c);
+            }
+            let _ = s.into_summary();
+        }
+    }
+}
