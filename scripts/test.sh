@@ -111,20 +111,32 @@ test_python() {
 }
 
 node_test() {
-  # node --test with an explicit file list; prints the runner's summary (# tests/# pass/# fail).
-  local rc=0
-  (cd "$NODE_DIR" && timeout --kill-after=30 900 node --test --test-concurrency=1 --test-reporter=spec "$@") || rc=$?
-  [[ "$rc" == 0 ]] || die "node --test failed (exit $rc): $*"
+  # node --test on the files matching a glob relative to $NODE_DIR (node 20 does not expand globs
+  # itself); prints the runner's own summary (tests/pass/fail).
+  local pattern="$1" rc=0 files
+  files=$(cd "$NODE_DIR" && compgen -G "$pattern" || true)
+  [[ -n "$files" ]] || die "no node test files match $NODE_DIR/$pattern"
+  local tap
+  tap=$(mktemp)
+  # Readable spec output on the terminal, TAP in a file for the canonical summary lines.
+  # shellcheck disable=SC2086 # one file per word
+  (cd "$NODE_DIR" && timeout --kill-after=30 900 node --test --test-concurrency=1 \
+    --test-reporter=spec --test-reporter-destination=stdout \
+    --test-reporter=tap --test-reporter-destination="$tap" $files) || rc=$?
+  echo "--- node --test summary ($pattern) ---"
+  grep -E '^# (tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) ' "$tap" || true
+  rm -f "$tap"
+  [[ "$rc" == 0 ]] || die "node --test failed (exit $rc): $pattern"
 }
 
 test_node() {
   banner "node --test: official TypeScript SDK against rampart"
-  node_test test/*.test.mjs
+  node_test "test/*.test.mjs"
 }
 
 test_claude_code() {
   banner "node --test: Claude Code ($("$NODE_DIR/node_modules/.bin/claude" --version)) through rampart"
-  node_test claude-code/*.test.mjs
+  node_test "claude-code/*.test.mjs"
 }
 
 # --- main ---------------------------------------------------------------------------------------
