@@ -443,26 +443,30 @@ impl http_body::Body for MeteredBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    match &mut this.tap {
-                        Tap::None => {}
-                        Tap::Sse(s) => s.feed(data),
-                        Tap::Json(buf) => {
-                            if buf.len() + data.len() <= JSON_TAP_LIMIT {
-                                buf.extend_from_slice(data);
-                            }
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                match &mut this.tap {
+                    Tap::None => {}
+                    Tap::Sse(s) => s.feed(data),
+                    Tap::Json(buf) => {
+                        if buf.len() + data.len() <= JSON_TAP_LIMIT {
+                            buf.extend_from_slice(data);
                         }
                     }
                 }
             }
+            // A body with a content-length is not polled past its last byte: finish here.
+            if this.inner.is_end_stream() {
+                this.finish(false);
+            }
+        }
+        match &polled {
             Poll::Ready(Some(Err(_))) => {
                 telemetry::upstream_error("io");
                 this.finish(false);
             }
             Poll::Ready(None) => this.finish(false),
-            Poll::Pending => {}
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
         polled
     }

@@ -1,1 +1,30 @@
-fn main() {}
+//! `rampart`: the command line. Each subcommand is a few lines that call into the library crates.
+
+#![allow(clippy::print_stdout)]
+
+mod cli;
+mod demo;
+mod logging;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rampart: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rampart: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Subcommands: `serve`, `sim`, `demo`, `config check`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rampart_gateway::Gateway;
+use rampart_gateway::config::{self, LogFormat, Sources};
+use tokio::net::TcpListener;
+
+use crate::{demo, logging};
+
+/// Rampart: a self-hosted gateway for Anthropic's Claude API.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Run the Anthropic-compatible simulator.
+    Sim(SimArgs),
+    /// Run the simulator and the gateway together on embedded defaults, and print what a client needs.
+    Demo(demo::DemoArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file + RAMPART_* environment) and report every problem.
+    Check {
+        /// TOML configuration file.
+        #[arg(long, short, env = "RAMPART_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "RAMPART_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address (overrides server.listen); port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+/// Simulator options.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Listen address; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:4010")]
+    pub listen: SocketAddr,
+    /// Delay before response headers, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// SSE pacing in output tokens per second; 0 streams as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub tokens_per_sec: f64,
+    /// Simulated processing time of a message batch, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub batch_processing_ms: u64,
+    /// Accept only this API key (default: any non-empty key).
+    #[arg(long, env = "RAMPART_SIM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// Run the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Sim(args) => sim(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => Ok(config_check(config)),
+    }
+}
+
+fn config_check(file: Option<PathBuf>) -> ExitCode {
+    let sources = Sources {
+        file,
+        use_env: true,
+        ..Sources::default()
+    };
+    match config::load(&sources) {
+        Ok(s) => {
+            println!(
+                "configuration OK: listen {}, upstream {}://{}{}, {} client key(s)",
+                s.listen,
+                s.upstream.scheme,
+                s.upstream.authority,
+                s.upstream.path_prefix,
+                s.keys.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("configuration has {} problem(s):", errors.0.len());
+            for p in &errors.0 {
+                eprintln!("  - {p}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut sources = Sources {
+        file: args.config,
+        use_env: true,
+        ..Sources::default()
+    };
+    if let Some(listen) = args.listen {
+        sources.overrides.push(("server.listen".to_owned(), listen));
+    }
+    let settings = match config::load(&sources) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("configuration has {} problem(s):", errors.0.len());
+            for p in &errors.0 {
+                eprintln!("  - {p}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let _log = logging::init(&settings.log.level, settings.log.format == LogFormat::Json);
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let auth = Arc::new(settings.keys.clone());
+    let gateway = Gateway::new(settings, auth).map_err(anyhow::Error::msg)?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, "gateway listening");
+    gateway.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The simulator configuration for these options.
+pub fn sim_config(args: &SimArgs) -> rampart_sim::SimConfig {
+    rampart_sim::SimConfig {
+        latency_ms: args.latency_ms,
+        tokens_per_sec: args.tokens_per_sec,
+        batch_processing_ms: args.batch_processing_ms,
+        api_key: args.api_key.clone(),
+        ..rampart_sim::SimConfig::default()
+    }
+}
+
+async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let _log = logging::init("info", true);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, "simulator listening");
+    rampart_sim::serve(listener, sim_config(&args), shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,149 @@
+//! `rampart demo`: the simulator and the gateway in one process, on embedded defaults.
+//!
+//! Keys live in the data directory (mode 0600) so a client configured once keeps working across
+//! restarts; a fresh directory gets fresh random keys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::Args;
+use rampart_gateway::config::{self, Sources};
+use rampart_gateway::{Gateway, Secret};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cli::{self, SimArgs};
+use crate::logging;
+
+/// Demo options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Gateway listen address; port 0 picks a free port. The simulator binds the same host.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the demo keeps its keys (and, in later versions, its database).
+    #[arg(long, default_value = ".rampart-demo")]
+    data_dir: PathBuf,
+    /// Simulator delay before response headers, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    sim_latency_ms: u64,
+    /// Simulator SSE pacing in output tokens per second; 0 streams as fast as possible.
+    #[arg(long, default_value_t = 80.0)]
+    sim_tokens_per_sec: f64,
+    /// Simulated processing time of a message batch, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    sim_batch_processing_ms: u64,
+}
+
+/// A 256-bit random key with a visible prefix, base64url without padding.
+fn fresh_key(prefix: &str) -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Read the key stored at `path`, or create it with mode 0600.
+fn stored_key(path: &Path, prefix: &str) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let k = existing.trim();
+        if k.starts_with(prefix) && k.len() >= 40 {
+            return Ok(k.to_owned());
+        }
+    }
+    let key = fresh_key(prefix);
+    write_private(path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, format!("{contents}\n"))
+}
+
+/// Run the demo until SIGTERM / Ctrl-C.
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let _log = logging::init("info", true);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let client_key = stored_key(&args.data_dir.join("demo-api-key"), "rk_demo_")?;
+    let upstream_key = stored_key(&args.data_dir.join("sim-upstream-key"), "sk-ant-sim-")?;
+
+    let sim_listener = TcpListener::bind(SocketAddr::new(args.listen.ip(), 0))
+        .await
+        .context("cannot bind the simulator")?;
+    let sim_addr = sim_listener.local_addr()?;
+    let gw_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let gw_addr = gw_listener.local_addr()?;
+
+    let settings = config::load(&Sources {
+        inline_toml: Some(format!(
+            "[server]\nlisten = \"{gw_addr}\"\n[upstream]\nbase_url = \"http://{sim_addr}\"\n"
+        )),
+        upstream_api_key: Some(Secret::new(upstream_key)),
+        client_keys: vec![Secret::new(client_key.clone())],
+        ..Sources::default()
+    })
+    .map_err(|e| anyhow::anyhow!("demo configuration invalid:\n{e}"))?;
+    let auth = Arc::new(settings.keys.clone());
+    let gateway = Gateway::new(settings, auth).map_err(anyhow::Error::msg)?;
+
+    let sim_cfg = cli::sim_config(&SimArgs {
+        listen: sim_addr,
+        latency_ms: args.sim_latency_ms,
+        tokens_per_sec: args.sim_tokens_per_sec,
+        batch_processing_ms: args.sim_batch_processing_ms,
+        api_key: None,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let sim_task = tokio::spawn(rampart_sim::serve(
+        sim_listener,
+        sim_cfg,
+        stopped(stop_rx.clone()),
+    ));
+    let gw_task = tokio::spawn(gateway.serve(gw_listener, stopped(stop_rx)));
+
+    println!("simulator listening on http://{sim_addr}");
+    println!("listening on http://{gw_addr}");
+    println!();
+    println!("ANTHROPIC_BASE_URL=http://{gw_addr}");
+    println!("ANTHROPIC_API_KEY={client_key}");
+    println!("RAMPART_SIM_URL=http://{sim_addr}");
+    println!();
+    println!(
+        "curl -s http://{gw_addr}/v1/messages -H \"x-api-key: {client_key}\" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d '{{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":256,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello, Claude\"}}]}}'"
+    );
+    tracing::info!(gateway = %gw_addr, simulator = %sim_addr, "demo running");
+
+    cli::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    // The gateway drains first (its streams still need the simulator), then the simulator.
+    gw_task.await.context("gateway task")??;
+    sim_task.await.context("simulator task")??;
+    Ok(ExitCode::SUCCESS)
+}
