@@ -8,8 +8,32 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, bad_field, required};
 
-/// `anthropic-version` values the simulator accepts.
-pub(crate) const VERSIONS: [&str; 2] = [rampart_api::ANTHROPIC_VERSION, "2023-01-01"];
+/// Known `anthropic-version` values. `2026-10-21` is what the current SDKs (Python 2.14, the
+/// TypeScript SDK of the same date) send.
+pub(crate) const VERSIONS: [&str; 3] = [rampart_api::ANTHROPIC_VERSION, "2023-01-01", "2026-10-21"];
+
+/// Whether the simulator accepts an `anthropic-version`: a known value, or any well-formed
+/// `YYYY-MM-DD` from 2026 on (versions newer SDKs may send).
+pub(crate) fn version_accepted(v: &str) -> bool {
+    if VERSIONS.contains(&v) {
+        return true;
+    }
+    let b = v.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| {
+        let part = v.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse::<u32>().ok())
+            .flatten()
+    };
+    matches!(
+        (num(0..4), num(5..7), num(8..10)),
+        (Some(2026..), Some(1..=12), Some(1..=31))
+    )
+}
 
 /// The presented credential: `x-api-key`, else `Authorization: Bearer <token>`.
 pub(crate) fn credential(headers: &HeaderMap) -> Option<&str> {
@@ -55,7 +79,7 @@ pub(crate) fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
         joined.push_str(", ");
         joined.push_str(&String::from_utf8_lossy(more.as_bytes()));
     }
-    if VERSIONS.contains(&joined.as_str()) {
+    if version_accepted(&joined) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
@@ -500,5 +524,27 @@ fn check_thinking(v: &Value, endpoint: Endpoint, max_tokens: u64) -> Result<Thin
             "thinking.type",
             "Input should be 'enabled', 'disabled' or 'adaptive'",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_and_newer_dated_versions_are_accepted() {
+        for ok in ["2023-06-01", "2023-01-01", "2026-10-21", "2027-03-05"] {
+            assert!(version_accepted(ok), "{ok}");
+        }
+        for bad in [
+            "2099-1-01",
+            "2024-01-01",
+            "2023-06-01, 2023-06-01",
+            "latest",
+            "2026-13-01",
+            "",
+        ] {
+            assert!(!version_accepted(bad), "{bad}");
+        }
     }
 }

@@ -181,14 +181,14 @@ async fn missing_credentials_and_versions_are_rejected_like_the_api() {
         .client
         .post(&url)
         .header("x-api-key", "k")
-        .header("anthropic-version", "2099-01-01")
+        .header("anthropic-version", "2022-01-01")
         .json(&hello("Hi"));
     expect_error(
         &sim,
         bad_version,
         400,
         "invalid_request_error",
-        "anthropic-version: \"2099-01-01\" is not a valid version",
+        "anthropic-version: \"2022-01-01\" is not a valid version",
     )
     .await;
     let doubled = sim
