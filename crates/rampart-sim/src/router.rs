@@ -51,9 +51,18 @@ enum Route {
 impl Route {
     fn parse(method: &Method, path: &str) -> Self {
         let path = path.strip_suffix('/').unwrap_or(path);
-        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let mut buf = [""; 6];
+        let mut n = 0;
+        for segment in path.split('/').skip(1) {
+            let Some(slot) = buf.get_mut(n) else {
+                return Self::NotFound;
+            };
+            *slot = segment;
+            n += 1;
+        }
+        let segments = &buf[..n];
         let m = method.clone();
-        let (route, group) = match segments.as_slice() {
+        let (route, group) = match segments {
             ["v1", "messages"] => (
                 matches!(m, Method::POST).then_some(Self::Messages),
                 RouteGroup::Messages,

@@ -203,11 +203,15 @@ pub(crate) fn body(
     let per_token = (tokens_per_sec > 0.0 && tokens_per_sec.is_finite())
         .then(|| Duration::from_secs_f64(1.0 / tokens_per_sec));
     if per_token.is_none() && fault.is_none() {
-        let stream = futures_util::stream::iter(
-            frames
-                .into_iter()
-                .map(|f| Ok::<_, BoxError>(Frame::data(f.bytes))),
-        );
+        // Unpaced: one chunk holding every event (still a chunked stream, as the API sends it).
+        let mut all = Vec::with_capacity(frames.iter().map(|f| f.bytes.len()).sum());
+        for f in &frames {
+            all.extend_from_slice(&f.bytes);
+        }
+        let stream =
+            futures_util::stream::once(
+                async move { Ok::<_, BoxError>(Frame::data(Bytes::from(all))) },
+            );
         return StreamBody::new(stream).boxed_unsync();
     }
     let state = State {
