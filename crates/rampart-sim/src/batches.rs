@@ -21,6 +21,9 @@ use crate::models::PageQuery;
 use crate::respond::rfc3339;
 use crate::state::Sim;
 
+/// Processing time is capped at 30 days, so time arithmetic cannot overflow.
+const MAX_PROCESSING_MS: u64 = 30 * 24 * 3600 * 1000;
+
 #[derive(Debug, Clone)]
 struct Item {
     custom_id: String,
@@ -199,7 +202,9 @@ impl Batches {
             id: crate::ids::batch_id(),
             created: Instant::now(),
             created_wall: OffsetDateTime::now_utc(),
-            processing: Duration::from_millis(sim.settings.batch_processing_ms),
+            processing: Duration::from_millis(
+                sim.settings.batch_processing_ms.min(MAX_PROCESSING_MS),
+            ),
             cancel_at: None,
             items,
         };

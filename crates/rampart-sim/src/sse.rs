@@ -188,7 +188,7 @@ async fn next(mut st: State) -> Option<(Result<Frame<Bytes>, BoxError>, State)> 
     if let Some(per_token) = st.per_token
         && f.tokens > 0
     {
-        tokio::time::sleep(per_token * f.tokens).await;
+        tokio::time::sleep(per_token.saturating_mul(f.tokens)).await;
     }
     st.sent += 1;
     Some((Ok(Frame::data(f.bytes)), st))
@@ -201,7 +201,8 @@ pub(crate) fn body(
     fault: Option<StreamFault>,
 ) -> SimBody {
     let per_token = (tokens_per_sec > 0.0 && tokens_per_sec.is_finite())
-        .then(|| Duration::from_secs_f64(1.0 / tokens_per_sec));
+        .then(|| Duration::try_from_secs_f64(1.0 / tokens_per_sec).ok())
+        .flatten();
     if per_token.is_none() && fault.is_none() {
         // Unpaced: one chunk holding every event (still a chunked stream, as the API sends it).
         let mut all = Vec::with_capacity(frames.iter().map(|f| f.bytes.len()).sum());
