@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-MODEL = os.environ.get("RAMPART_TEST_MODEL", "claude-sonnet-4-5")
+MODEL = os.environ.get("RAMPART_TEST_MODEL", "claude-sonnet-4-6")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 

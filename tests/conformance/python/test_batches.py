@@ -30,9 +30,7 @@ def wait_ended(client: anthropic.Anthropic, batch_id: str):
     )
 
 
-def test_batch_with_a_good_and_an_invalid_item_ends_with_one_success_and_one_error(
-    client: anthropic.Anthropic, target: Target
-) -> None:
+def test_batch_with_a_good_and_an_invalid_item_ends_with_one_success_and_one_error(client: anthropic.Anthropic) -> None:
     created = client.messages.batches.create(requests=[good_item("good", "batched hello"), bad_item("bad")])
     assert created.id.startswith("msgbatch_")
     assert created.type == "message_batch"
@@ -47,8 +45,6 @@ def test_batch_with_a_good_and_an_invalid_item_ends_with_one_success_and_one_err
     assert (counts.succeeded, counts.errored, counts.processing, counts.canceled, counts.expired) == (1, 1, 0, 0, 0)
     assert ended.ended_at is not None
     assert ended.results_url, "an ended batch has a results_url"
-    # The SDK downloads results from results_url as given, so it must point back at the server the client uses.
-    assert ended.results_url.startswith(target.base_url + "/v1/messages/batches/"), ended.results_url
 
     results = {r.custom_id: r.result for r in client.messages.batches.results(created.id)}
     assert set(results) == {"good", "bad"}
@@ -58,6 +54,23 @@ def test_batch_with_a_good_and_an_invalid_item_ends_with_one_success_and_one_err
     assert results["bad"].type == "errored"
     assert results["bad"].error.type == "error"
     assert results["bad"].error.error.type == "invalid_request_error"
+
+
+def test_results_url_points_back_at_the_server_the_client_talks_to(
+    client: anthropic.Anthropic, target: Target, request: pytest.FixtureRequest
+) -> None:
+    if target.name == "gateway":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="KNOWN GATEWAY BUG: results_url is passed through unchanged, so SDKs download results "
+                "straight from the upstream, bypassing the gateway and sending it the client's key",
+            )
+        )
+    created = client.messages.batches.create(requests=[good_item("u", "where are my results")])
+    ended = wait_ended(client, created.id)
+    # The SDKs download results from results_url exactly as given (Python and TypeScript alike).
+    assert ended.results_url == f"{target.base_url}/v1/messages/batches/{created.id}/results"
 
 
 def test_batch_list_contains_a_new_batch_newest_first(client: anthropic.Anthropic) -> None:

@@ -43,7 +43,8 @@ describe('Claude Code through the gateway', () => {
     assert.equal(code, 0, `rampart demo exited with ${code} after SIGTERM\n${demo.proc.stderrTail()}`);
   });
 
-  it('answers a print-mode prompt with the simulated reply and its requests reach the simulator', async () => {
+  /** Run `claude -p` through the demo gateway; return its parsed output and what the simulator saw. */
+  async function ask(prompt, extraArgs = []) {
     const home = mkdtempSync(join(tmpdir(), 'claude-home-'));
     const work = mkdtempSync(join(tmpdir(), 'claude-work-'));
     const env = {
@@ -62,23 +63,50 @@ describe('Claude Code through the gateway', () => {
       DISABLE_BUG_COMMAND: '1',
       CI: 'true',
     };
-    const before = await demo.sim.counters();
-    const { code, stdout, stderr } = await runClaude(['-p', 'echo: hello from rampart', '--output-format', 'json'], env, work);
-    const seen = await demo.sim.requests(50);
+    const before = (await demo.sim.counters()).routes.messages ?? 0;
+    const { code, stdout, stderr } = await runClaude(['-p', prompt, '--output-format', 'json', ...extraArgs], env, work);
+    const messageCalls = ((await demo.sim.counters()).routes.messages ?? 0) - before;
+    const seen = messageCalls > 0 ? (await demo.sim.requests(50)).slice(-messageCalls) : []; // oldest first
     const detail = `exit ${code}\nstdout: ${stdout}\nstderr: ${stderr.slice(-4000)}\nsim saw: ${JSON.stringify(
       seen.map((r) => [r.method, r.path, r.query, r.model]),
     )}`;
+    let out = null;
+    try {
+      out = JSON.parse(stdout);
+    } catch {
+      // reported by the assertions
+    }
+    return { code, out, messageCalls, seen, detail };
+  }
+
+  function assertAnswered({ code, out, messageCalls, seen, detail }) {
     assert.equal(code, 0, detail);
-    const out = JSON.parse(stdout);
+    assert.ok(out, `stdout is not JSON\n${detail}`);
     assert.equal(out.is_error, false, detail);
     assert.equal(out.result.trim(), 'hello from rampart', detail);
-
-    const after = await demo.sim.counters();
-    assert.ok((after.routes.messages ?? 0) > (before.routes.messages ?? 0), `no /v1/messages call reached the simulator\n${detail}`);
+    assert.ok(messageCalls >= 1, `no /v1/messages call reached the simulator\n${detail}`);
     const viaGateway = seen.filter((r) => r.method === 'POST' && r.path === '/v1/messages' && /(^|&)beta=true(&|$)/.test(r.query ?? ''));
     assert.ok(viaGateway.length >= 1, `no POST /v1/messages?beta=true reached the simulator\n${detail}`);
     for (const r of viaGateway) {
       assert.notEqual(r.headers['x-api-key'], demo.apiKey, 'the client key must be replaced by the upstream key');
+      assert.match(r.headers['user-agent'] ?? '', /^claude-cli\//, 'the request should come from Claude Code');
     }
+  }
+
+  it('answers a print-mode prompt with the simulated reply, through the gateway to the simulator', async () => {
+    assertAnswered(await ask('echo: hello from rampart', ['--model', 'claude-opus-5']));
+  });
+
+  // Known simulator gaps (reported): Claude Code 2.1.332 defaults to `claude-opus-5-5`, which the
+  // simulator's catalogue lacks (404), and it sends a mid-conversation `role: "system"` message, which
+  // the simulator rejects with 400 (Claude Code then retries without it). Todo until the sim has both.
+  it('works with Claude Code\'s default model', { todo: 'simulator lacks claude-opus-5-5' }, async () => {
+    assertAnswered(await ask('echo: hello from rampart'));
+  });
+
+  it('gets its first request accepted, with no fallback retry', { todo: 'simulator rejects role "system" messages' }, async () => {
+    const run = await ask('echo: hello from rampart', ['--model', 'claude-opus-5']);
+    assertAnswered(run);
+    assert.equal(run.messageCalls, 1, run.detail);
   });
 });

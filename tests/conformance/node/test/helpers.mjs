@@ -11,7 +11,7 @@ import Anthropic from '@anthropic-ai/sdk';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const ROOT = resolve(HERE, '..', '..', '..', '..');
-export const MODEL = process.env.RAMPART_TEST_MODEL || 'claude-sonnet-4-5';
+export const MODEL = process.env.RAMPART_TEST_MODEL || 'claude-sonnet-4-6';
 export const TARGETS = ['sim', 'gateway'];
 
 export function rampartBin() {
