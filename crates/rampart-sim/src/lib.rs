@@ -50,6 +50,10 @@
 //! **Output tokens**: text and thinking count one token per word piece (a word with its leading
 //! whitespace and punctuation); a tool call counts `ceil(chars of its input JSON / 4)`.
 //!
+//! **Streaming**: with `tokens_per_sec` 0 and no stream fault, all events go out in one chunk (the
+//! fastest baseline); otherwise each event is its own chunk, text and thinking deltas carry 3 word
+//! pieces, and each delta waits `tokens / tokens_per_sec` seconds.
+//!
 //! # Token estimator
 //!
 //! [`estimate_input_tokens`] is used for `usage` and `count_tokens` alike (total input =

@@ -18,7 +18,7 @@ use crate::engine;
 use crate::error::ApiError;
 use crate::faults::{Fault, FaultKind};
 use crate::respond::{self, SimBody};
-use crate::sse::{self, SseFrame, StreamFault};
+use crate::sse::{self, SseFrames, StreamFault};
 use crate::state::{RouteGroup, Sim};
 use crate::validate::{check_auth, check_version, json_error};
 
@@ -152,7 +152,7 @@ pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Api
 enum Payload {
     Json(StatusCode, Bytes),
     Jsonl(Bytes),
-    Sse(Vec<SseFrame>),
+    Sse(SseFrames),
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Payload, ApiError> {

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
 use rampart_api::stream::{Delta, DeltaUsage, MessageDeltaBody, StreamEvent};
@@ -20,17 +19,30 @@ const PIECES_PER_DELTA: usize = 3;
 /// Characters per `input_json_delta`.
 const JSON_CHARS_PER_DELTA: usize = 12;
 
-/// One framed event and the output tokens it carries (for pacing).
-#[derive(Debug, Clone)]
-pub(crate) struct SseFrame {
-    bytes: Bytes,
-    tokens: u32,
+/// An event to frame and the output tokens it carries (for pacing).
+struct Pending<'a>(&'a StreamEvent, u32);
+
+fn frame(event: &StreamEvent, tokens: u32) -> Pending<'_> {
+    Pending(event, tokens)
 }
 
-fn frame(event: &StreamEvent, tokens: u32) -> SseFrame {
-    SseFrame {
-        bytes: Bytes::from(event.to_sse()),
-        tokens,
+/// All events of a reply framed into one buffer, with where each ends and its tokens.
+#[derive(Debug, Default)]
+pub(crate) struct SseFrames {
+    buf: Vec<u8>,
+    marks: Vec<(usize, u32)>,
+}
+
+impl SseFrames {
+    fn push(&mut self, Pending(event, tokens): Pending<'_>) {
+        self.buf.extend_from_slice(b"event: ");
+        self.buf.extend_from_slice(event.name().as_bytes());
+        self.buf.extend_from_slice(b"\ndata: ");
+        if serde_json::to_writer(&mut self.buf, event).is_err() {
+            self.buf.extend_from_slice(b"{}");
+        }
+        self.buf.extend_from_slice(b"\n\n");
+        self.marks.push((self.buf.len(), tokens));
     }
 }
 
@@ -38,7 +50,7 @@ fn piece_deltas(
     index: usize,
     pieces: &Pieces,
     make: impl Fn(String) -> Delta,
-    out: &mut Vec<SseFrame>,
+    out: &mut SseFrames,
 ) {
     let all: Vec<&str> = pieces.iter().collect();
     for chunk in all.chunks(PIECES_PER_DELTA) {
@@ -51,8 +63,11 @@ fn piece_deltas(
 }
 
 /// The events of a streamed reply, framed.
-pub(crate) fn frames(id: String, outcome: &Outcome) -> Vec<SseFrame> {
-    let mut out = Vec::with_capacity(8 + outcome.reply.output_tokens as usize / PIECES_PER_DELTA);
+pub(crate) fn frames(id: String, outcome: &Outcome) -> SseFrames {
+    let mut out = SseFrames {
+        buf: Vec::with_capacity(1024 + outcome.reply.output_tokens as usize * 90),
+        marks: Vec::with_capacity(8 + outcome.reply.output_tokens as usize / PIECES_PER_DELTA),
+    };
     let mut shell = message(id, outcome, "standard");
     shell.content.clear();
     shell.stop_reason = None;
@@ -153,7 +168,9 @@ pub(crate) enum StreamFault {
 }
 
 struct State {
-    frames: std::vec::IntoIter<SseFrame>,
+    buf: Bytes,
+    marks: std::vec::IntoIter<(usize, u32)>,
+    start: usize,
     sent: u64,
     per_token: Option<Duration>,
     fault: Option<StreamFault>,
@@ -164,7 +181,9 @@ async fn next(mut st: State) -> Option<(Result<Frame<Bytes>, BoxError>, State)> 
     if st.done {
         return None;
     }
-    let f = st.frames.next()?;
+    let (end, tokens) = st.marks.next()?;
+    let bytes = st.buf.slice(st.start..end);
+    st.start = end;
     match &st.fault {
         Some(StreamFault::Stall { after, delay }) if *after == st.sent => {
             tokio::time::sleep(*delay).await;
@@ -186,41 +205,33 @@ async fn next(mut st: State) -> Option<(Result<Frame<Bytes>, BoxError>, State)> 
         _ => {}
     }
     if let Some(per_token) = st.per_token
-        && f.tokens > 0
+        && tokens > 0
     {
-        tokio::time::sleep(per_token.saturating_mul(f.tokens)).await;
+        tokio::time::sleep(per_token.saturating_mul(tokens)).await;
     }
     st.sent += 1;
-    Some((Ok(Frame::data(f.bytes)), st))
+    Some((Ok(Frame::data(bytes)), st))
 }
 
 /// The body streaming `frames`, paced at `tokens_per_sec` (0 = unpaced) with `fault` applied.
-pub(crate) fn body(
-    frames: Vec<SseFrame>,
-    tokens_per_sec: f64,
-    fault: Option<StreamFault>,
-) -> SimBody {
+pub(crate) fn body(frames: SseFrames, tokens_per_sec: f64, fault: Option<StreamFault>) -> SimBody {
     let per_token = (tokens_per_sec > 0.0 && tokens_per_sec.is_finite())
         .then(|| Duration::try_from_secs_f64(1.0 / tokens_per_sec).ok())
         .flatten();
+    let buf = Bytes::from(frames.buf);
     if per_token.is_none() && fault.is_none() {
         // Unpaced: one chunk holding every event (still a chunked stream, as the API sends it).
-        let mut all = Vec::with_capacity(frames.iter().map(|f| f.bytes.len()).sum());
-        for f in &frames {
-            all.extend_from_slice(&f.bytes);
-        }
-        let stream =
-            futures_util::stream::once(
-                async move { Ok::<_, BoxError>(Frame::data(Bytes::from(all))) },
-            );
+        let stream = futures_util::stream::once(async move { Ok::<_, BoxError>(Frame::data(buf)) });
         return StreamBody::new(stream).boxed_unsync();
     }
     let state = State {
-        frames: frames.into_iter(),
+        buf,
+        marks: frames.marks.into_iter(),
+        start: 0,
         sent: 0,
         per_token,
         fault,
         done: false,
     };
-    StreamBody::new(futures_util::stream::unfold(state, next).boxed()).boxed_unsync()
+    StreamBody::new(futures_util::stream::unfold(state, next)).boxed_unsync()
 }
