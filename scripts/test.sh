@@ -52,7 +52,7 @@ setup_python() {
   if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
   fi
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$(sha "$req")" ]]; then
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$(sha "$req")" ]] && "$VENV/bin/python" -c 'import anthropic, pytest' 2>/dev/null; then
     echo "reusing $VENV (requirements unchanged)"
   else
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
@@ -72,6 +72,18 @@ setup_node() {
     sha "$NODE_DIR/package-lock.json" "$NODE_DIR/package.json" >"$stamp"
   fi
   echo "node $(node --version) | claude $("$NODE_DIR/node_modules/.bin/claude" --version)"
+}
+
+# --- services -----------------------------------------------------------------------------------
+# Backing services the suites need (none yet). Postgres/Redis go here: start them, export their
+# URLs for the tests, and stop them in stop_services, which runs on every exit.
+
+start_services() {
+  :
+}
+
+stop_services() {
+  :
 }
 
 # --- Rust ---------------------------------------------------------------------------------------
@@ -126,7 +138,11 @@ node_test() {
   echo "--- node --test summary ($pattern) ---"
   grep -E '^# (tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) ' "$tap" || true
   rm -f "$tap"
-  [[ "$rc" == 0 ]] || die "node --test failed (exit $rc): $pattern"
+  case "$rc" in
+    0) ;;
+    124) die "node --test timed out: $pattern" ;;
+    *) die "node --test failed (exit $rc): $pattern" ;;
+  esac
 }
 
 test_node() {
@@ -163,6 +179,8 @@ build_rust_if_missing() {
 }
 
 main() {
+  trap stop_services EXIT
+  start_services
   if [[ $# -eq 0 ]]; then
     setup_python
     setup_node

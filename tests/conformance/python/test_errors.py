@@ -59,6 +59,17 @@ def test_missing_key_is_rejected_with_401_and_an_envelope(target: Target) -> Non
     assert_envelope(r, 401, "authentication_error")
 
 
+def test_missing_anthropic_version_is_400_invalid_request_error(target: Target) -> None:
+    with target.http() as http:
+        r = http.post(
+            "/v1/messages",
+            headers={"x-api-key": target.api_key, "content-type": "application/json"},
+            json={"model": MODEL, "max_tokens": 10, "messages": PROMPT},
+        )
+    body = assert_envelope(r, 400, "invalid_request_error")
+    assert body["error"]["message"] == "anthropic-version: header is required"
+
+
 def test_unknown_route_is_404_not_found_error(target: Target) -> None:
     with target.http() as http:
         r = http.get("/v1/definitely-not-a-route", headers=target.headers())
