@@ -62,7 +62,8 @@ pub trait Authenticator: Send + Sync + 'static {
 /// Keys from configuration, held as digests.
 #[derive(Debug, Clone, Default)]
 pub struct StaticKeys {
-    hashes: Vec<ApiKeyHash>,
+    /// Digest and its log label, computed once.
+    keys: Vec<(ApiKeyHash, Arc<str>)>,
 }
 
 impl StaticKeys {
@@ -70,20 +71,26 @@ impl StaticKeys {
     #[must_use]
     pub fn new(hashes: BTreeSet<ApiKeyHash>) -> Self {
         Self {
-            hashes: hashes.into_iter().collect(),
+            keys: hashes
+                .into_iter()
+                .map(|h| {
+                    let label = Arc::from(&h.to_hex()[..8]);
+                    (h, label)
+                })
+                .collect(),
         }
     }
 
     /// Number of accepted keys.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        self.keys.len()
     }
 
     /// Whether no key is accepted.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.keys.is_empty()
     }
 }
 
@@ -91,14 +98,14 @@ impl Authenticator for StaticKeys {
     fn authenticate(&self, credential: &str) -> Option<Identity> {
         let candidate = ApiKeyHash::of(credential);
         // Compare against every key without early exit, so timing does not depend on which matched.
-        let mut found: Option<&ApiKeyHash> = None;
-        for h in &self.hashes {
+        let mut found: Option<&Arc<str>> = None;
+        for (h, label) in &self.keys {
             if bool::from(h.0.ct_eq(&candidate.0)) {
-                found = Some(h);
+                found = Some(label);
             }
         }
-        found.map(|h| Identity {
-            key_label: Arc::from(&h.to_hex()[..8]),
+        found.map(|label| Identity {
+            key_label: label.clone(),
         })
     }
 }

@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub max_batch_body_bytes: u64,
     /// On SIGTERM, how long in-flight requests and streams may take to finish. Default 30 s.
     pub shutdown_grace_secs: u64,
+    /// The URL clients use to reach Rampart (e.g. `https://claude.internal.example`). Batch
+    /// `results_url`s are rewritten to it; when unset, they are derived from the request's `Host`.
+    pub public_base_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +41,7 @@ impl Default for ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             max_batch_body_bytes: 256 * 1024 * 1024,
             shutdown_grace_secs: 30,
+            public_base_url: None,
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct Settings {
     pub max_batch_body_bytes: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Public base URL without a trailing slash, when configured.
+    pub public_base_url: Option<String>,
     /// Upstream base.
     pub upstream: UpstreamTarget,
     /// Key sent upstream.
@@ -239,6 +245,25 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
         &mut problems,
     );
     let upstream_target = parse_upstream(&upstream.base_url, &mut problems);
+    let public_base_url =
+        server
+            .public_base_url
+            .as_deref()
+            .and_then(|u| match u.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some()
+                        && uri.query().is_none() =>
+                {
+                    Some(u.trim_end_matches('/').to_owned())
+                }
+                _ => {
+                    problems.push(format!(
+                        "server.public_base_url: `{u}` is not an http(s) URL without a query"
+                    ));
+                    None
+                }
+            });
     if upstream.connect_timeout_ms == 0 {
         problems.push("upstream.connect_timeout_ms: must be greater than 0".to_owned());
     }
@@ -271,6 +296,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             max_body_bytes,
             max_batch_body_bytes,
             shutdown_grace: Duration::from_secs(server.shutdown_grace_secs),
+            public_base_url,
             upstream: upstream_target,
             upstream_api_key,
             connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),

@@ -6,11 +6,14 @@
 //! - [`proxy`]: the forwarding engine and per-request accounting;
 //! - [`sse`]: the bounded SSE usage scanner;
 //! - [`server`]: router, pipeline order and the accept loop;
-//! - [`telemetry`]: metrics and the access log.
+//! - [`telemetry`]: metrics and the access log;
+//! - [`logging`]: batched log output shared by every subcommand.
 
 pub mod auth;
+pub mod batch_urls;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod peek;
 pub mod proxy;
 pub mod routes;

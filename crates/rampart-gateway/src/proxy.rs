@@ -154,10 +154,38 @@ fn request_id(headers: &HeaderMap) -> String {
 pub async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut done = Completion::new(route, parts.method.clone(), request_id(&parts.headers));
-    match forward(&state, &mut done, parts, body).await {
+    let public_base = matches!(route, Route::Batches | Route::Batch | Route::BatchCancel)
+        .then(|| public_base(&state.settings, &parts.headers));
+    let request_id = done.request_id.clone();
+    let resp = match forward(&state, &mut done, parts, body).await {
         Ok((upstream, sent_at, headers_at)) => build_response(upstream, done, sent_at, headers_at),
-        Err(e) => error_response(e, done),
+        Err(e) => return error_response(e, done),
+    };
+    match public_base {
+        Some(base) if resp.status().is_success() => {
+            crate::batch_urls::rewrite(resp, &base, &request_id).await
+        }
+        _ => resp,
     }
+}
+
+/// The base URL clients reach Rampart at: configured, else from `Host` (and `x-forwarded-proto`).
+fn public_base(settings: &Settings, headers: &HeaderMap) -> Option<String> {
+    if let Some(base) = &settings.public_base_url {
+        return Some(base.clone());
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    {
+        return None;
+    }
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    Some(format!("{}://{host}", if https { "https" } else { "http" }))
 }
 
 /// Respond with an error; the completion is recorded now.
@@ -211,7 +239,7 @@ async fn forward(
         done.streamed = peeked.stream;
     }
 
-    let upstream_req = build_upstream_request(state, &parts, &done.request_id, body_bytes)?;
+    let upstream_req = build_upstream_request(state, parts, &done.request_id, body_bytes)?;
     let sent_at = Instant::now();
     let result = tokio::time::timeout(
         state.settings.header_timeout,
@@ -282,6 +310,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Header names listed in `Connection`, which are hop-by-hop too.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    if !headers.contains_key(header::CONNECTION) {
+        return Vec::new();
+    }
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -313,32 +344,37 @@ fn upstream_uri(
         .map_err(|_| ProxyError::NotFound)
 }
 
+/// Headers never forwarded upstream: hop-by-hop ones, and those Rampart sets itself.
+fn strip_on_request(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            "host"
+                | "content-length"
+                | "x-api-key"
+                | "authorization"
+                | "accept-encoding"
+                | "x-request-id"
+        )
+}
+
+fn strip_request_headers(headers: &mut HeaderMap) {
+    let mut doomed = connection_listed(headers);
+    doomed.extend(headers.keys().filter(|n| strip_on_request(n)).cloned());
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 fn build_upstream_request(
     state: &AppState,
-    parts: &http::request::Parts,
+    parts: http::request::Parts,
     request_id: &str,
     body: Bytes,
 ) -> Result<http::Request<Full<Bytes>>, ProxyError> {
-    let uri = upstream_uri(&state.settings.upstream, parts)?;
-    let listed = connection_listed(&parts.headers);
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
-    for (name, value) in &parts.headers {
-        if is_hop_by_hop(name)
-            || listed.contains(name)
-            || matches!(
-                name.as_str(),
-                "host"
-                    | "content-length"
-                    | "x-api-key"
-                    | "authorization"
-                    | "accept-encoding"
-                    | "x-request-id"
-            )
-        {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
+    let uri = upstream_uri(&state.settings.upstream, &parts)?;
+    let mut headers = parts.headers;
+    strip_request_headers(&mut headers);
     headers.insert("x-api-key", state.upstream_key.clone());
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", v);
@@ -349,7 +385,7 @@ fn build_upstream_request(
         HeaderValue::from_static("identity"),
     );
     let mut req = http::Request::new(Full::new(body));
-    *req.method_mut() = parts.method.clone();
+    *req.method_mut() = parts.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     Ok(req)
@@ -362,15 +398,19 @@ fn build_response(
     headers_at: Instant,
 ) -> Response {
     let (mut parts, body) = upstream.into_parts();
-    let listed = connection_listed(&parts.headers);
-    let names: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n) || listed.contains(n))
-        .cloned()
-        .collect();
-    for n in names {
-        parts.headers.remove(&n);
+    for name in connection_listed(&parts.headers) {
+        parts.headers.remove(name);
+    }
+    if parts.headers.keys().any(is_hop_by_hop) {
+        let names: Vec<HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|n| is_hop_by_hop(n))
+            .cloned()
+            .collect();
+        for n in names {
+            parts.headers.remove(&n);
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&done.request_id) {
         parts.headers.insert("x-request-id", v);
@@ -389,7 +429,10 @@ fn build_response(
     let tap = if is_sse {
         Tap::Sse(Box::default())
     } else if done.route.reports_usage() && parts.status.is_success() {
-        Tap::Json(Vec::new())
+        Tap::Json {
+            chunks: Vec::new(),
+            len: 0,
+        }
     } else {
         Tap::None
     };
@@ -408,7 +451,7 @@ fn build_response(
 enum Tap {
     None,
     Sse(Box<UsageScanner>),
-    Json(Vec<u8>),
+    Json { chunks: Vec<Bytes>, len: usize },
 }
 
 /// The upstream body, piped through frame by frame, with usage read on the side and the
@@ -426,7 +469,10 @@ impl MeteredBody {
             c.usage = match std::mem::replace(&mut self.tap, Tap::None) {
                 Tap::None => None,
                 Tap::Sse(s) => Some(s.into_summary()),
-                Tap::Json(buf) => UsageSummary::from_json(&buf),
+                Tap::Json { chunks, .. } if chunks.len() == 1 => {
+                    UsageSummary::from_json(&chunks[0])
+                }
+                Tap::Json { chunks, .. } => UsageSummary::from_json(&chunks.concat()),
             };
             drop(c);
         }
@@ -448,9 +494,11 @@ impl http_body::Body for MeteredBody {
                 match &mut this.tap {
                     Tap::None => {}
                     Tap::Sse(s) => s.feed(data),
-                    Tap::Json(buf) => {
-                        if buf.len() + data.len() <= JSON_TAP_LIMIT {
-                            buf.extend_from_slice(data);
+                    Tap::Json { chunks, len } => {
+                        // Reference-counted clones: no copy of the body.
+                        if *len + data.len() <= JSON_TAP_LIMIT {
+                            *len += data.len();
+                            chunks.push(data.clone());
                         }
                     }
                 }

@@ -3,11 +3,12 @@
 //! Metric names follow `rampart_<area>_<thing>_{total,seconds}`; labels come from bounded sets
 //! (route templates, status codes, model ids that look like model ids, capped in number).
 
-use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::routes::Route;
@@ -80,58 +81,128 @@ pub fn render() -> String {
         .unwrap_or_default()
 }
 
-fn status_label(status: u16) -> &'static str {
+const STATUS_LABELS: [&str; 17] = [
+    "200", "400", "401", "402", "403", "404", "405", "413", "429", "499", "500", "502", "503",
+    "504", "529", "2xx", "other",
+];
+
+fn status_index(status: u16) -> usize {
     match status {
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        402 => "402",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        529 => "529",
-        s if s < 300 => "2xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
+        200 => 0,
+        400 => 1,
+        401 => 2,
+        402 => 3,
+        403 => 4,
+        404 => 5,
+        405 => 6,
+        413 => 7,
+        429 => 8,
+        499 => 9,
+        500 => 10,
+        502 => 11,
+        503 => 12,
+        504 => 13,
+        529 => 14,
+        s if s < 300 => 15,
+        _ => 16,
     }
+}
+
+const ROUTES: [Route; 9] = [
+    Route::Messages,
+    Route::CountTokens,
+    Route::Models,
+    Route::Model,
+    Route::Batches,
+    Route::Batch,
+    Route::BatchCancel,
+    Route::BatchResults,
+    Route::Unknown,
+];
+
+/// Metric handles resolved once, so recording is a few atomic operations, not registry lookups.
+struct RouteHandles {
+    duration: Histogram,
+    upstream: Histogram,
+    overhead: Histogram,
+    by_status: [OnceLock<Counter>; STATUS_LABELS.len()],
+}
+
+struct TokenHandles {
+    input: Counter,
+    output: Counter,
+    cache_read: Counter,
+    cache_creation: Counter,
+}
+
+struct Handles {
+    routes: Vec<RouteHandles>,
+    in_flight: Gauge,
+    models: Mutex<HashMap<String, Arc<TokenHandles>>>,
+}
+
+fn handles() -> &'static Handles {
+    static H: OnceLock<Handles> = OnceLock::new();
+    H.get_or_init(|| Handles {
+        routes: ROUTES
+            .iter()
+            .map(|r| {
+                let t = r.template();
+                RouteHandles {
+                    duration: histogram!("rampart_http_request_duration_seconds", "route" => t),
+                    upstream: histogram!("rampart_upstream_duration_seconds", "route" => t),
+                    overhead: histogram!("rampart_gateway_overhead_seconds", "route" => t),
+                    by_status: std::array::from_fn(|_| OnceLock::new()),
+                }
+            })
+            .collect(),
+        in_flight: gauge!("rampart_http_requests_in_flight"),
+        models: Mutex::new(HashMap::new()),
+    })
+}
+
+fn route_handles(route: Route) -> &'static RouteHandles {
+    let h = handles();
+    let i = ROUTES
+        .iter()
+        .position(|r| *r == route)
+        .unwrap_or(ROUTES.len() - 1);
+    &h.routes[i.min(h.routes.len() - 1)]
 }
 
 const MAX_MODEL_LABELS: usize = 64;
 
-/// A model id fit to be a label: looks like a model id and is among the first few dozen seen.
-fn model_label(model: Option<&str>) -> String {
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let Some(m) = model else {
-        return "unknown".to_owned();
-    };
+/// Token counters for a model id: only ids that look like model ids get their own label, and only
+/// the first few dozen seen; the rest share `other`.
+fn token_handles(model: Option<&str>) -> Option<Arc<TokenHandles>> {
+    let m = model.unwrap_or("unknown");
     let plausible = !m.is_empty()
         && m.len() <= 64
         && m.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if !plausible {
-        return "other".to_owned();
-    }
-    let seen = SEEN.get_or_init(|| Mutex::new(HashSet::new()));
-    let Ok(mut set) = seen.lock() else {
-        return "other".to_owned();
-    };
-    if set.contains(m) || set.len() < MAX_MODEL_LABELS {
-        set.insert(m.to_owned());
-        m.to_owned()
+    let mut map = handles().models.lock().ok()?;
+    let label = if plausible && (map.contains_key(m) || map.len() < MAX_MODEL_LABELS) {
+        m
     } else {
-        "other".to_owned()
+        "other"
+    };
+    if let Some(t) = map.get(label) {
+        return Some(t.clone());
     }
+    let owned = label.to_owned();
+    let t = Arc::new(TokenHandles {
+        input: counter!("rampart_tokens_total", "model" => owned.clone(), "kind" => "input"),
+        output: counter!("rampart_tokens_total", "model" => owned.clone(), "kind" => "output"),
+        cache_read: counter!("rampart_tokens_total", "model" => owned.clone(), "kind" => "cache_read"),
+        cache_creation: counter!("rampart_tokens_total", "model" => owned.clone(), "kind" => "cache_creation"),
+    });
+    map.insert(owned, t.clone());
+    Some(t)
 }
 
 /// A request entered the gateway.
 pub fn request_started() {
-    gauge!("rampart_http_requests_in_flight").increment(1.0);
+    handles().in_flight.increment(1.0);
 }
 
 /// Everything known about a finished request, for metrics and the access log.
@@ -167,59 +238,127 @@ pub struct Finished<'a> {
 
 /// Record metrics and write the access-log line. Never logs keys or bodies.
 pub fn request_finished(f: &Finished<'_>) {
-    gauge!("rampart_http_requests_in_flight").decrement(1.0);
-    let route = f.route.template();
-    counter!("rampart_http_requests_total", "route" => route, "status" => status_label(f.status))
+    let h = handles();
+    h.in_flight.decrement(1.0);
+    let rh = route_handles(f.route);
+    let si = status_index(f.status);
+    rh.by_status[si]
+        .get_or_init(|| {
+            counter!("rampart_http_requests_total", "route" => f.route.template(), "status" => STATUS_LABELS[si])
+        })
         .increment(1);
-    histogram!("rampart_http_request_duration_seconds", "route" => route)
-        .record(f.total.as_secs_f64());
+    rh.duration.record(f.total.as_secs_f64());
     if let Some(u) = f.upstream {
-        histogram!("rampart_upstream_duration_seconds", "route" => route).record(u.as_secs_f64());
+        rh.upstream.record(u.as_secs_f64());
     }
     if let Some(o) = f.overhead {
-        histogram!("rampart_gateway_overhead_seconds", "route" => route).record(o.as_secs_f64());
+        rh.overhead.record(o.as_secs_f64());
     }
-    let served_model = f.usage.and_then(|u| u.model.as_deref());
     if let Some(u) = f.usage {
-        let model = model_label(served_model.or(f.model_requested));
-        for (kind, n) in [
-            ("input", u.input_tokens),
-            ("output", u.output_tokens),
-            ("cache_read", u.cache_read_input_tokens),
-            ("cache_creation", u.cache_creation_input_tokens),
-        ] {
-            if n > 0 {
-                counter!("rampart_tokens_total", "model" => model.clone(), "kind" => kind)
-                    .increment(n);
-            }
+        let served = u.model.as_deref().or(f.model_requested);
+        if let Some(t) = token_handles(served) {
+            t.input.increment(u.input_tokens);
+            t.output.increment(u.output_tokens);
+            t.cache_read.increment(u.cache_read_input_tokens);
+            t.cache_creation.increment(u.cache_creation_input_tokens);
         }
         if let Some(err) = &u.stream_error {
-            counter!("rampart_upstream_errors_total", "kind" => "stream_error").increment(1);
+            upstream_error("stream_error");
             tracing::warn!(target: "rampart::proxy", request_id = f.request_id, error_type = %err, "upstream stream carried an error event");
         }
     }
-    tracing::info!(
-        target: "rampart::access",
-        request_id = f.request_id,
-        method = f.method,
-        route = route,
-        status = f.status,
-        key = f.key.unwrap_or("-"),
-        model = f.model_requested.unwrap_or("-"),
-        served_model = served_model.unwrap_or("-"),
-        stream = f.streamed,
-        latency_ms = duration_ms(f.total),
-        upstream_ms = f.upstream.map(duration_ms),
-        overhead_ms = f.overhead.map(duration_ms),
-        input_tokens = f.usage.map(|u| u.input_tokens),
-        output_tokens = f.usage.map(|u| u.output_tokens),
-        cache_read_tokens = f.usage.map(|u| u.cache_read_input_tokens),
-        cache_creation_tokens = f.usage.map(|u| u.cache_creation_input_tokens),
-        stop_reason = f.usage.and_then(|u| u.stop_reason.as_deref()),
-        client_aborted = f.client_aborted,
-        upstream_request_id = f.upstream_request_id,
-        "request"
+    access_log(f);
+}
+
+/// One JSON line per request, formatted by hand (this runs once per request).
+fn access_log(f: &Finished<'_>) {
+    if !tracing::enabled!(target: "rampart::access", tracing::Level::INFO) {
+        return;
+    }
+    let mut line = String::with_capacity(512);
+    line.push_str("{\"timestamp\":\"");
+    let now = time::OffsetDateTime::now_utc();
+    let _ = write!(
+        line,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.microsecond()
     );
+    line.push_str("\",\"level\":\"INFO\",\"target\":\"rampart::access\",\"message\":\"request\"");
+    field_str(&mut line, "request_id", Some(f.request_id));
+    field_str(&mut line, "method", Some(f.method));
+    field_str(&mut line, "route", Some(f.route.template()));
+    let _ = write!(line, ",\"status\":{}", f.status);
+    field_str(&mut line, "key", f.key);
+    field_str(&mut line, "model", f.model_requested);
+    field_str(
+        &mut line,
+        "served_model",
+        f.usage.and_then(|u| u.model.as_deref()),
+    );
+    let _ = write!(line, ",\"stream\":{}", f.streamed);
+    field_ms(&mut line, "latency_ms", f.total);
+    if let Some(u) = f.upstream {
+        field_ms(&mut line, "upstream_ms", u);
+    }
+    if let Some(o) = f.overhead {
+        field_ms(&mut line, "overhead_ms", o);
+    }
+    if let Some(u) = f.usage {
+        let _ = write!(
+            line,
+            ",\"input_tokens\":{},\"output_tokens\":{},\"cache_read_tokens\":{},\"cache_creation_tokens\":{}",
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_input_tokens,
+            u.cache_creation_input_tokens
+        );
+        field_str(&mut line, "stop_reason", u.stop_reason.as_deref());
+        field_str(&mut line, "stream_error", u.stream_error.as_deref());
+    }
+    let _ = write!(line, ",\"client_aborted\":{}", f.client_aborted);
+    field_str(&mut line, "upstream_request_id", f.upstream_request_id);
+    line.push_str("}\n");
+    if !crate::logging::append_line(line.as_bytes()) {
+        tracing::info!(target: "rampart::access", "{}", line.trim_end());
+    }
+}
+
+/// `,"name":"value"` with JSON escaping; nothing when `value` is `None`.
+fn field_str(line: &mut String, name: &str, value: Option<&str>) {
+    let Some(v) = value else { return };
+    line.push_str(",\"");
+    line.push_str(name);
+    line.push_str("\":\"");
+    let mut rest = v;
+    while let Some(i) = rest
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\' || b < 0x20)
+    {
+        line.push_str(&rest[..i]);
+        let b = rest.as_bytes()[i];
+        match b {
+            b'"' => line.push_str("\\\""),
+            b'\\' => line.push_str("\\\\"),
+            _ => {
+                let _ = write!(line, "\\u{b:04x}");
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    line.push_str(rest);
+    line.push('"');
+}
+
+/// `,"name":1.234` (milliseconds with microsecond precision), without float formatting.
+fn field_ms(line: &mut String, name: &str, d: Duration) {
+    let us = d.as_micros();
+    let _ = write!(line, ",\"{name}\":{}.{:03}", us / 1000, us % 1000);
 }
 
 /// Count an upstream failure by kind.
@@ -227,6 +366,31 @@ pub fn upstream_error(kind: &'static str) {
     counter!("rampart_upstream_errors_total", "kind" => kind).increment(1);
 }
 
-fn duration_ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1_000.0
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_fields_are_json_escaped() {
+        let mut s = String::from("{\"a\":1");
+        field_str(&mut s, "model", Some("a\"b\\c\nd"));
+        s.push('}');
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["model"], "a\"b\\c\nd");
+    }
+
+    #[test]
+    fn milliseconds_keep_microsecond_precision() {
+        let mut s = String::new();
+        field_ms(&mut s, "x", Duration::from_micros(12_345));
+        assert_eq!(s, ",\"x\":12.345");
+    }
+
+    #[test]
+    fn status_labels_cover_common_codes() {
+        assert_eq!(STATUS_LABELS[status_index(200)], "200");
+        assert_eq!(STATUS_LABELS[status_index(201)], "2xx");
+        assert_eq!(STATUS_LABELS[status_index(418)], "other");
+        assert_eq!(STATUS_LABELS[status_index(529)], "529");
+    }
 }

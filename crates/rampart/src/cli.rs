@@ -11,7 +11,8 @@ use rampart_gateway::Gateway;
 use rampart_gateway::config::{self, LogFormat, Sources};
 use tokio::net::TcpListener;
 
-use crate::{demo, logging};
+use crate::demo;
+use rampart_gateway::logging;
 
 /// Rampart: a self-hosted gateway for Anthropic's Claude API.
 #[derive(Debug, Parser)]

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cli::{self, SimArgs};
-use crate::logging;
+use rampart_gateway::logging;
 
 /// Demo options.
 #[derive(Debug, Args)]
