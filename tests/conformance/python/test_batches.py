@@ -56,17 +56,7 @@ def test_batch_with_a_good_and_an_invalid_item_ends_with_one_success_and_one_err
     assert results["bad"].error.error.type == "invalid_request_error"
 
 
-def test_results_url_points_back_at_the_server_the_client_talks_to(
-    client: anthropic.Anthropic, target: Target, request: pytest.FixtureRequest
-) -> None:
-    if target.name == "gateway":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="KNOWN GATEWAY BUG: results_url is passed through unchanged, so SDKs download results "
-                "straight from the upstream, bypassing the gateway and sending it the client's key",
-            )
-        )
+def test_results_url_points_back_at_the_server_the_client_talks_to(client: anthropic.Anthropic, target: Target) -> None:
     created = client.messages.batches.create(requests=[good_item("u", "where are my results")])
     ended = wait_ended(client, created.id)
     # The SDKs download results from results_url exactly as given (Python and TypeScript alike).

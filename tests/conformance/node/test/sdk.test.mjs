@@ -242,10 +242,8 @@ for (const name of TARGETS) {
         await expectError(client.messages.batches.retrieve(created.id), Anthropic.NotFoundError);
       });
 
-      // Known gateway bug (reported): results_url is passed through unchanged, so the SDK downloads
-      // results straight from the upstream. A todo test reports without failing the run.
-      const resultsUrlOpts = name === 'gateway' ? { todo: 'gateway passes the upstream results_url through' } : {};
-      it('returns a results_url that points back at the server the client talks to', resultsUrlOpts, async () => {
+      // The SDK downloads results from results_url exactly as given, so it must not point past the gateway.
+      it('returns a results_url that points back at the server the client talks to', async () => {
         const created = await client.messages.batches.create({ requests: [good('u', 'where')] });
         const ended = await waitEnded(created.id);
         assert.equal(ended.results_url, `${target.baseURL}/v1/messages/batches/${created.id}/results`);
