@@ -13,8 +13,8 @@ DURATION=${BENCH_DURATION:-10s}
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+# start() runs in a command substitution (a subshell), so children are tracked through pid files.
+cleanup() { for f in "$WORK"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 if ! command -v wrk >/dev/null; then
@@ -29,7 +29,6 @@ BIN=$ROOT/target/release
 start() {
   local name=$1; shift
   "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  PIDS+=($!)
   echo $! >"$WORK/$name.pid"
   for _ in $(seq 1 200); do
     if grep -q "^listening on http://" "$WORK/$name.out" 2>/dev/null; then

@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
@@ -151,7 +150,11 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// Entry point for every proxied route.
-pub async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Response {
+pub async fn handle<B>(state: Arc<AppState>, route: Route, req: http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = req.into_parts();
     let mut done = Completion::new(route, parts.method.clone(), request_id(&parts.headers));
     let public_base = matches!(route, Route::Batches | Route::Batch | Route::BatchCancel)
@@ -197,17 +200,21 @@ fn error_response(e: ProxyError, mut done: Completion) -> Response {
 }
 
 /// A response for a request that never reaches the proxy engine (404, 405), still recorded.
-pub fn reject(route: Route, req: &Request, err: ProxyError) -> Response {
-    let done = Completion::new(route, req.method().clone(), request_id(req.headers()));
+pub fn reject(route: Route, headers: &HeaderMap, method: &Method, err: ProxyError) -> Response {
+    let done = Completion::new(route, method.clone(), request_id(headers));
     error_response(err, done)
 }
 
-async fn forward(
+async fn forward<B>(
     state: &AppState,
     done: &mut Completion,
     parts: http::request::Parts,
-    body: Body,
-) -> Result<(http::Response<Incoming>, Instant, Instant), ProxyError> {
+    body: B,
+) -> Result<(http::Response<Incoming>, Instant, Instant), ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ProxyError::ShuttingDown);
     }
@@ -270,7 +277,11 @@ async fn forward(
     Ok((upstream_resp, sent_at, headers_at))
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, ProxyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -18,18 +18,17 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::proxy::{self, AppState};
-use crate::routes::Route;
+use crate::routes::{Match, Route, match_route};
 use crate::telemetry;
 
 /// A configured gateway, ready to serve.
@@ -80,7 +79,11 @@ impl Gateway {
                 telemetry::upkeep();
             }
         });
-        let result = serve_router(listener, self.router(), shutdown, grace, move || {
+        let dispatch = Dispatch {
+            state: self.state.clone(),
+            rest: self.router(),
+        };
+        let result = serve_with(listener, dispatch, shutdown, grace, move || {
             state.shutting_down.store(true, Ordering::Relaxed);
         })
         .await;
@@ -89,55 +92,62 @@ impl Gateway {
     }
 }
 
-fn proxied(
-    state: &Arc<AppState>,
-    route: Route,
-) -> impl Fn(Request) -> ProxyFuture + Clone + Send + Sync + 'static {
-    let state = state.clone();
-    move |req: Request| -> ProxyFuture {
-        let state = state.clone();
-        Box::pin(async move {
-            if !req
-                .uri()
-                .path()
-                .split('/')
-                .skip(1)
-                .all(crate::routes::valid_id_segment)
-            {
-                return proxy::reject(route, &req, ProxyError::NotFound);
+/// The connection-level service: `/v1/*` requests go straight to the proxy engine (no router,
+/// no body boxing); everything else (health, metrics, 404) goes to the axum [`router`].
+#[derive(Debug, Clone)]
+struct Dispatch {
+    state: Arc<AppState>,
+    rest: Router,
+}
+
+type BoxedResponseFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Dispatch {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = BoxedResponseFuture;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        match match_route(req.method(), req.uri().path()) {
+            Match::Route(route) => {
+                let state = self.state.clone();
+                Box::pin(async move { Ok(proxy::handle(state, route, req).await) })
             }
-            proxy::handle(state, route, req).await
-        })
+            Match::WrongMethod(route) => {
+                let m = req.method().to_string();
+                let resp = proxy::reject(
+                    route,
+                    req.headers(),
+                    req.method(),
+                    ProxyError::MethodNotAllowed(m),
+                );
+                Box::pin(std::future::ready(Ok(resp)))
+            }
+            Match::NotFound => {
+                let resp = proxy::reject(
+                    Route::Unknown,
+                    req.headers(),
+                    req.method(),
+                    ProxyError::NotFound,
+                );
+                Box::pin(std::future::ready(Ok(resp)))
+            }
+            Match::Other => {
+                let mut rest = self.rest.clone();
+                Box::pin(async move {
+                    use tower::Service as _;
+                    rest.call(req.map(axum::body::Body::new)).await
+                })
+            }
+        }
     }
 }
 
-type ProxyFuture = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
-
-/// The full router: proxied `/v1/*` routes, health, metrics, and envelope fallbacks.
+/// Health, metrics and the envelope fallback (the proxied routes are matched before this).
 pub fn router(state: Arc<AppState>) -> Router {
-    let route = |r: Route| proxied(&state, r);
-    let ready_state = state.clone();
+    let ready_state = state;
     Router::new()
-        .route("/v1/messages", post(route(Route::Messages)))
-        .route("/v1/messages/count_tokens", post(route(Route::CountTokens)))
-        .route("/v1/models", get(route(Route::Models)))
-        .route("/v1/models/{model_id}", get(route(Route::Model)))
-        .route(
-            "/v1/messages/batches",
-            get(route(Route::Batches)).post(route(Route::Batches)),
-        )
-        .route(
-            "/v1/messages/batches/{id}",
-            get(route(Route::Batch)).merge(delete(route(Route::Batch))),
-        )
-        .route(
-            "/v1/messages/batches/{id}/cancel",
-            post(route(Route::BatchCancel)),
-        )
-        .route(
-            "/v1/messages/batches/{id}/results",
-            get(route(Route::BatchResults)),
-        )
         .route("/livez", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -155,10 +165,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(|req: Request| async move {
             let m = req.method().to_string();
-            proxy::reject(Route::Unknown, &req, ProxyError::MethodNotAllowed(m))
+            proxy::reject(
+                Route::Unknown,
+                req.headers(),
+                req.method(),
+                ProxyError::MethodNotAllowed(m),
+            )
         })
         .fallback(|req: Request| async move {
-            proxy::reject(Route::Unknown, &req, ProxyError::NotFound)
+            proxy::reject(
+                Route::Unknown,
+                req.headers(),
+                req.method(),
+                ProxyError::NotFound,
+            )
         })
 }
 
@@ -171,18 +191,26 @@ async fn metrics() -> Response {
     resp
 }
 
-/// Accept loop shared by every server subcommand: TCP_NODELAY, HTTP/1.1 keep-alive and h2c,
-/// a header-read timeout against slow clients, and graceful shutdown with a deadline.
-///
-/// # Errors
-/// Never in practice; accept errors are logged and retried.
-pub async fn serve_router(
+/// The accept loop: TCP_NODELAY, HTTP/1.1 keep-alive and h2c, a header-read timeout against slow
+/// clients, and graceful shutdown with a deadline.
+async fn serve_with<S>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     on_shutdown: impl FnOnce() + Send,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -195,8 +223,8 @@ pub async fn serve_router(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let svc = TowerToHyperService::new(router.clone());
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
                     let watched = graceful.watch(conn.into_owned());
                     tokio::spawn(async move {
                         let _ = watched.await;
