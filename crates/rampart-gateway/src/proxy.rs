@@ -146,7 +146,14 @@ fn request_id(headers: &HeaderMap) -> String {
     {
         return v.to_owned();
     }
-    format!("req_rmp_{:032x}", rand::random::<u128>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(40);
+    id.push_str("req_rmp_");
+    let r: u128 = rand::random();
+    for i in (0..32).rev() {
+        id.push(char::from(HEX[((r >> (i * 4)) & 0xf) as usize]));
+    }
+    id
 }
 
 /// Entry point for every proxied route.

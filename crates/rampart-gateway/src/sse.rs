@@ -99,8 +99,16 @@ impl UsageSummary {
     }
 
     /// Usage from a complete non-streamed Messages response body.
+    ///
+    /// Walks the top-level object once: `model`, `stop_reason` and `usage` are decoded, every other
+    /// value (the content, which is most of the body) is skipped with a byte scanner instead of a
+    /// full JSON parse. A body it cannot walk falls back to serde.
     #[must_use]
     pub fn from_json(body: &[u8]) -> Option<Self> {
+        fast_json::summary(body).or_else(|| Self::from_json_serde(body))
+    }
+
+    fn from_json_serde(body: &[u8]) -> Option<Self> {
         let m: MessageFields = serde_json::from_slice(body).ok()?;
         let mut s = Self {
             model: m.model,
@@ -112,6 +120,165 @@ impl UsageSummary {
             s.apply_usage(u);
         }
         Some(s)
+    }
+}
+
+/// A top-level walker for trusted upstream JSON: finds the value of each top-level key and skips
+/// the rest by scanning bytes (strings with `memchr2`, containers by depth).
+mod fast_json {
+    use super::{UsageFields, UsageSummary};
+
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+            i += 1;
+        }
+        i
+    }
+
+    /// Index just past the string starting at `b[i] == b'"'`.
+    fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+        let mut j = i + 1;
+        loop {
+            j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+            if b[j] == b'\\' {
+                j += 2;
+            } else {
+                return Some(j + 1);
+            }
+        }
+    }
+
+    /// Index just past the value starting at `b[i]`.
+    fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+        match *b.get(i)? {
+            b'"' => skip_string(b, i),
+            open @ (b'{' | b'[') => {
+                // Only this container's own brackets and strings matter for finding its end.
+                let close = if open == b'{' { b'}' } else { b']' };
+                let mut depth = 0usize;
+                let mut j = i;
+                loop {
+                    j += memchr::memchr3(b'"', open, close, b.get(j..)?)?;
+                    match b[j] {
+                        b'"' => {
+                            j = skip_string(b, j)?;
+                            continue;
+                        }
+                        c if c == open => depth += 1,
+                        _ => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(j + 1);
+                            }
+                        }
+                    }
+                    j += 1;
+                }
+            }
+            _ => {
+                let mut j = i;
+                while j < b.len()
+                    && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+                {
+                    j += 1;
+                }
+                Some(j)
+            }
+        }
+    }
+
+    /// Calls `f(key, raw_value)` for each member of the object starting at `b[i]`; returns the
+    /// index just past it, or `None` when the bytes are not an object it can walk.
+    fn walk_object(
+        b: &[u8],
+        i: usize,
+        mut f: impl FnMut(&[u8], &[u8]) -> Option<()>,
+    ) -> Option<usize> {
+        let mut i = ws(b, i);
+        if b.get(i) != Some(&b'{') {
+            return None;
+        }
+        i = ws(b, i + 1);
+        if b.get(i) == Some(&b'}') {
+            return Some(i + 1);
+        }
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key_end = skip_string(b, i)?;
+            let key = &b[i + 1..key_end - 1];
+            i = ws(b, key_end);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            i = ws(b, i + 1);
+            let end = skip_value(b, i)?;
+            f(key, &b[i..end])?;
+            i = ws(b, end);
+            match b.get(i) {
+                Some(b',') => i = ws(b, i + 1),
+                Some(b'}') => return Some(i + 1),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A JSON string or null; plain strings are sliced, escaped ones decoded by serde.
+    fn string(raw: &[u8]) -> Option<Option<String>> {
+        if raw == b"null" {
+            return Some(None);
+        }
+        let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        if inner.contains(&b'\\') {
+            return serde_json::from_slice::<String>(raw).ok().map(Some);
+        }
+        std::str::from_utf8(inner).ok().map(|s| Some(s.to_owned()))
+    }
+
+    /// A non-negative integer, or null (as `None`).
+    fn uint(raw: &[u8]) -> Option<Option<u64>> {
+        if raw == b"null" {
+            return Some(None);
+        }
+        if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(Some(
+            raw.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+        ))
+    }
+
+    pub(super) fn summary(b: &[u8]) -> Option<UsageSummary> {
+        let mut s = UsageSummary {
+            completed: true,
+            ..UsageSummary::default()
+        };
+        let end = walk_object(b, 0, |key, raw| {
+            match key {
+                b"model" => s.model = string(raw)?,
+                b"stop_reason" => s.stop_reason = string(raw)?,
+                b"usage" if raw != b"null" => {
+                    let mut u = UsageFields::default();
+                    walk_object(raw, 0, |k, v| {
+                        match k {
+                            b"input_tokens" => u.input_tokens = uint(v)?,
+                            b"output_tokens" => u.output_tokens = uint(v)?,
+                            b"cache_creation_input_tokens" => {
+                                u.cache_creation_input_tokens = uint(v)?;
+                            }
+                            b"cache_read_input_tokens" => u.cache_read_input_tokens = uint(v)?,
+                            _ => {}
+                        }
+                        Some(())
+                    })?;
+                    s.apply_usage(&u);
+                }
+                _ => {}
+            }
+            Some(())
+        })?;
+        (ws(b, end) == b.len()).then_some(s)
     }
 }
 
@@ -372,7 +539,43 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(s.stop_reason.as_deref(), Some("max_tokens"));
     }
 
+    #[test]
+    fn fast_walk_agrees_with_serde_even_with_decoys_in_content() {
+        let bodies: [&[u8]; 4] = [
+            br#"{"id":"msg_1","content":[{"type":"tool_use","input":{"usage":{"input_tokens":999},"model":"decoy","s":"a\"}{b"}}],"model":"claude-x","stop_reason":"tool_use","usage":{"input_tokens":3,"output_tokens":4,"cache_creation_input_tokens":1,"cache_read_input_tokens":2,"cache_creation":{"ephemeral_5m_input_tokens":1,"ephemeral_1h_input_tokens":0}}}"#,
+            br#" { "model" : null , "usage" : null } "#,
+            br#"{}"#,
+            br#"{"usage":{"output_tokens":7},"extra":[1,2,{"a":[true,false,null]}],"n":-1.5e3}"#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                fast_json::summary(body),
+                UsageSummary::from_json_serde(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let decoy = UsageSummary::from_json(bodies[0]).unwrap();
+        assert_eq!(decoy.input_tokens, 3);
+        assert_eq!(decoy.model.as_deref(), Some("claude-x"));
+    }
+
     proptest! {
+        #[test]
+        fn fast_walk_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = UsageSummary::from_json(&bytes);
+        }
+
+        #[test]
+        fn fast_walk_matches_serde_on_generated_messages(text in "\\PC{0,40}", n in 0u64..100_000) {
+            let body = serde_json::json!({
+                "id": "msg_x", "content": [{"type": "text", "text": text}],
+                "model": "claude-y", "stop_reason": "end_turn",
+                "usage": {"input_tokens": n, "output_tokens": n / 2}
+            }).to_string();
+            prop_assert_eq!(fast_json::summary(body.as_bytes()), UsageSummary::from_json_serde(body.as_bytes()));
+        }
+
         #[test]
         fn any_chunking_gives_the_same_summary(cuts in proptest::collection::vec(0usize..STREAM.len(), 0..12)) {
             let mut cuts = cuts;

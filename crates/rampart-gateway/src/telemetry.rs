@@ -3,7 +3,6 @@
 //! Metric names follow `rampart_<area>_<thing>_{total,seconds}`; labels come from bounded sets
 //! (route templates, status codes, model ids that look like model ids, capped in number).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -138,7 +137,8 @@ struct TokenHandles {
 struct Handles {
     routes: Vec<RouteHandles>,
     in_flight: Gauge,
-    models: Mutex<HashMap<String, Arc<TokenHandles>>>,
+    /// Few entries (at most [`MAX_MODEL_LABELS`]): a linear scan beats hashing here.
+    models: Mutex<Vec<(String, Arc<TokenHandles>)>>,
 }
 
 fn handles() -> &'static Handles {
@@ -157,7 +157,7 @@ fn handles() -> &'static Handles {
             })
             .collect(),
         in_flight: gauge!("rampart_http_requests_in_flight"),
-        models: Mutex::new(HashMap::new()),
+        models: Mutex::new(Vec::new()),
     })
 }
 
@@ -181,13 +181,19 @@ fn token_handles(model: Option<&str>) -> Option<Arc<TokenHandles>> {
         && m.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
     let mut map = handles().models.lock().ok()?;
-    let label = if plausible && (map.contains_key(m) || map.len() < MAX_MODEL_LABELS) {
+    let find = |map: &Vec<(String, Arc<TokenHandles>)>, l: &str| {
+        map.iter().find(|(k, _)| k == l).map(|(_, t)| t.clone())
+    };
+    if plausible && let Some(t) = find(&map, m) {
+        return Some(t);
+    }
+    let label = if plausible && map.len() < MAX_MODEL_LABELS {
         m
     } else {
         "other"
     };
-    if let Some(t) = map.get(label) {
-        return Some(t.clone());
+    if let Some(t) = find(&map, label) {
+        return Some(t);
     }
     let owned = label.to_owned();
     let t = Arc::new(TokenHandles {
@@ -196,7 +202,7 @@ fn token_handles(model: Option<&str>) -> Option<Arc<TokenHandles>> {
         cache_read: counter!("rampart_tokens_total", "model" => owned.clone(), "kind" => "cache_read"),
         cache_creation: counter!("rampart_tokens_total", "model" => owned.clone(), "kind" => "cache_creation"),
     });
-    map.insert(owned, t.clone());
+    map.push((owned, t.clone()));
     Some(t)
 }
 
@@ -277,31 +283,28 @@ fn access_log(f: &Finished<'_>) {
     }
     let mut line = String::with_capacity(512);
     line.push_str("{\"timestamp\":\"");
-    let now = time::OffsetDateTime::now_utc();
-    let _ = write!(
-        line,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.microsecond()
-    );
+    push_timestamp(&mut line);
     line.push_str("\",\"level\":\"INFO\",\"target\":\"rampart::access\",\"message\":\"request\"");
-    field_str(&mut line, "request_id", Some(f.request_id));
-    field_str(&mut line, "method", Some(f.method));
-    field_str(&mut line, "route", Some(f.route.template()));
-    let _ = write!(line, ",\"status\":{}", f.status);
-    field_str(&mut line, "key", f.key);
+    // Request ids are validated to a safe charset, methods are tokens, routes are constants.
+    field_safe(&mut line, "request_id", f.request_id);
+    field_safe(&mut line, "method", f.method);
+    field_safe(&mut line, "route", f.route.template());
+    line.push_str(",\"status\":");
+    push_u64(&mut line, u64::from(f.status));
+    if let Some(k) = f.key {
+        field_safe(&mut line, "key", k);
+    }
     field_str(&mut line, "model", f.model_requested);
     field_str(
         &mut line,
         "served_model",
         f.usage.and_then(|u| u.model.as_deref()),
     );
-    let _ = write!(line, ",\"stream\":{}", f.streamed);
+    line.push_str(if f.streamed {
+        ",\"stream\":true"
+    } else {
+        ",\"stream\":false"
+    });
     field_ms(&mut line, "latency_ms", f.total);
     if let Some(u) = f.upstream {
         field_ms(&mut line, "upstream_ms", u);
@@ -321,12 +324,26 @@ fn access_log(f: &Finished<'_>) {
         field_str(&mut line, "stop_reason", u.stop_reason.as_deref());
         field_str(&mut line, "stream_error", u.stream_error.as_deref());
     }
-    let _ = write!(line, ",\"client_aborted\":{}", f.client_aborted);
+    line.push_str(if f.client_aborted {
+        ",\"client_aborted\":true"
+    } else {
+        ",\"client_aborted\":false"
+    });
     field_str(&mut line, "upstream_request_id", f.upstream_request_id);
     line.push_str("}\n");
     if !crate::logging::append_line(line.as_bytes()) {
         tracing::info!(target: "rampart::access", "{}", line.trim_end());
     }
+}
+
+/// `,"name":"value"` for a value known to need no escaping.
+fn field_safe(line: &mut String, name: &str, value: &str) {
+    debug_assert!(value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+    line.push_str(",\"");
+    line.push_str(name);
+    line.push_str("\":\"");
+    line.push_str(value);
+    line.push('"');
 }
 
 /// `,"name":"value"` with JSON escaping; nothing when `value` is `None`.
@@ -335,6 +352,11 @@ fn field_str(line: &mut String, name: &str, value: Option<&str>) {
     line.push_str(",\"");
     line.push_str(name);
     line.push_str("\":\"");
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        line.push_str(v);
+        line.push('"');
+        return;
+    }
     let mut rest = v;
     while let Some(i) = rest
         .bytes()
@@ -357,8 +379,72 @@ fn field_str(line: &mut String, name: &str, value: Option<&str>) {
 
 /// `,"name":1.234` (milliseconds with microsecond precision), without float formatting.
 fn field_ms(line: &mut String, name: &str, d: Duration) {
-    let us = d.as_micros();
-    let _ = write!(line, ",\"{name}\":{}.{:03}", us / 1000, us % 1000);
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    line.push_str(",\"");
+    line.push_str(name);
+    line.push_str("\":");
+    push_u64(line, us / 1000);
+    line.push('.');
+    push_padded(line, us % 1000, 3);
+}
+
+/// Decimal digits of `v`, without going through `core::fmt`.
+fn push_u64(line: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    line.extend(buf[i..].iter().map(|&b| b as char));
+}
+
+/// `v` left-padded with zeros to `width` digits.
+fn push_padded(line: &mut String, v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut v = v;
+    let mut i = buf.len();
+    while v > 0 && i > 0 {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let start = buf.len().saturating_sub(width).min(i);
+    line.extend(buf[start..].iter().map(|&b| b as char));
+}
+
+/// RFC 3339 UTC time with microseconds; the date-and-seconds part is formatted once per second.
+fn push_timestamp(line: &mut String) {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let secs = now.unix_timestamp();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            c.1.clear();
+            let _ = write!(
+                c.1,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second()
+            );
+            c.0 = secs;
+        }
+        line.push_str(&c.1);
+    });
+    line.push('.');
+    push_padded(line, u64::from(now.microsecond()), 6);
+    line.push('Z');
 }
 
 /// Count an upstream failure by kind.
@@ -377,6 +463,29 @@ mod tests {
         s.push('}');
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["model"], "a\"b\\c\nd");
+    }
+
+    #[test]
+    fn numbers_are_formatted_like_display() {
+        for v in [0u64, 7, 10, 99, 1_000, 123_456_789, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
+        let mut s = String::new();
+        push_padded(&mut s, 42, 6);
+        assert_eq!(s, "000042");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        let mut s = String::new();
+        push_timestamp(&mut s);
+        assert_eq!(s.len(), "2026-11-25T23:49:12.123456Z".len(), "{s}");
+        assert!(
+            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).is_ok(),
+            "{s}"
+        );
     }
 
     #[test]
