@@ -11,6 +11,8 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::secret::Secret;
+
 /// SHA-256 digest of a client key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ApiKeyHash([u8; 32]);
@@ -60,10 +62,52 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 /// Keys from configuration, held as digests.
+///
+/// Checking a key costs a SHA-256 (about a microsecond on CPUs without SHA extensions); the
+/// [`VerifiedCache`] in front of it remembers credentials that already verified, so the hot path
+/// is a keyed 64-bit hash lookup plus a constant-time comparison.
 #[derive(Debug, Clone, Default)]
 pub struct StaticKeys {
     /// Digest and its log label, computed once.
     keys: Vec<(ApiKeyHash, Arc<str>)>,
+    verified: Arc<VerifiedCache>,
+}
+
+/// Credentials that already verified, keyed by a randomly seeded 64-bit hash. Entries hold the
+/// credential as a [`Secret`] (zeroed on drop) and are compared in constant time; only successes
+/// are cached, so failed guesses cannot fill it. Bounded: when full it is cleared.
+#[derive(Debug, Default)]
+pub struct VerifiedCache {
+    state: std::hash::RandomState,
+    map: std::sync::RwLock<std::collections::HashMap<u64, (Secret, Identity)>>,
+}
+
+const VERIFIED_CACHE_MAX: usize = 10_000;
+
+impl VerifiedCache {
+    fn slot(&self, credential: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.state.hash_one(credential)
+    }
+
+    fn get(&self, credential: &str) -> Option<Identity> {
+        let slot = self.slot(credential);
+        let map = self.map.read().ok()?;
+        let (secret, identity) = map.get(&slot)?;
+        let stored = secret.expose().as_bytes();
+        (stored.len() == credential.len() && bool::from(stored.ct_eq(credential.as_bytes())))
+            .then(|| identity.clone())
+    }
+
+    fn put(&self, credential: &str, identity: &Identity) {
+        let slot = self.slot(credential);
+        if let Ok(mut map) = self.map.write() {
+            if map.len() >= VERIFIED_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(slot, (Secret::new(credential.to_owned()), identity.clone()));
+        }
+    }
 }
 
 impl StaticKeys {
@@ -78,6 +122,7 @@ impl StaticKeys {
                     (h, label)
                 })
                 .collect(),
+            verified: Arc::default(),
         }
     }
 
@@ -96,6 +141,9 @@ impl StaticKeys {
 
 impl Authenticator for StaticKeys {
     fn authenticate(&self, credential: &str) -> Option<Identity> {
+        if let Some(identity) = self.verified.get(credential) {
+            return Some(identity);
+        }
         let candidate = ApiKeyHash::of(credential);
         // Compare against every key without early exit, so timing does not depend on which matched.
         let mut found: Option<&Arc<str>> = None;
@@ -104,9 +152,11 @@ impl Authenticator for StaticKeys {
                 found = Some(label);
             }
         }
-        found.map(|label| Identity {
+        let identity = found.map(|label| Identity {
             key_label: label.clone(),
-        })
+        })?;
+        self.verified.put(credential, &identity);
+        Some(identity)
     }
 }
 
@@ -151,6 +201,17 @@ mod tests {
         assert!(k.authenticate("rk_beta_0123456789").is_some());
         assert!(k.authenticate("rk_beta_012345678").is_none());
         assert!(k.authenticate("").is_none());
+    }
+
+    #[test]
+    fn cached_credentials_still_need_an_exact_match() {
+        let k = keys(&["rk_alpha_0123456789"]);
+        assert!(k.authenticate("rk_alpha_0123456789").is_some());
+        // Second time from the cache; near-misses are never served from it.
+        assert!(k.authenticate("rk_alpha_0123456789").is_some());
+        assert!(k.authenticate("rk_alpha_012345678X").is_none());
+        assert!(k.authenticate("rk_alpha_01234567890").is_none());
+        assert_eq!(k.verified.map.read().unwrap().len(), 1);
     }
 
     #[test]

@@ -29,6 +29,10 @@ use crate::sse::{UsageScanner, UsageSummary};
 use crate::telemetry;
 use crate::upstream::UpstreamClient;
 
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+
 /// Largest non-streamed Messages body copied aside to read usage.
 const JSON_TAP_LIMIT: usize = 8 * 1024 * 1024;
 
@@ -137,7 +141,7 @@ impl Drop for Completion {
 
 /// A request id: the client's `x-request-id` when it is sane, else a fresh one.
 fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(v) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && !v.is_empty()
         && v.len() <= 128
         && v.bytes().all(|b| {
@@ -147,13 +151,12 @@ fn request_id(headers: &HeaderMap) -> String {
         return v.to_owned();
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(40);
-    id.push_str("req_rmp_");
+    let mut id = *b"req_rmp_00000000000000000000000000000000";
     let r: u128 = rand::random();
-    for i in (0..32).rev() {
-        id.push(char::from(HEX[((r >> (i * 4)) & 0xf) as usize]));
+    for (i, slot) in id[8..].iter_mut().enumerate() {
+        *slot = HEX[((r >> ((31 - i) * 4)) & 0xf) as usize];
     }
-    id
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 /// Entry point for every proxied route.
@@ -393,9 +396,9 @@ fn build_upstream_request(
     let uri = upstream_uri(&state.settings.upstream, &parts)?;
     let mut headers = parts.headers;
     strip_request_headers(&mut headers);
-    headers.insert("x-api-key", state.upstream_key.clone());
+    headers.insert(X_API_KEY.clone(), state.upstream_key.clone());
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID.clone(), v);
     }
     // Usage is read from the body on the side, so ask for it uncompressed.
     headers.insert(
@@ -431,11 +434,11 @@ fn build_response(
         }
     }
     if let Ok(v) = HeaderValue::from_str(&done.request_id) {
-        parts.headers.insert("x-request-id", v);
+        parts.headers.insert(X_REQUEST_ID.clone(), v);
     }
     done.upstream_request_id = parts
         .headers
-        .get("request-id")
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let is_sse = parts
