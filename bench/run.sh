@@ -49,10 +49,10 @@ GW_PID=$(cat "$WORK/gateway.pid")
 echo "simulator $SIM, floor $FLOOR, rampart $GW"
 
 cat >"$WORK/json.json" <<'J'
-{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
+{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
 J
 cat >"$WORK/sse.json" <<'J'
-{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
+{"model":"claude-sonnet-4-6","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
 J
 
 RESULTS=$WORK/results.jsonl

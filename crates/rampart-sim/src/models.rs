@@ -11,7 +11,56 @@ use crate::error::ApiError;
 /// The default catalogue: current ids from the API's model list, newest first.
 #[must_use]
 pub fn default_catalogue() -> Vec<ModelInfo> {
-    const MODELS: [(&str, &str, &str, u64, u64); 12] = [
+    const MODELS: [(&str, &str, &str, u64, u64); 19] = [
+        (
+            "claude-opus-5-5",
+            "Claude Opus 5.5",
+            "2026-10-29T00:00:00Z",
+            1_000_000,
+            128_000,
+        ),
+        (
+            "claude-sonnet-5-5",
+            "Claude Sonnet 5.5",
+            "2026-10-22T00:00:00Z",
+            1_000_000,
+            128_000,
+        ),
+        (
+            "claude-haiku-5-5",
+            "Claude Haiku 5.5",
+            "2026-10-15T00:00:00Z",
+            1_000_000,
+            64_000,
+        ),
+        (
+            "claude-fable-5-2",
+            "Claude Fable 5.2",
+            "2026-10-08T00:00:00Z",
+            1_000_000,
+            128_000,
+        ),
+        (
+            "claude-mythos-5-2",
+            "Claude Mythos 5.2",
+            "2026-10-01T00:00:00Z",
+            1_000_000,
+            128_000,
+        ),
+        (
+            "claude-fable-5-1",
+            "Claude Fable 5.1",
+            "2026-09-10T00:00:00Z",
+            1_000_000,
+            128_000,
+        ),
+        (
+            "claude-mythos-5-1",
+            "Claude Mythos 5.1",
+            "2026-09-03T00:00:00Z",
+            1_000_000,
+            128_000,
+        ),
         (
             "claude-opus-5",
             "Claude Opus 5",

@@ -328,13 +328,14 @@ fn check_message(m: &Value, i: usize, last: bool) -> Result<(), ApiError> {
         None => return Err(required(&format!("messages.{i}.role"))),
         Some(r) => r.as_str(),
     };
+    // `system` turns (mid-conversation system blocks) arrived in the 2026 API; Claude Code sends one.
     let assistant = match role {
-        Some("user") => false,
+        Some("user" | "system") => false,
         Some("assistant") => true,
         _ => {
             return Err(bad_field(
                 &format!("messages.{i}.role"),
-                "Input should be 'user' or 'assistant'",
+                "Input should be 'user', 'assistant' or 'system'",
             ));
         }
     };

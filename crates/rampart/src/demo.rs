@@ -136,7 +136,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("RAMPART_SIM_URL=http://{sim_addr}");
     println!();
     println!(
-        "curl -s http://{gw_addr}/v1/messages -H \"x-api-key: {client_key}\" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d '{{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":256,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello, Claude\"}}]}}'"
+        "curl -s http://{gw_addr}/v1/messages -H \"x-api-key: {client_key}\" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d '{{\"model\":\"claude-sonnet-4-6\",\"max_tokens\":256,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello, Claude\"}}]}}'"
     );
     tracing::info!(gateway = %gw_addr, simulator = %sim_addr, "demo running");
 

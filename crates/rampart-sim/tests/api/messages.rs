@@ -262,7 +262,7 @@ async fn invalid_bodies_get_400_with_the_field_named() {
         ),
         (
             json!({"model": "claude-opus-5", "max_tokens": 5, "messages": [{"role": "bot", "content": "x"}]}),
-            "messages.0.role: Input should be 'user' or 'assistant'",
+            "messages.0.role: Input should be 'user', 'assistant' or 'system'",
         ),
         (
             json!({"model": "claude-opus-5", "max_tokens": 5, "messages": [{"role": "user", "content": 5}]}),

@@ -12,7 +12,7 @@ async fn models_list_pages_newest_first() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids[0], "claude-opus-5");
+    assert_eq!(ids[0], "claude-opus-5-5");
     assert_eq!(all["has_more"], false);
     let (_, first) = sim.get_json("/v1/models").await;
     assert_eq!(first["data"].as_array().unwrap().len(), ids.len().min(20));

@@ -97,14 +97,13 @@ describe('Claude Code through the gateway', () => {
     assertAnswered(await ask('echo: hello from rampart', ['--model', 'claude-opus-5']));
   });
 
-  // Known simulator gaps (reported): Claude Code 2.1.332 defaults to `claude-opus-5-5`, which the
-  // simulator's catalogue lacks (404), and it sends a mid-conversation `role: "system"` message, which
-  // the simulator rejects with 400 (Claude Code then retries without it). Todo until the sim has both.
-  it('works with Claude Code\'s default model', { todo: 'simulator lacks claude-opus-5-5' }, async () => {
+  // Claude Code 2.1.332 defaults to `claude-opus-5-5` and sends a mid-conversation `role: "system"`
+  // message; both must be accepted on the first try.
+  it('works with Claude Code\'s default model', async () => {
     assertAnswered(await ask('echo: hello from rampart'));
   });
 
-  it('gets its first request accepted, with no fallback retry', { todo: 'simulator rejects role "system" messages' }, async () => {
+  it('gets its first request accepted, with no fallback retry', async () => {
     const run = await ask('echo: hello from rampart', ['--model', 'claude-opus-5']);
     assertAnswered(run);
     assert.equal(run.messageCalls, 1, run.detail);
