@@ -178,7 +178,8 @@ mod tests {
 
     #[test]
     fn envelope_serialises_exactly_like_the_api() {
-        let env = ErrorEnvelope::new(ErrorType::NotFoundError, "Not found").with_request_id("req_1");
+        let env =
+            ErrorEnvelope::new(ErrorType::NotFoundError, "Not found").with_request_id("req_1");
         let json = String::from_utf8(env.to_json()).unwrap();
         assert_eq!(
             json,

@@ -313,14 +313,17 @@ fn access_log(f: &Finished<'_>) {
         field_ms(&mut line, "overhead_ms", o);
     }
     if let Some(u) = f.usage {
-        let _ = write!(
-            line,
-            ",\"input_tokens\":{},\"output_tokens\":{},\"cache_read_tokens\":{},\"cache_creation_tokens\":{}",
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_input_tokens,
-            u.cache_creation_input_tokens
-        );
+        for (name, v) in [
+            ("input_tokens", u.input_tokens),
+            ("output_tokens", u.output_tokens),
+            ("cache_read_tokens", u.cache_read_input_tokens),
+            ("cache_creation_tokens", u.cache_creation_input_tokens),
+        ] {
+            line.push_str(",\"");
+            line.push_str(name);
+            line.push_str("\":");
+            push_u64(&mut line, v);
+        }
         field_str(&mut line, "stop_reason", u.stop_reason.as_deref());
         field_str(&mut line, "stream_error", u.stream_error.as_deref());
     }
