@@ -9,6 +9,7 @@
 //! - [`telemetry`]: metrics and the access log;
 //! - [`logging`]: batched log output shared by every subcommand.
 
+pub mod accounting;
 pub mod auth;
 pub mod batch_urls;
 pub mod config;

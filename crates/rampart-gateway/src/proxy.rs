@@ -484,18 +484,23 @@ struct MeteredBody {
 }
 
 impl MeteredBody {
+    /// Hand the completion and what was tapped to the accounting thread: the usage read, the
+    /// metrics and the access log happen after this frame has gone to the client.
     fn finish(&mut self, client_aborted: bool) {
         if let Some(mut c) = self.completion.take() {
             c.client_aborted = client_aborted;
-            c.usage = match std::mem::replace(&mut self.tap, Tap::None) {
-                Tap::None => None,
-                Tap::Sse(s) => Some(s.into_summary()),
-                Tap::Json { chunks, .. } if chunks.len() == 1 => {
-                    UsageSummary::from_json(&chunks[0])
-                }
-                Tap::Json { chunks, .. } => UsageSummary::from_json(&chunks.concat()),
-            };
-            drop(c);
+            let tap = std::mem::replace(&mut self.tap, Tap::None);
+            crate::accounting::defer(move || {
+                c.usage = match tap {
+                    Tap::None => None,
+                    Tap::Sse(s) => Some(s.into_summary()),
+                    Tap::Json { chunks, .. } if chunks.len() == 1 => {
+                        UsageSummary::from_json(&chunks[0])
+                    }
+                    Tap::Json { chunks, .. } => UsageSummary::from_json(&chunks.concat()),
+                };
+                drop(c);
+            });
         }
     }
 }

@@ -88,6 +88,7 @@ impl Gateway {
         })
         .await;
         upkeep.abort();
+        crate::accounting::drain();
         result
     }
 }
