@@ -2,14 +2,18 @@
 # Rampart benchmark: the simulator directly, the floor proxy in front of it, and Rampart in front
 # of it, measured in one run with wrk. Figures are reported as ratios to the floor.
 #
-#   bench/run.sh                 # full run (about 3 minutes)
-#   BENCH_DURATION=5s bench/run.sh
+#   bench/run.sh                 # full run (about 5 minutes)
+#   BENCH_DURATION=3s BENCH_ROUNDS=1 bench/run.sh   # quick look
+#
+# Each configuration is measured BENCH_ROUNDS times (default 3), the three targets interleaved
+# round by round so drift on a shared machine hits them alike; the report takes the median round.
 #
 # Needs: wrk (Debian package `wrk`; installed automatically when apt-get is available), curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DURATION=${BENCH_DURATION:-10s}
+DURATION=${BENCH_DURATION:-5s}
+ROUNDS=${BENCH_ROUNDS:-3}
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -56,40 +60,50 @@ cat >"$WORK/sse.json" <<'J'
 J
 
 RESULTS=$WORK/results.jsonl
-run() { # target addr mode conns
-  local target=$1 addr=$2 mode=$3 conns=$4 threads=1
+run() { # target addr mode conns round
+  local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1
   [ "$conns" -gt 1 ] && threads=2
   # warm-up, then the measured run
   BODY_FILE="$WORK/$mode.json" API_KEY="$KEY" wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
   local line
   line=$(BODY_FILE="$WORK/$mode.json" API_KEY="$KEY" wrk -t"$threads" -c"$conns" -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
-  echo "{\"target\":\"$target\",\"mode\":\"$mode\",\"conns\":$conns,\"wrk\":$line}" >>"$RESULTS"
-  echo "  $target $mode c=$conns: $line"
+  echo "{\"target\":\"$target\",\"mode\":\"$mode\",\"conns\":$conns,\"round\":$round,\"wrk\":$line}" >>"$RESULTS"
+  echo "  round $round $target $mode c=$conns: $line"
 }
 
-ttfb() { # target addr -> median time to first byte of an SSE response over 200 sequential requests
-  local target=$1 addr=$2
-  for _ in $(seq 1 200); do
-    curl -s -o /dev/null -w '%{time_starttransfer}\n' "http://$addr/v1/messages" \
-      -H "x-api-key: $KEY" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
-      --data-binary "@$WORK/sse.json"
+ttfb() { # -> time to first byte of SSE responses, 300 sequential curl requests per target,
+  # the three targets interleaved request by request
+  for _ in $(seq 1 300); do
+    for t in direct:$SIM floor:$FLOOR rampart:$GW; do
+      printf '%s ' "${t%%:*}"
+      curl -s -o /dev/null -w '%{time_starttransfer}\n' "http://${t#*:}/v1/messages" \
+        -H "x-api-key: $KEY" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
+        --data-binary "@$WORK/sse.json"
+    done
   done | python3 -c "
-import sys, statistics, json
-v = sorted(float(x) * 1e6 for x in sys.stdin if x.strip())
-print(json.dumps({'target': '$target', 'mode': 'sse_ttfb', 'p50_us': statistics.median(v), 'p99_us': v[int(len(v) * 0.99) - 1]}))" >>"$RESULTS"
+import sys, statistics, json, collections
+v = collections.defaultdict(list)
+for line in sys.stdin:
+    t, x = line.split()
+    v[t].append(float(x) * 1e6)
+for t, xs in v.items():
+    xs.sort()
+    print(json.dumps({'target': t, 'mode': 'sse_ttfb', 'p50_us': statistics.median(xs), 'p99_us': xs[int(len(xs) * 0.99) - 1]}))" >>"$RESULTS"
 }
 
-echo "== wrk, $DURATION per run"
+echo "== wrk, $DURATION per run, $ROUNDS round(s)"
 for mode in json sse; do
   for conns in 1 32; do
-    run direct "$SIM" "$mode" "$conns"
-    run floor "$FLOOR" "$mode" "$conns"
-    run rampart "$GW" "$mode" "$conns"
+    for round in $(seq 1 "$ROUNDS"); do
+      run direct "$SIM" "$mode" "$conns" "$round"
+      run floor "$FLOOR" "$mode" "$conns" "$round"
+      run rampart "$GW" "$mode" "$conns" "$round"
+    done
   done
 done
-echo "== SSE time to first byte (curl, 200 sequential requests)"
-ttfb direct "$SIM"; ttfb floor "$FLOOR"; ttfb rampart "$GW"
+echo "== SSE time to first byte (curl, 300 sequential requests per target, interleaved)"
+ttfb
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
-python3 bench/report.py "$RESULTS" "$RSS_KB" "$DURATION" | tee "$OUT/latest.md"
+python3 bench/report.py "$RESULTS" "$RSS_KB" "$DURATION" "$ROUNDS" | tee "$OUT/latest.md"
 echo "(written to $OUT/latest.md)"
