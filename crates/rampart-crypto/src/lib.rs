@@ -1,0 +1,24 @@
+//! Secrets and cryptography for Rampart, in one crate that changes rarely:
+//!
+//! - [`Secret`]: a string that never prints, never serialises and is zeroed on drop;
+//! - [`password`]: argon2id hashing with OWASP parameters and a password policy;
+//! - [`apikey`]: virtual API keys (`rk_…`, 256 bits) and their keyed digests;
+//! - [`envelope`]: AES-256-GCM encryption at rest with key ids, for upstream credentials;
+//! - [`jwt`]: short-lived HS256 access tokens with `kid` rotation and every claim checked;
+//! - [`token`]: opaque random tokens (refresh tokens, setup tokens) stored as digests.
+
+pub mod apikey;
+pub mod envelope;
+pub mod jwt;
+pub mod password;
+mod secret;
+pub mod token;
+
+pub use secret::Secret;
+
+/// `n` random bytes from the operating system's generator.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::fill(&mut b);
+    b
+}
