@@ -1,0 +1,105 @@
+//! The SQLite engine: connection options, timestamp encoding, and the write-transaction rules.
+//! The repository methods themselves are in `repo.rs`, compiled here with SQLite's types.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteArgumentsBuffer, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
+    SqliteSynchronous, SqliteTypeInfo, SqliteValueRef,
+};
+use sqlx::{Decode, Encode, Sqlite, Transaction, Type};
+
+use crate::{DbTime, Engine, MigrationReport, Result, StoreError};
+
+#[allow(
+    clippy::duplicate_mod,
+    reason = "repo.rs is compiled once per engine on purpose: one source, two sets of types"
+)]
+#[path = "repo.rs"]
+mod repo;
+
+type Db = Sqlite;
+type EngineStore = SqliteStore;
+
+/// How long a connection waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (and with `mode=rwc`, create) the database file at `url`: WAL journal, foreign keys
+    /// on, synchronous NORMAL, a busy timeout.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] for a malformed URL, [`StoreError::Backend`] if it cannot be opened.
+    pub async fn open(url: &str) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|_| StoreError::Invalid("malformed sqlite URL".to_owned()))?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Apply pending migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn migrate(&self) -> Result<MigrationReport> {
+        crate::run_migrations(Engine::Sqlite, &self.pool).await
+    }
+
+    /// Close the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A write transaction. `BEGIN IMMEDIATE` takes SQLite's single write lock up front, so two
+    /// writers queue on the busy timeout instead of failing when a read lock would be upgraded.
+    async fn begin_write(&self) -> Result<Transaction<'static, Db>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Serialise audit appends. Nothing to do: the write transaction already holds the database-wide
+/// write lock, so no other append can read the chain head until this one commits.
+async fn lock_audit_chain(_tx: &mut Transaction<'static, Db>) -> Result<()> {
+    Ok(())
+}
+
+impl Type<Sqlite> for DbTime {
+    fn type_info() -> SqliteTypeInfo {
+        <i64 as Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <i64 as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Sqlite> for DbTime {
+    fn encode_by_ref(
+        &self,
+        buf: &mut SqliteArgumentsBuffer,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Encode::<Sqlite>::encode(self.micros(), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for DbTime {
+    fn decode(value: SqliteValueRef<'r>) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        let micros = <i64 as Decode<Sqlite>>::decode(value)?;
+        Ok(DbTime::from_micros(micros)?)
+    }
+}
