@@ -71,6 +71,15 @@ impl Engine {
     }
 }
 
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Sqlite => "SQLite",
+            Engine::Postgres => "PostgreSQL",
+        })
+    }
+}
+
 /// Everything the rest of Rampart reads from and writes to the database.
 ///
 /// Methods that change admin state take `audit: Option<&NewAuditEvent>`: when given, the event

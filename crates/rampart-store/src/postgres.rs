@@ -40,7 +40,7 @@ impl PgStore {
             .map_err(|_| crate::StoreError::Invalid("malformed postgres URL".to_owned()))?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
         Ok(PgStore { pool })

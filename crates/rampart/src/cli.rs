@@ -1,4 +1,4 @@
-//! Subcommands: `serve`, `sim`, `demo`, `config check`.
+//! Subcommands: `serve`, `sim`, `demo`, `migrate`, `config check`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +30,8 @@ enum Command {
     Sim(SimArgs),
     /// Run the simulator and the gateway together on embedded defaults, and print what a client needs.
     Demo(demo::DemoArgs),
+    /// Apply pending database migrations (SQLite in the data dir, or RAMPART_DATABASE_URL).
+    Migrate(MigrateArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -55,6 +57,17 @@ struct ServeArgs {
     /// Listen address (overrides server.listen); port 0 picks a free port.
     #[arg(long)]
     listen: Option<String>,
+}
+
+/// `rampart migrate` options.
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// Data directory of the embedded SQLite database (`rampart.db`), used without a URL.
+    #[arg(long, env = "RAMPART_DATA_DIR", default_value = ".rampart")]
+    data_dir: PathBuf,
+    /// `sqlite://PATH?mode=rwc` or `postgres://...`; takes precedence over --data-dir.
+    #[arg(long, env = "RAMPART_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 /// Simulator options.
@@ -83,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args).await,
         Command::Sim(args) => sim(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Migrate(args) => migrate(args).await,
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(config_check(config)),
@@ -115,6 +129,37 @@ fn config_check(file: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Apply the embedded migrations and print every version with whether this run applied it.
+/// Idempotent: a second run applies nothing.
+async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let url = match args.database_url {
+        Some(url) => url,
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+            rampart_store::sqlite_url(&args.data_dir)
+        }
+    };
+    let store = rampart_store::Store::open(&url)
+        .await
+        .context("cannot open the database")?;
+    let report = store.migrate().await.context("migration failed")?;
+    store.close().await;
+    println!("{} database:", store.engine());
+    for (version, name) in &report.already_applied {
+        println!("  {version:04} {name}: already applied");
+    }
+    for (version, name) in &report.applied_now {
+        println!("  {version:04} {name}: applied now");
+    }
+    println!(
+        "{} migration(s) applied now, {} already applied; schema is up to date",
+        report.applied_now.len(),
+        report.already_applied.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
