@@ -75,15 +75,101 @@ setup_node() {
 }
 
 # --- services -----------------------------------------------------------------------------------
-# Backing services the suites need (none yet). Postgres/Redis go here: start them, export their
-# URLs for the tests, and stop them in stop_services, which runs on every exit.
+# Backing services the suites need, started before the first stage and stopped by stop_services,
+# which runs on every exit. PostgreSQL: a throwaway cluster (the machine's PostgreSQL 15) under a
+# temp dir on a free port, fsync off; the store's PostgreSQL tests read RAMPART_TEST_DATABASE_URL.
+# A RAMPART_TEST_DATABASE_URL already in the environment is used as it is.
+
+PG_DIR=""
+PG_BIN=""
+
+# Run a PostgreSQL binary: as the `postgres` OS user when we are root (the server refuses root).
+as_pg() {
+  if [[ "$(id -u)" == 0 ]]; then
+    local runuser
+    runuser="$(command -v runuser || echo /usr/sbin/runuser)"
+    (cd "$PG_DIR" && "$runuser" -u postgres -- "$@")
+  else
+    (cd "$PG_DIR" && "$@")
+  fi
+}
+
+find_pg_bin() {
+  local dir
+  for dir in "$(dirname "$(command -v pg_ctl 2>/dev/null || echo /nonexistent/pg_ctl)")" /usr/lib/postgresql/15/bin; do
+    if [[ -x "$dir/initdb" && -x "$dir/pg_ctl" ]]; then
+      PG_BIN="$dir"
+      return 0
+    fi
+  done
+  return 1
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_postgres() {
+  if [[ -n "${RAMPART_TEST_DATABASE_URL:-}" ]]; then
+    banner "postgres: using the RAMPART_TEST_DATABASE_URL from the environment"
+    return
+  fi
+  banner "postgres: throwaway PostgreSQL 15 cluster"
+  if ! find_pg_bin; then
+    echo "initdb/pg_ctl not found: installing Debian's postgresql-15"
+    [[ "$(id -u)" == 0 ]] || die "PostgreSQL 15 is not installed and we are not root (apt-get install postgresql-15)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null \
+      || die "apt-get install postgresql-15 failed"
+    find_pg_bin || die "postgresql-15 installed but initdb/pg_ctl are still missing"
+  fi
+  if [[ "$(id -u)" == 0 ]] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin postgres || die "cannot create the postgres user"
+  fi
+  # Under /tmp when root: the postgres user must be able to reach the directory.
+  local tmp="${TMPDIR:-/tmp}"
+  if [[ "$(id -u)" == 0 ]]; then tmp=/tmp; fi
+  PG_DIR="$(mktemp -d "$tmp/rampart-pg.XXXXXX")"
+  chmod 0755 "$PG_DIR"
+  if [[ "$(id -u)" == 0 ]]; then chown postgres: "$PG_DIR"; fi
+  as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >"$PG_DIR/initdb.log" 2>&1 \
+    || { cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
+  # A free port picked now can be taken before the server binds it: try a few.
+  local port attempt
+  for attempt in 1 2 3; do
+    port="$(free_port)"
+    if as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=200 -c log_statement=ddl" \
+      start >/dev/null; then
+      break
+    fi
+    if [[ "$attempt" == 3 ]]; then
+      cat "$PG_DIR/server.log" >&2 || true
+      die "PostgreSQL did not start"
+    fi
+    echo "PostgreSQL did not start on port $port; trying another"
+  done
+  export RAMPART_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  echo "PostgreSQL $("$PG_BIN/pg_ctl" --version | awk '{print $3}') ready at $RAMPART_TEST_DATABASE_URL (data in $PG_DIR)"
+}
+
+stop_postgres() {
+  [[ -n "$PG_DIR" ]] || return 0
+  banner "postgres: stop and remove $PG_DIR"
+  # Evidence that the PostgreSQL tests ran rather than skipped: each makes its own database.
+  if [[ -f "$PG_DIR/server.log" ]]; then
+    echo "PostgreSQL served $(grep -c 'CREATE DATABASE rampart_test_' "$PG_DIR/server.log" || true) throwaway test databases"
+  fi
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$PG_DIR"
+  PG_DIR=""
+}
 
 start_services() {
-  :
+  start_postgres
 }
 
 stop_services() {
-  :
+  stop_postgres
 }
 
 # --- Rust ---------------------------------------------------------------------------------------
