@@ -42,8 +42,8 @@ pub struct AppState {
     pub settings: Settings,
     /// Who may call.
     pub auth: Arc<dyn Authenticator>,
-    /// Pooled upstream client.
-    pub client: UpstreamClient,
+    /// Distinguishes gateways in one process (each thread keeps one upstream pool per gateway).
+    id: u64,
     /// The upstream `x-api-key` value (marked sensitive).
     pub upstream_key: HeaderValue,
     /// Set when SIGTERM arrived.
@@ -60,6 +60,28 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// Send `req` upstream through this thread's connection pool (created on first use), so a
+    /// request and its upstream connection live on the same thread.
+    fn send_upstream(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        thread_local! {
+            static POOLS: std::cell::RefCell<Vec<(u64, UpstreamClient)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some((_, client)) = pools.iter().find(|(id, _)| *id == self.id) {
+                return client.request(req);
+            }
+            let client = crate::upstream::client(self.settings.connect_timeout);
+            let fut = client.request(req);
+            pools.push((self.id, client));
+            fut
+        })
+    }
+
     /// Build the state from validated settings.
     ///
     /// # Errors
@@ -68,11 +90,11 @@ impl AppState {
         let mut upstream_key = HeaderValue::from_str(settings.upstream_api_key.expose())
             .map_err(|_| "the upstream API key contains characters not allowed in a header")?;
         upstream_key.set_sensitive(true);
-        let client = crate::upstream::client(settings.connect_timeout);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             settings,
             auth,
-            client,
             upstream_key,
             shutting_down: AtomicBool::new(false),
         })
@@ -260,7 +282,7 @@ where
     let sent_at = Instant::now();
     let result = tokio::time::timeout(
         state.settings.header_timeout,
-        state.client.request(upstream_req),
+        state.send_upstream(upstream_req),
     )
     .await;
     let headers_at = Instant::now();
