@@ -118,11 +118,23 @@ async fn serve_on_workers(
                     .build()
                     .and_then(|rt| {
                         rt.block_on(async move {
+                            // Keep a near timer pending: tokio wakes its driver through an
+                            // eventfd whenever a new timer is due before every pending one, so
+                            // without this each request's header timeouts cost a syscall.
+                            let heartbeat = tokio::spawn(async {
+                                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                                loop {
+                                    tick.tick().await;
+                                }
+                            });
                             let listener = TcpListener::from_std(socket)?;
                             let stopped = async move {
                                 let _ = stop.wait_for(|v| *v).await;
                             };
-                            serve_with(listener, dispatch, stopped, grace, || {}).await
+                            let served =
+                                serve_with(listener, dispatch, stopped, grace, || {}).await;
+                            heartbeat.abort();
+                            served
                         })
                     });
                 let _ = tx.send(result);
