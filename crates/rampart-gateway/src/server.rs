@@ -6,9 +6,15 @@
 //! 3. authenticate (`x-api-key` / `Authorization: Bearer`) through the [`crate::auth::Authenticator`];
 //! 4. read the body under the route's limit (413 past it) and check it in one pass ([`crate::peek`]);
 //! 5. forward with the upstream credential, hop-by-hop headers removed, under the header timeout;
-//! 6. pipe the response back frame by frame; usage is read on the side ([`crate::sse`]).
+//! 6. pipe the response back frame by frame; usage is read on the side ([`crate::sse`]);
+//! 7. when the body ends (or the client goes away) the completion is handed to the accounting
+//!    thread ([`crate::accounting`]): usage, metrics and the access log happen off the request path.
 //!
-//! Unknown routes and methods get Anthropic's envelope too (404 / 405).
+//! `/v1/*` paths are matched without a router ([`crate::routes::match_route`]); health, metrics and
+//! the 404/405 fallbacks (Anthropic's envelope too) go through a small axum [`router`].
+//!
+//! Threading: one single-threaded runtime per CPU, each accepting from the shared listening socket
+//! and owning its connections and its upstream pool, so a request never crosses threads.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -55,7 +61,7 @@ impl Gateway {
         &self.state.settings
     }
 
-    /// The complete router.
+    /// The router for everything but the proxied `/v1/*` routes (health, metrics, fallbacks).
     pub fn router(&self) -> Router {
         router(self.state.clone())
     }
