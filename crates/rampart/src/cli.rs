@@ -32,6 +32,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Apply pending database migrations (SQLite in the data dir, or RAMPART_DATABASE_URL).
     Migrate(MigrateArgs),
+    /// Create the first admin from RAMPART_ADMIN_EMAIL and RAMPART_ADMIN_PASSWORD (once).
+    Init(MigrateArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -59,15 +61,15 @@ struct ServeArgs {
     listen: Option<String>,
 }
 
-/// `rampart migrate` options.
+/// `rampart migrate` / `rampart init` options.
 #[derive(Debug, Args)]
-struct MigrateArgs {
+pub struct MigrateArgs {
     /// Data directory of the embedded SQLite database (`rampart.db`), used without a URL.
     #[arg(long, env = "RAMPART_DATA_DIR", default_value = ".rampart")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// `sqlite://PATH?mode=rwc` or `postgres://...`; takes precedence over --data-dir.
     #[arg(long, env = "RAMPART_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    pub database_url: Option<String>,
 }
 
 /// Simulator options.
@@ -97,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => sim(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Init(args) => init(args).await,
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(config_check(config)),
@@ -133,18 +136,49 @@ fn config_check(file: Option<PathBuf>) -> ExitCode {
 
 /// Apply the embedded migrations and print every version with whether this run applied it.
 /// Idempotent: a second run applies nothing.
-async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let url = match args.database_url {
-        Some(url) => url,
+/// Open the configured database (PostgreSQL URL, else SQLite in the data dir).
+pub async fn open_store(args: &MigrateArgs) -> anyhow::Result<rampart_store::Store> {
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
         None => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
             rampart_store::sqlite_url(&args.data_dir)
         }
     };
-    let store = rampart_store::Store::open(&url)
+    rampart_store::Store::open(&url)
         .await
-        .context("cannot open the database")?;
+        .context("cannot open the database")
+}
+
+async fn init(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let (Ok(email), Ok(password)) = (
+        std::env::var("RAMPART_ADMIN_EMAIL"),
+        std::env::var("RAMPART_ADMIN_PASSWORD"),
+    ) else {
+        eprintln!(
+            "rampart init: set RAMPART_ADMIN_EMAIL and RAMPART_ADMIN_PASSWORD (at least {} characters, not a common password)",
+            rampart_crypto::password::MIN_LEN
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let store = open_store(&args).await?;
+    store.migrate().await.context("migration failed")?;
+    let outcome =
+        crate::bootstrap::first_admin(&store, &email, &rampart_crypto::Secret::new(password))
+            .await;
+    store.close().await;
+    match outcome? {
+        crate::bootstrap::Outcome::Created => println!("created the first admin: {}", email.trim()),
+        crate::bootstrap::Outcome::AlreadyInitialised => {
+            println!("already initialised: users exist; nothing changed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(&args).await?;
     let report = store.migrate().await.context("migration failed")?;
     store.close().await;
     println!("{} database:", store.engine());

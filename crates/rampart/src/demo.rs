@@ -39,6 +39,9 @@ pub struct DemoArgs {
     sim_batch_processing_ms: u64,
 }
 
+/// The demo's admin account.
+const DEMO_ADMIN: &str = "admin@rampart.demo";
+
 /// A 256-bit random key with a visible prefix, base64url without padding.
 fn fresh_key(prefix: &str) -> String {
     let bytes: [u8; 32] = rand::random();
@@ -86,6 +89,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let client_key = stored_key(&args.data_dir.join("demo-api-key"), "rk_demo_")?;
+    // The demo admin: a fresh random password per data dir, kept beside the database (0600).
+    let admin_password = stored_key(&args.data_dir.join("demo-admin-password"), "demo-")?;
+    let store = rampart_store::Store::open(&rampart_store::sqlite_url(&args.data_dir))
+        .await
+        .context("cannot open the demo database")?;
+    store.migrate().await.context("demo database migration failed")?;
+    let admin_secret = Secret::new(admin_password.clone());
+    let outcome = crate::bootstrap::first_admin(&store, DEMO_ADMIN, &admin_secret)
+        .await
+        .context("cannot create the demo admin")?;
+    if outcome == crate::bootstrap::Outcome::AlreadyInitialised {
+        let matches = store.get_user_by_email(DEMO_ADMIN).await.is_ok_and(|u| {
+            rampart_crypto::password::verify(&admin_secret, &u.password_hash)
+        });
+        if !matches {
+            eprintln!(
+                "rampart demo: the data dir's users were not created by this demo (or its password file changed); \
+                 the printed admin password may not work — use a fresh --data-dir"
+            );
+        }
+    }
+    store.close().await;
     let upstream_key = stored_key(&args.data_dir.join("sim-upstream-key"), "sk-ant-sim-")?;
 
     let sim_listener = TcpListener::bind(SocketAddr::new(args.listen.ip(), 0))
@@ -134,6 +159,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("ANTHROPIC_BASE_URL=http://{gw_addr}");
     println!("ANTHROPIC_API_KEY={client_key}");
     println!("RAMPART_SIM_URL=http://{sim_addr}");
+    println!("RAMPART_ADMIN_EMAIL={DEMO_ADMIN}");
+    println!("RAMPART_ADMIN_PASSWORD={admin_password}");
     println!();
     println!(
         "curl -s http://{gw_addr}/v1/messages -H \"x-api-key: {client_key}\" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d '{{\"model\":\"claude-sonnet-4-6\",\"max_tokens\":256,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello, Claude\"}}]}}'"

@@ -2,6 +2,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod bootstrap;
 mod cli;
 mod demo;
 
