@@ -39,7 +39,10 @@ pub async fn first_admin(store: &Store, email: &str, pw: &Secret) -> anyhow::Res
         return Ok(Outcome::AlreadyInitialised);
     }
     let email = email.trim();
-    anyhow::ensure!(valid_email(email), "RAMPART_ADMIN_EMAIL is not a valid e-mail address");
+    anyhow::ensure!(
+        valid_email(email),
+        "RAMPART_ADMIN_EMAIL is not a valid e-mail address"
+    );
     let local = email.split('@').next().unwrap_or_default();
     password::check_policy(pw.expose(), &[email, local])
         .map_err(|e| anyhow::anyhow!("RAMPART_ADMIN_PASSWORD refused: {e}"))?;
@@ -76,7 +79,10 @@ mod tests {
     async fn creates_the_first_admin_once_with_a_hashed_password_and_an_audit_event() {
         let (store, dir) = store().await;
         let pw = Secret::new("correct horse battery staple".to_owned());
-        assert_eq!(first_admin(&store, "ops@example.com", &pw).await.unwrap(), Outcome::Created);
+        assert_eq!(
+            first_admin(&store, "ops@example.com", &pw).await.unwrap(),
+            Outcome::Created
+        );
         let user = store.get_user_by_email("OPS@example.com").await.unwrap();
         assert_eq!(user.role, Role::Admin);
         assert!(user.password_hash.starts_with("$argon2id$"));
@@ -87,16 +93,29 @@ mod tests {
             Outcome::AlreadyInitialised
         );
         assert!(store.verify_audit_chain().await.unwrap().is_none());
-        assert_eq!(store.audit_head().await.unwrap().map(|(seq, _)| seq), Some(1));
+        assert_eq!(
+            store.audit_head().await.unwrap().map(|(seq, _)| seq),
+            Some(1)
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 
     #[tokio::test]
     async fn refuses_weak_passwords_and_bad_emails_without_writing() {
         let (store, dir) = store().await;
-        let weak = first_admin(&store, "ops@example.com", &Secret::new("password1234".into())).await;
+        let weak = first_admin(
+            &store,
+            "ops@example.com",
+            &Secret::new("password1234".into()),
+        )
+        .await;
         assert!(weak.unwrap_err().to_string().contains("too common"));
-        let bad = first_admin(&store, "not-an-email", &Secret::new("correct horse battery staple".into())).await;
+        let bad = first_admin(
+            &store,
+            "not-an-email",
+            &Secret::new("correct horse battery staple".into()),
+        )
+        .await;
         assert!(bad.unwrap_err().to_string().contains("e-mail"));
         assert!(store.list_users(None).await.unwrap().is_empty());
         std::fs::remove_dir_all(dir).ok();

@@ -165,8 +165,7 @@ async fn init(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args).await?;
     store.migrate().await.context("migration failed")?;
     let outcome =
-        crate::bootstrap::first_admin(&store, &email, &rampart_crypto::Secret::new(password))
-            .await;
+        crate::bootstrap::first_admin(&store, &email, &rampart_crypto::Secret::new(password)).await;
     store.close().await;
     match outcome? {
         crate::bootstrap::Outcome::Created => println!("created the first admin: {}", email.trim()),

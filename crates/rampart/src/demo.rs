@@ -94,15 +94,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let store = rampart_store::Store::open(&rampart_store::sqlite_url(&args.data_dir))
         .await
         .context("cannot open the demo database")?;
-    store.migrate().await.context("demo database migration failed")?;
+    store
+        .migrate()
+        .await
+        .context("demo database migration failed")?;
     let admin_secret = Secret::new(admin_password.clone());
     let outcome = crate::bootstrap::first_admin(&store, DEMO_ADMIN, &admin_secret)
         .await
         .context("cannot create the demo admin")?;
     if outcome == crate::bootstrap::Outcome::AlreadyInitialised {
-        let matches = store.get_user_by_email(DEMO_ADMIN).await.is_ok_and(|u| {
-            rampart_crypto::password::verify(&admin_secret, &u.password_hash)
-        });
+        let matches = store
+            .get_user_by_email(DEMO_ADMIN)
+            .await
+            .is_ok_and(|u| rampart_crypto::password::verify(&admin_secret, &u.password_hash));
         if !matches {
             eprintln!(
                 "rampart demo: the data dir's users were not created by this demo (or its password file changed); \
