@@ -42,8 +42,112 @@ impl ApiKeyHash {
 /// The caller behind a request.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// Short, non-secret label of the key (first 8 hex chars of its digest), for logs.
+    /// Short, non-secret label of the key (first 8 hex chars of its digest, or its visible
+    /// prefix), for logs.
     pub key_label: Arc<str>,
+    /// What the key may do; `None` is unrestricted (keys from configuration).
+    pub scopes: Option<Arc<Scopes>>,
+}
+
+/// The API surface a key may call, as stored with virtual keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/messages`
+    Messages,
+    /// `/v1/messages/count_tokens`
+    CountTokens,
+    /// `/v1/messages/batches*`
+    Batches,
+    /// `/v1/models*`
+    Models,
+}
+
+impl Endpoint {
+    /// The stored name (`messages`, `count_tokens`, `batches`, `models`).
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "messages" => Some(Self::Messages),
+            "count_tokens" => Some(Self::CountTokens),
+            "batches" => Some(Self::Batches),
+            "models" => Some(Self::Models),
+            _ => None,
+        }
+    }
+
+    /// The endpoint a route belongs to.
+    #[must_use]
+    pub fn of(route: crate::routes::Route) -> Option<Self> {
+        use crate::routes::Route as R;
+        match route {
+            R::Messages => Some(Self::Messages),
+            R::CountTokens => Some(Self::CountTokens),
+            R::Models | R::Model => Some(Self::Models),
+            R::Batches | R::Batch | R::BatchCancel | R::BatchResults => Some(Self::Batches),
+            R::Unknown => None,
+        }
+    }
+}
+
+/// Allowed endpoints and model patterns of a key. Empty lists allow everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes {
+    /// Allowed endpoints; empty = all.
+    pub endpoints: Vec<Endpoint>,
+    /// Allowed model patterns (`*` matches any run of characters); empty = all.
+    pub models: Vec<String>,
+}
+
+impl Scopes {
+    /// Whether `endpoint` may be called.
+    #[must_use]
+    pub fn allows_endpoint(&self, endpoint: Endpoint) -> bool {
+        self.endpoints.is_empty() || self.endpoints.contains(&endpoint)
+    }
+
+    /// Whether `model` may be used.
+    #[must_use]
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|p| glob(p, model))
+    }
+}
+
+/// `*`-only glob matching (no other metacharacters).
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Tries each authenticator in turn.
+#[derive(Clone)]
+pub struct AnyOf(pub Vec<Arc<dyn Authenticator>>);
+
+impl std::fmt::Debug for AnyOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AnyOf({} authenticators)", self.0.len())
+    }
+}
+
+impl Authenticator for AnyOf {
+    fn authenticate(&self, credential: &str) -> Option<Identity> {
+        self.0.iter().find_map(|a| a.authenticate(credential))
+    }
 }
 
 /// Why authentication failed.
@@ -154,6 +258,7 @@ impl Authenticator for StaticKeys {
         }
         let identity = found.map(|label| Identity {
             key_label: label.clone(),
+            scopes: None,
         })?;
         self.verified.put(credential, &identity);
         Some(identity)
@@ -221,6 +326,24 @@ mod tests {
             .unwrap();
         assert_eq!(id.key_label.len(), 8);
         assert!(!"rk_alpha_0123456789".contains(&*id.key_label));
+    }
+
+    #[test]
+    fn model_patterns_match_with_stars_only() {
+        assert!(glob("claude-*", "claude-haiku-4-5"));
+        assert!(glob("claude-*-4-5", "claude-haiku-4-5"));
+        assert!(!glob("claude-*-4-5", "claude-haiku-4-6"));
+        assert!(glob("*", "anything"));
+        assert!(glob("claude-haiku-4-5", "claude-haiku-4-5"));
+        assert!(!glob("claude-haiku-4-5", "claude-haiku-4-5-20251001"));
+        assert!(!glob("a*a", "a"));
+        let s = Scopes {
+            endpoints: vec![Endpoint::Messages],
+            models: vec!["claude-haiku-*".into()],
+        };
+        assert!(s.allows_endpoint(Endpoint::Messages) && !s.allows_endpoint(Endpoint::Batches));
+        assert!(s.allows_model("claude-haiku-4-5") && !s.allows_model("claude-opus-5"));
+        assert!(Scopes::default().allows_model("x"));
     }
 
     #[test]

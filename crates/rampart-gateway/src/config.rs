@@ -164,6 +164,8 @@ pub struct Sources {
     pub upstream_api_key: Option<Secret>,
     /// Client keys given programmatically (demo).
     pub client_keys: Vec<Secret>,
+    /// Virtual keys come from the store too, so configuration may hold none.
+    pub store_keys: bool,
 }
 
 /// Every problem found, one line each.
@@ -468,9 +470,9 @@ fn collect_keys(sources: &Sources, auth: &AuthConfig, problems: &mut Vec<String>
             add_key(k, "RAMPART_API_KEYS", problems);
         }
     }
-    if hashes.is_empty() {
+    if hashes.is_empty() && !sources.store_keys {
         problems.push(
-            "no client API keys: set RAMPART_API_KEYS, auth.api_keys_file or auth.api_key_hashes (deny by default)"
+            "no client API keys: set RAMPART_API_KEYS, auth.api_keys_file or auth.api_key_hashes, or use the store (--data-dir / RAMPART_DATABASE_URL) with `rampart keys create` (deny by default)"
                 .to_owned(),
         );
     }

@@ -38,6 +38,9 @@ pub enum ProxyError {
     /// Route exists, method does not.
     #[error("method {0} is not allowed on this route")]
     MethodNotAllowed(String),
+    /// The key may not call this endpoint or use this model.
+    #[error("{0}")]
+    Forbidden(String),
     /// Could not connect to the upstream.
     #[error("upstream unreachable: Rampart could not connect to the Anthropic API")]
     UpstreamUnreachable,
@@ -65,6 +68,7 @@ impl ProxyError {
             }
             Self::BodyTooLarge(_) => (ErrorType::RequestTooLarge, StatusCode::PAYLOAD_TOO_LARGE),
             Self::NotFound => (ErrorType::NotFoundError, StatusCode::NOT_FOUND),
+            Self::Forbidden(_) => (ErrorType::PermissionError, StatusCode::FORBIDDEN),
             Self::MethodNotAllowed(_) => (
                 ErrorType::InvalidRequestError,
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -114,6 +118,7 @@ mod tests {
             ProxyError::BodyTooLarge(1),
             ProxyError::BodyRead,
             ProxyError::NotFound,
+            ProxyError::Forbidden("x".into()),
             ProxyError::UpstreamUnreachable,
             ProxyError::UpstreamTimeout(5),
             ProxyError::UpstreamFailed,

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod batch_urls;
 pub mod config;
 pub mod error;
+pub mod keydir;
 pub mod logging;
 pub mod peek;
 pub mod proxy;

@@ -259,7 +259,16 @@ where
         Err(AuthFailure::Missing) => return Err(ProxyError::MissingKey),
         Err(AuthFailure::Invalid) => return Err(ProxyError::InvalidKey),
     };
+    let scopes = identity.scopes.clone();
     done.key = Some(identity.key_label);
+    if let (Some(scopes), Some(endpoint)) = (&scopes, crate::auth::Endpoint::of(done.route))
+        && !scopes.allows_endpoint(endpoint)
+    {
+        return Err(ProxyError::Forbidden(format!(
+            "this API key may not call {}",
+            done.route.template()
+        )));
+    }
 
     let is_post = parts.method == Method::POST;
     let body_bytes = if parts.method == Method::GET || parts.method == Method::DELETE {
@@ -274,6 +283,14 @@ where
     };
     if done.route.has_json_body(is_post) {
         let peeked = peek::peek(&body_bytes)?;
+        if let (Some(scopes), Some(model)) = (&scopes, &peeked.model)
+            && !scopes.allows_model(model)
+        {
+            let shown: String = model.chars().take(100).collect();
+            return Err(ProxyError::Forbidden(format!(
+                "this API key may not use model {shown}"
+            )));
+        }
         done.model = peeked.model;
         done.streamed = peeked.stream;
     }

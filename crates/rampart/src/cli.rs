@@ -34,6 +34,11 @@ enum Command {
     Migrate(MigrateArgs),
     /// Create the first admin from RAMPART_ADMIN_EMAIL and RAMPART_ADMIN_PASSWORD (once).
     Init(MigrateArgs),
+    /// Virtual API keys in the store.
+    Keys {
+        #[command(subcommand)]
+        command: crate::keys::KeysCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -59,6 +64,12 @@ struct ServeArgs {
     /// Listen address (overrides server.listen); port 0 picks a free port.
     #[arg(long)]
     listen: Option<String>,
+    /// Serve virtual keys from the SQLite store in this directory (see `rampart keys`).
+    #[arg(long, env = "RAMPART_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Serve virtual keys from this database (`postgres://…` or `sqlite://…`).
+    #[arg(long, env = "RAMPART_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 /// `rampart migrate` / `rampart init` options.
@@ -100,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Init(args) => init(args).await,
+        Command::Keys { command } => crate::keys::run(command).await,
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(config_check(config)),
@@ -204,6 +216,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         sources.overrides.push(("server.listen".to_owned(), listen));
     }
+    let store_args =
+        (args.data_dir.is_some() || args.database_url.is_some()).then(|| MigrateArgs {
+            data_dir: args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".rampart")),
+            database_url: args.database_url.clone(),
+        });
+    sources.store_keys = store_args.is_some();
     let settings = match config::load(&sources) {
         Ok(s) => s,
         Err(errors) => {
@@ -218,12 +239,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let auth = Arc::new(settings.keys.clone());
+    let mut auth: Vec<Arc<dyn rampart_gateway::auth::Authenticator>> =
+        vec![Arc::new(settings.keys.clone())];
+    let mut refresher = None;
+    if let Some(store_args) = &store_args {
+        let hasher = crate::keys::key_hasher(&store_args.data_dir)?;
+        let store = open_store(store_args).await?;
+        store.migrate().await.context("migration failed")?;
+        let directory = Arc::new(rampart_gateway::keydir::KeyDirectory::new(hasher));
+        let loaded = directory
+            .refresh(&store)
+            .await
+            .context("cannot load API keys")?;
+        tracing::info!(keys = loaded, engine = %store.engine(), "virtual keys loaded from the store");
+        refresher = Some(
+            directory
+                .clone()
+                .spawn_refresher(store, std::time::Duration::from_secs(1)),
+        );
+        auth.push(directory);
+    }
+    let auth = Arc::new(rampart_gateway::auth::AnyOf(auth));
     let gateway = Gateway::new(settings, auth).map_err(anyhow::Error::msg)?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, "gateway listening");
     gateway.serve(listener, shutdown_signal()).await?;
+    if let Some(r) = refresher {
+        r.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -52,7 +52,7 @@ fn fresh_key(prefix: &str) -> String {
 }
 
 /// Read the key stored at `path`, or create it with mode 0600.
-fn stored_key(path: &Path, prefix: &str) -> anyhow::Result<String> {
+pub(crate) fn stored_key(path: &Path, prefix: &str) -> anyhow::Result<String> {
     if let Ok(existing) = std::fs::read_to_string(path) {
         let k = existing.trim();
         if k.starts_with(prefix) && k.len() >= 40 {

@@ -5,6 +5,7 @@
 mod bootstrap;
 mod cli;
 mod demo;
+mod keys;
 
 use clap::Parser;
 
