@@ -44,6 +44,8 @@ pub struct AppState {
     pub auth: Arc<dyn Authenticator>,
     /// Distinguishes gateways in one process (each thread keeps one upstream pool per gateway).
     id: u64,
+    /// TLS settings shared by every thread's upstream pool.
+    tls: rustls::ClientConfig,
     /// The upstream `x-api-key` value (marked sensitive).
     pub upstream_key: HeaderValue,
     /// Set when SIGTERM arrived.
@@ -75,7 +77,7 @@ impl AppState {
             if let Some((_, client)) = pools.iter().find(|(id, _)| *id == self.id) {
                 return client.request(req);
             }
-            let client = crate::upstream::client(self.settings.connect_timeout);
+            let client = crate::upstream::client(self.settings.connect_timeout, &self.tls);
             let fut = client.request(req);
             pools.push((self.id, client));
             fut
@@ -93,6 +95,7 @@ impl AppState {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            tls: crate::upstream::tls_config()?,
             settings,
             auth,
             upstream_key,
