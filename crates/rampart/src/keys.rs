@@ -71,7 +71,7 @@ pub fn key_hasher(data_dir: &Path) -> anyhow::Result<KeyHasher> {
         _ => {
             std::fs::create_dir_all(data_dir)
                 .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-            crate::demo::stored_key(&data_dir.join("key-pepper"), "pepper-")?
+            crate::secret_file::stored_key(&data_dir.join("key-pepper"), "pepper-")?
         }
     };
     KeyHasher::new(Secret::new(pepper)).map_err(anyhow::Error::msg)

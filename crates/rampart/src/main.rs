@@ -6,6 +6,7 @@ mod bootstrap;
 mod cli;
 mod demo;
 mod keys;
+mod secret_file;
 
 use clap::Parser;
 
