@@ -91,6 +91,40 @@ impl MasterKeys {
         })
     }
 
+    /// Load keys from a key spec (see [`crate::keyspec`]): `RAMPART_MASTER_KEY`'s format. Master
+    /// keys must be exactly 32 bytes (AES-256).
+    ///
+    /// # Errors
+    /// A message naming `what` and the bad entry, never its value.
+    pub fn from_spec(spec: &Secret, what: &str) -> Result<Self, String> {
+        let entries = crate::keyspec::parse(spec, what)?;
+        let mut map = BTreeMap::new();
+        for e in &entries {
+            if e.bytes.len() != 32 {
+                return Err(format!(
+                    "{what}: key {} must be exactly 32 bytes, found {}",
+                    e.id,
+                    e.bytes.len()
+                ));
+            }
+            let cipher = Aes256Gcm::new_from_slice(&e.bytes)
+                .map_err(|_| format!("{what}: key {} is unusable", e.id))?;
+            map.insert(e.id.clone(), cipher);
+        }
+        Ok(Self {
+            current: entries[0].id.clone(),
+            keys: map,
+        })
+    }
+
+    /// Ids of every loaded key, current first.
+    #[must_use]
+    pub fn ids(&self) -> Vec<&str> {
+        let mut ids = vec![self.current.as_str()];
+        ids.extend(self.keys.keys().map(String::as_str).filter(|k| *k != self.current));
+        ids
+    }
+
     /// A fresh random key, base64-encoded (for `rampart` to print when generating one).
     #[must_use]
     pub fn generate_material() -> Secret {

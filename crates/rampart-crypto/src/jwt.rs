@@ -111,6 +111,44 @@ impl JwtKeys {
         })
     }
 
+    /// Keys from a key spec (see [`crate::keyspec`]): `RAMPART_JWT_SECRET`'s format, each key
+    /// 32+ random bytes; the first signs.
+    ///
+    /// # Errors
+    /// A message naming `what` and the bad entry, never its value.
+    pub fn from_spec(
+        spec: &Secret,
+        what: &str,
+        issuer: &str,
+        audience: &str,
+        ttl: Duration,
+    ) -> Result<Self, String> {
+        let entries = crate::keyspec::parse(spec, what)?;
+        let mut map = BTreeMap::new();
+        for e in &entries {
+            map.insert(
+                e.id.clone(),
+                (
+                    EncodingKey::from_secret(&e.bytes),
+                    DecodingKey::from_secret(&e.bytes),
+                ),
+            );
+        }
+        Ok(Self {
+            current: entries[0].id.clone(),
+            keys: map,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            ttl,
+        })
+    }
+
+    /// How long issued tokens live.
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Issue a token for `sub` with `role` and `team`, valid from now for the configured TTL.
     ///
     /// # Errors

@@ -5,11 +5,14 @@
 //! - [`apikey`]: virtual API keys (`rk_…`, 256 bits) and their keyed digests;
 //! - [`envelope`]: AES-256-GCM encryption at rest with key ids, for upstream credentials;
 //! - [`jwt`]: short-lived HS256 access tokens with `kid` rotation and every claim checked;
+//! - [`keyspec`]: the one format for operator-supplied keys (master key, JWT secret), with a
+//!   strength check;
 //! - [`token`]: opaque random tokens (refresh tokens, setup tokens) stored as digests.
 
 pub mod apikey;
 pub mod envelope;
 pub mod jwt;
+pub mod keyspec;
 pub mod password;
 mod secret;
 pub mod token;

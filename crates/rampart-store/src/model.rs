@@ -257,6 +257,13 @@ impl std::fmt::Debug for UpstreamCredential {
     }
 }
 
+/// The associated data an upstream credential's ciphertext is bound to: its unique name, so a
+/// ciphertext copied to another row does not open. Every sealer and opener uses this.
+#[must_use]
+pub fn upstream_credential_aad(name: &str) -> Vec<u8> {
+    format!("rampart:upstream_credential:{name}").into_bytes()
+}
+
 /// Fields of a new upstream credential.
 #[derive(Debug, Clone)]
 pub struct NewUpstreamCredential {

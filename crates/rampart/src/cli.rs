@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: crate::keys::KeysCommand,
     },
+    /// Print a fresh random key for RAMPART_MASTER_KEY or RAMPART_JWT_SECRET (32 bytes, base64).
+    Keygen,
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -112,6 +114,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate(args).await,
         Command::Init(args) => init(args).await,
         Command::Keys { command } => crate::keys::run(command).await,
+        Command::Keygen => {
+            println!("{}", rampart_crypto::keyspec::generate().expose());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(config_check(config)),

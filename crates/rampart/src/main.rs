@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod keys;
 mod secret_file;
+mod secrets;
 
 use clap::Parser;
 
