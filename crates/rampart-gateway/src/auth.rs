@@ -1,8 +1,9 @@
 //! Data-plane authentication: who is calling, from the `x-api-key` or `Authorization: Bearer` header.
 //!
-//! This issue's [`StaticKeys`] holds SHA-256 digests of keys from config and compares every
-//! candidate in constant time. The identity store of a later issue implements the same
-//! [`Authenticator`] trait, so the proxy does not change.
+//! [`StaticKeys`] holds SHA-256 digests of keys from config and compares every candidate in
+//! constant time; the store's [`crate::keydir::KeyDirectory`] implements the same
+//! [`Authenticator`] trait. [`Authenticator::check`] also says why a credential was refused
+//! ([`Denial`]), for the audit log only: clients always get the same 401.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 
 use crate::secret::Secret;
 
@@ -47,6 +49,56 @@ pub struct Identity {
     pub key_label: Arc<str>,
     /// What the key may do; `None` is unrestricted (keys from configuration).
     pub scopes: Option<Arc<Scopes>>,
+    /// The store key's id; `None` for keys from configuration.
+    pub key_id: Option<Uuid>,
+    /// The team owning the store key; `None` for keys from configuration.
+    pub team_id: Option<Uuid>,
+    /// The user owning the store key, if any; `None` for keys from configuration.
+    pub user_id: Option<Uuid>,
+}
+
+impl Identity {
+    /// An unrestricted identity with no store ids (a key from configuration).
+    #[must_use]
+    pub fn unscoped(key_label: Arc<str>) -> Self {
+        Self {
+            key_label,
+            scopes: None,
+            key_id: None,
+            team_id: None,
+            user_id: None,
+        }
+    }
+}
+
+/// Why a presented credential was refused. Only for the audit log: every one of these is the same
+/// `401 authentication_error` on the wire, so a caller cannot probe which keys exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Denial {
+    /// Not a known key (or not in any key format).
+    Unknown,
+    /// A store key past its expiry (including the old key after a rotation's overlap).
+    Expired,
+    /// A revoked store key.
+    Revoked,
+    /// A disabled store key.
+    Disabled,
+    /// A store key of a disabled team.
+    TeamDisabled,
+}
+
+impl Denial {
+    /// The audit `reason`: `unknown_key`, `expired`, `revoked`, `disabled`, `team_disabled`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown_key",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Disabled => "disabled",
+            Self::TeamDisabled => "team_disabled",
+        }
+    }
 }
 
 /// The API surface a key may call, as stored with virtual keys.
@@ -148,6 +200,19 @@ impl Authenticator for AnyOf {
     fn authenticate(&self, credential: &str) -> Option<Identity> {
         self.0.iter().find_map(|a| a.authenticate(credential))
     }
+
+    /// The first identity found; else the most specific refusal (one that knew the key).
+    fn check(&self, credential: &str) -> Result<Identity, Denial> {
+        let mut denial = Denial::Unknown;
+        for a in &self.0 {
+            match a.check(credential) {
+                Ok(identity) => return Ok(identity),
+                Err(Denial::Unknown) => {}
+                Err(d) => denial = d,
+            }
+        }
+        Err(denial)
+    }
 }
 
 /// Why authentication failed.
@@ -163,6 +228,15 @@ pub enum AuthFailure {
 pub trait Authenticator: Send + Sync + 'static {
     /// The identity for `credential`, or `None` when it is not accepted.
     fn authenticate(&self, credential: &str) -> Option<Identity>;
+
+    /// As [`Authenticator::authenticate`], saying why a credential is refused. The default knows
+    /// no reason but [`Denial::Unknown`].
+    ///
+    /// # Errors
+    /// The [`Denial`] when the credential is not accepted.
+    fn check(&self, credential: &str) -> Result<Identity, Denial> {
+        self.authenticate(credential).ok_or(Denial::Unknown)
+    }
 }
 
 /// Keys from configuration, held as digests.
@@ -256,10 +330,7 @@ impl Authenticator for StaticKeys {
                 found = Some(label);
             }
         }
-        let identity = found.map(|label| Identity {
-            key_label: label.clone(),
-            scopes: None,
-        })?;
+        let identity = found.map(|label| Identity::unscoped(label.clone()))?;
         self.verified.put(credential, &identity);
         Some(identity)
     }
@@ -326,6 +397,37 @@ mod tests {
             .unwrap();
         assert_eq!(id.key_label.len(), 8);
         assert!(!"rk_alpha_0123456789".contains(&*id.key_label));
+        assert_eq!((id.key_id, id.team_id, id.user_id), (None, None, None));
+    }
+
+    /// Refuses with a fixed reason.
+    struct Refuses(Denial);
+
+    impl Authenticator for Refuses {
+        fn authenticate(&self, _: &str) -> Option<Identity> {
+            None
+        }
+
+        fn check(&self, _: &str) -> Result<Identity, Denial> {
+            Err(self.0)
+        }
+    }
+
+    #[test]
+    fn any_of_reports_the_most_specific_refusal_and_prefers_a_match() {
+        let config: Arc<dyn Authenticator> = Arc::new(keys(&["rk_alpha_0123456789"]));
+        let revoked: Arc<dyn Authenticator> = Arc::new(Refuses(Denial::Revoked));
+        let both = AnyOf(vec![config.clone(), revoked.clone()]);
+        assert_eq!(
+            both.check("rk_other_0123456789").unwrap_err(),
+            Denial::Revoked
+        );
+        assert!(both.check("rk_alpha_0123456789").is_ok());
+        assert_eq!(
+            AnyOf(vec![config]).check("nope").unwrap_err(),
+            Denial::Unknown
+        );
+        assert_eq!(Denial::TeamDisabled.as_str(), "team_disabled");
     }
 
     #[test]

@@ -3,28 +3,79 @@
 //! database and a disabled, revoked or expired key (or one of a disabled team) stops working on
 //! every instance within about a second. (A full reload suits thousands of keys; beyond that it
 //! becomes an incremental refresh.)
+//!
+//! - **Invalidation.** [`KeyDirectory::refresh`] may be called at any time, concurrently with the
+//!   background reload (the admin plane calls it right after a write, so the change applies at
+//!   once on the serving instance). Reloads run one at a time, so a reload that read the database
+//!   before a write can never replace the directory after one that read it later.
+//! - **Refusal reasons.** Revoked, disabled and team-disabled keys are kept by digest beside the
+//!   usable ones, so a refusal can be audited with its reason ([`Denial`]); clients always see the
+//!   same 401.
+//! - **`last_used_at` without a write per request.** Each usable key has an in-memory clock (unix
+//!   seconds) that a successful authentication moves forward, at most one write per key per
+//!   second; the clocks survive reloads. [`KeyDirectory::run_last_used_flusher`] writes the
+//!   clocks that moved, in one batch, every few seconds and once more at shutdown.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use rampart_crypto::apikey::{self, KeyHasher};
-use rampart_store::Store;
+use rampart_store::{ApiKey, Store, Team};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
-use crate::auth::{Authenticator, Endpoint, Identity, Scopes};
+use crate::auth::{Authenticator, Denial, Endpoint, Identity, Scopes};
+
+/// Default interval of [`KeyDirectory::run_last_used_flusher`].
+pub const LAST_USED_FLUSH_EVERY: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 struct Entry {
     identity: Identity,
     expires_at: Option<OffsetDateTime>,
+    used: Arc<KeyUse>,
 }
 
-/// The in-memory directory of usable store keys.
+/// What one reload found: usable keys, and refused ones with the reason.
+#[derive(Debug, Default)]
+struct Snapshot {
+    usable: HashMap<[u8; 32], Entry>,
+    refused: HashMap<[u8; 32], Denial>,
+}
+
+/// When a key was last used (unix seconds), and how much of that the store already has.
+#[derive(Debug, Default)]
+struct KeyUse {
+    last: AtomicI64,
+    flushed: AtomicI64,
+}
+
+impl KeyUse {
+    fn record(&self, now: i64) {
+        // Read first: requests with one key write the shared cache line once a second, not each.
+        if self.last.load(Ordering::Relaxed) < now {
+            self.last.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    fn unflushed(&self) -> Option<i64> {
+        let last = self.last.load(Ordering::Relaxed);
+        (last > self.flushed.load(Ordering::Relaxed)).then_some(last)
+    }
+}
+
+/// The in-memory directory of store keys.
 #[derive(Debug)]
 pub struct KeyDirectory {
     hasher: KeyHasher,
-    entries: RwLock<Arc<HashMap<[u8; 32], Entry>>>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Use clocks by key id; they outlive reloads so no use is lost to one.
+    uses: Mutex<HashMap<Uuid, Arc<KeyUse>>>,
+    /// Held for a whole reload: reloads run one at a time, in order.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl KeyDirectory {
@@ -33,57 +84,98 @@ impl KeyDirectory {
     pub fn new(hasher: KeyHasher) -> Self {
         Self {
             hasher,
-            entries: RwLock::new(Arc::new(HashMap::new())),
+            snapshot: RwLock::new(Arc::default()),
+            uses: Mutex::default(),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Reload every usable key from the store; returns how many are usable.
+    /// Reload every key from the store; returns how many are usable. Safe to call concurrently
+    /// with the background reload and with other callers: reloads are serialised, and the one
+    /// that returns last read the database last.
     ///
     /// # Errors
     /// A store failure (the previous directory stays in force).
     pub async fn refresh(&self, store: &Store) -> rampart_store::Result<usize> {
-        let disabled_teams: Vec<_> = store
-            .list_teams()
-            .await?
-            .into_iter()
-            .filter(|t| t.disabled)
-            .map(|t| t.id)
-            .collect();
+        let _one_at_a_time = self.reloading.lock().await;
+        let teams = store.list_teams().await?;
         let keys = store
             .list_api_keys(rampart_store::ApiKeyFilter::default())
             .await?;
-        let mut map = HashMap::with_capacity(keys.len());
+        Ok(self.install(&teams, keys))
+    }
+
+    /// Replace the directory with `keys`; returns how many are usable.
+    fn install(&self, teams: &[Team], keys: Vec<ApiKey>) -> usize {
+        let disabled_teams: HashSet<Uuid> =
+            teams.iter().filter(|t| t.disabled).map(|t| t.id).collect();
+        let mut next = Snapshot {
+            usable: HashMap::with_capacity(keys.len()),
+            refused: HashMap::new(),
+        };
+        let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut live = HashSet::with_capacity(keys.len());
         for k in keys {
-            if !k.enabled || k.revoked_at.is_some() || disabled_teams.contains(&k.team_id) {
-                continue;
-            }
             let Ok(digest) = <[u8; 32]>::try_from(k.key_hash.as_slice()) else {
                 continue;
             };
-            let scopes = Scopes {
-                endpoints: k
-                    .allowed_endpoints
-                    .iter()
-                    .filter_map(|e| Endpoint::parse(e))
-                    .collect(),
-                models: k.allowed_models.clone(),
+            let refusal = if k.revoked_at.is_some() {
+                Some(Denial::Revoked)
+            } else if !k.enabled {
+                Some(Denial::Disabled)
+            } else if disabled_teams.contains(&k.team_id) {
+                Some(Denial::TeamDisabled)
+            } else {
+                None
             };
-            map.insert(
-                digest,
-                Entry {
-                    identity: Identity {
-                        key_label: Arc::from(k.prefix.as_str()),
-                        scopes: Some(Arc::new(scopes)),
-                    },
-                    expires_at: k.expires_at,
-                },
-            );
+            if let Some(denial) = refusal {
+                next.refused.insert(digest, denial);
+                continue;
+            }
+            live.insert(k.id);
+            let used = uses.entry(k.id).or_default().clone();
+            next.usable.insert(digest, entry(k, used));
         }
-        let n = map.len();
-        if let Ok(mut entries) = self.entries.write() {
-            *entries = Arc::new(map);
+        // A clock whose key is gone is kept until the store has its last use.
+        uses.retain(|id, u| live.contains(id) || u.unflushed().is_some());
+        drop(uses);
+        let n = next.usable.len();
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        n
+    }
+
+    /// Reload every `every` until `shutdown` resolves; failures are logged and retried.
+    pub async fn run_refresher(
+        self: Arc<Self>,
+        store: Store,
+        every: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = &mut shutdown => return,
+            }
+            match self.refresh(&store).await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("key directory refresh recovered");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "key directory refresh failed; serving the last loaded keys");
+                }
+                Err(_) => {}
+            }
         }
-        Ok(n)
     }
 
     /// Reload every `every` until the task is aborted; failures are logged and retried.
@@ -92,40 +184,260 @@ impl KeyDirectory {
         store: Store,
         every: Duration,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            let mut failing = false;
-            loop {
-                tick.tick().await;
-                match self.refresh(&store).await {
-                    Ok(_) if failing => {
-                        failing = false;
-                        tracing::info!("key directory refresh recovered");
-                    }
-                    Ok(_) => {}
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::error!(error = %e, "key directory refresh failed; serving the last loaded keys");
-                    }
-                    Err(_) => {}
-                }
+        tokio::spawn(self.run_refresher(store, every, std::future::pending()))
+    }
+
+    /// Write the key uses recorded since the last flush to the store, in one batch; returns how
+    /// many keys were written.
+    ///
+    /// # Errors
+    /// A store failure (the uses stay pending and go with the next flush).
+    pub async fn flush_last_used(&self, store: &Store) -> rampart_store::Result<usize> {
+        let pending: Vec<(Uuid, i64, Arc<KeyUse>)> = self
+            .uses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|(id, u)| u.unflushed().map(|last| (*id, last, u.clone())))
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let batch: Vec<(Uuid, OffsetDateTime)> = pending
+            .iter()
+            .filter_map(|(id, secs, _)| {
+                OffsetDateTime::from_unix_timestamp(*secs)
+                    .ok()
+                    .map(|t| (*id, t))
+            })
+            .collect();
+        store.touch_api_keys_last_used(&batch).await?;
+        for (_, secs, u) in &pending {
+            u.flushed.fetch_max(*secs, Ordering::Relaxed);
+        }
+        Ok(pending.len())
+    }
+
+    /// Flush recorded key uses every `every` (see [`LAST_USED_FLUSH_EVERY`]) and once more when
+    /// `shutdown` resolves, then return. Failures are logged; the uses are retried next time.
+    pub async fn run_last_used_flusher(
+        self: Arc<Self>,
+        store: Store,
+        every: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.flush_logged(&store).await,
+                () = &mut shutdown => break,
             }
-        })
+        }
+        self.flush_logged(&store).await;
+    }
+
+    async fn flush_logged(&self, store: &Store) {
+        if let Err(e) = self.flush_last_used(store).await {
+            tracing::warn!(error = %e, "cannot record API key use (last_used_at); will retry");
+        }
+    }
+
+    /// [`Authenticator::check`] at `now`.
+    fn check_at(&self, credential: &str, now: OffsetDateTime) -> Result<Identity, Denial> {
+        apikey::check_format(credential).map_err(|_| Denial::Unknown)?;
+        let digest = self.hasher.digest(credential);
+        let snapshot = self
+            .snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(entry) = snapshot.usable.get(&digest.0) else {
+            return Err(snapshot
+                .refused
+                .get(&digest.0)
+                .copied()
+                .unwrap_or(Denial::Unknown));
+        };
+        if entry.expires_at.is_some_and(|t| t <= now) {
+            return Err(Denial::Expired);
+        }
+        entry.used.record(now.unix_timestamp());
+        Ok(entry.identity.clone())
+    }
+}
+
+fn entry(k: ApiKey, used: Arc<KeyUse>) -> Entry {
+    let scopes = Scopes {
+        endpoints: k
+            .allowed_endpoints
+            .iter()
+            .filter_map(|e| Endpoint::parse(e))
+            .collect(),
+        models: k.allowed_models,
+    };
+    Entry {
+        identity: Identity {
+            key_label: Arc::from(k.prefix.as_str()),
+            scopes: Some(Arc::new(scopes)),
+            key_id: Some(k.id),
+            team_id: Some(k.team_id),
+            user_id: k.user_id,
+        },
+        expires_at: k.expires_at,
+        used,
     }
 }
 
 impl Authenticator for KeyDirectory {
     fn authenticate(&self, credential: &str) -> Option<Identity> {
-        apikey::check_format(credential).ok()?;
-        let digest = self.hasher.digest(credential);
-        let entries = self.entries.read().ok()?.clone();
-        let entry = entries.get(&digest.0)?;
-        if entry
-            .expires_at
-            .is_some_and(|t| t <= OffsetDateTime::now_utc())
-        {
-            return None;
+        self.check(credential).ok()
+    }
+
+    fn check(&self, credential: &str) -> Result<Identity, Denial> {
+        self.check_at(credential, OffsetDateTime::now_utc())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_crypto::Secret;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(secs).unwrap()
+    }
+
+    fn directory() -> KeyDirectory {
+        KeyDirectory::new(KeyHasher::new(Secret::new("p".repeat(32))).unwrap())
+    }
+
+    fn team(disabled: bool) -> Team {
+        Team {
+            id: Uuid::now_v7(),
+            name: "t".into(),
+            disabled,
+            created_at: at(T0),
         }
-        Some(entry.identity.clone())
+    }
+
+    /// A stored key for `key` in `team`.
+    fn stored(dir: &KeyDirectory, key: &str, team: &Team) -> ApiKey {
+        ApiKey {
+            id: Uuid::now_v7(),
+            team_id: team.id,
+            user_id: Some(Uuid::now_v7()),
+            name: "k".into(),
+            prefix: apikey::visible_prefix(key),
+            key_hash: dir.hasher.digest(key).0.to_vec(),
+            allowed_models: vec![],
+            allowed_endpoints: vec!["messages".into()],
+            expires_at: None,
+            enabled: true,
+            created_at: at(T0),
+            last_used_at: None,
+            rotated_from: None,
+            revoked_at: None,
+        }
+    }
+
+    fn key(dir: &KeyDirectory) -> String {
+        dir.hasher.generate("live").key.expose().to_owned()
+    }
+
+    #[test]
+    fn a_usable_key_carries_its_ids_and_scopes() {
+        let dir = directory();
+        let (k, t) = (key(&dir), team(false));
+        let row = stored(&dir, &k, &t);
+        assert_eq!(dir.install(std::slice::from_ref(&t), vec![row.clone()]), 1);
+        let id = dir.check_at(&k, at(T0)).unwrap();
+        assert_eq!(id.key_id, Some(row.id));
+        assert_eq!(id.team_id, Some(t.id));
+        assert_eq!(id.user_id, row.user_id);
+        assert_eq!(&*id.key_label, row.prefix.as_str());
+        assert!(!id.scopes.unwrap().allows_endpoint(Endpoint::Batches));
+    }
+
+    #[test]
+    fn refusals_carry_their_reason() {
+        let dir = directory();
+        let (live_team, off_team) = (team(false), team(true));
+        let keys: Vec<String> = (0..5).map(|_| key(&dir)).collect();
+        let mut revoked = stored(&dir, &keys[0], &live_team);
+        revoked.revoked_at = Some(at(T0));
+        revoked.enabled = false;
+        let mut disabled = stored(&dir, &keys[1], &live_team);
+        disabled.enabled = false;
+        let of_disabled_team = stored(&dir, &keys[2], &off_team);
+        let mut expired = stored(&dir, &keys[3], &live_team);
+        expired.expires_at = Some(at(T0));
+        let n = dir.install(
+            &[live_team, off_team],
+            vec![revoked, disabled, of_disabled_team, expired],
+        );
+        assert_eq!(n, 1, "only the expiring key is usable (until its expiry)");
+        let reason = |k: &str| dir.check_at(k, at(T0)).unwrap_err();
+        assert_eq!(reason(&keys[0]), Denial::Revoked);
+        assert_eq!(reason(&keys[1]), Denial::Disabled);
+        assert_eq!(reason(&keys[2]), Denial::TeamDisabled);
+        assert_eq!(reason(&keys[3]), Denial::Expired);
+        assert_eq!(reason(&keys[4]), Denial::Unknown);
+        assert_eq!(reason("sk-ant-not-ours"), Denial::Unknown);
+        assert!(dir.check_at(&keys[3], at(T0 - 1)).is_ok());
+    }
+
+    fn pending(dir: &KeyDirectory) -> Vec<(Uuid, i64)> {
+        dir.uses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(id, u)| u.unflushed().map(|t| (*id, t)))
+            .collect()
+    }
+
+    /// A directory holding one usable key: the directory, the key, its team and its row.
+    fn one_key() -> (KeyDirectory, String, Team, ApiKey) {
+        let dir = directory();
+        let (k, t) = (key(&dir), team(false));
+        let row = stored(&dir, &k, &t);
+        dir.install(std::slice::from_ref(&t), vec![row.clone()]);
+        (dir, k, t, row)
+    }
+
+    #[test]
+    fn uses_are_recorded_in_memory_once_per_second_and_survive_reloads() {
+        let (dir, k, t, row) = one_key();
+        assert!(pending(&dir).is_empty());
+        dir.check_at(&k, at(T0)).unwrap();
+        dir.check_at(&k, at(T0 - 5)).unwrap();
+        assert_eq!(pending(&dir), vec![(row.id, T0)], "never goes backwards");
+        // A reload keeps the clock, and the reloaded entry moves the same clock.
+        dir.install(std::slice::from_ref(&t), vec![row.clone()]);
+        assert_eq!(pending(&dir), vec![(row.id, T0)]);
+        dir.check_at(&k, at(T0 + 1)).unwrap();
+        assert_eq!(pending(&dir), vec![(row.id, T0 + 1)]);
+        // Flushed: nothing pending until the next use in a later second.
+        dir.uses.lock().unwrap()[&row.id]
+            .flushed
+            .store(T0 + 1, Ordering::Relaxed);
+        dir.check_at(&k, at(T0 + 1)).unwrap();
+        assert!(pending(&dir).is_empty());
+    }
+
+    #[test]
+    fn a_removed_keys_clock_is_kept_until_flushed() {
+        let (dir, k, t, row) = one_key();
+        dir.check_at(&k, at(T0)).unwrap();
+        dir.install(std::slice::from_ref(&t), vec![]);
+        assert_eq!(pending(&dir), vec![(row.id, T0)]);
+        dir.uses.lock().unwrap()[&row.id]
+            .flushed
+            .store(T0, Ordering::Relaxed);
+        dir.install(std::slice::from_ref(&t), vec![]);
+        assert!(dir.uses.lock().unwrap().is_empty());
     }
 }

@@ -1,0 +1,112 @@
+//! The key directory against a real store: last-use clocks flushed in one batch, and reloads
+//! that an admin write can force at once while the background reload runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_gateway::auth::{Authenticator, Denial};
+use rampart_gateway::keydir::KeyDirectory;
+use rampart_store::ApiKey;
+use time::OffsetDateTime;
+
+use crate::harness::{TestStore, hasher};
+
+#[tokio::test]
+async fn key_use_reaches_last_used_at_in_one_flush_and_only_when_it_moved() {
+    let db = TestStore::new().await;
+    let team = db.team("payments").await;
+    let (key, row) = db.key(&team, &[]).await;
+    let (_, other_row) = db.key(&team, &[]).await;
+    let dir = KeyDirectory::new(hasher());
+    assert_eq!(dir.refresh(&db).await.unwrap(), 2);
+    assert_eq!(dir.flush_last_used(&db).await.unwrap(), 0, "no use yet");
+
+    let before = OffsetDateTime::now_utc().unix_timestamp();
+    for _ in 0..100 {
+        assert!(dir.check(&key).is_ok());
+    }
+    dir.refresh(&db).await.unwrap();
+    assert_eq!(
+        dir.flush_last_used(&db).await.unwrap(),
+        1,
+        "one key, one row"
+    );
+    let used = db.get_api_key(row.id).await.unwrap().last_used_at.unwrap();
+    assert!(used.unix_timestamp() >= before);
+    assert!(used.unix_timestamp() <= OffsetDateTime::now_utc().unix_timestamp());
+    assert_eq!(
+        db.get_api_key(other_row.id).await.unwrap().last_used_at,
+        None
+    );
+    assert_eq!(dir.flush_last_used(&db).await.unwrap(), 0, "nothing moved");
+}
+
+/// A store with one key and a directory loaded from it.
+async fn one_key() -> (TestStore, Arc<KeyDirectory>, String, ApiKey) {
+    let db = TestStore::new().await;
+    let team = db.team("t").await;
+    let (key, row) = db.key(&team, &[]).await;
+    let dir = Arc::new(KeyDirectory::new(hasher()));
+    dir.refresh(&db).await.unwrap();
+    (db, dir, key, row)
+}
+
+#[tokio::test]
+async fn the_flusher_writes_once_more_at_shutdown() {
+    let (db, dir, key, row) = one_key().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let flusher = tokio::spawn(dir.clone().run_last_used_flusher(
+        db.store(),
+        Duration::from_secs(3600),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    dir.check(&key).unwrap();
+    stop.send(()).unwrap();
+    flusher.await.unwrap();
+    assert!(db.get_api_key(row.id).await.unwrap().last_used_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_after_a_write_applies_it_even_while_background_reloads_run() {
+    let (db, dir, key, row) = one_key().await;
+    let background = dir
+        .clone()
+        .spawn_refresher(db.store(), Duration::from_millis(1));
+    for round in 0..20 {
+        let (k, r) = if round == 0 {
+            (key.clone(), row.clone())
+        } else {
+            let team = db.get_team(row.team_id).await.unwrap();
+            db.key(&team, &[]).await
+        };
+        // Several admin handlers refreshing at once, the background reload running beside them.
+        let refreshes: Vec<_> = (0..4)
+            .map(|_| {
+                let (dir, store) = (dir.clone(), db.store());
+                tokio::spawn(async move { dir.refresh(&store).await.unwrap() })
+            })
+            .collect();
+        dir.refresh(&db).await.unwrap();
+        assert!(dir.check(&k).is_ok(), "a created key works at once");
+        db.revoke_api_key(r.id, OffsetDateTime::now_utc(), None)
+            .await
+            .unwrap();
+        dir.refresh(&db).await.unwrap();
+        assert_eq!(
+            dir.check(&k).unwrap_err(),
+            Denial::Revoked,
+            "a revoked key stops at once"
+        );
+        for r in refreshes {
+            r.await.unwrap();
+        }
+        assert_eq!(
+            dir.check(&k).unwrap_err(),
+            Denial::Revoked,
+            "and stays stopped"
+        );
+    }
+    background.abort();
+}

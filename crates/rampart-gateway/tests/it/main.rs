@@ -1,0 +1,7 @@
+//! Gateway tests against a real store (SQLite in a temp dir) and, where a response is needed, the
+//! simulator on 127.0.0.1:0 as the upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
+
+mod harness;
+mod keydir;
