@@ -102,7 +102,9 @@ pub fn generate() -> Secret {
 
 fn decode(text: &str) -> Option<Zeroizing<Vec<u8>>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    if text.len() >= 2 * MIN_BYTES && text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit())
+    if text.len() >= 2 * MIN_BYTES
+        && text.len().is_multiple_of(2)
+        && text.bytes().all(|b| b.is_ascii_hexdigit())
     {
         return hex::decode(text).ok().map(Zeroizing::new);
     }
