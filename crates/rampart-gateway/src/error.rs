@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// Body is not UTF-8.
     #[error("invalid request: body is not valid UTF-8")]
     InvalidUtf8,
+    /// Body is JSON of the wrong shape for what Rampart must check.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// Body is JSON but not an object.
     #[error("invalid request: body must be a JSON object")]
     NotAnObject,
@@ -63,9 +66,11 @@ impl ProxyError {
             Self::MissingKey | Self::InvalidKey => {
                 (ErrorType::AuthenticationError, StatusCode::UNAUTHORIZED)
             }
-            Self::MalformedJson(_) | Self::InvalidUtf8 | Self::NotAnObject | Self::BodyRead => {
-                (ErrorType::InvalidRequestError, StatusCode::BAD_REQUEST)
-            }
+            Self::MalformedJson(_)
+            | Self::InvalidRequest(_)
+            | Self::InvalidUtf8
+            | Self::NotAnObject
+            | Self::BodyRead => (ErrorType::InvalidRequestError, StatusCode::BAD_REQUEST),
             Self::BodyTooLarge(_) => (ErrorType::RequestTooLarge, StatusCode::PAYLOAD_TOO_LARGE),
             Self::NotFound => (ErrorType::NotFoundError, StatusCode::NOT_FOUND),
             Self::Forbidden(_) => (ErrorType::PermissionError, StatusCode::FORBIDDEN),
@@ -114,6 +119,7 @@ mod tests {
             ProxyError::InvalidKey,
             ProxyError::MalformedJson("x".into()),
             ProxyError::InvalidUtf8,
+            ProxyError::InvalidRequest("x".into()),
             ProxyError::NotAnObject,
             ProxyError::BodyTooLarge(1),
             ProxyError::BodyRead,

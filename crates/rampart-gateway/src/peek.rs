@@ -1,5 +1,11 @@
 //! One-pass request inspection: validate the body is a UTF-8 JSON object and borrow the few fields
 //! the proxy needs, skipping the rest without building a tree.
+//!
+//! Batch creation bodies get a second pass only for keys with model scopes
+//! ([`first_refused_batch_model`]): it borrows each `requests[i].custom_id` and
+//! `requests[i].params.model` and skips everything else (the prompts).
+
+use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -50,6 +56,82 @@ pub fn peek(body: &[u8]) -> Result<Peeked, ProxyError> {
         stream: f.stream.is_some_and(|raw| raw.get() == "true"),
         max_tokens: f.max_tokens.and_then(|raw| raw.get().parse::<u64>().ok()),
     })
+}
+
+/// A batch request a key may not run: its `custom_id` and its model, both cut short for display
+/// (`(none)` when absent or not a string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedBatchItem {
+    /// `requests[i].custom_id`, at most 64 characters.
+    pub custom_id: String,
+    /// `requests[i].params.model`, at most 100 characters.
+    pub model: String,
+}
+
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow, default)]
+    requests: Option<Vec<BatchItem<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct BatchItem<'a> {
+    #[serde(borrow, default)]
+    custom_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    params: Option<BatchParams<'a>>,
+}
+
+#[derive(Deserialize)]
+struct BatchParams<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+}
+
+/// The first item of a batch creation body whose `params.model` `allowed` refuses; an item with
+/// no model (or one that is not a string) is refused too, since its model cannot be checked.
+/// `body` must already have passed [`peek`]. A body without `requests` has nothing to run and is
+/// left for the upstream to reject.
+///
+/// # Errors
+/// [`ProxyError::InvalidRequest`] when `requests` is not an array of objects with object
+/// `params`, or a field appears twice (what would be checked must be what runs).
+pub fn first_refused_batch_model(
+    body: &[u8],
+    allowed: impl Fn(&str) -> bool,
+) -> Result<Option<RefusedBatchItem>, ProxyError> {
+    let parsed: BatchBody<'_> = serde_json::from_slice(body).map_err(|_| {
+        ProxyError::InvalidRequest(
+            "requests: must be an array of objects, each with a params object and a model"
+                .to_owned(),
+        )
+    })?;
+    for item in parsed.requests.unwrap_or_default() {
+        let model = item.params.and_then(|p| p.model).and_then(json_str);
+        if model.as_deref().is_some_and(&allowed) {
+            continue;
+        }
+        return Ok(Some(RefusedBatchItem {
+            custom_id: shown(item.custom_id.and_then(json_str), 64),
+            model: shown(model, 100),
+        }));
+    }
+    Ok(None)
+}
+
+/// A JSON string's value, borrowed when it has no escapes; `None` for any other JSON value.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<&str>(raw.get())
+        .map(Cow::Borrowed)
+        .or_else(|_| serde_json::from_str::<String>(raw.get()).map(Cow::Owned))
+        .ok()
+}
+
+fn shown(value: Option<Cow<'_, str>>, max_chars: usize) -> String {
+    value.map_or_else(
+        || "(none)".to_owned(),
+        |v| v.chars().take(max_chars).collect(),
+    )
 }
 
 /// Validate that `body` is well-formed UTF-8 JSON of any shape.
@@ -119,7 +201,86 @@ mod tests {
         ));
     }
 
+    fn haiku(m: &str) -> bool {
+        m.starts_with("claude-haiku-")
+    }
+
+    #[test]
+    fn batch_items_are_checked_in_order_and_the_first_refused_is_named() {
+        let body = br#"{"requests":[
+            {"custom_id":"a","params":{"model":"claude-haiku-4-5","max_tokens":5,"messages":[{"role":"user","content":"secret prompt"}]}},
+            {"params":{"messages":[],"model":"claude-opus-5"},"custom_id":"b"},
+            {"custom_id":"c","params":{"model":"claude-opus-4"}}
+        ],"other":{"x":[1,2]}}"#;
+        let refused = first_refused_batch_model(body, haiku).unwrap().unwrap();
+        assert_eq!(
+            refused,
+            RefusedBatchItem {
+                custom_id: "b".into(),
+                model: "claude-opus-5".into()
+            }
+        );
+        let allowed = br#"{"requests":[{"custom_id":"a","params":{"model":"claude-haiku-4-5"}}]}"#;
+        assert_eq!(first_refused_batch_model(allowed, haiku).unwrap(), None);
+        assert_eq!(first_refused_batch_model(b"{}", haiku).unwrap(), None);
+    }
+
+    #[test]
+    fn batch_items_without_a_checkable_model_are_refused() {
+        for body in [
+            &br#"{"requests":[{"custom_id":"x","params":{}}]}"#[..],
+            br#"{"requests":[{"custom_id":"x","params":{"model":7}}]}"#,
+            br#"{"requests":[{"custom_id":"x"}]}"#,
+        ] {
+            let refused = first_refused_batch_model(body, |_| true).unwrap().unwrap();
+            assert_eq!(
+                (refused.custom_id.as_str(), refused.model.as_str()),
+                ("x", "(none)")
+            );
+        }
+        let escaped = br#"{"requests":[{"params":{"model":"claude-opus"}}]}"#;
+        let refused = first_refused_batch_model(escaped, haiku).unwrap().unwrap();
+        assert_eq!(
+            (refused.custom_id.as_str(), refused.model.as_str()),
+            ("(none)", "claude-opus")
+        );
+        let long = format!(
+            r#"{{"requests":[{{"custom_id":"{}","params":{{"model":"{}"}}}}]}}"#,
+            "c".repeat(500),
+            "m".repeat(500)
+        );
+        let refused = first_refused_batch_model(long.as_bytes(), haiku)
+            .unwrap()
+            .unwrap();
+        assert_eq!((refused.custom_id.len(), refused.model.len()), (64, 100));
+    }
+
+    #[test]
+    fn malformed_batches_and_duplicate_fields_are_invalid_requests() {
+        for body in [
+            &br#"{"requests":{"custom_id":"x"}}"#[..],
+            br#"{"requests":["x"]}"#,
+            br#"{"requests":[{"params":"claude-haiku-4-5"}]}"#,
+            br#"{"requests":[{"params":{"model":"claude-haiku-4-5","model":"claude-opus-5"}}]}"#,
+            br#"{"requests":[],"requests":[{"params":{"model":"claude-opus-5"}}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    first_refused_batch_model(body, haiku),
+                    Err(ProxyError::InvalidRequest(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn batch_checks_never_panic(s in "\\PC{0,64}") {
+            let _ = first_refused_batch_model(s.as_bytes(), haiku);
+        }
+
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = peek(&bytes);

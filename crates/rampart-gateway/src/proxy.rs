@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::auth::{self, AuthFailure, Authenticator};
+use crate::auth::{self, AuthFailure, Authenticator, Scopes};
 use crate::config::{Settings, UpstreamTarget};
 use crate::error::ProxyError;
 use crate::peek;
@@ -286,13 +286,8 @@ where
     };
     if done.route.has_json_body(is_post) {
         let peeked = peek::peek(&body_bytes)?;
-        if let (Some(scopes), Some(model)) = (&scopes, &peeked.model)
-            && !scopes.allows_model(model)
-        {
-            let shown: String = model.chars().take(100).collect();
-            return Err(ProxyError::Forbidden(format!(
-                "this API key may not use model {shown}"
-            )));
+        if let Some(scopes) = &scopes {
+            check_models(scopes, done.route, peeked.model.as_deref(), &body_bytes)?;
         }
         done.model = peeked.model;
         done.streamed = peeked.stream;
@@ -327,6 +322,34 @@ where
         Ok(Ok(r)) => r,
     };
     Ok((upstream_resp, sent_at, headers_at))
+}
+
+/// Model scopes: the request's `model` and, for batch creation, every item's `params.model`
+/// (parsed only here, for keys with model scopes).
+fn check_models(
+    scopes: &Scopes,
+    route: Route,
+    model: Option<&str>,
+    body: &[u8],
+) -> Result<(), ProxyError> {
+    if let Some(model) = model
+        && !scopes.allows_model(model)
+    {
+        let shown: String = model.chars().take(100).collect();
+        return Err(ProxyError::Forbidden(format!(
+            "this API key may not use model {shown}"
+        )));
+    }
+    if route == Route::Batches
+        && !scopes.models.is_empty()
+        && let Some(item) = peek::first_refused_batch_model(body, |m| scopes.allows_model(m))?
+    {
+        return Err(ProxyError::Forbidden(format!(
+            "this API key may not use model {} (batch request custom_id {})",
+            item.model, item.custom_id
+        )));
+    }
+    Ok(())
 }
 
 async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, ProxyError>

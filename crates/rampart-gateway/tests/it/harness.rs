@@ -70,3 +70,96 @@ impl TestStore {
 pub fn hasher() -> KeyHasher {
     KeyHasher::new(Secret::new("pepper-".repeat(6))).unwrap()
 }
+
+/// The simulator on 127.0.0.1:0, accepting only `api_key` when given; stopped on drop.
+pub struct TestSim {
+    pub url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn sim(api_key: Option<&str>) -> TestSim {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = rampart_sim::SimConfig {
+        api_key: api_key.map(str::to_owned),
+        ..rampart_sim::SimConfig::default()
+    };
+    tokio::spawn(rampart_sim::serve(listener, cfg, async move {
+        let _ = stopped.await;
+    }));
+    TestSim { url, _stop: stop }
+}
+
+/// Validated settings for a gateway in front of `upstream` on 127.0.0.1:0, with an upstream key
+/// in the configuration when one is given.
+pub fn settings(upstream: &str, upstream_key: Option<&str>) -> rampart_gateway::Settings {
+    rampart_gateway::config::load(&rampart_gateway::Sources {
+        inline_toml: Some(format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_secs = 5\n[upstream]\nbase_url = \"{upstream}\"\n"
+        )),
+        upstream_api_key: upstream_key.map(|k| Secret::new(k.to_owned())),
+        store_keys: true,
+        ..rampart_gateway::Sources::default()
+    })
+    .unwrap()
+}
+
+/// A running gateway; [`TestGateway::stop`] shuts it down gracefully.
+pub struct TestGateway {
+    pub url: String,
+    pub http: reqwest::Client,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub async fn serve(gateway: rampart_gateway::Gateway) -> TestGateway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    TestGateway {
+        url,
+        http: reqwest::Client::new(),
+        stop,
+        served,
+    }
+}
+
+impl TestGateway {
+    /// `POST path` with `key` and a JSON body; returns the status and the JSON response.
+    pub async fn post(
+        &self,
+        path: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.served.await.unwrap().unwrap();
+    }
+}
+
+/// A Messages request body for `model`.
+pub fn message(model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "echo: hi"}]
+    })
+}
