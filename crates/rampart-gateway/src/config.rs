@@ -122,6 +122,45 @@ pub struct UpstreamTarget {
     pub path_prefix: String,
 }
 
+/// `[admin]`: the admin plane (`/admin/v1`), served when a store is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin API at all. Default true.
+    pub enabled: bool,
+    /// Access-token lifetime. Default 900 s.
+    pub access_token_ttl_secs: u64,
+    /// Refresh-token lifetime. Default 7 days.
+    pub refresh_token_ttl_secs: u64,
+    /// Browser origins allowed to call the admin API (exact, e.g. `https://admin.example`).
+    /// Default none; `*` is refused.
+    pub cors_origins: Vec<String>,
+    /// Serve the admin plane on a non-loopback address without TLS (set when a TLS-terminating
+    /// proxy is in front). Default false: `rampart serve` refuses.
+    pub allow_insecure_remote: bool,
+    /// Failed logins allowed per account per window. Default 5.
+    pub login_max_failures_per_account: u32,
+    /// Failed logins allowed per client address per window. Default 20.
+    pub login_max_failures_per_address: u32,
+    /// Login-throttle window. Default 900 s.
+    pub login_window_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 7 * 24 * 3600,
+            cors_origins: Vec::new(),
+            allow_insecure_remote: false,
+            login_max_failures_per_account: 5,
+            login_max_failures_per_address: 20,
+            login_window_secs: 900,
+        }
+    }
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -147,6 +186,8 @@ pub struct Settings {
     pub keys: StaticKeys,
     /// Logging.
     pub log: LogConfig,
+    /// The admin plane.
+    pub admin: AdminConfig,
 }
 
 /// Where configuration comes from.
@@ -173,7 +214,7 @@ pub struct Sources {
 #[error("{}", .0.join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
-const SECTIONS: [&str; 4] = ["server", "upstream", "auth", "log"];
+const SECTIONS: [&str; 5] = ["server", "upstream", "auth", "log", "admin"];
 
 /// Load, merge and validate configuration; report every problem at once.
 ///
@@ -225,6 +266,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
     let upstream: UpstreamConfig = section(&fig, "upstream", &mut problems);
     let auth: AuthConfig = section(&fig, "auth", &mut problems);
     let log: LogConfig = section(&fig, "log", &mut problems);
+    let admin: AdminConfig = section(&fig, "admin", &mut problems);
+    check_admin(&admin, &mut problems);
 
     let listen = server
         .listen
@@ -305,8 +348,44 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             header_timeout: Duration::from_millis(upstream.header_timeout_ms),
             keys,
             log,
+            admin,
         }),
         _ => Err(ConfigErrors(problems)),
+    }
+}
+
+fn check_admin(admin: &AdminConfig, problems: &mut Vec<String>) {
+    for origin in &admin.cors_origins {
+        let valid = origin.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.authority().is_some()
+                && u.path_and_query()
+                    .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+        });
+        if origin.contains('*') {
+            problems.push(
+                "admin.cors_origins: `*` is not allowed; list each origin (e.g. https://admin.example)"
+                    .to_owned(),
+            );
+        } else if !valid || origin.ends_with('/') {
+            problems.push(format!(
+                "admin.cors_origins: `{origin}` is not an origin like https://admin.example"
+            ));
+        }
+    }
+    if admin.access_token_ttl_secs == 0 || admin.access_token_ttl_secs > 86_400 {
+        problems.push("admin.access_token_ttl_secs: must be between 1 and 86400".to_owned());
+    }
+    if admin.refresh_token_ttl_secs < admin.access_token_ttl_secs {
+        problems.push(
+            "admin.refresh_token_ttl_secs: must be at least admin.access_token_ttl_secs".to_owned(),
+        );
+    }
+    if admin.login_max_failures_per_account == 0
+        || admin.login_max_failures_per_address == 0
+        || admin.login_window_secs == 0
+    {
+        problems.push("admin.login_*: limits and window must be greater than 0".to_owned());
     }
 }
 

@@ -41,6 +41,7 @@ use crate::telemetry;
 #[derive(Debug, Clone)]
 pub struct Gateway {
     state: Arc<AppState>,
+    extra: Option<Router>,
 }
 
 impl Gateway {
@@ -52,7 +53,16 @@ impl Gateway {
         telemetry::install()?;
         Ok(Self {
             state: Arc::new(AppState::new(settings, auth)?),
+            extra: None,
         })
+    }
+
+    /// Also serve `extra`'s routes (e.g. the admin plane) on this listener. Its requests carry
+    /// the client's address as an `axum::extract::ConnectInfo<SocketAddr>` extension.
+    #[must_use]
+    pub fn with_router(mut self, extra: Router) -> Self {
+        self.extra = Some(extra);
+        self
     }
 
     /// The settings in force.
@@ -63,7 +73,11 @@ impl Gateway {
 
     /// The router for everything but the proxied `/v1/*` routes (health, metrics, fallbacks).
     pub fn router(&self) -> Router {
-        router(self.state.clone())
+        let base = router(self.state.clone());
+        match &self.extra {
+            Some(extra) => base.merge(extra.clone()),
+            None => base,
+        }
     }
 
     /// Serve on `listener` until `shutdown` resolves, then stop accepting, let in-flight requests
@@ -87,6 +101,7 @@ impl Gateway {
         let dispatch = Dispatch {
             state: self.state.clone(),
             rest: self.router(),
+            peer: None,
         };
         let result = serve_on_workers(listener, dispatch, shutdown, grace, &self.state).await;
         upkeep.abort();
@@ -182,6 +197,8 @@ impl Gateway {
 struct Dispatch {
     state: Arc<AppState>,
     rest: Router,
+    /// The connection's client address.
+    peer: Option<std::net::SocketAddr>,
 }
 
 type BoxedResponseFuture =
@@ -219,9 +236,14 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Dispatch 
             }
             Match::Other => {
                 let mut rest = self.rest.clone();
+                let mut req = req.map(axum::body::Body::new);
+                if let Some(peer) = self.peer {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
                 Box::pin(async move {
                     use tower::Service as _;
-                    rest.call(req.map(axum::body::Body::new)).await
+                    rest.call(req).await
                 })
             }
         }
@@ -277,24 +299,13 @@ async fn metrics() -> Response {
 
 /// The accept loop: TCP_NODELAY, HTTP/1.1 keep-alive and h2c, a header-read timeout against slow
 /// clients, and graceful shutdown with a deadline.
-async fn serve_with<S>(
+async fn serve_with(
     listener: TcpListener,
-    service: S,
+    service: Dispatch,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     on_shutdown: impl FnOnce() + Send,
-) -> std::io::Result<()>
-where
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> std::io::Result<()> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -305,10 +316,12 @@ where
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let mut service = service.clone();
+                    service.peer = Some(peer);
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let watched = graceful.watch(conn.into_owned());
                     tokio::spawn(async move {
                         let _ = watched.await;

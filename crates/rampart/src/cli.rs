@@ -248,11 +248,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut auth: Vec<Arc<dyn rampart_gateway::auth::Authenticator>> =
         vec![Arc::new(settings.keys.clone())];
     let mut refresher = None;
+    let mut admin_plane = None;
     if let Some(store_args) = &store_args {
+        // Refuse an unsafe start before touching anything, naming the setting to fix.
+        let admin_keys = if settings.admin.enabled {
+            let checked = crate::admin::check_exposure(&settings)
+                .and_then(|()| crate::admin::jwt_keys(&settings))
+                .and_then(|jwt| Ok((jwt, Arc::new(crate::secrets::master_keys()?))));
+            match checked {
+                Ok(keys) => Some(keys),
+                Err(e) => {
+                    eprintln!("rampart serve: refusing to start: {e:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        } else {
+            None
+        };
         let hasher = crate::keys::key_hasher(&store_args.data_dir)?;
         let store = open_store(store_args).await?;
         store.migrate().await.context("migration failed")?;
-        let directory = Arc::new(rampart_gateway::keydir::KeyDirectory::new(hasher));
+        let directory = Arc::new(rampart_gateway::keydir::KeyDirectory::new(hasher.clone()));
+        if let Some((jwt, master)) = admin_keys {
+            let state = crate::admin::state(
+                &settings,
+                store.clone(),
+                directory.clone(),
+                hasher,
+                jwt,
+                master,
+            );
+            admin_plane = Some((state, store.clone()));
+        }
         let loaded = directory
             .refresh(&store)
             .await
@@ -266,11 +293,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         auth.push(directory);
     }
     let auth = Arc::new(rampart_gateway::auth::AnyOf(auth));
-    let gateway = Gateway::new(settings, auth).map_err(anyhow::Error::msg)?;
+    let mut gateway = Gateway::new(settings, auth).map_err(anyhow::Error::msg)?;
     let addr = listener.local_addr()?;
+    let mut upkeep = None;
+    if let Some((state, store)) = admin_plane {
+        gateway = gateway.with_router(rampart_admin::router(state.clone()));
+        upkeep = Some(state.spawn_upkeep());
+        let base = gateway
+            .settings()
+            .public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        crate::admin::bootstrap(&store, &state, &base).await?;
+    }
     println!("listening on http://{addr}");
     tracing::info!(%addr, "gateway listening");
     gateway.serve(listener, shutdown_signal()).await?;
+    if let Some(u) = upkeep {
+        u.abort();
+    }
     if let Some(r) = refresher {
         r.abort();
     }

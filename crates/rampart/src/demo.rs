@@ -11,6 +11,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use rampart_gateway::config::{self, Sources};
+use rampart_gateway::auth::{AnyOf, Authenticator};
+use rampart_gateway::keydir::KeyDirectory;
 use rampart_gateway::{Gateway, Secret};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -73,7 +75,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    store.close().await;
     let upstream_key = stored_key(&args.data_dir.join("sim-upstream-key"), "sk-ant-sim-")?;
 
     let sim_listener = TcpListener::bind(SocketAddr::new(args.listen.ip(), 0))
@@ -94,8 +95,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ..Sources::default()
     })
     .map_err(|e| anyhow::anyhow!("demo configuration invalid:\n{e}"))?;
-    let auth = Arc::new(settings.keys.clone());
-    let gateway = Gateway::new(settings, auth).map_err(anyhow::Error::msg)?;
+    // The store's keys and the admin plane, with the demo's own signing and master keys (random
+    // per data dir, mode 0600; `rampart serve` takes them from the environment instead).
+    let hasher = crate::keys::key_hasher(&args.data_dir)?;
+    let directory = Arc::new(KeyDirectory::new(hasher.clone()));
+    directory
+        .refresh(&store)
+        .await
+        .context("cannot load API keys")?;
+    let refresher = directory
+        .clone()
+        .spawn_refresher(store.clone(), std::time::Duration::from_secs(1));
+    let jwt_spec = Secret::new(stored_key(&args.data_dir.join("jwt-secret"), "")?);
+    let master_spec = Secret::new(stored_key(&args.data_dir.join("master-key"), "")?);
+    let jwt = crate::admin::jwt_keys_from(&settings, &jwt_spec)?;
+    let master = rampart_crypto::envelope::MasterKeys::from_spec(&master_spec, "demo master key")
+        .map_err(anyhow::Error::msg)?;
+    let admin = crate::admin::state(
+        &settings,
+        store.clone(),
+        directory.clone(),
+        hasher,
+        jwt,
+        Arc::new(master),
+    );
+    let upkeep = admin.spawn_upkeep();
+    let auth: Vec<Arc<dyn Authenticator>> = vec![Arc::new(settings.keys.clone()), directory];
+    let gateway = Gateway::new(settings, Arc::new(AnyOf(auth)))
+        .map_err(anyhow::Error::msg)?
+        .with_router(rampart_admin::router(admin));
 
     let sim_cfg = cli::sim_config(&SimArgs {
         listen: sim_addr,
@@ -124,7 +152,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("RAMPART_SIM_URL=http://{sim_addr}");
     println!("RAMPART_ADMIN_EMAIL={DEMO_ADMIN}");
     println!("RAMPART_ADMIN_PASSWORD={admin_password}");
+    println!("RAMPART_ADMIN_URL=http://{gw_addr}/admin/v1");
     println!();
+    println!("admin API docs: http://{gw_addr}/admin/docs/");
     println!(
         "curl -s http://{gw_addr}/v1/messages -H \"x-api-key: {client_key}\" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d '{{\"model\":\"claude-sonnet-4-6\",\"max_tokens\":256,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello, Claude\"}}]}}'"
     );
@@ -135,5 +165,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // The gateway drains first (its streams still need the simulator), then the simulator.
     gw_task.await.context("gateway task")??;
     sim_task.await.context("simulator task")??;
+    refresher.abort();
+    upkeep.abort();
+    store.close().await;
     Ok(ExitCode::SUCCESS)
 }

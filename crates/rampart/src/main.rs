@@ -2,6 +2,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod admin;
 mod bootstrap;
 mod cli;
 mod demo;

@@ -27,7 +27,9 @@ pub const JWT_AUDIENCE: &str = "rampart-admin";
 pub fn from_env(var: &str) -> anyhow::Result<Option<Secret>> {
     let direct = std::env::var(var).ok().filter(|v| !v.trim().is_empty());
     let file_var = format!("{var}_FILE");
-    let file = std::env::var(&file_var).ok().filter(|v| !v.trim().is_empty());
+    let file = std::env::var(&file_var)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
     match (direct, file) {
         (Some(_), Some(_)) => bail!("set only one of {var} and {file_var}"),
         (Some(v), None) => Ok(Some(Secret::new(v.trim().to_owned()))),
