@@ -2,6 +2,8 @@
 //!
 //! - [`config`]: layered configuration and validation;
 //! - [`auth`]: who is calling (constant-time key check behind the [`auth::Authenticator`] trait);
+//! - [`keydir`]: store keys served from memory, with refusal reasons and batched `last_used_at`;
+//! - [`denials`]: audit rows for refused key uses, off the hot path and rate-limited;
 //! - [`peek`]: one-pass body check that borrows only `model`, `stream` and `max_tokens`;
 //! - [`proxy`]: the forwarding engine and per-request accounting;
 //! - [`sse`]: the bounded SSE usage scanner;
@@ -13,6 +15,7 @@ pub mod accounting;
 pub mod auth;
 pub mod batch_urls;
 pub mod config;
+pub mod denials;
 pub mod error;
 pub mod keydir;
 pub mod logging;

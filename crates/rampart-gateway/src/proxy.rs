@@ -5,6 +5,7 @@
 //! when the response body finishes, fails, or is dropped because the client went away (dropping
 //! the body also drops the upstream response, which cancels the upstream request).
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::auth::{self, AuthFailure, Authenticator, Scopes};
 use crate::config::{Settings, UpstreamTarget};
+use crate::denials::{DenialAudit, Denied};
 use crate::error::ProxyError;
 use crate::peek;
 use crate::routes::Route;
@@ -48,8 +50,17 @@ pub struct AppState {
     tls: rustls::ClientConfig,
     /// The upstream `x-api-key` value (marked sensitive).
     pub upstream_key: HeaderValue,
+    /// Audit of refused key uses (only with a store).
+    pub denials: Option<DenialAudit>,
     /// Set when SIGTERM arrived.
     pub shutting_down: AtomicBool,
+}
+
+/// What the proxy may be given beyond settings and authentication; all off by default.
+#[derive(Debug, Default)]
+pub struct ProxyParts {
+    /// Audit refused key uses (401 and 403) to the store: see [`crate::denials`].
+    pub denials: Option<DenialAudit>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -89,6 +100,18 @@ impl AppState {
     /// # Errors
     /// When the upstream key cannot be a header value.
     pub fn new(settings: Settings, auth: Arc<dyn Authenticator>) -> Result<Self, String> {
+        Self::with_parts(settings, auth, ProxyParts::default())
+    }
+
+    /// Build the state from validated settings and the optional [`ProxyParts`].
+    ///
+    /// # Errors
+    /// When the upstream key cannot be a header value.
+    pub fn with_parts(
+        settings: Settings,
+        auth: Arc<dyn Authenticator>,
+        parts: ProxyParts,
+    ) -> Result<Self, String> {
         let mut upstream_key = HeaderValue::from_str(settings.upstream_api_key.expose())
             .map_err(|_| "the upstream API key contains characters not allowed in a header")?;
         upstream_key.set_sensitive(true);
@@ -99,6 +122,7 @@ impl AppState {
             settings,
             auth,
             upstream_key,
+            denials: parts.denials,
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -190,12 +214,26 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    handle_from(state, route, req, None).await
+}
+
+/// [`handle`] for a request from `client` (named in audit rows of refused key uses).
+pub async fn handle_from<B>(
+    state: Arc<AppState>,
+    route: Route,
+    req: http::Request<B>,
+    client: Option<SocketAddr>,
+) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = req.into_parts();
     let mut done = Completion::new(route, parts.method.clone(), request_id(&parts.headers));
     let public_base = matches!(route, Route::Batches | Route::Batch | Route::BatchCancel)
         .then(|| public_base(&state.settings, &parts.headers));
     let request_id = done.request_id.clone();
-    let resp = match forward(&state, &mut done, parts, body).await {
+    let resp = match forward(&state, &mut done, parts, body, client).await {
         Ok((upstream, sent_at, headers_at)) => build_response(upstream, done, sent_at, headers_at),
         Err(e) => return error_response(e, done),
     };
@@ -240,11 +278,44 @@ pub fn reject(route: Route, headers: &HeaderMap, method: &Method, err: ProxyErro
     error_response(err, done)
 }
 
+/// Audit a refused key use, when a store is configured (see [`crate::denials`]).
+fn audit_denied(
+    state: &AppState,
+    done: &Completion,
+    parts: &http::request::Parts,
+    client: Option<SocketAddr>,
+    refused: Refused<'_>,
+) {
+    if let Some(denials) = &state.denials {
+        denials.record(&Denied {
+            status: refused.status,
+            reason: refused.reason,
+            credential: refused.credential,
+            key_id: refused.key_id,
+            path: parts.uri.path(),
+            client,
+            request_id: &done.request_id,
+            model: refused.model,
+        });
+    }
+}
+
+/// The parts of a [`Denied`] known where a request is refused.
+#[derive(Debug, Clone, Copy)]
+struct Refused<'a> {
+    status: u16,
+    reason: &'static str,
+    credential: Option<&'a str>,
+    key_id: Option<uuid::Uuid>,
+    model: Option<&'a str>,
+}
+
 async fn forward<B>(
     state: &AppState,
     done: &mut Completion,
     parts: http::request::Parts,
     body: B,
+    client: Option<SocketAddr>,
 ) -> Result<(http::Response<Incoming>, Instant, Instant), ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -254,19 +325,40 @@ where
         return Err(ProxyError::ShuttingDown);
     }
     // Authenticate before reading the body: deny by default, cheaply.
-    let identity = match auth::credential(&parts.headers) {
-        Ok(cred) => state
-            .auth
-            .authenticate(cred)
-            .ok_or(ProxyError::InvalidKey)?,
+    let refused = |status, reason, credential| Refused {
+        status,
+        reason,
+        credential,
+        key_id: None,
+        model: None,
+    };
+    let credential = match auth::credential(&parts.headers) {
+        Ok(cred) => cred,
         Err(AuthFailure::Missing) => return Err(ProxyError::MissingKey),
-        Err(AuthFailure::Invalid) => return Err(ProxyError::InvalidKey),
+        Err(AuthFailure::Invalid) => {
+            let r = refused(401, "malformed_credential", None);
+            audit_denied(state, done, &parts, client, r);
+            return Err(ProxyError::InvalidKey);
+        }
+    };
+    let identity = match state.auth.check(credential) {
+        Ok(identity) => identity,
+        Err(denial) => {
+            let r = refused(401, denial.as_str(), Some(credential));
+            audit_denied(state, done, &parts, client, r);
+            return Err(ProxyError::InvalidKey);
+        }
     };
     let scopes = identity.scopes.clone();
     done.key = Some(identity.key_label);
     if let (Some(scopes), Some(endpoint)) = (&scopes, crate::auth::Endpoint::of(done.route))
         && !scopes.allows_endpoint(endpoint)
     {
+        let r = Refused {
+            key_id: identity.key_id,
+            ..refused(403, "endpoint_not_allowed", Some(credential))
+        };
+        audit_denied(state, done, &parts, client, r);
         return Err(ProxyError::Forbidden(format!(
             "this API key may not call {}",
             done.route.template()
@@ -286,8 +378,17 @@ where
     };
     if done.route.has_json_body(is_post) {
         let peeked = peek::peek(&body_bytes)?;
-        if let Some(scopes) = &scopes {
-            check_models(scopes, done.route, peeked.model.as_deref(), &body_bytes)?;
+        if let Some(scopes) = &scopes
+            && let Some((model, err)) =
+                check_models(scopes, done.route, peeked.model.as_deref(), &body_bytes)?
+        {
+            let r = Refused {
+                key_id: identity.key_id,
+                model: Some(&model),
+                ..refused(403, "model_not_allowed", Some(credential))
+            };
+            audit_denied(state, done, &parts, client, r);
+            return Err(err);
         }
         done.model = peeked.model;
         done.streamed = peeked.stream;
@@ -325,31 +426,35 @@ where
 }
 
 /// Model scopes: the request's `model` and, for batch creation, every item's `params.model`
-/// (parsed only here, for keys with model scopes).
+/// (parsed only here, for keys with model scopes). A refusal is the refused model (cut short)
+/// and the client's error.
+///
+/// # Errors
+/// A batch body whose items cannot be read ([`peek::first_refused_batch_model`]).
 fn check_models(
     scopes: &Scopes,
     route: Route,
     model: Option<&str>,
     body: &[u8],
-) -> Result<(), ProxyError> {
+) -> Result<Option<(String, ProxyError)>, ProxyError> {
     if let Some(model) = model
         && !scopes.allows_model(model)
     {
         let shown: String = model.chars().take(100).collect();
-        return Err(ProxyError::Forbidden(format!(
-            "this API key may not use model {shown}"
-        )));
+        let err = ProxyError::Forbidden(format!("this API key may not use model {shown}"));
+        return Ok(Some((shown, err)));
     }
     if route == Route::Batches
         && !scopes.models.is_empty()
         && let Some(item) = peek::first_refused_batch_model(body, |m| scopes.allows_model(m))?
     {
-        return Err(ProxyError::Forbidden(format!(
+        let err = ProxyError::Forbidden(format!(
             "this API key may not use model {} (batch request custom_id {})",
             item.model, item.custom_id
-        )));
+        ));
+        return Ok(Some((item.model, err)));
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, ProxyError>
