@@ -39,6 +39,21 @@ enum Command {
         #[command(subcommand)]
         command: crate::keys::KeysCommand,
     },
+    /// People: create, list, change role or password, disable and enable users.
+    Users {
+        #[command(subcommand)]
+        command: crate::people::UsersCommand,
+    },
+    /// Teams (tenants): create, list, rename, disable and enable.
+    Teams {
+        #[command(subcommand)]
+        command: crate::people::TeamsCommand,
+    },
+    /// The tamper-evident audit log: verify the chain, export JSON lines.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::AuditCommand,
+    },
     /// Print a fresh random key for RAMPART_MASTER_KEY or RAMPART_JWT_SECRET (32 bytes, base64).
     Keygen,
     /// Configuration tools.
@@ -114,6 +129,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate(args).await,
         Command::Init(args) => init(args).await,
         Command::Keys { command } => crate::keys::run(command).await,
+        Command::Users { command } => crate::people::users(command).await,
+        Command::Teams { command } => crate::people::teams(command).await,
+        Command::Audit { command } => crate::audit::run(command).await,
         Command::Keygen => {
             println!("{}", rampart_crypto::keyspec::generate().expose());
             Ok(ExitCode::SUCCESS)

@@ -3,10 +3,12 @@
 #![allow(clippy::print_stdout)]
 
 mod admin;
+mod audit;
 mod bootstrap;
 mod cli;
 mod demo;
 mod keys;
+mod people;
 mod secret_file;
 mod secrets;
 
