@@ -143,6 +143,19 @@ impl JwtKeys {
         })
     }
 
+    /// Ids of every loaded key, the signing one first.
+    #[must_use]
+    pub fn kids(&self) -> Vec<&str> {
+        let mut ids = vec![self.current.as_str()];
+        ids.extend(
+            self.keys
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != self.current),
+        );
+        ids
+    }
+
     /// How long issued tokens live.
     #[must_use]
     pub fn ttl(&self) -> Duration {

@@ -147,3 +147,62 @@ pub async fn bootstrap(store: &Store, admin: &AdminState, base_url: &str) -> any
     tracing::warn!("no users yet: a one-time setup token was printed on standard output");
     Ok(())
 }
+
+/// The configuration facts worth auditing (never a secret: key *ids*, not keys).
+fn config_facts(settings: &Settings, jwt_kids: &[&str], master_ids: &[&str]) -> serde_json::Value {
+    let a = &settings.admin;
+    serde_json::json!({
+        "listen": settings.listen.to_string(),
+        "upstream": format!("{}://{}{}", settings.upstream.scheme, settings.upstream.authority, settings.upstream.path_prefix),
+        "public_base_url": settings.public_base_url,
+        "max_body_bytes": settings.max_body_bytes,
+        "max_batch_body_bytes": settings.max_batch_body_bytes,
+        "connect_timeout_ms": settings.connect_timeout.as_millis(),
+        "header_timeout_ms": settings.header_timeout.as_millis(),
+        "config_client_keys": settings.keys.len(),
+        "admin": {
+            "enabled": a.enabled,
+            "access_token_ttl_secs": a.access_token_ttl_secs,
+            "refresh_token_ttl_secs": a.refresh_token_ttl_secs,
+            "cors_origins": a.cors_origins,
+            "allow_insecure_remote": a.allow_insecure_remote,
+            "login_max_failures_per_account": a.login_max_failures_per_account,
+            "login_max_failures_per_address": a.login_max_failures_per_address,
+            "login_window_secs": a.login_window_secs,
+        },
+        "jwt_key_ids": jwt_kids,
+        "master_key_ids": master_ids,
+    })
+}
+
+/// Append a `config.change` audit event when the effective configuration differs from the one
+/// recorded by the last start (so restarts with the same settings add nothing).
+///
+/// # Errors
+/// A store failure.
+pub async fn record_config(
+    store: &Store,
+    settings: &Settings,
+    jwt_kids: &[&str],
+    master_ids: &[&str],
+) -> anyhow::Result<bool> {
+    let facts = config_facts(settings, jwt_kids, master_ids);
+    let last = store
+        .list_audit(&rampart_store::AuditQuery {
+            action: Some("config.change".to_owned()),
+            newest_first: true,
+            limit: 1,
+            ..rampart_store::AuditQuery::default()
+        })
+        .await?;
+    let unchanged = last.first().is_some_and(|e| {
+        serde_json::from_str::<serde_json::Value>(&e.details).is_ok_and(|d| d == facts)
+    });
+    if unchanged {
+        return Ok(false);
+    }
+    let mut e = rampart_store::NewAuditEvent::new("system", "config.change", "config");
+    e.details = facts;
+    store.append_audit(&e).await?;
+    Ok(true)
+}

@@ -288,6 +288,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         store.migrate().await.context("migration failed")?;
         let directory = Arc::new(rampart_gateway::keydir::KeyDirectory::new(hasher.clone()));
         if let Some((jwt, master)) = admin_keys {
+            crate::admin::record_config(&store, &settings, &jwt.kids(), &master.ids())
+                .await
+                .context("cannot record the configuration in the audit log")?;
             let state = crate::admin::state(
                 &settings,
                 store.clone(),
@@ -324,9 +327,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| format!("http://{addr}"));
         crate::admin::bootstrap(&store, &state, &base).await?;
     }
+    let shutdown = shutdown_signal();
     println!("listening on http://{addr}");
     tracing::info!(%addr, "gateway listening");
-    gateway.serve(listener, shutdown_signal()).await?;
+    gateway.serve(listener, shutdown).await?;
     if let Some(u) = upkeep {
         u.abort();
     }
@@ -353,31 +357,37 @@ async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let shutdown = shutdown_signal();
     println!("listening on http://{addr}");
     tracing::info!(%addr, "simulator listening");
-    rampart_sim::serve(listener, sim_config(&args), shutdown_signal()).await?;
+    rampart_sim::serve(listener, sim_config(&args), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The SIGTERM handler is installed when this is called (not when
+/// the future is first polled), so a SIGTERM right after "listening on" is never lost.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

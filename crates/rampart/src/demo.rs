@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use rampart_gateway::config::{self, Sources};
 use rampart_gateway::auth::{AnyOf, Authenticator};
+use rampart_gateway::config::{self, Sources};
 use rampart_gateway::keydir::KeyDirectory;
 use rampart_gateway::{Gateway, Secret};
 use tokio::net::TcpListener;
@@ -144,6 +144,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     ));
     let gw_task = tokio::spawn(gateway.serve(gw_listener, stopped(stop_rx)));
 
+    let shutdown = cli::shutdown_signal();
     println!("simulator listening on http://{sim_addr}");
     println!("listening on http://{gw_addr}");
     println!();
@@ -160,7 +161,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     tracing::info!(gateway = %gw_addr, simulator = %sim_addr, "demo running");
 
-    cli::shutdown_signal().await;
+    shutdown.await;
     let _ = stop_tx.send(true);
     // The gateway drains first (its streams still need the simulator), then the simulator.
     gw_task.await.context("gateway task")??;
