@@ -1,7 +1,8 @@
 //! Configuration: defaults, then a TOML file, then `RAMPART_SECTION__FIELD` environment overrides.
 //!
 //! Secrets never come from the TOML file in plain text: the upstream key comes from
-//! `RAMPART_UPSTREAM_API_KEY` or `upstream.api_key_file`, client keys from `RAMPART_API_KEYS`
+//! `RAMPART_UPSTREAM_API_KEY` or `upstream.api_key_file` (or, with a store, from its encrypted
+//! upstream credentials: `upstream.credential` names one), client keys from `RAMPART_API_KEYS`
 //! (comma-separated), `auth.api_keys_file` (one per line) or as SHA-256 hashes in `auth.api_key_hashes`.
 //! [`load`] validates everything and reports every problem at once.
 
@@ -54,6 +55,9 @@ pub struct UpstreamConfig {
     pub base_url: String,
     /// File holding the upstream API key (alternative to `RAMPART_UPSTREAM_API_KEY`).
     pub api_key_file: Option<PathBuf>,
+    /// With a store and no key from the environment or a file: the name of the stored upstream
+    /// credential to use (`rampart upstreams add`). Default: the oldest one.
+    pub credential: Option<String>,
     /// TCP (and TLS) connect timeout. Default 5000 ms.
     pub connect_timeout_ms: u64,
     /// Time allowed until the upstream's response headers arrive. Default 600000 ms (the SDKs' own).
@@ -65,6 +69,7 @@ impl Default for UpstreamConfig {
         Self {
             base_url: "https://api.anthropic.com".to_owned(),
             api_key_file: None,
+            credential: None,
             connect_timeout_ms: 5_000,
             header_timeout_ms: 600_000,
         }
@@ -72,13 +77,26 @@ impl Default for UpstreamConfig {
 }
 
 /// `[auth]`: client keys accepted on the data plane.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// SHA-256 hex digests of accepted keys (hashes are not secrets).
     pub api_key_hashes: Vec<String>,
     /// File with accepted keys, one per line (`#` comments allowed).
     pub api_keys_file: Option<PathBuf>,
+    /// How often store keys' `last_used_at` is written (uses are kept in memory in between, and
+    /// written at shutdown). Default 15 s.
+    pub last_used_flush_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_key_hashes: Vec::new(),
+            api_keys_file: None,
+            last_used_flush_secs: 15,
+        }
+    }
 }
 
 /// Log line format.
@@ -176,14 +194,19 @@ pub struct Settings {
     pub public_base_url: Option<String>,
     /// Upstream base.
     pub upstream: UpstreamTarget,
-    /// Key sent upstream.
-    pub upstream_api_key: Secret,
+    /// Key sent upstream, from the environment or a file; `None` when it comes from the store.
+    pub upstream_api_key: Option<Secret>,
+    /// Which stored upstream credential to use when `upstream_api_key` is `None`; `None` for the
+    /// oldest.
+    pub upstream_credential: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Time-to-headers timeout.
     pub header_timeout: Duration,
     /// Accepted client keys.
     pub keys: StaticKeys,
+    /// How often store keys' `last_used_at` is written.
+    pub last_used_flush: Duration,
     /// Logging.
     pub log: LogConfig,
     /// The admin plane.
@@ -207,6 +230,8 @@ pub struct Sources {
     pub client_keys: Vec<Secret>,
     /// Virtual keys come from the store too, so configuration may hold none.
     pub store_keys: bool,
+    /// The upstream key may come from the store's credentials, so configuration may hold none.
+    pub store_credentials: bool,
 }
 
 /// Every problem found, one line each.
@@ -315,6 +340,9 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
     if upstream.header_timeout_ms == 0 {
         problems.push("upstream.header_timeout_ms: must be greater than 0".to_owned());
     }
+    if auth.last_used_flush_secs == 0 {
+        problems.push("auth.last_used_flush_secs: must be greater than 0".to_owned());
+    }
     if tracing_filter_invalid(&log.level) {
         problems.push(format!("log.level: `{}` is not a valid filter", log.level));
     }
@@ -324,19 +352,21 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
         None => read_upstream_key(
             sources.use_env,
             upstream.api_key_file.as_deref(),
+            !sources.store_credentials,
             &mut problems,
         ),
     };
+    if upstream.credential.is_some() && !sources.store_credentials {
+        problems.push(
+            "upstream.credential: names a stored credential, but no store is configured (--data-dir / RAMPART_DATABASE_URL)"
+                .to_owned(),
+        );
+    }
 
     let keys = collect_keys(sources, &auth, &mut problems);
 
-    match (
-        listen,
-        upstream_target,
-        upstream_api_key,
-        problems.is_empty(),
-    ) {
-        (Some(listen), Some(upstream_target), Some(upstream_api_key), true) => Ok(Settings {
+    match (listen, upstream_target, problems.is_empty()) {
+        (Some(listen), Some(upstream_target), true) => Ok(Settings {
             listen,
             max_body_bytes,
             max_batch_body_bytes,
@@ -344,9 +374,11 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             public_base_url,
             upstream: upstream_target,
             upstream_api_key,
+            upstream_credential: upstream.credential,
             connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),
             header_timeout: Duration::from_millis(upstream.header_timeout_ms),
             keys,
+            last_used_flush: Duration::from_secs(auth.last_used_flush_secs),
             log,
             admin,
         }),
@@ -470,9 +502,11 @@ fn parse_upstream(base: &str, problems: &mut Vec<String>) -> Option<UpstreamTarg
     })
 }
 
+/// The upstream key from `file` or the environment; a problem when it is `required` and missing.
 fn read_upstream_key(
     use_env: bool,
     file: Option<&Path>,
+    required: bool,
     problems: &mut Vec<String>,
 ) -> Option<Secret> {
     if let Some(path) = file {
@@ -497,10 +531,12 @@ fn read_upstream_key(
     {
         return Some(Secret::new(v.trim().to_owned()));
     }
-    problems.push(
-        "upstream API key missing: set RAMPART_UPSTREAM_API_KEY or upstream.api_key_file"
-            .to_owned(),
-    );
+    if required {
+        problems.push(
+            "upstream API key missing: set RAMPART_UPSTREAM_API_KEY or upstream.api_key_file, or use the store (--data-dir / RAMPART_DATABASE_URL) with `rampart upstreams add`"
+                .to_owned(),
+        );
+    }
     None
 }
 
@@ -626,6 +662,29 @@ mod tests {
         src.overrides
             .push(("server.listen".to_owned(), "127.0.0.1:0".to_owned()));
         assert_eq!(load(&src).unwrap().listen.port(), 0);
+    }
+
+    #[test]
+    fn with_a_store_the_upstream_key_may_come_from_it() {
+        let stored = |toml: &str, store: bool| {
+            load(&Sources {
+                inline_toml: Some(toml.to_owned()),
+                store_keys: store,
+                store_credentials: store,
+                ..Sources::default()
+            })
+        };
+        let s = stored("[upstream]\ncredential = \"primary\"\n", true).unwrap();
+        assert!(s.upstream_api_key.is_none());
+        assert_eq!(s.upstream_credential.as_deref(), Some("primary"));
+        assert!(stored("", true).unwrap().upstream_credential.is_none());
+        let err = stored("[upstream]\ncredential = \"primary\"\n", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("upstream.credential") && err.contains("upstream API key missing"),
+            "{err}"
+        );
     }
 
     #[test]

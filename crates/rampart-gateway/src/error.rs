@@ -53,6 +53,9 @@ pub enum ProxyError {
     /// The upstream connection failed after connecting.
     #[error("upstream error: the connection to the Anthropic API failed")]
     UpstreamFailed,
+    /// No upstream credential is loaded (the stored one was removed).
+    #[error("Rampart has no upstream credential configured")]
+    NoUpstreamKey,
     /// The gateway is shutting down.
     #[error("Rampart is shutting down; retry on another instance")]
     ShuttingDown,
@@ -82,6 +85,7 @@ impl ProxyError {
                 (ErrorType::ApiError, StatusCode::BAD_GATEWAY)
             }
             Self::UpstreamTimeout(_) => (ErrorType::TimeoutError, StatusCode::GATEWAY_TIMEOUT),
+            Self::NoUpstreamKey => (ErrorType::ApiError, StatusCode::INTERNAL_SERVER_ERROR),
             Self::ShuttingDown => (ErrorType::OverloadedError, StatusCode::SERVICE_UNAVAILABLE),
         }
     }
@@ -128,6 +132,7 @@ mod tests {
             ProxyError::UpstreamUnreachable,
             ProxyError::UpstreamTimeout(5),
             ProxyError::UpstreamFailed,
+            ProxyError::NoUpstreamKey,
         ] {
             let (kind, status) = e.kind_and_status();
             if status.as_u16() != 502 {

@@ -28,6 +28,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::auth::{Authenticator, Denial, Endpoint, Identity, Scopes};
+use crate::store_plane::Ticks;
 
 /// Default interval of [`KeyDirectory::run_last_used_flusher`].
 pub const LAST_USED_FLUSH_EVERY: Duration = Duration::from_secs(15);
@@ -154,15 +155,9 @@ impl KeyDirectory {
         every: Duration,
         shutdown: impl Future<Output = ()>,
     ) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = Ticks::new(every, true, shutdown);
         let mut failing = false;
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = &mut shutdown => return,
-            }
+        while ticks.next().await {
             match self.refresh(&store).await {
                 Ok(_) if failing => {
                     failing = false;
@@ -226,14 +221,9 @@ impl KeyDirectory {
         every: Duration,
         shutdown: impl Future<Output = ()>,
     ) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.flush_logged(&store).await,
-                () = &mut shutdown => break,
-            }
+        let mut ticks = Ticks::new(every, false, shutdown);
+        while ticks.next().await {
+            self.flush_logged(&store).await;
         }
         self.flush_logged(&store).await;
     }

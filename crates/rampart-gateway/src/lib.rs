@@ -6,8 +6,10 @@
 //! - [`denials`]: audit rows for refused key uses, off the hot path and rate-limited;
 //! - [`peek`]: one-pass body check that borrows only `model`, `stream` and `max_tokens`;
 //! - [`proxy`]: the forwarding engine and per-request accounting;
+//! - [`upstream_key`]: the upstream credential, fixed or from the store's encrypted credentials;
 //! - [`sse`]: the bounded SSE usage scanner;
 //! - [`server`]: router, pipeline order and the accept loop;
+//! - [`store_plane`]: the store-backed background tasks (reloads, `last_used_at`, denial audit);
 //! - [`telemetry`]: metrics and the access log;
 //! - [`logging`]: batched log output shared by every subcommand.
 
@@ -25,8 +27,10 @@ pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod sse;
+pub mod store_plane;
 pub mod telemetry;
 pub mod upstream;
+pub mod upstream_key;
 
 pub use config::{Settings, Sources};
 pub use secret::Secret;

@@ -30,6 +30,7 @@ use crate::routes::Route;
 use crate::sse::{UsageScanner, UsageSummary};
 use crate::telemetry;
 use crate::upstream::UpstreamClient;
+use crate::upstream_key::UpstreamKey;
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -48,8 +49,8 @@ pub struct AppState {
     id: u64,
     /// TLS settings shared by every thread's upstream pool.
     tls: rustls::ClientConfig,
-    /// The upstream `x-api-key` value (marked sensitive).
-    pub upstream_key: HeaderValue,
+    /// The upstream `x-api-key` (marked sensitive), fixed or from the store.
+    pub upstream_key: Arc<UpstreamKey>,
     /// Audit of refused key uses (only with a store).
     pub denials: Option<DenialAudit>,
     /// Set when SIGTERM arrived.
@@ -61,6 +62,9 @@ pub struct AppState {
 pub struct ProxyParts {
     /// Audit refused key uses (401 and 403) to the store: see [`crate::denials`].
     pub denials: Option<DenialAudit>,
+    /// The upstream key when it does not come from the settings (a stored credential, see
+    /// [`crate::upstream_key::StoredUpstream`]).
+    pub upstream_key: Option<Arc<UpstreamKey>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -95,26 +99,21 @@ impl AppState {
         })
     }
 
-    /// Build the state from validated settings.
+    /// Build the state from validated settings and the optional [`ProxyParts`]; the upstream
+    /// key of `parts` wins over the settings'.
     ///
     /// # Errors
-    /// When the upstream key cannot be a header value.
-    pub fn new(settings: Settings, auth: Arc<dyn Authenticator>) -> Result<Self, String> {
-        Self::with_parts(settings, auth, ProxyParts::default())
-    }
-
-    /// Build the state from validated settings and the optional [`ProxyParts`].
-    ///
-    /// # Errors
-    /// When the upstream key cannot be a header value.
+    /// When there is no upstream key, or it cannot be a header value.
     pub fn with_parts(
         settings: Settings,
         auth: Arc<dyn Authenticator>,
         parts: ProxyParts,
     ) -> Result<Self, String> {
-        let mut upstream_key = HeaderValue::from_str(settings.upstream_api_key.expose())
-            .map_err(|_| "the upstream API key contains characters not allowed in a header")?;
-        upstream_key.set_sensitive(true);
+        let upstream_key = match (parts.upstream_key, &settings.upstream_api_key) {
+            (Some(stored), _) => stored,
+            (None, Some(key)) => Arc::new(UpstreamKey::fixed(key)?),
+            (None, None) => return Err("no upstream API key is configured".to_owned()),
+        };
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -566,7 +565,13 @@ fn build_upstream_request(
     let uri = upstream_uri(&state.settings.upstream, &parts)?;
     let mut headers = parts.headers;
     strip_request_headers(&mut headers);
-    headers.insert(X_API_KEY.clone(), state.upstream_key.clone());
+    headers.insert(
+        X_API_KEY.clone(),
+        state
+            .upstream_key
+            .header()
+            .ok_or(ProxyError::NoUpstreamKey)?,
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }

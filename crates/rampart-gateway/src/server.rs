@@ -3,9 +3,13 @@
 //! Pipeline for every `/v1/*` request, in order (all in [`crate::proxy::handle`]):
 //! 1. request id: the client's `x-request-id` if sane, else generated; returned on every response;
 //! 2. a [`crate::proxy::Completion`] is opened: it records metrics and the access log exactly once;
-//! 3. authenticate (`x-api-key` / `Authorization: Bearer`) through the [`crate::auth::Authenticator`];
-//! 4. read the body under the route's limit (413 past it) and check it in one pass ([`crate::peek`]);
-//! 5. forward with the upstream credential, hop-by-hop headers removed, under the header timeout;
+//! 3. authenticate (`x-api-key` / `Authorization: Bearer`) through the [`crate::auth::Authenticator`]
+//!    and check the key's endpoint scope; a refusal (401/403) is queued for the audit log without
+//!    waiting ([`crate::denials`], with a store);
+//! 4. read the body under the route's limit (413 past it) and check it in one pass ([`crate::peek`]),
+//!    then the key's model scope (for batch creation, every item's model);
+//! 5. forward with the upstream credential ([`crate::upstream_key`]: configured, or the store's),
+//!    hop-by-hop headers removed, under the header timeout;
 //! 6. pipe the response back frame by frame; usage is read on the side ([`crate::sse`]);
 //! 7. when the body ends (or the client goes away) the completion is handed to the accounting
 //!    thread ([`crate::accounting`]): usage, metrics and the access log happen off the request path.
@@ -33,7 +37,7 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::error::ProxyError;
-use crate::proxy::{self, AppState};
+use crate::proxy::{self, AppState, ProxyParts};
 use crate::routes::{Match, Route, match_route};
 use crate::telemetry;
 
@@ -50,9 +54,21 @@ impl Gateway {
     /// # Errors
     /// When the metrics recorder or the upstream credential cannot be set up.
     pub fn new(settings: Settings, auth: Arc<dyn Authenticator>) -> Result<Self, String> {
+        Self::with_parts(settings, auth, ProxyParts::default())
+    }
+
+    /// [`Gateway::new`] with the proxy's optional parts (denial audit, stored upstream key).
+    ///
+    /// # Errors
+    /// When the metrics recorder or the upstream credential cannot be set up.
+    pub fn with_parts(
+        settings: Settings,
+        auth: Arc<dyn Authenticator>,
+        parts: ProxyParts,
+    ) -> Result<Self, String> {
         telemetry::install()?;
         Ok(Self {
-            state: Arc::new(AppState::new(settings, auth)?),
+            state: Arc::new(AppState::with_parts(settings, auth, parts)?),
             extra: None,
         })
     }
@@ -212,8 +228,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Dispatch 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         match match_route(req.method(), req.uri().path()) {
             Match::Route(route) => {
-                let state = self.state.clone();
-                Box::pin(async move { Ok(proxy::handle(state, route, req).await) })
+                let (state, peer) = (self.state.clone(), self.peer);
+                Box::pin(async move { Ok(proxy::handle_from(state, route, req, peer).await) })
             }
             Match::WrongMethod(route) => {
                 let m = req.method().to_string();

@@ -38,6 +38,7 @@ async fn proxy(
         dir,
         ProxyParts {
             denials: Some(audit),
+            ..ProxyParts::default()
         },
     )
     .unwrap();

@@ -100,6 +100,7 @@ pub fn settings(upstream: &str, upstream_key: Option<&str>) -> rampart_gateway::
         )),
         upstream_api_key: upstream_key.map(|k| Secret::new(k.to_owned())),
         store_keys: true,
+        store_credentials: true,
         ..rampart_gateway::Sources::default()
     })
     .unwrap()

@@ -7,3 +7,4 @@ mod batches;
 mod denials;
 mod harness;
 mod keydir;
+mod upstreams;

@@ -1,0 +1,168 @@
+//! The data plane's work on the store, started together and stopped together. Each piece is a
+//! `run(…, shutdown)` task:
+//!
+//! | task | every | does |
+//! |---|---|---|
+//! | key reload | 1 s | [`KeyDirectory::run_refresher`]: new, revoked, disabled, expired keys |
+//! | upstream reload | 1 s | [`StoredUpstream::run_refresher`]: the stored upstream credential (when used) |
+//! | last-use flush | 15 s, and at stop | [`KeyDirectory::run_last_used_flusher`]: `last_used_at` in one batch |
+//! | denial audit | as rows come, and at stop | [`crate::denials::DenialWriter::run`]: `key.denied` rows |
+//!
+//! [`StorePlane::stop`] signals every task and waits for them, so the last uses and the queued
+//! audit rows are written before the process exits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_store::{Store, StoreError};
+use tokio::sync::watch;
+
+use crate::denials::{DenialLimits, denial_audit};
+use crate::keydir::{KeyDirectory, LAST_USED_FLUSH_EVERY};
+use crate::proxy::ProxyParts;
+use crate::upstream_key::{Refreshed, StoredUpstream, StoredUpstreamError};
+
+/// Intervals and limits of the store-backed tasks.
+#[derive(Debug, Clone, Copy)]
+pub struct StorePlaneOptions {
+    /// Key and upstream-credential reload. Default 1 s (the bound on how long another instance's
+    /// change takes to apply here).
+    pub reload_every: Duration,
+    /// `last_used_at` flush. Default 15 s.
+    pub last_used_flush_every: Duration,
+    /// Denial audit budget.
+    pub denial_limits: DenialLimits,
+}
+
+impl Default for StorePlaneOptions {
+    fn default() -> Self {
+        Self {
+            reload_every: Duration::from_secs(1),
+            last_used_flush_every: LAST_USED_FLUSH_EVERY,
+            denial_limits: DenialLimits::default(),
+        }
+    }
+}
+
+/// A tick every `period` until a shutdown signal: `while ticks.next().await { … }`.
+pub(crate) struct Ticks<S> {
+    interval: tokio::time::Interval,
+    shutdown: std::pin::Pin<Box<S>>,
+}
+
+impl<S: std::future::Future<Output = ()>> Ticks<S> {
+    /// The first tick at once when `at_once`, else after one `period`; late ticks are delayed,
+    /// never bunched.
+    pub(crate) fn new(period: Duration, at_once: bool, shutdown: S) -> Self {
+        let start = tokio::time::Instant::now() + if at_once { Duration::ZERO } else { period };
+        let mut interval = tokio::time::interval_at(start, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            interval,
+            shutdown: Box::pin(shutdown),
+        }
+    }
+
+    /// `true` at the next tick, `false` once the shutdown signal came.
+    pub(crate) async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.interval.tick() => true,
+            () = &mut self.shutdown => false,
+        }
+    }
+}
+
+/// Why the store-backed data plane cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The keys could not be loaded.
+    #[error("cannot load API keys from the store: {0}")]
+    Keys(#[source] StoreError),
+    /// The stored upstream credential cannot be used.
+    #[error("no upstream API key: {0}")]
+    Upstream(#[source] StoredUpstreamError),
+}
+
+/// The running tasks. See the module docs.
+#[derive(Debug)]
+pub struct StorePlane {
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+}
+
+impl StorePlane {
+    /// Load the keys into `directory` and, when given, the stored upstream credential (both must
+    /// succeed), then start the tasks. Returns the plane and the parts the proxy needs (denial
+    /// audit, stored upstream key).
+    ///
+    /// # Errors
+    /// [`StartError`] naming what is missing.
+    pub async fn start(
+        store: Store,
+        directory: Arc<KeyDirectory>,
+        upstream: Option<StoredUpstream>,
+        options: StorePlaneOptions,
+    ) -> Result<(Self, ProxyParts), StartError> {
+        let keys = directory.refresh(&store).await.map_err(StartError::Keys)?;
+        tracing::info!(keys, engine = %store.engine(), "virtual keys loaded from the store");
+        let upstream = match upstream {
+            Some(up) => {
+                if let Refreshed::Loaded { id, name } =
+                    up.refresh(&store).await.map_err(StartError::Upstream)?
+                {
+                    tracing::info!(credential = %name, %id, "upstream credential loaded from the store");
+                }
+                Some(Arc::new(up))
+            }
+            None => None,
+        };
+        let (denials, writer) = denial_audit(options.denial_limits);
+        let (stop, stopped) = watch::channel(false);
+        let signal = || {
+            let mut rx = stopped.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let mut tasks = vec![
+            (
+                "key reload",
+                tokio::spawn(directory.clone().run_refresher(
+                    store.clone(),
+                    options.reload_every,
+                    signal(),
+                )),
+            ),
+            (
+                "last-use flush",
+                tokio::spawn(directory.run_last_used_flusher(
+                    store.clone(),
+                    options.last_used_flush_every,
+                    signal(),
+                )),
+            ),
+        ];
+        let parts = ProxyParts {
+            denials: Some(denials),
+            upstream_key: upstream.as_ref().map(|up| up.key()),
+        };
+        if let Some(up) = upstream {
+            tasks.push((
+                "upstream reload",
+                tokio::spawn(up.run_refresher(store.clone(), options.reload_every, signal())),
+            ));
+        }
+        tasks.push(("denial audit", tokio::spawn(writer.run(store, signal()))));
+        Ok((Self { stop, tasks }, parts))
+    }
+
+    /// Stop every task, after the last key uses and queued audit rows are written.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for (name, task) in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(task = name, error = %e, "a store task failed");
+            }
+        }
+    }
+}
