@@ -155,6 +155,14 @@ impl AdminState {
         })
     }
 
+    /// Reload the revoked-token cache now (what the upkeep task does every second).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn reload_revoked(&self) -> rampart_store::Result<()> {
+        self.0.revoked.refresh(&self.0.store).await
+    }
+
     pub(crate) fn store(&self) -> &Store {
         &self.0.store
     }
