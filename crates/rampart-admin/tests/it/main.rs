@@ -140,7 +140,15 @@ async fn every_failure_has_the_one_error_shape_and_the_security_headers() {
     let env = env().await;
     let s = instance(&env);
     let token = login(&s).await["access_token"].as_str().unwrap().to_owned();
-    let cases: Vec<(&str, &str, Option<&str>, Option<Value>, StatusCode, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<Value>,
+        StatusCode,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "GET",
             "/admin/v1/users",
