@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use http::HeaderValue;
 use rampart_crypto::envelope::{EnvelopeError, MasterKeys, Sealed};
-use rampart_store::{Store, StoreError, UpstreamCredential};
+use rampart_store::{NewUpstreamCredential, Store, StoreError, UpstreamCredential};
 use uuid::Uuid;
 
 use crate::secret::Secret;
@@ -292,6 +292,27 @@ impl StoredUpstream {
             }
         }
     }
+}
+
+/// A new stored credential: `key` sealed under the current master key, bound to `name`.
+///
+/// # Errors
+/// [`EnvelopeError::Seal`] (not expected in practice).
+pub fn seal(
+    keys: &MasterKeys,
+    name: &str,
+    key: &Secret,
+) -> Result<NewUpstreamCredential, EnvelopeError> {
+    let sealed = keys.seal(
+        key.expose().as_bytes(),
+        &rampart_store::upstream_credential_aad(name),
+    )?;
+    Ok(NewUpstreamCredential {
+        name: name.to_owned(),
+        ciphertext: sealed.ciphertext,
+        nonce: sealed.nonce.to_vec(),
+        key_id: sealed.key_id,
+    })
 }
 
 /// Decrypt a stored credential.

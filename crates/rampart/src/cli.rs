@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         command: crate::audit::AuditCommand,
     },
+    /// Upstream (Anthropic) API keys stored encrypted under RAMPART_MASTER_KEY.
+    Upstreams {
+        #[command(subcommand)]
+        command: crate::upstreams::UpstreamsCommand,
+    },
+    /// Re-encrypt stored upstream keys under the current (first) RAMPART_MASTER_KEY entry.
+    RotateMasterKey(MigrateArgs),
     /// Print a fresh random key for RAMPART_MASTER_KEY or RAMPART_JWT_SECRET (32 bytes, base64).
     Keygen,
     /// Configuration tools.
@@ -129,6 +136,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate(args).await,
         Command::Init(args) => init(args).await,
         Command::Keys { command } => crate::keys::run(command).await,
+        Command::Upstreams { command } => crate::upstreams::run(command).await,
+        Command::RotateMasterKey(args) => crate::master_key::rotate(&args).await,
         Command::Users { command } => crate::people::users(command).await,
         Command::Teams { command } => crate::people::teams(command).await,
         Command::Audit { command } => crate::audit::run(command).await,
@@ -249,6 +258,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             database_url: args.database_url.clone(),
         });
     sources.store_keys = store_args.is_some();
+    sources.store_credentials = store_args.is_some();
     let settings = match config::load(&sources) {
         Ok(s) => s,
         Err(errors) => {
@@ -265,7 +275,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let mut auth: Vec<Arc<dyn rampart_gateway::auth::Authenticator>> =
         vec![Arc::new(settings.keys.clone())];
-    let mut refresher = None;
+    let mut store_plane = None;
+    let mut proxy_parts = rampart_gateway::proxy::ProxyParts::default();
     let mut admin_plane = None;
     if let Some(store_args) = &store_args {
         // Refuse an unsafe start before touching anything, naming the setting to fix.
@@ -287,6 +298,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let store = open_store(store_args).await?;
         store.migrate().await.context("migration failed")?;
         let directory = Arc::new(rampart_gateway::keydir::KeyDirectory::new(hasher.clone()));
+        let master = admin_keys.as_ref().map(|(_, master)| master.clone());
+        let upstream = crate::upstreams::stored_upstream(&settings, master)?;
         if let Some((jwt, master)) = admin_keys {
             crate::admin::record_config(&store, &settings, &jwt.kids(), &master.ids())
                 .await
@@ -301,20 +314,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             admin_plane = Some((state, store.clone()));
         }
-        let loaded = directory
-            .refresh(&store)
-            .await
-            .context("cannot load API keys")?;
-        tracing::info!(keys = loaded, engine = %store.engine(), "virtual keys loaded from the store");
-        refresher = Some(
-            directory
-                .clone()
-                .spawn_refresher(store, std::time::Duration::from_secs(1)),
-        );
+        let options = rampart_gateway::store_plane::StorePlaneOptions {
+            last_used_flush_every: settings.last_used_flush,
+            ..Default::default()
+        };
+        let (plane, parts) = rampart_gateway::store_plane::StorePlane::start(
+            store,
+            directory.clone(),
+            upstream,
+            options,
+        )
+        .await?;
+        (store_plane, proxy_parts) = (Some(plane), parts);
         auth.push(directory);
     }
     let auth = Arc::new(rampart_gateway::auth::AnyOf(auth));
-    let mut gateway = Gateway::new(settings, auth).map_err(anyhow::Error::msg)?;
+    let mut gateway =
+        Gateway::with_parts(settings, auth, proxy_parts).map_err(anyhow::Error::msg)?;
     let addr = listener.local_addr()?;
     let mut upkeep = None;
     if let Some((state, store)) = admin_plane {
@@ -334,8 +350,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(u) = upkeep {
         u.abort();
     }
-    if let Some(r) = refresher {
-        r.abort();
+    if let Some(plane) = store_plane {
+        plane.stop().await;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
-//! `rampart keys create|list|revoke`: virtual API keys in the store. Keys are shown once and
-//! stored only as peppered digests; a running `rampart serve` on the same store picks up changes
-//! within about a second.
+//! `rampart keys create|list|revoke|rotate`: virtual API keys in the store. Keys are shown once
+//! and stored only as peppered digests; a running `rampart serve` on the same store picks up
+//! changes within about a second. Every change is audited in its own transaction, with the actor
+//! `cli:<OS user>`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,10 +11,11 @@ use clap::{Args, Subcommand};
 use rampart_crypto::Secret;
 use rampart_crypto::apikey::KeyHasher;
 use rampart_gateway::auth::Endpoint;
-use rampart_store::{NewApiKey, NewAuditEvent, Store, StoreError};
+use rampart_store::{NewApiKey, NewAuditEvent, StoreError};
 use time::OffsetDateTime;
 
-use crate::cli::{MigrateArgs, open_store};
+use crate::cli::MigrateArgs;
+use crate::people::{actor, opened};
 
 /// `rampart keys …`
 #[derive(Debug, Subcommand)]
@@ -26,6 +28,17 @@ pub enum KeysCommand {
     Revoke {
         /// The key's id (from `rampart keys list`).
         id: uuid::Uuid,
+        #[command(flatten)]
+        store: MigrateArgs,
+    },
+    /// Replace a key by a new one with the same team, scopes and expiry; the old key keeps
+    /// working for the overlap. The new key is printed alone on the last line, once.
+    Rotate {
+        /// The key's id (from `rampart keys list`).
+        id: uuid::Uuid,
+        /// Hours the old key keeps working (0 = it stops now).
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: u32,
         #[command(flatten)]
         store: MigrateArgs,
     },
@@ -83,13 +96,12 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Create(args) => create(args).await,
         KeysCommand::List(args) => list(&args.store).await,
         KeysCommand::Revoke { id, store } => revoke(id, &store).await,
+        KeysCommand::Rotate {
+            id,
+            overlap_hours,
+            store,
+        } => rotate(id, overlap_hours, &store).await,
     }
-}
-
-async fn opened(args: &MigrateArgs) -> anyhow::Result<Store> {
-    let store = open_store(args).await?;
-    store.migrate().await.context("migration failed")?;
-    Ok(store)
 }
 
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
@@ -113,7 +125,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
             .create_team(
                 &args.team,
                 Some(&NewAuditEvent::new(
-                    "cli",
+                    actor(),
                     "team.create",
                     format!("team:{}", args.team),
                 )),
@@ -147,7 +159,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
                 expires_at,
             },
             Some(&NewAuditEvent::new(
-                "cli",
+                actor(),
                 "key.create",
                 format!("team:{}", team.id),
             )),
@@ -198,7 +210,7 @@ async fn revoke(id: uuid::Uuid, args: &MigrateArgs) -> anyhow::Result<ExitCode> 
             id,
             OffsetDateTime::now_utc(),
             Some(&NewAuditEvent::new(
-                "cli",
+                actor(),
                 "key.revoke",
                 format!("key:{id}"),
             )),
@@ -207,5 +219,57 @@ async fn revoke(id: uuid::Uuid, args: &MigrateArgs) -> anyhow::Result<ExitCode> 
         .with_context(|| format!("cannot revoke key {id}"))?;
     store.close().await;
     println!("revoked key {} ({})", key.id, key.prefix);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate(
+    id: uuid::Uuid,
+    overlap_hours: u32,
+    args: &MigrateArgs,
+) -> anyhow::Result<ExitCode> {
+    let hasher = key_hasher(&args.data_dir)?;
+    let store = opened(args).await?;
+    let old = store
+        .get_api_key(id)
+        .await
+        .with_context(|| format!("cannot read key {id}"))?;
+    // The new key keeps the old one's environment label (`rk_live_…`, `rk_test_…`).
+    let env = old
+        .prefix
+        .strip_prefix("rk_")
+        .and_then(|rest| rest.split('_').next())
+        .unwrap_or("live");
+    let new = hasher.generate(env);
+    let overlap = time::Duration::hours(i64::from(overlap_hours));
+    let mut audit = NewAuditEvent::new(actor(), "key.rotate", format!("key:{id}"));
+    audit.details = serde_json::json!({
+        "new_prefix": new.prefix,
+        "overlap_seconds": overlap.whole_seconds(),
+    });
+    let (fresh, old) = store
+        .rotate_api_key(
+            id,
+            &new.prefix,
+            &new.digest.0,
+            overlap,
+            OffsetDateTime::now_utc(),
+            Some(&audit),
+        )
+        .await
+        .with_context(|| format!("cannot rotate key {id}"))?;
+    store.close().await;
+    let until = old
+        .expires_at
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "now".to_owned());
+    println!(
+        "rotated key {} ({}) to {} ({}); the old key works until {until}",
+        old.id, old.prefix, fresh.id, fresh.prefix
+    );
+    println!("store it now: it is not shown again");
+    println!("{}", new.key.expose());
     Ok(ExitCode::SUCCESS)
 }

@@ -8,9 +8,11 @@ mod bootstrap;
 mod cli;
 mod demo;
 mod keys;
+mod master_key;
 mod people;
 mod secret_file;
 mod secrets;
+mod upstreams;
 
 use clap::Parser;
 

@@ -9,8 +9,8 @@ use rampart_crypto::envelope::MasterKeys;
 use rampart_gateway::Gateway;
 use rampart_gateway::keydir::KeyDirectory;
 use rampart_gateway::store_plane::{StartError, StorePlane, StorePlaneOptions};
-use rampart_gateway::upstream_key::{Refreshed, StoredUpstream, StoredUpstreamError};
-use rampart_store::{NewUpstreamCredential, UpstreamCredential};
+use rampart_gateway::upstream_key::{self, Refreshed, StoredUpstream, StoredUpstreamError};
+use rampart_store::UpstreamCredential;
 
 use crate::harness::{TestStore, hasher, message, serve, settings, sim};
 
@@ -23,23 +23,8 @@ fn material() -> String {
 }
 
 async fn add(db: &TestStore, keys: &MasterKeys, name: &str, key: &str) -> UpstreamCredential {
-    let sealed = keys
-        .seal(
-            key.as_bytes(),
-            &rampart_store::upstream_credential_aad(name),
-        )
-        .unwrap();
-    db.create_upstream_credential(
-        &NewUpstreamCredential {
-            name: name.to_owned(),
-            ciphertext: sealed.ciphertext,
-            nonce: sealed.nonce.to_vec(),
-            key_id: sealed.key_id,
-        },
-        None,
-    )
-    .await
-    .unwrap()
+    let new = upstream_key::seal(keys, name, &Secret::new(key.to_owned())).unwrap();
+    db.create_upstream_credential(&new, None).await.unwrap()
 }
 
 fn fast() -> StorePlaneOptions {
@@ -142,7 +127,7 @@ async fn rotation_reloads_and_an_unknown_master_key_keeps_the_key_in_use() {
 
     // Re-encrypt under a new master key, as `rampart rotate-master-key` does.
     let both = master(&format!("new:{new_material},old:{old_material}"));
-    let plain = rampart_gateway::upstream_key::open(&both, &cred).unwrap();
+    let plain = upstream_key::open(&both, &cred).unwrap();
     let resealed = both
         .seal(
             plain.expose().as_bytes(),
