@@ -95,6 +95,16 @@ impl FromRequestParts<AdminState> for Caller {
         if user.disabled {
             return Err(ApiError::Unauthenticated("account disabled"));
         }
+        // A password change (or disabling) voids the sessions issued before it. `iat` has whole
+        // seconds, so a token issued in the same second as the change is still accepted.
+        if user
+            .sessions_valid_after
+            .is_some_and(|t| i128::from(claims.iat) < i128::from(t.unix_timestamp()))
+        {
+            return Err(ApiError::Unauthenticated(
+                "session ended by a password change; sign in again",
+            ));
+        }
         Ok(Caller { user, claims })
     }
 }

@@ -440,16 +440,30 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     let sources: &[(i64, &'static str, &'static str)] = match engine {
-        Engine::Sqlite => &[(
-            1,
-            "identity",
-            include_str!("../migrations/sqlite/0001_identity.sql"),
-        )],
-        Engine::Postgres => &[(
-            1,
-            "identity",
-            include_str!("../migrations/postgres/0001_identity.sql"),
-        )],
+        Engine::Sqlite => &[
+            (
+                1,
+                "identity",
+                include_str!("../migrations/sqlite/0001_identity.sql"),
+            ),
+            (
+                2,
+                "sessions_valid_after",
+                include_str!("../migrations/sqlite/0002_sessions_valid_after.sql"),
+            ),
+        ],
+        Engine::Postgres => &[
+            (
+                1,
+                "identity",
+                include_str!("../migrations/postgres/0001_identity.sql"),
+            ),
+            (
+                2,
+                "sessions_valid_after",
+                include_str!("../migrations/postgres/0002_sessions_valid_after.sql"),
+            ),
+        ],
     };
     Migrator::with_migrations(
         sources

@@ -109,6 +109,8 @@ pub struct User {
     pub created_at: OffsetDateTime,
     /// Last change through [`crate::Repository::update_user`] or [`crate::Repository::set_user_disabled`].
     pub updated_at: OffsetDateTime,
+    /// Sessions issued before this instant are void (set by a password change or disabling).
+    pub sessions_valid_after: Option<OffsetDateTime>,
 }
 
 impl std::fmt::Debug for User {
@@ -122,6 +124,7 @@ impl std::fmt::Debug for User {
             .field("disabled", &self.disabled)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
+            .field("sessions_valid_after", &self.sessions_valid_after)
             .finish()
     }
 }

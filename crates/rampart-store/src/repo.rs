@@ -28,7 +28,8 @@ macro_rules! team_cols {
 }
 macro_rules! user_cols {
     () => {
-        "id, email, password_hash, role, team_id, disabled, created_at, updated_at"
+        "id, email, password_hash, role, team_id, disabled, created_at, updated_at, \
+         sessions_valid_after"
     };
 }
 macro_rules! key_cols {
@@ -210,11 +211,14 @@ impl Repository for EngineStore {
         if let Some(hash) = &update.password_hash {
             non_empty("password hash", hash)?;
         }
+        let at = now();
+        let new_password = update.password_hash.is_some();
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(concat!(
             "UPDATE users SET email = COALESCE($2, email), \
              password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
-             team_id = CASE WHEN $5 THEN $6 ELSE team_id END, updated_at = $7 \
+             team_id = CASE WHEN $5 THEN $6 ELSE team_id END, updated_at = $7, \
+             sessions_valid_after = CASE WHEN $8 THEN $7 ELSE sessions_valid_after END \
              WHERE id = $1 RETURNING ",
             user_cols!()
         ))
@@ -224,9 +228,13 @@ impl Repository for EngineStore {
         .bind(update.role.map(Role::as_str))
         .bind(update.team_id.is_some())
         .bind(update.team_id.flatten())
-        .bind(DbTime(now()))
+        .bind(DbTime(at))
+        .bind(new_password)
         .fetch_one(&mut *tx)
         .await?;
+        if new_password {
+            revoke_user_refresh_tokens(&mut tx, id, at).await?;
+        }
         finish(tx, audit, user(&row)?).await
     }
 
@@ -236,16 +244,22 @@ impl Repository for EngineStore {
         disabled: bool,
         audit: Option<&NewAuditEvent>,
     ) -> Result<User> {
+        let at = now();
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(concat!(
-            "UPDATE users SET disabled = $2, updated_at = $3 WHERE id = $1 RETURNING ",
+            "UPDATE users SET disabled = $2, updated_at = $3, \
+             sessions_valid_after = CASE WHEN $2 THEN $3 ELSE sessions_valid_after END \
+             WHERE id = $1 RETURNING ",
             user_cols!()
         ))
         .bind(id)
         .bind(disabled)
-        .bind(DbTime(now()))
+        .bind(DbTime(at))
         .fetch_one(&mut *tx)
         .await?;
+        if disabled {
+            revoke_user_refresh_tokens(&mut tx, id, at).await?;
+        }
         finish(tx, audit, user(&row)?).await
     }
 
@@ -845,6 +859,18 @@ fn link(ev: &AuditEvent) -> Link<'_> {
     }
 }
 
+/// Revoke every live refresh token of a user (password changed, user disabled).
+async fn revoke_user_refresh_tokens(tx: &mut Tx, user_id: Uuid, at: OffsetDateTime) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(DbTime(at))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
 async fn insert_key(tx: &mut Tx, new: &NewApiKey, rotated_from: Option<Uuid>) -> Result<ApiKey> {
     non_empty("key name", &new.name)?;
     non_empty("key prefix", &new.prefix)?;
@@ -913,6 +939,7 @@ fn user(row: &DbRow) -> Result<User> {
         disabled: row.try_get("disabled")?,
         created_at: ts(row, "created_at")?,
         updated_at: ts(row, "updated_at")?,
+        sessions_valid_after: ts_opt(row, "sessions_valid_after")?,
     })
 }
 

@@ -242,7 +242,9 @@ pub(crate) async fn update(
     }
     let password_hash = match req.password {
         Some(pw) => {
-            let own_change = target.id == caller.user.id && !caller.is_admin();
+            // Changing your own password needs the current one, admins included: a stolen
+            // access token must not be enough to take the account over.
+            let own_change = target.id == caller.user.id;
             if own_change {
                 let current = Secret::new(req.current_password.clone().unwrap_or_default());
                 let phc = target.password_hash.clone();

@@ -468,3 +468,68 @@ async fn writes_are_audited_with_actor_address_and_request_id_and_never_a_secret
     let cred = &env.store.list_upstream_credentials().await.unwrap()[0];
     assert!(!String::from_utf8_lossy(&cred.ciphertext).contains("secretsecret"));
 }
+
+#[tokio::test]
+async fn a_new_password_ends_every_existing_session_and_needs_the_current_one() {
+    let env = env().await;
+    let s = instance(&env);
+    let old = login(&s).await;
+    let access = old["access_token"].as_str().unwrap();
+    let me = old["user"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/admin/v1/users/{me}");
+    let new_pw = "lunar-tractor-meadow-913";
+    let (status, _, body) = call(
+        &s,
+        "PATCH",
+        &path,
+        Some(access),
+        Some(json!({"password": new_pw})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("current_password")
+    );
+    // Sleep past the second boundary so the old token's `iat` is strictly older.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, body) = call(
+        &s,
+        "PATCH",
+        &path,
+        Some(access),
+        Some(json!({"password": new_pw, "current_password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = call(&s, "GET", "/admin/v1/auth/me", Some(access), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&body, "authentication_error");
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        "/admin/v1/auth/refresh",
+        None,
+        Some(json!({"refresh_token": old["refresh_token"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, fresh) = call(
+        &s,
+        "POST",
+        "/admin/v1/auth/login",
+        None,
+        Some(json!({"email": "root@example.com", "password": new_pw})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let fresh_access = fresh["access_token"].as_str().unwrap();
+    assert_eq!(
+        call(&s, "GET", "/admin/v1/auth/me", Some(fresh_access), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+}

@@ -58,6 +58,7 @@ on_both_engines!(
     stores_lists_and_deletes_upstream_credentials,
     reencrypting_credentials_is_all_or_nothing,
     spends_a_refresh_token_once_then_reports_the_replay,
+    a_new_password_or_disabling_voids_the_users_sessions,
     revoking_a_family_stops_every_token_in_it,
     an_expired_or_unknown_refresh_token_is_not_spent,
     concurrent_spends_of_one_refresh_token_succeed_exactly_once,

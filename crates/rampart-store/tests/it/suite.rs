@@ -66,7 +66,13 @@ async fn audit_count(db: &TestDb) -> usize {
 pub async fn migrating_twice_applies_nothing_the_second_time(db: &TestDb) {
     let again = db.migrate().await.unwrap();
     assert!(again.applied_now.is_empty(), "{again:?}");
-    assert_eq!(again.already_applied, vec![(1, "identity".to_owned())]);
+    assert_eq!(
+        again.already_applied,
+        vec![
+            (1, "identity".to_owned()),
+            (2, "sessions_valid_after".to_owned())
+        ]
+    );
 }
 
 // --- teams ---------------------------------------------------------------------------------------
@@ -931,4 +937,76 @@ pub async fn timestamps_round_trip_at_microsecond_precision(db: &TestDb) {
         (now - t.created_at).abs() < Duration::minutes(1),
         "created_at is the current time"
     );
+}
+
+pub async fn a_new_password_or_disabling_voids_the_users_sessions(db: &TestDb) {
+    let a = db
+        .create_user(&new_user("a@example.com", None), None)
+        .await
+        .unwrap();
+    let b = db
+        .create_user(&new_user("b@example.com", None), None)
+        .await
+        .unwrap();
+    assert_eq!(a.sessions_valid_after, None);
+    for (user, hash) in [
+        (a.id, &b"a1"[..]),
+        (a.id, b"a2"),
+        (b.id, b"b1"),
+        (b.id, b"b2"),
+    ] {
+        db.insert_refresh_token(&new_token(user, Uuid::now_v7(), hash, T0 + Duration::DAY))
+            .await
+            .unwrap();
+    }
+    // A role change keeps sessions; a new password voids them.
+    let changed = db
+        .update_user(
+            a.id,
+            &UserUpdate {
+                role: Some(Role::Viewer),
+                ..UserUpdate::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.sessions_valid_after, None);
+    let changed = db
+        .update_user(
+            a.id,
+            &UserUpdate {
+                password_hash: Some("$argon2id$new".into()),
+                ..UserUpdate::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        changed
+            .sessions_valid_after
+            .is_some_and(|t| t >= a.created_at)
+    );
+    assert_eq!(
+        db.get_user(a.id).await.unwrap().sessions_valid_after,
+        changed.sessions_valid_after
+    );
+    assert!(matches!(
+        db.spend_refresh_token(b"a1", T0).await.unwrap(),
+        SpendOutcome::Revoked(_)
+    ));
+    // Disabling voids them too; other users are untouched.
+    assert!(matches!(
+        db.spend_refresh_token(b"b1", T0).await.unwrap(),
+        SpendOutcome::Spent(_)
+    ));
+    let disabled = db.set_user_disabled(b.id, true, None).await.unwrap();
+    assert!(disabled.sessions_valid_after.is_some());
+    assert!(matches!(
+        db.spend_refresh_token(b"b2", T0).await.unwrap(),
+        SpendOutcome::Revoked(_)
+    ));
+    let enabled = db.set_user_disabled(b.id, false, None).await.unwrap();
+    assert_eq!(enabled.sessions_valid_after, disabled.sessions_valid_after);
 }
