@@ -163,8 +163,6 @@ pub enum Refreshed {
         /// Its name.
         name: String,
     },
-    /// The credential in use is gone and none replaces it: the key is removed.
-    Removed,
 }
 
 /// What is in the cell now: the row it came from, as stored.
@@ -271,10 +269,11 @@ impl StoredUpstream {
         let mut last_error: Option<String> = None;
         while ticks.next().await {
             match self.refresh(&store).await {
-                Ok(Refreshed::Unchanged) => {}
-                Ok(loaded) => {
-                    if let Refreshed::Loaded { id, name } = &loaded {
+                Ok(outcome) => {
+                    if let Refreshed::Loaded { id, name } = &outcome {
                         tracing::info!(credential = %name, %id, "upstream credential loaded from the store");
+                    } else if last_error.is_some() {
+                        tracing::info!("upstream credential refresh recovered");
                     }
                     last_error = None;
                 }
