@@ -86,6 +86,14 @@ async fn refusals_are_audited_with_reason_and_prefix_never_the_key() {
         .await
         .unwrap();
     let (scoped, scoped_row) = db.key(&team, &["claude-haiku-*"]).await;
+    let (models_only, models_row) = db.key(&team, &[]).await;
+    let only_models = rampart_store::ApiKeyUpdate {
+        allowed_endpoints: Some(vec!["models".into()]),
+        ..rampart_store::ApiKeyUpdate::default()
+    };
+    db.update_api_key(models_row.id, &only_models, None)
+        .await
+        .unwrap();
     let unknown = hasher().generate("live").key.expose().to_owned();
     let (state, stop, written) = proxy(&db, DenialLimits::default()).await;
 
@@ -137,6 +145,10 @@ async fn refusals_are_audited_with_reason_and_prefix_never_the_key() {
         502,
         "allowed, so not audited (and nothing listens upstream)"
     );
+    assert_eq!(
+        call(&state, Route::Messages, "/v1/messages", &models_only, &body).await,
+        403
+    );
     let _ = stop.send(());
     written.await.unwrap();
 
@@ -165,6 +177,10 @@ async fn refusals_are_audited_with_reason_and_prefix_never_the_key() {
                 scoped[..12].to_owned(),
                 json!({"status": 403, "reason": "model_not_allowed", "model": "claude-opus-5", "key_id": scoped_row.id})
             ),
+            (
+                models_only[..12].to_owned(),
+                json!({"status": 403, "reason": "endpoint_not_allowed", "key_id": models_row.id})
+            ),
         ]
     );
     for row in &rows {
@@ -172,7 +188,7 @@ async fn refusals_are_audited_with_reason_and_prefix_never_the_key() {
         assert_eq!(row.client_addr.as_deref(), Some("10.0.0.9"));
         assert_eq!(row.request_id.as_deref(), Some("req-test-1"));
         let text = format!("{row:?}");
-        for secret in [&revoked, &unknown, &scoped] {
+        for secret in [&revoked, &unknown, &scoped, &models_only] {
             assert!(!text.contains(&secret[12..]), "a row holds a key: {text}");
         }
         assert!(!text.contains("echo: hi") && !text.contains("not-ours"));
