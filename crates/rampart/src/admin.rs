@@ -130,7 +130,7 @@ pub async fn bootstrap(store: &Store, admin: &AdminState, base_url: &str) -> any
         std::env::var("RAMPART_ADMIN_EMAIL"),
         std::env::var("RAMPART_ADMIN_PASSWORD"),
     ) {
-        crate::bootstrap::first_admin(store, &email, &Secret::new(password)).await?;
+        crate::bootstrap::first_admin(store, &email, &Secret::new(password), "system:env").await?;
         println!("created the first admin: {}", email.trim());
         return Ok(());
     }

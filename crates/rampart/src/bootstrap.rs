@@ -34,7 +34,12 @@ fn valid_email(email: &str) -> bool {
 ///
 /// # Errors
 /// An invalid e-mail, a password the policy refuses (with the reason), or a store failure.
-pub async fn first_admin(store: &Store, email: &str, pw: &Secret) -> anyhow::Result<Outcome> {
+pub async fn first_admin(
+    store: &Store,
+    email: &str,
+    pw: &Secret,
+    actor: &str,
+) -> anyhow::Result<Outcome> {
     if !store.list_users(None).await?.is_empty() {
         return Ok(Outcome::AlreadyInitialised);
     }
@@ -47,7 +52,7 @@ pub async fn first_admin(store: &Store, email: &str, pw: &Secret) -> anyhow::Res
     password::check_policy(pw.expose(), &[email, local])
         .map_err(|e| anyhow::anyhow!("RAMPART_ADMIN_PASSWORD refused: {e}"))?;
     let password_hash = password::hash(pw).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let audit = NewAuditEvent::new("system", "user.bootstrap", format!("user:{email}"));
+    let audit = NewAuditEvent::new(actor, "user.bootstrap", format!("user:{email}"));
     store
         .create_user(
             &NewUser {
@@ -80,7 +85,9 @@ mod tests {
         let (store, dir) = store().await;
         let pw = Secret::new("correct horse battery staple".to_owned());
         assert_eq!(
-            first_admin(&store, "ops@example.com", &pw).await.unwrap(),
+            first_admin(&store, "ops@example.com", &pw, "cli:test")
+                .await
+                .unwrap(),
             Outcome::Created
         );
         let user = store.get_user_by_email("OPS@example.com").await.unwrap();
@@ -89,7 +96,9 @@ mod tests {
         assert!(!user.password_hash.contains("horse"));
         assert!(password::verify(&pw, &user.password_hash));
         assert_eq!(
-            first_admin(&store, "other@example.com", &pw).await.unwrap(),
+            first_admin(&store, "other@example.com", &pw, "cli:test")
+                .await
+                .unwrap(),
             Outcome::AlreadyInitialised
         );
         assert!(store.verify_audit_chain().await.unwrap().is_none());
@@ -107,6 +116,7 @@ mod tests {
             &store,
             "ops@example.com",
             &Secret::new("password1234".into()),
+            "cli:test",
         )
         .await;
         assert!(weak.unwrap_err().to_string().contains("too common"));
@@ -114,6 +124,7 @@ mod tests {
             &store,
             "not-an-email",
             &Secret::new("correct horse battery staple".into()),
+            "cli:test",
         )
         .await;
         assert!(bad.unwrap_err().to_string().contains("e-mail"));

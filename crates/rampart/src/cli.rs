@@ -77,6 +77,12 @@ enum ConfigCommand {
         /// TOML configuration file.
         #[arg(long, short, env = "RAMPART_CONFIG")]
         config: Option<PathBuf>,
+        /// Check as `rampart serve --data-dir DIR` would run (store, admin plane and its keys).
+        #[arg(long, env = "RAMPART_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Check as `rampart serve --database-url URL` would run.
+        #[arg(long, env = "RAMPART_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -146,32 +152,70 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
-            command: ConfigCommand::Check { config },
-        } => Ok(config_check(config)),
+            command:
+                ConfigCommand::Check {
+                    config,
+                    data_dir,
+                    database_url,
+                },
+        } => Ok(config_check(
+            config,
+            data_dir.is_some() || database_url.is_some(),
+        )),
     }
 }
 
-fn config_check(file: Option<PathBuf>) -> ExitCode {
+/// Validate the configuration and, with a store, what `rampart serve` would also refuse (the
+/// admin plane's exposure and keys); report every problem at once.
+fn config_check(file: Option<PathBuf>, with_store: bool) -> ExitCode {
     let sources = Sources {
         file,
         use_env: true,
+        store_keys: with_store,
+        store_credentials: with_store,
         ..Sources::default()
     };
-    match config::load(&sources) {
-        Ok(s) => {
+    let mut problems = Vec::new();
+    let settings = match config::load(&sources) {
+        Ok(s) => Some(s),
+        Err(errors) => {
+            problems.extend(errors.0);
+            None
+        }
+    };
+    if let Some(s) = settings.as_ref().filter(|s| with_store && s.admin.enabled) {
+        let checks = [
+            crate::admin::check_exposure(s),
+            crate::admin::jwt_keys(s).map(drop),
+            crate::secrets::master_keys().map(drop),
+        ];
+        problems.extend(
+            checks
+                .into_iter()
+                .filter_map(Result::err)
+                .map(|e| format!("{e:#}")),
+        );
+    }
+    match settings {
+        Some(s) if problems.is_empty() => {
             println!(
-                "configuration OK: listen {}, upstream {}://{}{}, {} client key(s)",
+                "configuration OK: listen {}, upstream {}://{}{}, {} client key(s){}",
                 s.listen,
                 s.upstream.scheme,
                 s.upstream.authority,
                 s.upstream.path_prefix,
-                s.keys.len()
+                s.keys.len(),
+                if with_store && s.admin.enabled {
+                    ", store and admin plane ready"
+                } else {
+                    ""
+                }
             );
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("configuration has {} problem(s):", errors.0.len());
-            for p in &errors.0 {
+        _ => {
+            eprintln!("configuration has {} problem(s):", problems.len());
+            for p in &problems {
                 eprintln!("  - {p}");
             }
             ExitCode::FAILURE
@@ -209,8 +253,13 @@ async fn init(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     };
     let store = open_store(&args).await?;
     store.migrate().await.context("migration failed")?;
-    let outcome =
-        crate::bootstrap::first_admin(&store, &email, &rampart_crypto::Secret::new(password)).await;
+    let outcome = crate::bootstrap::first_admin(
+        &store,
+        &email,
+        &rampart_crypto::Secret::new(password),
+        &crate::people::actor(),
+    )
+    .await;
     store.close().await;
     match outcome? {
         crate::bootstrap::Outcome::Created => println!("created the first admin: {}", email.trim()),

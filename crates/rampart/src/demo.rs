@@ -13,6 +13,7 @@ use clap::Args;
 use rampart_gateway::auth::{AnyOf, Authenticator};
 use rampart_gateway::config::{self, Sources};
 use rampart_gateway::keydir::KeyDirectory;
+use rampart_gateway::store_plane::{StorePlane, StorePlaneOptions};
 use rampart_gateway::{Gateway, Secret};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -60,7 +61,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("demo database migration failed")?;
     let admin_secret = Secret::new(admin_password.clone());
-    let outcome = crate::bootstrap::first_admin(&store, DEMO_ADMIN, &admin_secret)
+    let outcome = crate::bootstrap::first_admin(&store, DEMO_ADMIN, &admin_secret, "demo")
         .await
         .context("cannot create the demo admin")?;
     if outcome == crate::bootstrap::Outcome::AlreadyInitialised {
@@ -99,13 +100,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // per data dir, mode 0600; `rampart serve` takes them from the environment instead).
     let hasher = crate::keys::key_hasher(&args.data_dir)?;
     let directory = Arc::new(KeyDirectory::new(hasher.clone()));
-    directory
-        .refresh(&store)
-        .await
-        .context("cannot load API keys")?;
-    let refresher = directory
-        .clone()
-        .spawn_refresher(store.clone(), std::time::Duration::from_secs(1));
     let jwt_spec = Secret::new(stored_key(&args.data_dir.join("jwt-secret"), "")?);
     let master_spec = Secret::new(stored_key(&args.data_dir.join("master-key"), "")?);
     let jwt = crate::admin::jwt_keys_from(&settings, &jwt_spec)?;
@@ -120,8 +114,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Arc::new(master),
     );
     let upkeep = admin.spawn_upkeep();
+    // Key reloads, last-use flushes and denial audit rows, as `rampart serve` runs them.
+    let (plane, parts) = StorePlane::start(
+        store.clone(),
+        directory.clone(),
+        None,
+        StorePlaneOptions::default(),
+    )
+    .await?;
     let auth: Vec<Arc<dyn Authenticator>> = vec![Arc::new(settings.keys.clone()), directory];
-    let gateway = Gateway::new(settings, Arc::new(AnyOf(auth)))
+    let gateway = Gateway::with_parts(settings, Arc::new(AnyOf(auth)), parts)
         .map_err(anyhow::Error::msg)?
         .with_router(rampart_admin::router(admin));
 
@@ -166,7 +168,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // The gateway drains first (its streams still need the simulator), then the simulator.
     gw_task.await.context("gateway task")??;
     sim_task.await.context("simulator task")??;
-    refresher.abort();
+    plane.stop().await;
     upkeep.abort();
     store.close().await;
     Ok(ExitCode::SUCCESS)

@@ -123,3 +123,28 @@ def test_key_files_work_and_the_started_configuration_is_audited_once_per_change
     for secret_file in ("jwt", "master"):
         for part in (tmp / secret_file).read_text().replace("new:", "").replace("old:", "").strip().split(","):
             assert part not in rows[0][1]
+
+
+def test_config_check_reports_what_serve_would_refuse_all_at_once() -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAMPART_", "ANTHROPIC_"))}
+    data_dir = tempfile.mkdtemp(prefix="rampart-check-")
+
+    def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [rampart_bin(), "config", "check", "--data-dir", data_dir],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**base, **env},
+        )
+
+    bad = check({"RAMPART_ADMIN__CORS_ORIGINS": '["*"]'})
+    assert bad.returncode != 0
+    assert "admin.cors_origins" in bad.stderr
+    bad = check({"RAMPART_SERVER__LISTEN": "0.0.0.0:8080", "RAMPART_JWT_SECRET": "00" * 32})
+    assert bad.returncode != 0
+    assert "3 problem(s)" in bad.stderr, bad.stderr
+    assert "allow_insecure_remote" in bad.stderr and "RAMPART_JWT_SECRET" in bad.stderr and "RAMPART_MASTER_KEY" in bad.stderr
+    good = check({"RAMPART_JWT_SECRET": keygen(), "RAMPART_MASTER_KEY": keygen()})
+    assert good.returncode == 0, good.stderr
+    assert "store and admin plane ready" in good.stdout
