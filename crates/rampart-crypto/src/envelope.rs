@@ -121,7 +121,12 @@ impl MasterKeys {
     #[must_use]
     pub fn ids(&self) -> Vec<&str> {
         let mut ids = vec![self.current.as_str()];
-        ids.extend(self.keys.keys().map(String::as_str).filter(|k| *k != self.current));
+        ids.extend(
+            self.keys
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != self.current),
+        );
         ids
     }
 
