@@ -5,13 +5,15 @@
 #   ./scripts/test.sh                 # everything (what CI runs)
 #   ./scripts/test.sh python node     # only some stages, in the order given
 #
-# Stages: deps build cargo python node claude  (deps = python venv + npm packages)
+# Stages: deps build cargo python node claude  (deps = python venv + npm packages; python = pytest,
+# then schemathesis against the admin API's OpenAPI document)
 #
 # Environment:
 #   RAMPART_SKIP_BUILD=1      skip `cargo build` (use the binary already in target/)
 #   RAMPART_SKIP_CARGO_TEST=1 skip `cargo test`
 #   RAMPART_BIN=PATH          binary under test (default: <target dir>/debug/rampart)
 #   PYTEST_ARGS="..."         extra arguments for pytest (e.g. "-k batches -x")
+#   ST_MAX_EXAMPLES=N         schemathesis examples per operation (default 50; see tests/schemathesis/run.py)
 #
 # Every stage prints its runner's own summary; the script exits non-zero on the first failure.
 set -euo pipefail
@@ -52,7 +54,7 @@ setup_python() {
   if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
   fi
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$(sha "$req")" ]] && "$VENV/bin/python" -c 'import anthropic, pytest' 2>/dev/null; then
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$(sha "$req")" ]] && "$VENV/bin/python" -c 'import anthropic, pytest, jwt, schemathesis' 2>/dev/null; then
     echo "reusing $VENV (requirements unchanged)"
   else
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
@@ -195,6 +197,17 @@ test_rust() {
 
 # --- conformance suites -------------------------------------------------------------------------
 
+test_schemathesis() {
+  banner "schemathesis: the admin API against its own OpenAPI document"
+  local rc=0
+  timeout --kill-after=30 600 "$VENV/bin/python" "$ROOT/tests/schemathesis/run.py" || rc=$?
+  case "$rc" in
+    0) ;;
+    124) die "schemathesis timed out" ;;
+    *) die "schemathesis failed (exit $rc)" ;;
+  esac
+}
+
 test_python() {
   banner "pytest: official Python SDK against rampart ($RAMPART_BIN)"
   local rc=0
@@ -248,7 +261,7 @@ run_stage() {
     deps) setup_python; setup_node ;;
     build) build_rust ;;
     cargo) test_rust ;;
-    python) setup_python; build_rust_if_missing; test_python ;;
+    python) setup_python; build_rust_if_missing; test_python; test_schemathesis ;;
     node) setup_node; build_rust_if_missing; test_node ;;
     claude) setup_node; build_rust_if_missing; test_claude_code ;;
     *) die "unknown stage '$1' (stages: deps build cargo python node claude)" ;;
@@ -274,6 +287,7 @@ main() {
     BUILT=1
     test_rust
     test_python
+    test_schemathesis
     test_node
     test_claude_code
   else
