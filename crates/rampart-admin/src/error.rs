@@ -124,9 +124,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status();
         let mut resp = status.into_response();
-        if let ApiError::RateLimited { retry_after } = self {
-            resp.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+        match self {
+            ApiError::RateLimited { retry_after } => {
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            // The rest of the body was not read: tell the client this connection ends here.
+            ApiError::TooLarge(_) => {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp.extensions_mut().insert(Rendered {
             kind,

@@ -233,6 +233,10 @@ async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text =
         std::str::from_utf8(bytes).map_err(|_| ApiError::bad("request body is not valid UTF-8"))?;
+    // serde would also fill a struct from an array, field by field in order; bodies are objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::bad("request body must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let value = T::deserialize(&mut de).map_err(|e| ApiError::bad(describe(&e)))?;
     de.end().map_err(|e| ApiError::bad(describe(&e)))?;

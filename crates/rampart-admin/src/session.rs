@@ -95,11 +95,14 @@ impl FromRequestParts<AdminState> for Caller {
         if user.disabled {
             return Err(ApiError::Unauthenticated("account disabled"));
         }
-        // A password change (or disabling) voids the sessions issued before it. `iat` has whole
-        // seconds, so a token issued in the same second as the change is still accepted.
+        // A password change (or disabling) voids the sessions issued before it, to the
+        // millisecond (`iat_ms`; tokens without it are compared by whole seconds).
+        let issued_ms = claims
+            .iat_ms
+            .map_or(i128::from(claims.iat) * 1000 + 999, i128::from);
         if user
             .sessions_valid_after
-            .is_some_and(|t| i128::from(claims.iat) < i128::from(t.unix_timestamp()))
+            .is_some_and(|t| issued_ms < t.unix_timestamp_nanos() / 1_000_000)
         {
             return Err(ApiError::Unauthenticated(
                 "session ended by a password change; sign in again",

@@ -34,6 +34,10 @@ pub struct Claims {
     /// The user's team, when they have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    /// Issue time in milliseconds (finer than `iat`, so a session can be compared with a
+    /// password change in the same second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat_ms: Option<u64>,
 }
 
 /// Why a token was refused. The messages are safe to show a client.
@@ -172,10 +176,11 @@ impl JwtKeys {
         role: &str,
         team: Option<&str>,
     ) -> Result<(String, Claims), JwtError> {
-        let now = SystemTime::now()
+        let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_err(|_| JwtError::Issue)?
-            .as_secs();
+            .map_err(|_| JwtError::Issue)?;
+        let now = since_epoch.as_secs();
+        let now_ms = u64::try_from(since_epoch.as_millis()).map_err(|_| JwtError::Issue)?;
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -187,6 +192,7 @@ impl JwtKeys {
                 .encode(crate::random_bytes::<16>()),
             role: role.to_owned(),
             team: team.map(str::to_owned),
+            iat_ms: Some(now_ms),
         };
         let (enc, _) = self.keys.get(&self.current).ok_or(JwtError::Issue)?;
         let mut header = Header::new(Algorithm::HS256);

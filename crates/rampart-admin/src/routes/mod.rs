@@ -27,6 +27,7 @@ use crate::http::Ctx;
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    components(schemas(crate::error::ErrorResponse, crate::error::ErrorDetail, crate::error::ErrorKind)),
     security(("bearer" = [])),
     tags(
         (name = "auth", description = "Sessions"),
