@@ -14,8 +14,10 @@ import binascii
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -134,10 +136,41 @@ def base_env(sim_url: str, jwt_spec: str, master_spec: str) -> dict[str, str]:
     }
 
 
-def run_init(data_dir: str, email: str, password: str) -> None:
+#: `sqlite` (default) or `postgres`: which engine the admin servers of this run use. With
+#: `postgres`, every server gets a fresh database on the server of RAMPART_TEST_DATABASE_URL
+#: (scripts/test.sh runs the admin suites a second time this way).
+ENGINE = os.environ.get("RAMPART_ADMIN_TEST_ENGINE", "sqlite")
+
+
+def store_args(data_dir: str) -> list[str]:
+    """`--data-dir` (SQLite there), plus a fresh PostgreSQL database when ENGINE is postgres."""
+    if ENGINE != "postgres":
+        return ["--data-dir", data_dir]
+    server = os.environ.get("RAMPART_TEST_DATABASE_URL")
+    if not server:
+        pytest.fail("RAMPART_ADMIN_TEST_ENGINE=postgres needs RAMPART_TEST_DATABASE_URL (scripts/test.sh sets both)")
+    parts = urllib.parse.urlsplit(server)
+    name = f"rampart_admin_{uuid.uuid4().hex[:16]}"
+    search = os.pathsep.join(p for p in (os.environ.get("RAMPART_TEST_PG_BIN", ""), os.environ.get("PATH", "")) if p)
+    createdb = shutil.which("createdb", path=search)
+    if not createdb:
+        pytest.fail("createdb not found (set RAMPART_TEST_PG_BIN to PostgreSQL's bin directory)")
+    subprocess.run(
+        [createdb, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432), "-U", parts.username or "postgres", name],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return ["--data-dir", data_dir, "--database-url", urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))]
+
+
+def run_init(store: str | list[str], email: str, password: str) -> None:
+    """`rampart init` on a data dir (SQLite) or on `store_args(...)`."""
+    if isinstance(store, str):
+        store = ["--data-dir", store]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAMPART_", "ANTHROPIC_"))}
     env.update({"RAMPART_ADMIN_EMAIL": email, "RAMPART_ADMIN_PASSWORD": password})
-    p = subprocess.run([rampart_bin(), "init", "--data-dir", data_dir], capture_output=True, text=True, timeout=60, env=env)
+    p = subprocess.run([rampart_bin(), "init", *store], capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -154,10 +187,11 @@ def start_admin_server(
     sim = RampartProcess(["sim", "--listen", "127.0.0.1:0"], name=f"{name}-sim")
     sim_url = sim.listening_url()
     data_dir = tempfile.mkdtemp(prefix=f"rampart-{name}-")
+    store = store_args(data_dir)
     email = unique_email("root")
     password = strong_password()
     if with_admin:
-        run_init(data_dir, email, password)
+        run_init(store, email, password)
     current = keygen()
     keys = [SigningKey(fingerprint_kid(key_material(current)), key_material(current))]
     spec = current
@@ -169,7 +203,7 @@ def start_admin_server(
     env = base_env(sim_url, spec, master)
     env.update(extra_env or {})
     proc = RampartProcess(
-        ["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, *(extra_args or [])], env=env, name=name
+        ["serve", "--listen", "127.0.0.1:0", *store, *(extra_args or [])], env=env, name=name
     )
     try:
         url = proc.listening_url()

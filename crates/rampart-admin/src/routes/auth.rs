@@ -82,10 +82,16 @@ pub(crate) async fn login(
         .await;
         return Err(ApiError::RateLimited { retry_after });
     }
-    let user = match state.store().get_user_by_email(&account).await {
-        Ok(u) => Some(u),
-        Err(StoreError::NotFound) => None,
-        Err(e) => return Err(e.into()),
+    // Something that is not an address cannot be an account: no lookup (PostgreSQL would refuse
+    // a NUL byte outright), but the same hash work and the same answer as an unknown account.
+    let user = if validate::email(&account).is_err() {
+        None
+    } else {
+        match state.store().get_user_by_email(&account).await {
+            Ok(u) => Some(u),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        }
     };
     let pw = Secret::new(req.password);
     // Hash-verify even for unknown accounts so timing does not tell them apart.
