@@ -46,7 +46,8 @@ verdicts = []
 for mode in ("json", "sse"):
     for conns in (1, 32):
         d = get("direct", mode, conns)
-        for t in ("direct", "floor", "rampart"):
+        targets = ("direct", "floor", "rampart", "rampart-store") if mode == "json" else ("direct", "floor", "rampart")
+        for t in targets:
             r = get(t, mode, conns)
             w = r["wrk"]
             added = (w["p50_us"] - d["wrk"]["p50_us"]) / 1000 if t != "direct" else 0.0
@@ -62,6 +63,15 @@ for mode in ("json", "sse"):
         else:
             ratio = rps(g) / rps(f)
             verdicts.append((f"{mode}: throughput at 32 conns, rampart / floor", ratio, ">= 0.8", ratio >= 0.8))
+        if mode == "json":
+            s = get("rampart-store", mode, conns)
+            if conns == 1:
+                ga = g["wrk"]["p50_us"] - d["wrk"]["p50_us"]
+                sa = s["wrk"]["p50_us"] - d["wrk"]["p50_us"]
+                verdicts.append(("json: added p50 at 1 conn, store keys / config keys", sa / max(ga, 1), "<= 1.2", sa / max(ga, 1) <= 1.2))
+            else:
+                ratio = rps(s) / rps(g)
+                verdicts.append(("json: throughput at 32 conns, store keys / config keys", ratio, ">= 0.9", ratio >= 0.9))
 out.append("")
 out.append("| SSE time to first byte (300 sequential curl requests each, interleaved) | p50 ms | p99 ms |")
 out.append("|---|---|---|")

@@ -50,7 +50,13 @@ FLOOR=$(start floor "$BIN/floor" 127.0.0.1:0 "$SIM")
 GW=$(RAMPART_UPSTREAM__BASE_URL="http://$SIM" RAMPART_UPSTREAM_API_KEY=sk-ant-bench RAMPART_API_KEYS="$KEY" \
   start gateway "$BIN/rampart" serve --listen 127.0.0.1:0)
 GW_PID=$(cat "$WORK/gateway.pid")
-echo "simulator $SIM, floor $FLOOR, rampart $GW"
+# The same gateway with its keys in the store (SQLite): a virtual key from `rampart keys create`,
+# served from the in-memory key directory (scopes, last-use clock, denial audit all live).
+STORE_ENV=(RAMPART_UPSTREAM__BASE_URL="http://$SIM" RAMPART_UPSTREAM_API_KEY=sk-ant-bench
+  RAMPART_JWT_SECRET="$("$BIN/rampart" keygen)" RAMPART_MASTER_KEY="$("$BIN/rampart" keygen)")
+STORE_KEY=$(env "${STORE_ENV[@]}" "$BIN/rampart" keys create --name bench --model 'claude-*' --data-dir "$WORK/store" | tail -n 1)
+GWS=$(export "${STORE_ENV[@]}"; start gateway-store "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/store")
+echo "simulator $SIM, floor $FLOOR, rampart $GW, rampart with store keys $GWS"
 
 cat >"$WORK/json.json" <<'J'
 {"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
@@ -61,12 +67,13 @@ J
 
 RESULTS=$WORK/results.jsonl
 run() { # target addr mode conns round
-  local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1
+  local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1 key=$KEY
   [ "$conns" -gt 1 ] && threads=2
+  [ "$target" = rampart-store ] && key=$STORE_KEY
   # warm-up, then the measured run
-  BODY_FILE="$WORK/$mode.json" API_KEY="$KEY" wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
+  BODY_FILE="$WORK/$mode.json" API_KEY="$key" wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
   local line
-  line=$(BODY_FILE="$WORK/$mode.json" API_KEY="$KEY" wrk -t"$threads" -c"$conns" -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
+  line=$(BODY_FILE="$WORK/$mode.json" API_KEY="$key" wrk -t"$threads" -c"$conns" -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
   echo "{\"target\":\"$target\",\"mode\":\"$mode\",\"conns\":$conns,\"round\":$round,\"wrk\":$line}" >>"$RESULTS"
   echo "  round $round $target $mode c=$conns: $line"
 }
@@ -98,6 +105,7 @@ for mode in json sse; do
       run direct "$SIM" "$mode" "$conns" "$round"
       run floor "$FLOOR" "$mode" "$conns" "$round"
       run rampart "$GW" "$mode" "$conns" "$round"
+      [ "$mode" = json ] && run rampart-store "$GWS" "$mode" "$conns" "$round"
     done
   done
 done
