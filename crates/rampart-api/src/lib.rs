@@ -9,6 +9,7 @@ pub mod batches;
 pub mod error;
 pub mod messages;
 pub mod models;
+pub mod prompt_cache;
 pub mod stream;
 
 pub use error::{ErrorBody, ErrorEnvelope, ErrorType};

@@ -72,23 +72,9 @@ pub(crate) struct PromptCache {
     entries: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
-/// Minimum cacheable prefix, in tokens, for a model id (a table from the API docs).
+/// Minimum cacheable prefix, in tokens, for a model id (the API's published table).
 pub(crate) fn min_cacheable_tokens(model: &str) -> u64 {
-    const TABLE: [(&str, u64); 9] = [
-        ("claude-opus-5", 512),
-        ("claude-haiku-4-5", 4096),
-        ("claude-opus-4-5", 4096),
-        ("claude-opus-4-6", 4096),
-        ("claude-mythos-preview", 4096),
-        ("claude-sonnet-4-6", 2048),
-        ("claude-3-5-haiku", 2048),
-        ("claude-3-haiku", 2048),
-        ("claude-haiku-3", 2048),
-    ];
-    TABLE
-        .iter()
-        .find(|(prefix, _)| model == *prefix || model.starts_with(&format!("{prefix}-")))
-        .map_or(1024, |(_, n)| *n)
+    rampart_api::prompt_cache::min_cacheable_tokens(model)
 }
 
 impl PromptCache {
