@@ -1,0 +1,347 @@
+//! The arithmetic both backends share: token buckets in integer "unit·milliseconds", the
+//! admission rule, and how a backend's view of each scope becomes a decision with headers.
+//!
+//! # Buckets
+//! A per-minute limit `L` is a token bucket of capacity `L` refilled continuously at `L` per
+//! 60 s (so an idle scope regains its whole minute's allowance within a minute, as Anthropic's
+//! own limits do). Levels are kept scaled by 60 000 (`L` per minute is `L` scaled units per
+//! millisecond), so refills are exact integer additions; the Redis script does the same
+//! arithmetic on Lua numbers, exact below 2^53 (see [`crate::policy::MAX_RATE`]).
+//!
+//! # Admission rule
+//! A request is admitted when, in every scope that limits it, each bucket it draws on holds at
+//! least one whole unit (one request, one token), the scope has a free concurrency slot, and
+//! the budget has at least one micro-dollar left. Its full reservation is then taken, which may
+//! overdraw a token bucket or a budget: **by at most one request's reservation**, since an
+//! overdrawn bucket admits nobody until it refills. Request buckets draw exactly one unit, so
+//! admitted requests never exceed the request limit at all.
+
+use crate::policy::{Demand, Policy, ScopeKind};
+
+/// The bucket window: per-minute limits.
+pub(crate) const WINDOW_MS: i64 = 60_000;
+
+/// The dimensions with a bucket, in order.
+pub(crate) const DIMENSIONS: [Dimension; 3] = [
+    Dimension::Requests,
+    Dimension::InputTokens,
+    Dimension::OutputTokens,
+];
+
+/// A per-minute limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dimension {
+    /// Requests per minute.
+    Requests,
+    /// Input tokens per minute.
+    InputTokens,
+    /// Output tokens per minute.
+    OutputTokens,
+}
+
+impl Dimension {
+    /// `requests`, `input-tokens`, `output-tokens` (as in `anthropic-ratelimit-*` headers).
+    #[must_use]
+    pub const fn header_name(self) -> &'static str {
+        match self {
+            Self::Requests => "requests",
+            Self::InputTokens => "input-tokens",
+            Self::OutputTokens => "output-tokens",
+        }
+    }
+}
+
+/// A bucket's level after refilling it to `now`: full when it has no state (or the limit was
+/// lowered below its level), else `level + elapsed × limit`, capped at the capacity.
+pub(crate) fn refill(state: Option<(i64, i64)>, limit: u64, now: i64) -> i64 {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let cap = limit.saturating_mul(WINDOW_MS);
+    let Some((level, t)) = state else {
+        return cap;
+    };
+    let room = cap - level;
+    if room <= 0 {
+        return cap;
+    }
+    let elapsed = (now - t).max(0);
+    if elapsed >= ceil_div(room, limit) {
+        cap
+    } else {
+        level + elapsed * limit
+    }
+}
+
+/// `a / b` rounded up, for `a >= 0` and `b > 0`.
+fn ceil_div(a: i64, b: i64) -> i64 {
+    a / b + i64::from(a % b != 0)
+}
+
+/// Milliseconds until a bucket at `level` refills to at least `target` (scaled units).
+fn ms_until(level: i64, target: i64, limit: u64) -> u64 {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX).max(1);
+    u64::try_from(ceil_div((target - level).max(0), limit)).unwrap_or(0)
+}
+
+/// What a backend saw of one scope, before this request's reservation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Bucket levels (scaled), in [`DIMENSIONS`] order; meaningless for unlimited ones.
+    pub levels: [i64; 3],
+    /// Requests in flight.
+    pub inflight: u64,
+    /// Budget spent and reserved in the current period (micro-dollars).
+    pub committed: u64,
+}
+
+/// How much of each bucket a demand draws on.
+pub(crate) fn draws(demand: &Demand) -> [u64; 3] {
+    [1, demand.input_tokens, demand.output_tokens]
+}
+
+/// The admission rule (see the module docs); the Redis script implements the same test.
+pub(crate) fn fits(policy: &Policy, demand: &Demand, snaps: &[Snapshot]) -> bool {
+    let draw = draws(demand);
+    policy.scopes.iter().zip(snaps).all(|(s, snap)| {
+        let buckets_ok = s
+            .rates
+            .per_minute()
+            .iter()
+            .zip(draw)
+            .zip(snap.levels)
+            .all(|((limit, need), level)| limit.is_none() || need == 0 || level >= WINDOW_MS);
+        let slot_ok = s.rates.concurrency.is_none_or(|max| snap.inflight < max);
+        let budget_ok = s
+            .budget
+            .is_none_or(|b| demand.cost_micros == 0 || snap.committed < b.limit_micros);
+        buckets_ok && slot_ok && budget_ok
+    })
+}
+
+/// One per-minute limit as the `anthropic-ratelimit-<dimension>-*` headers describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The limit per minute.
+    pub limit: u64,
+    /// Whole units left now (0 when overdrawn).
+    pub remaining: u64,
+    /// When the bucket will be full again (milliseconds since the epoch).
+    pub reset_at_ms: i64,
+    /// Which scope this is (the most restrictive one).
+    pub scope: ScopeKind,
+}
+
+/// The state of a request's per-minute limits, most restrictive scope per dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Requests per minute.
+    pub requests: Option<Window>,
+    /// Input tokens per minute.
+    pub input_tokens: Option<Window>,
+    /// Output tokens per minute.
+    pub output_tokens: Option<Window>,
+}
+
+impl Status {
+    /// The windows present, with their dimension.
+    pub fn windows(&self) -> impl Iterator<Item = (Dimension, Window)> + '_ {
+        DIMENSIONS
+            .into_iter()
+            .zip([self.requests, self.input_tokens, self.output_tokens])
+            .filter_map(|(d, w)| w.map(|w| (d, w)))
+    }
+
+    /// The more restrictive of the input and output windows (fewest units left), for the
+    /// combined `anthropic-ratelimit-tokens-*` headers.
+    #[must_use]
+    pub fn tokens(&self) -> Option<Window> {
+        match (self.input_tokens, self.output_tokens) {
+            (Some(i), Some(o)) => Some(if o.remaining < i.remaining { o } else { i }),
+            (i, o) => i.or(o),
+        }
+    }
+
+    fn slot(&mut self, d: Dimension) -> &mut Option<Window> {
+        match d {
+            Dimension::Requests => &mut self.requests,
+            Dimension::InputTokens => &mut self.input_tokens,
+            Dimension::OutputTokens => &mut self.output_tokens,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A per-minute limit (429).
+    Rate(Dimension),
+    /// No free concurrency slot (429).
+    Concurrency,
+    /// The budget of the period is spent (402).
+    Budget,
+}
+
+/// A refusal, with what the client needs to hear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// The limit that refused the request (the one that frees up last).
+    pub reason: Reason,
+    /// On the key or on its team.
+    pub scope: ScopeKind,
+    /// The limit's value (per minute, in flight, or micro-dollars per period).
+    pub limit: u64,
+    /// For rates and concurrency: how long until a retry can succeed (milliseconds).
+    pub retry_after_ms: u64,
+    /// For budgets: the period (`day` / `month`).
+    pub period: Option<crate::policy::Period>,
+    /// For budgets: when the period ends and the budget resets (milliseconds since the epoch).
+    pub resets_at_ms: i64,
+    /// The per-minute limits as they stand (for the response headers).
+    pub status: Status,
+}
+
+/// How long a full concurrency limit is waited out before a retry (the time until a slot frees
+/// is unknown).
+pub const CONCURRENCY_RETRY_MS: u64 = 1_000;
+
+/// The status after (when `admitted`) or without this request's reservation.
+pub(crate) fn status(
+    policy: &Policy,
+    demand: &Demand,
+    snaps: &[Snapshot],
+    now: i64,
+    admitted: bool,
+) -> Status {
+    let draw = draws(demand);
+    let mut status = Status::default();
+    for (s, snap) in policy.scopes.iter().zip(snaps) {
+        for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
+            let Some(limit) = limit else { continue };
+            let taken = if admitted {
+                i64::try_from(draw[i])
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(WINDOW_MS)
+            } else {
+                0
+            };
+            let level = snap.levels[i].saturating_sub(taken);
+            let cap = i64::try_from(limit).unwrap_or(i64::MAX) * WINDOW_MS;
+            let window = Window {
+                limit,
+                remaining: u64::try_from(level.max(0) / WINDOW_MS).unwrap_or(0),
+                reset_at_ms: now
+                    .saturating_add(i64::try_from(ms_until(level, cap, limit)).unwrap_or(0)),
+                scope: s.scope.kind,
+            };
+            let slot = status.slot(DIMENSIONS[i]);
+            if slot.is_none_or(|w| window.remaining < w.remaining) {
+                *slot = Some(window);
+            }
+        }
+    }
+    status
+}
+
+/// Why `demand` does not fit (see [`fits`]): a budget first (402: waiting does not help), else
+/// the limit that frees up last.
+pub(crate) fn rejection(
+    policy: &Policy,
+    demand: &Demand,
+    snaps: &[Snapshot],
+    now: i64,
+) -> Rejection {
+    let draw = draws(demand);
+    let status = status(policy, demand, snaps, now, false);
+    let mut worst: Option<Rejection> = None;
+    for (s, snap) in policy.scopes.iter().zip(snaps) {
+        let mut consider = |r: Rejection| {
+            let replace = match &worst {
+                None => true,
+                Some(w) if w.reason == Reason::Budget => false,
+                Some(_) if r.reason == Reason::Budget => true,
+                Some(w) => r.retry_after_ms > w.retry_after_ms,
+            };
+            if replace {
+                worst = Some(r);
+            }
+        };
+        let base = Rejection {
+            reason: Reason::Concurrency,
+            scope: s.scope.kind,
+            limit: 0,
+            retry_after_ms: 0,
+            period: None,
+            resets_at_ms: 0,
+            status,
+        };
+        if let Some(b) = s.budget
+            && demand.cost_micros > 0
+            && snap.committed >= b.limit_micros
+        {
+            consider(Rejection {
+                reason: Reason::Budget,
+                limit: b.limit_micros,
+                period: Some(b.period),
+                resets_at_ms: b.period.window(now).1,
+                ..base
+            });
+        }
+        if let Some(max) = s.rates.concurrency
+            && snap.inflight >= max
+        {
+            consider(Rejection {
+                limit: max,
+                retry_after_ms: CONCURRENCY_RETRY_MS,
+                ..base
+            });
+        }
+        for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
+            if let Some(limit) = limit
+                && draw[i] > 0
+                && snap.levels[i] < WINDOW_MS
+            {
+                consider(Rejection {
+                    reason: Reason::Rate(DIMENSIONS[i]),
+                    limit,
+                    retry_after_ms: ms_until(snap.levels[i], WINDOW_MS, limit).max(1),
+                    ..base
+                });
+            }
+        }
+    }
+    worst.unwrap_or(Rejection {
+        reason: Reason::Concurrency,
+        scope: ScopeKind::Key,
+        limit: 0,
+        retry_after_ms: CONCURRENCY_RETRY_MS,
+        period: None,
+        resets_at_ms: 0,
+        status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_start_full_refill_linearly_and_cap() {
+        assert_eq!(refill(None, 10, 5), 10 * WINDOW_MS);
+        // Empty at t=0: after 6 s, one of ten per minute is back.
+        assert_eq!(refill(Some((0, 0)), 10, 6_000), WINDOW_MS);
+        assert_eq!(refill(Some((0, 0)), 10, 600_000), 10 * WINDOW_MS);
+        // Overdrawn buckets refill from below zero; a clock step backwards refills nothing.
+        assert_eq!(refill(Some((-WINDOW_MS, 100)), 10, 106), -WINDOW_MS + 60);
+        assert_eq!(refill(Some((5, 100)), 10, 50), 5);
+        // A lowered limit caps at once.
+        assert_eq!(refill(Some((100 * WINDOW_MS, 0)), 10, 0), 10 * WINDOW_MS);
+        // Never overflows.
+        assert_eq!(refill(Some((i64::MIN / 2, 0)), 1, i64::MAX / 2), -1);
+        assert_eq!(refill(Some((i64::MIN / 2, 0)), 1, i64::MAX), WINDOW_MS);
+    }
+
+    #[test]
+    fn waits_are_rounded_up_to_the_millisecond() {
+        assert_eq!(ms_until(0, WINDOW_MS, 7), 8572);
+        assert_eq!(ms_until(WINDOW_MS, WINDOW_MS, 7), 0);
+    }
+}

@@ -1,0 +1,31 @@
+//! Rampart's traffic control: per-minute rate limits (requests, input tokens, output tokens),
+//! concurrency limits and budgets, per virtual key and per team, enforced with
+//! **reserve, then settle**.
+//!
+//! At admission ([`Limiter::admit`]) a request reserves one request, its estimated input
+//! tokens, its `max_tokens` of output and its worst-case cost, in one atomic step across every
+//! scope that limits it (its key and its team). When the response is done the [`Ticket`] is
+//! settled with the real usage ([`Ticket::settle`]): unused tokens go back, the budget is
+//! charged the real cost, the concurrency slot frees. The rules are in [`engine`]; overshoot is
+//! zero for request counts and at most one request's reservation for tokens and budgets.
+//!
+//! Two backends, one behaviour (one test suite runs against both):
+//! - in process ([`Backend::InProcess`], the default): exact for one instance;
+//! - Redis ([`Backend::Redis`]): one Lua script, one round trip per admission and one per
+//!   settlement, so limits hold across every instance sharing the Redis. While Redis is
+//!   unreachable the limiter fails closed (503) or open, as configured ([`FailureMode`]).
+//!
+//! Time comes from a [`Clock`] (wall-clock milliseconds, derived from `tokio::time`).
+
+pub mod clock;
+pub mod engine;
+mod limiter;
+mod local;
+pub mod policy;
+mod redis;
+
+pub use clock::{Clock, ManualClock, TokioClock};
+pub use engine::{Dimension, Reason, Rejection, Snapshot, Status, Window};
+pub use limiter::{Admission, Backend, FailureMode, Limiter, LimiterConfig, Ticket};
+pub use policy::{Budget, Demand, Period, Policy, Rates, Scope, ScopeKind, ScopeLimits, Used};
+pub use redis::RedisFailure;

@@ -1,0 +1,422 @@
+//! The limiter the gateway talks to: admission ([`Limiter::admit`]) returns a [`Ticket`] that
+//! must be settled with what the request used ([`Ticket::settle`]); dropping a ticket settles it
+//! as "nothing used" (a request that never reached the upstream).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, counter, gauge};
+
+use crate::clock::Clock;
+use crate::engine::{self, Rejection, Status};
+use crate::local::Local;
+use crate::policy::{Demand, Policy, Used};
+use crate::redis::{RedisBackend, RedisFailure};
+
+/// What to do when the shared backend (Redis) cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Refuse limited requests (503) until it is back. The default: a limit that silently
+    /// stops holding is worse than a short outage.
+    #[default]
+    Closed,
+    /// Let limited requests through unchecked (and unreserved) until it is back.
+    Open,
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// In this process (one instance).
+    InProcess,
+    /// In Redis, shared by every instance using the same URL and prefix.
+    Redis {
+        /// `redis://[:password@]host:port[/db]`.
+        url: String,
+        /// Key prefix (several deployments may share one Redis).
+        prefix: String,
+        /// Per-call timeout (connect and reply).
+        timeout: Duration,
+    },
+}
+
+/// How a limiter is built.
+#[derive(Debug, Clone)]
+pub struct LimiterConfig {
+    /// In process or Redis.
+    pub backend: Backend,
+    /// Redis only: behaviour while Redis is unreachable.
+    pub on_failure: FailureMode,
+    /// Redis only: how long a reservation outlives an instance that died holding it (its
+    /// concurrency slot frees, its budget reservation is charged). Longer than any request.
+    pub lease: Duration,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::InProcess,
+            on_failure: FailureMode::Closed,
+            lease: Duration::from_secs(900),
+        }
+    }
+}
+
+/// The outcome of an admission.
+#[derive(Debug)]
+pub enum Admission {
+    /// Go ahead; settle the ticket when the response is done.
+    Admitted(Ticket),
+    /// Refused: 429 (rates, concurrency) or 402 (budget).
+    Rejected(Rejection),
+    /// The backend is unreachable and the limiter fails closed: 503.
+    Unavailable,
+    /// The backend is unreachable and the limiter fails open: go ahead, unlimited.
+    Unchecked,
+}
+
+/// The limiter: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Limiter(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    backend: Store,
+    clock: Arc<dyn Clock>,
+    lease_ms: i64,
+    on_failure: FailureMode,
+    up: AtomicBool,
+    tickets: AtomicU64,
+    /// Where fire-and-forget settlements run (Redis).
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+#[derive(Debug)]
+enum Store {
+    Local(Local),
+    Redis(RedisBackend),
+}
+
+struct Metrics {
+    admitted: Counter,
+    rejected_rate: Counter,
+    rejected_concurrency: Counter,
+    rejected_budget: Counter,
+    unavailable: Counter,
+    unchecked: Counter,
+    redis_admit: Counter,
+    redis_settle: Counter,
+    redis_errors: Counter,
+    up: Gauge,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        metrics::describe_counter!(
+            "rampart_limits_decisions_total",
+            "Admission decisions of the limiter by outcome."
+        );
+        metrics::describe_counter!(
+            "rampart_limits_redis_round_trips_total",
+            "Round trips to Redis by operation (admit, settle, ping)."
+        );
+        metrics::describe_counter!(
+            "rampart_limits_backend_errors_total",
+            "Failed calls to the limits backend (Redis)."
+        );
+        metrics::describe_gauge!(
+            "rampart_limits_backend_up",
+            "1 when the limits backend is reachable (always 1 in process)."
+        );
+        let decision =
+            |d: &'static str| counter!("rampart_limits_decisions_total", "decision" => d);
+        Metrics {
+            admitted: decision("admitted"),
+            rejected_rate: decision("rejected_rate"),
+            rejected_concurrency: decision("rejected_concurrency"),
+            rejected_budget: decision("rejected_budget"),
+            unavailable: decision("unavailable"),
+            unchecked: decision("unchecked"),
+            redis_admit: counter!("rampart_limits_redis_round_trips_total", "op" => "admit"),
+            redis_settle: counter!("rampart_limits_redis_round_trips_total", "op" => "settle"),
+            redis_errors: counter!("rampart_limits_backend_errors_total"),
+            up: gauge!("rampart_limits_backend_up"),
+        }
+    })
+}
+
+impl Limiter {
+    /// A limiter as configured, on `clock`. A Redis limiter connects lazily (the first call or
+    /// [`Limiter::check_health`]); it needs a tokio runtime to exist.
+    ///
+    /// # Errors
+    /// An unusable Redis URL.
+    pub fn new(config: &LimiterConfig, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        let (backend, runtime) = match &config.backend {
+            Backend::InProcess => (Store::Local(Local::new()), None),
+            Backend::Redis {
+                url,
+                prefix,
+                timeout,
+            } => (
+                Store::Redis(RedisBackend::new(url, prefix, *timeout)?),
+                Some(
+                    tokio::runtime::Handle::try_current()
+                        .map_err(|_| "the Redis limiter needs a tokio runtime".to_owned())?,
+                ),
+            ),
+        };
+        Ok(Self::from_parts(backend, runtime, config, clock))
+    }
+
+    fn from_parts(
+        backend: Store,
+        runtime: Option<tokio::runtime::Handle>,
+        config: &LimiterConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        metrics().up.set(1.0);
+        Self(Arc::new(Inner {
+            backend,
+            clock,
+            lease_ms: i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX),
+            on_failure: config.on_failure,
+            up: AtomicBool::new(true),
+            // Random start: two processes never share a ticket id (Redis leases are keyed by it).
+            tickets: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
+            runtime,
+        }))
+    }
+
+    /// An in-process limiter on `clock`.
+    #[must_use]
+    pub fn in_process(clock: Arc<dyn Clock>) -> Self {
+        Self::from_parts(
+            Store::Local(Local::new()),
+            None,
+            &LimiterConfig::default(),
+            clock,
+        )
+    }
+
+    /// `in-process` or `redis`.
+    #[must_use]
+    pub fn backend_name(&self) -> &'static str {
+        match self.0.backend {
+            Store::Local(_) => "in-process",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Whether the backend answered its last call (always true in process).
+    #[must_use]
+    pub fn is_up(&self) -> bool {
+        self.0.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether an unreachable backend refuses requests.
+    #[must_use]
+    pub fn fails_closed(&self) -> bool {
+        self.0.on_failure == FailureMode::Closed
+    }
+
+    fn mark(&self, up: bool, what: &str, err: Option<&RedisFailure>) {
+        let was = self.0.up.swap(up, Ordering::Relaxed);
+        metrics().up.set(if up { 1.0 } else { 0.0 });
+        if was && !up {
+            tracing::error!(
+                target: "rampart::limits",
+                error = %err.map(ToString::to_string).unwrap_or_default(),
+                during = what,
+                fail = if self.fails_closed() { "closed" } else { "open" },
+                "limits backend unreachable"
+            );
+        } else if !was && up {
+            tracing::info!(target: "rampart::limits", "limits backend reachable again");
+        }
+    }
+
+    /// Ping the backend now (loading the script); updates [`Limiter::is_up`].
+    pub async fn check_health(&self) -> bool {
+        let Store::Redis(r) = &self.0.backend else {
+            return true;
+        };
+        match r.ping().await {
+            Ok(()) => {
+                self.mark(true, "ping", None);
+                true
+            }
+            Err(e) => {
+                metrics().redis_errors.increment(1);
+                self.mark(false, "ping", Some(&e));
+                false
+            }
+        }
+    }
+
+    /// Check the backend every `every` until `shutdown` resolves (Redis only; returns at once
+    /// in process), so readiness follows Redis even without traffic.
+    pub async fn run_health_checks(
+        self,
+        every: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        if matches!(self.0.backend, Store::Local(_)) {
+            return;
+        }
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { self.check_health().await; }
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// Admit a request under `policy` reserving `demand` (capped, see [`Demand::capped`]).
+    pub async fn admit(&self, policy: &Arc<Policy>, demand: Demand) -> Admission {
+        let demand = demand.capped();
+        let now = self.0.clock.now_ms();
+        let id = self.0.tickets.fetch_add(1, Ordering::Relaxed);
+        let (admitted, snaps) = match &self.0.backend {
+            Store::Local(l) => l.admit(policy, &demand, now),
+            Store::Redis(r) => {
+                metrics().redis_admit.increment(1);
+                match r
+                    .admit(policy, &demand, &ticket_name(id), self.0.lease_ms, now)
+                    .await
+                {
+                    Ok(v) => {
+                        if !self.is_up() {
+                            self.mark(true, "admit", None);
+                        }
+                        v
+                    }
+                    Err(e) => {
+                        metrics().redis_errors.increment(1);
+                        self.mark(false, "admit", Some(&e));
+                        return match self.0.on_failure {
+                            FailureMode::Closed => {
+                                metrics().unavailable.increment(1);
+                                Admission::Unavailable
+                            }
+                            FailureMode::Open => {
+                                metrics().unchecked.increment(1);
+                                Admission::Unchecked
+                            }
+                        };
+                    }
+                }
+            }
+        };
+        if admitted {
+            metrics().admitted.increment(1);
+            Admission::Admitted(Ticket {
+                pending: Some(Pending {
+                    id,
+                    policy: policy.clone(),
+                    demand,
+                    admitted_ms: now,
+                }),
+                status: engine::status(policy, &demand, &snaps, now, true),
+                limiter: self.clone(),
+            })
+        } else {
+            let r = engine::rejection(policy, &demand, &snaps, now);
+            match r.reason {
+                engine::Reason::Budget => metrics().rejected_budget.increment(1),
+                engine::Reason::Concurrency => metrics().rejected_concurrency.increment(1),
+                engine::Reason::Rate(_) => metrics().rejected_rate.increment(1),
+            }
+            Admission::Rejected(r)
+        }
+    }
+
+    fn settle(&self, p: Pending, used: Used) {
+        let used = used.capped();
+        let now = self.0.clock.now_ms();
+        match &self.0.backend {
+            Store::Local(l) => l.settle(&p.policy, &p.demand, &used, p.admitted_ms, now),
+            Store::Redis(r) => {
+                let (r, limiter) = (r.clone(), self.clone());
+                let task = async move {
+                    metrics().redis_settle.increment(1);
+                    let name = ticket_name(p.id);
+                    if let Err(e) = r
+                        .settle(&p.policy, &p.demand, &used, &name, p.admitted_ms, now)
+                        .await
+                    {
+                        // The lease expires on its own: the slot frees, the budget keeps the
+                        // reservation (see the module docs of `redis`).
+                        metrics().redis_errors.increment(1);
+                        limiter.mark(false, "settle", Some(&e));
+                    }
+                };
+                if let Some(rt) = &self.0.runtime {
+                    rt.spawn(task);
+                }
+            }
+        }
+    }
+}
+
+fn ticket_name(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    policy: Arc<Policy>,
+    demand: Demand,
+    admitted_ms: i64,
+}
+
+/// An admitted request's reservation. Settle it with [`Ticket::settle`]; dropping it settles it
+/// as having used nothing.
+#[derive(Debug)]
+pub struct Ticket {
+    pending: Option<Pending>,
+    status: Status,
+    limiter: Limiter,
+}
+
+impl Ticket {
+    /// The per-minute limits after this request's reservation (for the response headers).
+    #[must_use]
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// What was reserved.
+    #[must_use]
+    pub fn demand(&self) -> Option<Demand> {
+        self.pending.as_ref().map(|p| p.demand)
+    }
+
+    /// The policy the request was admitted under.
+    #[must_use]
+    pub fn policy(&self) -> Option<&Arc<Policy>> {
+        self.pending.as_ref().map(|p| &p.policy)
+    }
+
+    /// Replace the reservation with what the request used: unused tokens go back to the
+    /// buckets, the budget is charged `used.cost_micros`, the concurrency slot frees.
+    pub fn settle(mut self, used: Used) {
+        if let Some(p) = self.pending.take() {
+            self.limiter.settle(p, used);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.limiter.settle(p, Used::default());
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The Redis backend: the same state as [`crate::local`], kept in Redis and changed only by one
+//! Lua script (`limits.lua`), so every instance sharing the Redis sees one limit. One round trip
+//! per admission (`EVALSHA`, check and reserve atomically) and one per settlement.
+//!
+//! Keys carry the team's id as a hash tag (`rampart:{<team>}:…`), so a script only touches one
+//! slot of a Redis Cluster. Bucket hashes expire once they would be full again, in-flight sets
+//! a second after their last lease, and budget hashes a week after their period ends, so idle
+//! keys and teams cost no memory.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::engine::Snapshot;
+use crate::policy::{Demand, Policy, ScopeKind, Used};
+
+/// The script (see `limits.lua`).
+pub(crate) const SCRIPT: &str = include_str!("limits.lua");
+
+/// How long budget state is kept after its period ends.
+const BUDGET_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Why a Redis call failed (the text never carries the URL or its password).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RedisFailure {
+    /// No reply within the configured timeout.
+    #[error("no reply from Redis within {0:?}")]
+    Timeout(Duration),
+    /// The connection or the command failed.
+    #[error("Redis error: {0}")]
+    Command(String),
+}
+
+/// A connection (reconnecting on its own) and the script.
+#[derive(Clone)]
+pub(crate) struct RedisBackend {
+    conn: ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn command(e: &redis::RedisError) -> RedisFailure {
+    // Redis errors describe the failure (kind, server message), never the connection URL.
+    RedisFailure::Command(e.to_string())
+}
+
+impl RedisBackend {
+    /// A backend for `url` (`redis://[:password@]host:port[/db]`); connects lazily, reconnects
+    /// by itself, and gives up on a call after `timeout`.
+    ///
+    /// # Errors
+    /// When the URL cannot be parsed (the message does not repeat it).
+    pub(crate) fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url)
+            .map_err(|e| format!("limits.redis_url is not a Redis URL ({})", e.category()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("cannot set up the Redis connection: {}", e.category()))?;
+        Ok(Self {
+            conn,
+            script: redis::Script::new(SCRIPT),
+            prefix: prefix.to_owned(),
+            timeout,
+        })
+    }
+
+    fn keys(&self, policy: &Policy, budget_at_ms: i64) -> Vec<String> {
+        let mut keys = Vec::with_capacity(policy.scopes.len() * 4);
+        for s in &policy.scopes {
+            let kind = match s.scope.kind {
+                ScopeKind::Key => 'k',
+                ScopeKind::Team => 't',
+            };
+            let base = format!(
+                "{}:{{{}}}:{kind}:{}",
+                self.prefix,
+                policy.group.simple(),
+                s.scope.id.simple()
+            );
+            let period = s.budget.map_or(0, |b| b.period.window(budget_at_ms).0);
+            keys.push(format!("{base}:b"));
+            keys.push(format!("{base}:c"));
+            keys.push(format!("{base}:g:{period}"));
+            keys.push(format!("{base}:l:{period}"));
+        }
+        keys
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn invocation(
+        &self,
+        op: &str,
+        policy: &Policy,
+        demand: &Demand,
+        used: &Used,
+        ticket: &str,
+        lease_ms: i64,
+        now: i64,
+        budget_at_ms: i64,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.script.prepare_invoke();
+        for k in self.keys(policy, budget_at_ms) {
+            inv.key(k);
+        }
+        inv.arg(op)
+            .arg(now)
+            .arg(ticket)
+            .arg(lease_ms)
+            .arg(policy.scopes.len())
+            .arg(demand.input_tokens)
+            .arg(demand.output_tokens)
+            .arg(demand.cost_micros)
+            .arg(used.input_tokens)
+            .arg(used.output_tokens)
+            .arg(used.cost_micros);
+        for s in &policy.scopes {
+            let r = s.rates;
+            inv.arg(r.rpm.unwrap_or(0))
+                .arg(r.itpm.unwrap_or(0))
+                .arg(r.otpm.unwrap_or(0))
+                .arg(r.concurrency.unwrap_or(0))
+                .arg(s.budget.map_or(0, |b| b.limit_micros))
+                .arg(s.budget.map_or(0, |b| {
+                    b.period
+                        .window(budget_at_ms)
+                        .1
+                        .saturating_add(BUDGET_KEEP_MS)
+                }));
+        }
+        inv
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T, RedisFailure> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(command(&e)),
+            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
+        }
+    }
+
+    /// Check and reserve in one round trip; `(admitted, what each scope looked like before)`.
+    pub(crate) async fn admit(
+        &self,
+        policy: &Policy,
+        demand: &Demand,
+        ticket: &str,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<(bool, Vec<Snapshot>), RedisFailure> {
+        let inv = self.invocation(
+            "a",
+            policy,
+            demand,
+            &Used::default(),
+            ticket,
+            lease_ms,
+            now,
+            now,
+        );
+        let reply: Vec<i64> = self.run(inv).await?;
+        let n = policy.scopes.len();
+        if reply.len() != 1 + 5 * n {
+            return Err(RedisFailure::Command(format!(
+                "unexpected script reply of {} values",
+                reply.len()
+            )));
+        }
+        let snaps = reply[1..]
+            .chunks_exact(5)
+            .map(|c| Snapshot {
+                levels: [c[0], c[1], c[2]],
+                inflight: u64::try_from(c[3]).unwrap_or(0),
+                committed: u64::try_from(c[4]).unwrap_or(0),
+            })
+            .collect();
+        Ok((reply[0] == 1, snaps))
+    }
+
+    /// Settle an admitted request in one round trip.
+    pub(crate) async fn settle(
+        &self,
+        policy: &Policy,
+        demand: &Demand,
+        used: &Used,
+        ticket: &str,
+        admitted_ms: i64,
+        now: i64,
+    ) -> Result<(), RedisFailure> {
+        let inv = self.invocation("s", policy, demand, used, ticket, 0, now, admitted_ms);
+        let _: Vec<i64> = self.run(inv).await?;
+        Ok(())
+    }
+
+    /// `PING`, and load the script so admissions need no second round trip.
+    pub(crate) async fn ping(&self) -> Result<(), RedisFailure> {
+        let mut conn = self.conn.clone();
+        let load = async {
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            self.script.load_async(&mut conn).await
+        };
+        match tokio::time::timeout(self.timeout, load).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(command(&e)),
+            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
+        }
+    }
+}

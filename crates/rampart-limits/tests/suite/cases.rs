@@ -1,0 +1,396 @@
+//! The behaviour both backends share. Each function is one test per backend.
+
+use std::sync::Arc;
+
+use rampart_limits::{
+    Admission, Budget, Demand, Dimension, Period, Policy, Rates, Reason, Rejection, Scope,
+    ScopeKind, ScopeLimits, Ticket, Used,
+};
+use uuid::Uuid;
+
+use crate::{Harness, T0};
+
+fn key_scope(rates: Rates, budget: Option<Budget>) -> ScopeLimits {
+    ScopeLimits {
+        scope: Scope {
+            kind: ScopeKind::Key,
+            id: Uuid::new_v4(),
+        },
+        rates,
+        budget,
+    }
+}
+
+fn team_scope(team: Uuid, rates: Rates, budget: Option<Budget>) -> ScopeLimits {
+    ScopeLimits {
+        scope: Scope {
+            kind: ScopeKind::Team,
+            id: team,
+        },
+        rates,
+        budget,
+    }
+}
+
+fn key_policy(rates: Rates) -> Arc<Policy> {
+    Policy::new(Uuid::new_v4(), [key_scope(rates, None)]).unwrap()
+}
+
+fn rpm(n: u64) -> Rates {
+    Rates {
+        rpm: Some(n),
+        ..Rates::default()
+    }
+}
+
+fn tokens(input: u64, output: u64) -> Demand {
+    Demand {
+        input_tokens: input,
+        output_tokens: output,
+        cost_micros: 0,
+    }
+}
+
+async fn admit(h: &Harness, p: &Arc<Policy>, d: Demand) -> Result<Ticket, Rejection> {
+    match h.limiter.admit(p, d).await {
+        Admission::Admitted(t) => Ok(t),
+        Admission::Rejected(r) => Err(r),
+        other => panic!("backend failure: {other:?}"),
+    }
+}
+
+/// Settlements of the Redis backend are fire-and-forget; give them time to land.
+async fn settled() {
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+}
+
+pub async fn admits_up_to_the_request_limit_then_refuses_with_a_retry_after(h: &Harness) {
+    let p = key_policy(rpm(3));
+    let mut held = Vec::new();
+    for left in [2, 1, 0] {
+        let t = admit(h, &p, Demand::default()).await.unwrap();
+        let w = t.status().requests.unwrap();
+        assert_eq!((w.limit, w.remaining), (3, left));
+        held.push(t);
+    }
+    let r = admit(h, &p, Demand::default()).await.unwrap_err();
+    assert_eq!(r.reason, Reason::Rate(Dimension::Requests));
+    assert_eq!(r.scope, ScopeKind::Key);
+    assert_eq!(r.limit, 3);
+    // One request comes back every 20 s.
+    assert_eq!(r.retry_after_ms, 20_000);
+    assert_eq!(r.status.requests.unwrap().remaining, 0);
+    assert_eq!(r.status.requests.unwrap().reset_at_ms, T0 + 60_000);
+    // Settling does not give a request back.
+    held.into_iter().for_each(|t| t.settle(Used::default()));
+    settled().await;
+    assert!(admit(h, &p, Demand::default()).await.is_err());
+}
+
+pub async fn requests_refill_continuously_over_the_minute(h: &Harness) {
+    let p = key_policy(rpm(60));
+    for _ in 0..60 {
+        admit(h, &p, Demand::default()).await.unwrap();
+    }
+    assert!(admit(h, &p, Demand::default()).await.is_err());
+    h.advance(999);
+    assert_eq!(
+        admit(h, &p, Demand::default())
+            .await
+            .unwrap_err()
+            .retry_after_ms,
+        1
+    );
+    h.advance(1);
+    admit(h, &p, Demand::default()).await.unwrap();
+    assert!(admit(h, &p, Demand::default()).await.is_err());
+    // An idle minute refills the whole allowance, never more.
+    h.advance(3_600_000);
+    for _ in 0..60 {
+        admit(h, &p, Demand::default()).await.unwrap();
+    }
+    assert!(admit(h, &p, Demand::default()).await.is_err());
+}
+
+pub async fn concurrent_admissions_never_exceed_the_request_limit(h: &Harness) {
+    let p = key_policy(rpm(25));
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (limiter, p) = (h.limiter.clone(), p.clone());
+        tasks.push(tokio::spawn(async move {
+            matches!(
+                limiter.admit(&p, Demand::default()).await,
+                Admission::Admitted(_)
+            )
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 25);
+}
+
+pub async fn input_tokens_are_reserved_then_the_unused_part_is_returned(h: &Harness) {
+    let p = key_policy(Rates {
+        itpm: Some(1_000),
+        ..Rates::default()
+    });
+    let t = admit(h, &p, tokens(600, 0)).await.unwrap();
+    assert_eq!(t.status().input_tokens.unwrap().remaining, 400);
+    t.settle(Used {
+        input_tokens: 100,
+        ..Used::default()
+    });
+    settled().await;
+    let t = admit(h, &p, tokens(800, 0)).await.unwrap();
+    assert_eq!(t.status().input_tokens.unwrap().remaining, 100);
+    // A ticket dropped unsettled used nothing (the request never reached the upstream).
+    drop(t);
+    settled().await;
+    let t = admit(h, &p, tokens(1, 0)).await.unwrap();
+    assert_eq!(t.status().input_tokens.unwrap().remaining, 899);
+}
+
+pub async fn a_token_bucket_is_overdrawn_by_at_most_one_reservation(h: &Harness) {
+    let p = key_policy(Rates {
+        itpm: Some(1_000),
+        ..Rates::default()
+    });
+    // 999 left: a 5000-token request still gets in (one whole token is there)…
+    let _a = admit(h, &p, tokens(1, 0)).await.unwrap();
+    let big = admit(h, &p, tokens(5_000, 0)).await.unwrap();
+    assert_eq!(big.status().input_tokens.unwrap().remaining, 0);
+    // …and nothing else until the debt is paid back and one token is there again: 4002 tokens
+    // at 1000 a minute.
+    let r = admit(h, &p, tokens(1, 0)).await.unwrap_err();
+    assert_eq!(r.reason, Reason::Rate(Dimension::InputTokens));
+    assert_eq!(r.retry_after_ms, 240_120);
+    h.advance(240_119);
+    assert!(admit(h, &p, tokens(1, 0)).await.is_err());
+    h.advance(1);
+    admit(h, &p, tokens(1, 0)).await.unwrap();
+}
+
+pub async fn output_beyond_the_reservation_is_charged_as_debt(h: &Harness) {
+    let p = key_policy(Rates {
+        otpm: Some(100),
+        ..Rates::default()
+    });
+    let t = admit(h, &p, tokens(0, 10)).await.unwrap();
+    t.settle(Used {
+        output_tokens: 150,
+        ..Used::default()
+    });
+    settled().await;
+    let r = admit(h, &p, tokens(0, 1)).await.unwrap_err();
+    assert_eq!(r.reason, Reason::Rate(Dimension::OutputTokens));
+    // 50 in debt, one token needed: 51 tokens at 100 a minute.
+    assert_eq!(r.retry_after_ms, 30_600);
+    // A request that draws no output is not held back by the output bucket.
+    admit(h, &p, tokens(5, 0)).await.unwrap();
+}
+
+pub async fn concurrency_slots_free_when_tickets_settle_or_drop(h: &Harness) {
+    let p = key_policy(Rates {
+        concurrency: Some(2),
+        ..Rates::default()
+    });
+    let a = admit(h, &p, Demand::default()).await.unwrap();
+    let b = admit(h, &p, Demand::default()).await.unwrap();
+    let r = admit(h, &p, Demand::default()).await.unwrap_err();
+    assert_eq!(r.reason, Reason::Concurrency);
+    assert_eq!((r.limit, r.retry_after_ms), (2, 1_000));
+    a.settle(Used::default());
+    settled().await;
+    let c = admit(h, &p, Demand::default()).await.unwrap();
+    drop(b);
+    settled().await;
+    let _d = admit(h, &p, Demand::default()).await.unwrap();
+    assert!(admit(h, &p, Demand::default()).await.is_err());
+    drop(c);
+}
+
+pub async fn the_team_limit_is_shared_by_its_keys(h: &Harness) {
+    let team = Uuid::new_v4();
+    let shared = team_scope(team, rpm(4), None);
+    let k1 = Policy::new(team, [key_scope(rpm(3), None), shared]).unwrap();
+    let k2 = Policy::new(team, [key_scope(rpm(3), None), shared]).unwrap();
+    for _ in 0..3 {
+        admit(h, &k1, Demand::default()).await.unwrap();
+    }
+    let r = admit(h, &k1, Demand::default()).await.unwrap_err();
+    assert_eq!(r.scope, ScopeKind::Key);
+    admit(h, &k2, Demand::default()).await.unwrap();
+    let r = admit(h, &k2, Demand::default()).await.unwrap_err();
+    assert_eq!((r.scope, r.limit), (ScopeKind::Team, 4));
+}
+
+pub async fn status_reports_the_most_restrictive_scope(h: &Harness) {
+    let team = Uuid::new_v4();
+    let p = Policy::new(
+        team,
+        [
+            key_scope(
+                Rates {
+                    rpm: Some(100),
+                    otpm: Some(500),
+                    ..Rates::default()
+                },
+                None,
+            ),
+            team_scope(
+                team,
+                Rates {
+                    rpm: Some(10),
+                    itpm: Some(2_000),
+                    otpm: Some(10_000),
+                    ..Rates::default()
+                },
+                None,
+            ),
+        ],
+    )
+    .unwrap();
+    let t = admit(h, &p, tokens(50, 100)).await.unwrap();
+    let s = t.status();
+    let req = s.requests.unwrap();
+    assert_eq!(
+        (req.scope, req.limit, req.remaining),
+        (ScopeKind::Team, 10, 9)
+    );
+    assert_eq!(req.reset_at_ms, T0 + 6_000);
+    let out = s.output_tokens.unwrap();
+    assert_eq!(
+        (out.scope, out.limit, out.remaining),
+        (ScopeKind::Key, 500, 400)
+    );
+    assert_eq!(s.input_tokens.unwrap().remaining, 1_950);
+    assert_eq!(s.tokens().unwrap().remaining, 400);
+}
+
+fn daily(limit_micros: u64) -> Option<Budget> {
+    Some(Budget {
+        limit_micros,
+        period: Period::Day,
+    })
+}
+
+fn cost(micros: u64) -> Demand {
+    Demand {
+        cost_micros: micros,
+        ..Demand::default()
+    }
+}
+
+pub async fn a_budget_refuses_once_spent_and_names_its_reset(h: &Harness) {
+    let p = Policy::new(Uuid::new_v4(), [key_scope(Rates::default(), daily(1_000))]).unwrap();
+    let t = admit(h, &p, cost(700)).await.unwrap();
+    t.settle(Used {
+        cost_micros: 999,
+        ..Used::default()
+    });
+    settled().await;
+    // One micro-dollar left: still admitted, with its full worst case reserved.
+    let t = admit(h, &p, cost(500)).await.unwrap();
+    let r = admit(h, &p, cost(1)).await.unwrap_err();
+    assert_eq!(r.reason, Reason::Budget);
+    assert_eq!(r.period, Some(Period::Day));
+    assert_eq!(r.limit, 1_000);
+    // 2026-06-02T00:00:00Z.
+    assert_eq!(r.resets_at_ms, T0 + 12 * 3_600_000);
+    // A free request (nothing to reserve) is not refused by a spent budget.
+    admit(h, &p, cost(0)).await.unwrap();
+    t.settle(Used::default());
+    settled().await;
+    admit(h, &p, cost(1)).await.unwrap();
+}
+
+pub async fn budget_overshoot_under_concurrency_is_at_most_one_reservation(h: &Harness) {
+    let limit = 10_000;
+    let worst = 3_000;
+    let p = Policy::new(Uuid::new_v4(), [key_scope(Rates::default(), daily(limit))]).unwrap();
+    // Nearly exhausted: 9,500 of 10,000 spent.
+    admit(h, &p, cost(9_500)).await.unwrap().settle(Used {
+        cost_micros: 9_500,
+        ..Used::default()
+    });
+    settled().await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (limiter, p) = (h.limiter.clone(), p.clone());
+        tasks.push(tokio::spawn(async move {
+            match limiter.admit(&p, cost(worst)).await {
+                Admission::Admitted(t) => {
+                    // Each request really costs its worst case.
+                    t.settle(Used {
+                        cost_micros: worst,
+                        ..Used::default()
+                    });
+                    true
+                }
+                _ => false,
+            }
+        }));
+    }
+    let mut admitted = 0u64;
+    for t in tasks {
+        admitted += u64::from(t.await.unwrap());
+    }
+    settled().await;
+    let spent = 9_500 + admitted * worst;
+    assert_eq!(admitted, 1, "only one request fits in the last 500 µ$");
+    assert!(
+        spent <= limit + worst,
+        "spent {spent} > limit + one reservation"
+    );
+    assert_eq!(
+        admit(h, &p, cost(1)).await.unwrap_err().reason,
+        Reason::Budget
+    );
+}
+
+pub async fn a_budget_resets_with_its_period(h: &Harness) {
+    let team = Uuid::new_v4();
+    let p = Policy::new(
+        team,
+        [team_scope(
+            team,
+            Rates::default(),
+            Some(Budget {
+                limit_micros: 100,
+                period: Period::Month,
+            }),
+        )],
+    )
+    .unwrap();
+    admit(h, &p, cost(100)).await.unwrap().settle(Used {
+        cost_micros: 100,
+        ..Used::default()
+    });
+    settled().await;
+    let r = admit(h, &p, cost(1)).await.unwrap_err();
+    assert_eq!(r.scope, ScopeKind::Team);
+    // 2026-07-01T00:00:00Z.
+    let july = T0 + (29 * 24 + 12) * 3_600_000;
+    assert_eq!(r.resets_at_ms, july);
+    h.advance(july - T0 - 1);
+    assert!(admit(h, &p, cost(1)).await.is_err());
+    h.advance(1);
+    admit(h, &p, cost(100)).await.unwrap();
+}
+
+pub async fn unlimited_dimensions_are_never_checked(h: &Harness) {
+    let p = key_policy(Rates {
+        otpm: Some(10),
+        ..Rates::default()
+    });
+    // Huge input and request counts pass; only output is limited.
+    for _ in 0..20 {
+        let t = admit(h, &p, tokens(1_000_000, 0)).await.unwrap();
+        assert!(t.status().requests.is_none() && t.status().input_tokens.is_none());
+        assert_eq!(t.status().output_tokens.unwrap().remaining, 10);
+    }
+    let _held = admit(h, &p, tokens(0, 10)).await.unwrap();
+    assert!(admit(h, &p, tokens(0, 1)).await.is_err());
+}
