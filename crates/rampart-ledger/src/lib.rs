@@ -2,6 +2,16 @@
 //!
 //! - [`pricing`]: the price table as data (built-in list prices, overridable in configuration)
 //!   and the cost arithmetic in integer micro-dollars, used by the ledger and by budget
-//!   enforcement.
+//!   enforcement;
+//! - [`ledger`]: one usage record per proxied request, appended to a crash-proof local
+//!   [`spool`] on the request path and drained into the database in batches, with rollups;
+//! - [`config`]: the `[ledger]` settings.
 
+pub mod config;
+mod crc32;
+pub mod ledger;
 pub mod pricing;
+pub mod spool;
+
+pub use config::{FsyncPolicy, LedgerConfig};
+pub use ledger::{Ledger, LedgerWriter};

@@ -20,6 +20,7 @@ pub mod error;
 pub mod model;
 mod postgres;
 mod sqlite;
+pub mod usage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use error::{Result, StoreError};
 pub use model::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use usage::{UsageGroupBy, UsageQuery, UsageRecord, UsageRepository, UsageRow};
 
 /// The file name of the embedded database inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "rampart.db";
@@ -359,6 +361,14 @@ impl Store {
         self.engine
     }
 
+    /// The usage ledger's records and rollups (see [`usage`]).
+    pub fn usage(&self) -> &dyn UsageRepository {
+        match &self.inner {
+            Inner::Sqlite(s) => s,
+            Inner::Postgres(p) => p,
+        }
+    }
+
     /// Apply the embedded migrations that have not been applied yet. Idempotent.
     ///
     /// # Errors
@@ -451,6 +461,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 "sessions_valid_after",
                 include_str!("../migrations/sqlite/0002_sessions_valid_after.sql"),
             ),
+            (
+                4,
+                "usage_ledger",
+                include_str!("../migrations/sqlite/0004_usage_ledger.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (
@@ -462,6 +477,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 2,
                 "sessions_valid_after",
                 include_str!("../migrations/postgres/0002_sessions_valid_after.sql"),
+            ),
+            (
+                4,
+                "usage_ledger",
+                include_str!("../migrations/postgres/0004_usage_ledger.sql"),
             ),
         ],
     };

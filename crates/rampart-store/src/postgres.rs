@@ -16,6 +16,13 @@ use crate::{DbTime, Engine, MigrationReport, Result};
 #[path = "repo.rs"]
 mod repo;
 
+#[allow(
+    clippy::duplicate_mod,
+    reason = "usage_repo.rs is compiled once per engine on purpose, like repo.rs"
+)]
+#[path = "usage_repo.rs"]
+mod usage_repo;
+
 type Db = Postgres;
 type EngineStore = PgStore;
 

@@ -6,6 +6,7 @@
 
 mod harness;
 mod suite;
+mod usage;
 
 /// Instantiate every named `suite` function once per engine: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! on_both_engines {
@@ -71,4 +72,10 @@ on_both_engines!(
     an_audited_write_commits_its_event_with_it,
     a_failed_write_leaves_no_audit_event,
     timestamps_round_trip_at_microsecond_precision,
+    inserting_usage_twice_counts_it_once,
+    usage_groups_by_key_team_model_and_day_from_the_rollups,
+    usage_filters_by_user,
+    a_large_batch_is_inserted_in_one_call,
+    purging_deletes_old_raw_records_and_keeps_the_rollups,
+    an_empty_or_inverted_usage_range_is_invalid,
 );

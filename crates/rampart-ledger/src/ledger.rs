@@ -1,0 +1,358 @@
+//! The ledger: [`Ledger::record`] on the request path, [`LedgerWriter::run`] in the background.
+//!
+//! # Guarantees
+//! - A record is appended to the spool ([`crate::spool`]) with one `write` before the request's
+//!   response completes (the gateway records before releasing the last byte), so once a client
+//!   has its whole response, the record is in the kernel: a process crash (`kill -9`, OOM kill,
+//!   panic) loses nothing. With `fsync = "interval"` (default) a power failure loses at most
+//!   the records of the last `fsync_interval_ms`; with `"always"` nothing (a disk flush per
+//!   request).
+//! - The writer drains the spool into the database every `flush_interval_ms`, up to
+//!   `batch_max` records per transaction, together with the rollups; spool offsets advance only
+//!   after the commit, and records are idempotent by id, so a crash at any point replays without
+//!   double counting.
+//! - SIGTERM: after the last request, the writer drains everything before the process exits;
+//!   when the database is unreachable the records stay in the spool for the next start.
+//! - If the spool cannot be written (disk full), records are kept in memory (up to
+//!   [`FALLBACK_MAX`]) and written by the next batch; `rampart_ledger_write_failures_total
+//!   {stage="spool"}` counts them (those are not crash-proof).
+//!
+//! # Metrics
+//! `rampart_ledger_queue_depth` (records not yet in the database), `rampart_ledger_spool_bytes`,
+//! `rampart_ledger_batch_records` (records per committed batch),
+//! `rampart_ledger_write_failures_total{stage}` (`spool`, `database`, `purge`),
+//! `rampart_ledger_records_total` (new records committed), `rampart_ledger_duplicates_total`
+//! (replayed records already stored), `rampart_ledger_corrupt_lines_total`,
+//! `rampart_ledger_dropped_total` (memory fallback full), `rampart_ledger_purged_total`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart_store::{Store, UsageRecord};
+use time::OffsetDateTime;
+
+use crate::config::{FsyncPolicy, LedgerConfig};
+use crate::spool::{Batch, Spool};
+
+/// Records kept in memory when the spool cannot be written.
+pub const FALLBACK_MAX: usize = 100_000;
+/// Raw records deleted per purge statement.
+const PURGE_CHUNK: u32 = 10_000;
+/// How long the shutdown flush may take when the database is slow or away.
+const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(30);
+
+/// The request path's handle: cheap to share, one `write` per record.
+#[derive(Debug)]
+pub struct Ledger {
+    spool: Spool,
+    fallback: Mutex<Vec<UsageRecord>>,
+}
+
+/// Describe the ledger's metrics (once, after the recorder is installed).
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "rampart_ledger_queue_depth",
+        "Usage records not yet written to the database (spool and memory)."
+    );
+    metrics::describe_gauge!(
+        "rampart_ledger_spool_bytes",
+        "Bytes in the ledger's local spool."
+    );
+    metrics::describe_histogram!(
+        "rampart_ledger_batch_records",
+        "Usage records per database transaction."
+    );
+    metrics::describe_counter!(
+        "rampart_ledger_write_failures_total",
+        "Ledger write failures by stage (spool, database, purge)."
+    );
+    metrics::describe_counter!(
+        "rampart_ledger_records_total",
+        "Usage records written to the database."
+    );
+    metrics::describe_counter!(
+        "rampart_ledger_duplicates_total",
+        "Replayed usage records the database already had (skipped)."
+    );
+    metrics::describe_counter!(
+        "rampart_ledger_corrupt_lines_total",
+        "Spool lines that failed their checksum (skipped)."
+    );
+    metrics::describe_counter!(
+        "rampart_ledger_dropped_total",
+        "Usage records lost because neither the spool nor memory could hold them."
+    );
+    metrics::describe_counter!(
+        "rampart_ledger_purged_total",
+        "Raw usage records deleted after the retention period."
+    );
+    metrics::describe_counter!(
+        "rampart_pricing_unknown_model_total",
+        "Requests priced at the default price because their model is not in the price table."
+    );
+}
+
+impl Ledger {
+    /// Open the spool (`config.spool_dir`, else `default_dir`) with `lanes` writer lanes and
+    /// return the handle and its writer.
+    ///
+    /// # Errors
+    /// When the spool directory cannot be created or is used by another process.
+    pub fn open(
+        config: &LedgerConfig,
+        default_dir: &Path,
+        lanes: usize,
+    ) -> std::io::Result<(Arc<Ledger>, LedgerWriter)> {
+        let dir = config.spool_dir.as_deref().unwrap_or(default_dir);
+        let spool = Spool::open(
+            dir,
+            lanes,
+            config.segment_bytes,
+            config.fsync == FsyncPolicy::Always,
+        )?;
+        let ledger = Arc::new(Ledger {
+            spool,
+            fallback: Mutex::new(Vec::new()),
+        });
+        let writer = LedgerWriter {
+            ledger: ledger.clone(),
+            config: config.clone(),
+        };
+        Ok((ledger, writer))
+    }
+
+    /// Append `record` to the spool (one `write`). Never fails: when the spool cannot be
+    /// written the record is kept in memory for the writer and the failure is counted.
+    pub fn record(&self, record: &UsageRecord) {
+        thread_local! {
+            static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let appended = BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            Spool::encode(record, &mut buf);
+            self.spool.append(&buf)
+        });
+        if let Err(e) = appended {
+            metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool")
+                .increment(1);
+            tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
+            let mut fallback = self
+                .fallback
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if fallback.len() < FALLBACK_MAX {
+                fallback.push(record.clone());
+            } else {
+                metrics::counter!("rampart_ledger_dropped_total").increment(1);
+            }
+        }
+    }
+
+    /// Records not yet in the database.
+    #[must_use]
+    pub fn queue_depth(&self) -> u64 {
+        self.spool.pending() + self.fallback_len() as u64
+    }
+
+    fn fallback_len(&self) -> usize {
+        self.fallback.lock().map_or(0, |f| f.len())
+    }
+
+    fn take_fallback(&self, max: usize) -> Vec<UsageRecord> {
+        let mut f = self
+            .fallback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = f.len().min(max);
+        f.drain(..n).collect()
+    }
+
+    fn restore_fallback(&self, mut records: Vec<UsageRecord>) {
+        let mut f = self
+            .fallback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        records.append(&mut f);
+        *f = records;
+    }
+
+    fn publish_gauges(&self) {
+        metrics::gauge!("rampart_ledger_queue_depth").set(self.queue_depth() as f64);
+        metrics::gauge!("rampart_ledger_spool_bytes").set(self.spool.bytes() as f64);
+    }
+}
+
+/// Drains the spool into the database and purges expired raw records. See the module docs.
+#[derive(Debug)]
+pub struct LedgerWriter {
+    ledger: Arc<Ledger>,
+    config: LedgerConfig,
+}
+
+/// What one drain pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Nothing was waiting.
+    Empty,
+    /// A batch was written; more may be waiting.
+    Batch { full: bool },
+}
+
+impl LedgerWriter {
+    /// Drain every `flush_interval_ms` and purge every `purge_interval_secs` until `shutdown`
+    /// resolves, then seal the spool and drain what is left (for at most 30 s).
+    pub async fn run(self, store: Store, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut drain_tick = tokio::time::interval(self.config.flush_interval());
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut purge_tick =
+            tokio::time::interval(Duration::from_secs(self.config.purge_interval_secs.max(1)));
+        purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sync = tokio::time::Instant::now();
+        let mut backoff = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = drain_tick.tick() => {
+                    if backoff > Duration::ZERO {
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = &mut shutdown => break,
+                        }
+                    }
+                    backoff = match self.drain_all(&store).await {
+                        Ok(()) => Duration::ZERO,
+                        Err(()) => (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30)),
+                    };
+                    if self.config.fsync == FsyncPolicy::Interval
+                        && last_sync.elapsed() >= self.config.fsync_interval()
+                    {
+                        last_sync = tokio::time::Instant::now();
+                        self.sync().await;
+                    }
+                }
+                _ = purge_tick.tick() => self.purge(&store).await,
+                () = &mut shutdown => break,
+            }
+        }
+        self.ledger.spool.seal_all();
+        let flushed = tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, self.drain_all(&store)).await;
+        let left = self.ledger.queue_depth();
+        match flushed {
+            Ok(Ok(())) if left == 0 => {
+                tracing::info!(target: "rampart::ledger", "usage ledger flushed");
+            }
+            _ => tracing::warn!(
+                target: "rampart::ledger",
+                records = left,
+                "usage ledger not fully flushed; the spooled records are written at the next start"
+            ),
+        }
+        if self.config.fsync != FsyncPolicy::Never {
+            self.sync().await;
+        }
+    }
+
+    /// Drain until nothing is waiting; `Err` after a failed database write (logged, counted).
+    async fn drain_all(&self, store: &Store) -> Result<(), ()> {
+        loop {
+            match self.drain_once(store).await? {
+                Drained::Empty | Drained::Batch { full: false } => {
+                    self.ledger.publish_gauges();
+                    return Ok(());
+                }
+                Drained::Batch { full: true } => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    async fn drain_once(&self, store: &Store) -> Result<Drained, ()> {
+        let max = self.config.batch_max;
+        let ledger = self.ledger.clone();
+        let read = tokio::task::spawn_blocking(move || ledger.spool.read(max)).await;
+        let batch: Batch = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool")
+                    .increment(1);
+                tracing::error!(target: "rampart::ledger", error = %e, "cannot read the ledger spool");
+                return Err(());
+            }
+            Err(e) => {
+                tracing::error!(target: "rampart::ledger", error = %e, "the spool reader failed");
+                return Err(());
+            }
+        };
+        if batch.corrupt > 0 {
+            metrics::counter!("rampart_ledger_corrupt_lines_total").increment(batch.corrupt);
+        }
+        let room = max.saturating_sub(batch.records.len());
+        let fallback = self.ledger.take_fallback(room);
+        let total = batch.records.len() + fallback.len();
+        if total == 0 {
+            self.ledger.spool.commit(&batch);
+            return Ok(Drained::Empty);
+        }
+        let result = if fallback.is_empty() {
+            store.usage().insert_usage(&batch.records).await
+        } else {
+            let mut all = batch.records.clone();
+            all.extend(fallback.iter().cloned());
+            store.usage().insert_usage(&all).await
+        };
+        match result {
+            Ok(new) => {
+                self.ledger.spool.commit(&batch);
+                metrics::histogram!("rampart_ledger_batch_records").record(total as f64);
+                metrics::counter!("rampart_ledger_records_total").increment(new);
+                metrics::counter!("rampart_ledger_duplicates_total")
+                    .increment((total as u64).saturating_sub(new));
+                Ok(Drained::Batch { full: total >= max })
+            }
+            Err(e) => {
+                self.ledger.restore_fallback(fallback);
+                metrics::counter!("rampart_ledger_write_failures_total", "stage" => "database")
+                    .increment(1);
+                tracing::error!(target: "rampart::ledger", error = %e, records = total, "cannot write usage records to the database; they stay spooled and are retried");
+                self.ledger.publish_gauges();
+                Err(())
+            }
+        }
+    }
+
+    async fn sync(&self) {
+        let ledger = self.ledger.clone();
+        let synced = tokio::task::spawn_blocking(move || ledger.spool.sync()).await;
+        if !matches!(synced, Ok(Ok(()))) {
+            metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool")
+                .increment(1);
+            tracing::error!(target: "rampart::ledger", "cannot sync the ledger spool to disk");
+        }
+    }
+
+    async fn purge(&self, store: &Store) {
+        let Some(retention) = self.config.retention() else {
+            return;
+        };
+        let before = OffsetDateTime::now_utc() - retention;
+        loop {
+            match store.usage().purge_usage_records(before, PURGE_CHUNK).await {
+                Ok(n) => {
+                    metrics::counter!("rampart_ledger_purged_total").increment(n);
+                    if n < u64::from(PURGE_CHUNK) {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    metrics::counter!("rampart_ledger_write_failures_total", "stage" => "purge")
+                        .increment(1);
+                    tracing::warn!(target: "rampart::ledger", error = %e, "cannot purge expired usage records");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! The local spool: append-only segment files that hold every usage record until the database
+//! has it.
+//!
+//! # Format
+//! A segment is a file `NNNNNNNNNNNNNNNNNNNN.spool` (a sequence number, so names sort by age) of
+//! lines `CRC32 SP JSON LF`, the CRC (IEEE, 8 hex digits) taken over the JSON. A line is written
+//! with one `write` call, so a crashed process leaves whole lines; a torn last line (power loss,
+//! a full disk) fails its CRC and is skipped and counted.
+//!
+//! # Lanes
+//! Writers are spread over lanes (one per CPU by default), each with its own open segment behind
+//! its own lock, so request threads do not contend. A segment that reaches its size limit is
+//! sealed and a new one started.
+//!
+//! # Reading
+//! The drainer reads a segment only up to the length its writer published after the `write`
+//! returned (never a line still being copied), and advances its offsets only after the database
+//! commit ([`Spool::commit`]). A sealed segment that is read to its end is deleted. After a
+//! restart every segment found is sealed and replayed from its start: the database skips records
+//! it already has (by id), so a replay never counts twice.
+//!
+//! The directory is locked (`LOCK`, an advisory file lock) so two processes never share a spool.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rampart_store::UsageRecord;
+
+use crate::crc32::crc32;
+
+const SUFFIX: &str = ".spool";
+/// Most bytes read from one segment per batch.
+const READ_CHUNK: usize = 4 * 1024 * 1024;
+
+/// The spool. See the module docs.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    lanes: Box<[Mutex<Lane>]>,
+    segments: Mutex<BTreeMap<u64, Segment>>,
+    next_seq: AtomicU64,
+    segment_bytes: u64,
+    sync_each_write: bool,
+    /// Bytes in segment files not yet deleted.
+    bytes: AtomicU64,
+    /// Records in the spool not yet committed to the database.
+    pending: AtomicU64,
+    _lock: File,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    active: Option<Active>,
+}
+
+#[derive(Debug)]
+struct Active {
+    file: File,
+    seq: u64,
+    published: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    /// Bytes that are completely written (the drainer reads no further).
+    published: Arc<AtomicU64>,
+    /// Bytes whose records are committed to the database.
+    committed: u64,
+    sealed: bool,
+}
+
+/// Records read from the spool, and how far each segment was read.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The records, oldest segment first.
+    pub records: Vec<UsageRecord>,
+    /// Corrupt lines skipped (failed CRC or JSON, or a torn last line).
+    pub corrupt: u64,
+    /// Complete lines consumed (records and corrupt ones).
+    lines: u64,
+    progress: Vec<(u64, u64)>,
+}
+
+fn lock(m: &Mutex<BTreeMap<u64, Segment>>) -> MutexGuard<'_, BTreeMap<u64, Segment>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// This thread's lane (threads are given lanes round-robin on first use).
+fn lane_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    LANE.with(|l| *l)
+}
+
+impl Spool {
+    /// Open (creating it) the spool in `dir` with `lanes` writer lanes; segments found there are
+    /// sealed and will be replayed.
+    ///
+    /// # Errors
+    /// When the directory cannot be created, locked (another process uses it) or listed.
+    pub fn open(
+        dir: &Path,
+        lanes: usize,
+        segment_bytes: u64,
+        sync_each_write: bool,
+    ) -> io::Result<Spool> {
+        std::fs::create_dir_all(dir)?;
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        lock_file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io::Error::other(format!(
+                "the ledger spool {} is in use by another process",
+                dir.display()
+            )),
+            std::fs::TryLockError::Error(e) => e,
+        })?;
+        let mut segments = BTreeMap::new();
+        let (mut bytes, mut pending, mut max_seq) = (0u64, 0u64, 0u64);
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let mut content = Vec::new();
+            File::open(&path)?.read_to_end(&mut content)?;
+            let len = content.len() as u64;
+            bytes += len;
+            pending += memchr::memchr_iter(b'\n', &content).count() as u64;
+            max_seq = max_seq.max(seq);
+            segments.insert(
+                seq,
+                Segment {
+                    path,
+                    published: Arc::new(AtomicU64::new(len)),
+                    committed: 0,
+                    sealed: true,
+                },
+            );
+        }
+        Ok(Spool {
+            dir: dir.to_owned(),
+            lanes: (0..lanes.max(1))
+                .map(|_| Mutex::new(Lane::default()))
+                .collect(),
+            segments: Mutex::new(segments),
+            next_seq: AtomicU64::new(max_seq + 1),
+            segment_bytes,
+            sync_each_write,
+            bytes: AtomicU64::new(bytes),
+            pending: AtomicU64::new(pending),
+            _lock: lock_file,
+        })
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes in segment files not yet deleted.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records in the spool not yet committed to the database.
+    #[must_use]
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Encode a record as one spool line (into `buf`, cleared first).
+    pub fn encode(record: &UsageRecord, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(b"00000000 ");
+        // Serialising plain fields into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, record);
+        let crc = crc32(&buf[9..]);
+        let hex = format!("{crc:08x}");
+        buf[..8].copy_from_slice(hex.as_bytes());
+        buf.push(b'\n');
+    }
+
+    /// Append one encoded line (see [`Spool::encode`]) to this thread's lane, with one `write`
+    /// (and an `fdatasync` with `fsync = "always"`). On an error the lane's segment is sealed, so
+    /// a partial line never has a good one appended to it.
+    ///
+    /// # Errors
+    /// When the segment cannot be created or written.
+    pub fn append(&self, line: &[u8]) -> io::Result<()> {
+        let lane = &self.lanes[lane_index() % self.lanes.len()];
+        let mut lane = lane
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = lane
+            .active
+            .as_ref()
+            .is_none_or(|a| a.published.load(Ordering::Relaxed) >= self.segment_bytes);
+        if full {
+            self.rotate(&mut lane)?;
+        }
+        let Some(active) = lane.active.as_mut() else {
+            return Err(io::Error::other("no open spool segment"));
+        };
+        let written = active.file.write_all(line).and_then(|()| {
+            if self.sync_each_write {
+                active.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            self.seal(&mut lane);
+            return Err(e);
+        }
+        active
+            .published
+            .fetch_add(line.len() as u64, Ordering::Release);
+        self.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Seal the lane's segment (if any) and open a new one.
+    fn rotate(&self, lane: &mut Lane) -> io::Result<()> {
+        self.seal(lane);
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{seq:020}{SUFFIX}"));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        if self.sync_each_write {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        let published = Arc::new(AtomicU64::new(0));
+        lock(&self.segments).insert(
+            seq,
+            Segment {
+                path,
+                published: published.clone(),
+                committed: 0,
+                sealed: false,
+            },
+        );
+        lane.active = Some(Active {
+            file,
+            seq,
+            published,
+        });
+        Ok(())
+    }
+
+    fn seal(&self, lane: &mut Lane) {
+        if let Some(active) = lane.active.take()
+            && let Some(seg) = lock(&self.segments).get_mut(&active.seq)
+        {
+            seg.sealed = true;
+        }
+    }
+
+    /// Seal every lane's segment (at shutdown, after the last request).
+    pub fn seal_all(&self) {
+        for lane in &*self.lanes {
+            let mut lane = lane
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.seal(&mut lane);
+        }
+    }
+
+    /// `fdatasync` every open segment and the directory (`fsync = "interval"`).
+    ///
+    /// # Errors
+    /// The first failure.
+    pub fn sync(&self) -> io::Result<()> {
+        let open: Vec<PathBuf> = lock(&self.segments)
+            .values()
+            .filter(|s| !s.sealed)
+            .map(|s| s.path.clone())
+            .collect();
+        for path in open {
+            match File::open(&path) {
+                Ok(f) => f.sync_data()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Read up to `max` records from the oldest segments, past what is committed. Nothing is
+    /// consumed until [`Spool::commit`].
+    ///
+    /// # Errors
+    /// When a segment cannot be read.
+    pub fn read(&self, max: usize) -> io::Result<Batch> {
+        let plan: Vec<(u64, PathBuf, u64, u64, bool)> = lock(&self.segments)
+            .iter()
+            .map(|(seq, s)| {
+                (
+                    *seq,
+                    s.path.clone(),
+                    s.committed,
+                    s.published.load(Ordering::Acquire),
+                    s.sealed,
+                )
+            })
+            .filter(|(_, _, committed, published, sealed)| committed < published || *sealed)
+            .collect();
+        let mut batch = Batch::default();
+        for (seq, path, from, to, sealed) in plan {
+            if batch.records.len() >= max {
+                break;
+            }
+            let end = read_segment(
+                &path,
+                from,
+                to,
+                sealed,
+                max - batch.records.len(),
+                &mut batch,
+            )?;
+            batch.progress.push((seq, end));
+        }
+        Ok(batch)
+    }
+
+    /// The records of `batch` are in the database: advance the offsets and delete the sealed
+    /// segments read to their end.
+    pub fn commit(&self, batch: &Batch) {
+        let mut deleted = Vec::new();
+        {
+            let mut segments = lock(&self.segments);
+            for &(seq, end) in &batch.progress {
+                let Some(seg) = segments.get_mut(&seq) else {
+                    continue;
+                };
+                seg.committed = seg.committed.max(end);
+                if seg.sealed && seg.committed >= seg.published.load(Ordering::Acquire) {
+                    deleted.push((seq, seg.path.clone(), seg.committed));
+                }
+            }
+            for (seq, _, _) in &deleted {
+                segments.remove(seq);
+            }
+        }
+        for (_, path, len) in deleted {
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(target: "rampart::ledger", path = %path.display(), error = %e, "cannot delete a drained spool segment");
+            }
+            self.bytes
+                .fetch_sub(len.min(self.bytes()), Ordering::Relaxed);
+        }
+        let n = batch.lines.min(self.pending());
+        self.pending.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Parse the complete lines of `path` in `[from, to)` into `batch` (at most `max` records);
+/// returns the offset just past the last line consumed. In a sealed segment a trailing partial
+/// line is corrupt (and consumed); in an open one it is left for later.
+fn read_segment(
+    path: &Path,
+    from: u64,
+    to: u64,
+    sealed: bool,
+    max: usize,
+    batch: &mut Batch,
+) -> io::Result<u64> {
+    if to <= from {
+        return Ok(from);
+    }
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(to),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(from))?;
+    let want = usize::try_from(to - from)
+        .unwrap_or(usize::MAX)
+        .min(READ_CHUNK);
+    let mut buf = Vec::with_capacity(want);
+    file.take(want as u64).read_to_end(&mut buf)?;
+    let mut pos = 0usize;
+    let mut taken = 0usize;
+    while taken < max {
+        let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
+            break;
+        };
+        let line = &buf[pos..pos + nl];
+        batch.lines += 1;
+        match decode(line) {
+            Some(r) => {
+                batch.records.push(r);
+                taken += 1;
+            }
+            None => {
+                batch.corrupt += 1;
+                tracing::error!(target: "rampart::ledger", path = %path.display(), offset = from + pos as u64, "corrupt spool line skipped");
+            }
+        }
+        pos += nl + 1;
+    }
+    let end = from + pos as u64;
+    // A sealed segment read to its last byte with a partial line left: a torn write.
+    if sealed && taken < max && end < to && (to - from) as usize == buf.len() {
+        batch.corrupt += 1;
+        tracing::error!(target: "rampart::ledger", path = %path.display(), offset = end, "torn spool line at the end of a segment skipped");
+        return Ok(to);
+    }
+    Ok(end)
+}
+
+/// A record from one spool line (without its `\n`), if its CRC and JSON are good.
+fn decode(line: &[u8]) -> Option<UsageRecord> {
+    let (crc_hex, json) = (line.get(..8)?, line.get(9..)?);
+    if line.get(8) != Some(&b' ') {
+        return None;
+    }
+    let crc = u32::from_str_radix(std::str::from_utf8(crc_hex).ok()?, 16).ok()?;
+    if crc != crc32(json) {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    pub(crate) fn record(n: u64) -> UsageRecord {
+        UsageRecord {
+            id: Uuid::from_u128(u128::from(n) + 1),
+            at: OffsetDateTime::from_unix_timestamp(1_780_000_000).unwrap(),
+            request_id: format!("req_{n}"),
+            key_id: None,
+            team_id: None,
+            user_id: None,
+            key_label: Some("abcd1234".to_owned()),
+            endpoint: "/v1/messages".to_owned(),
+            model_requested: Some("claude-sonnet-4-6".to_owned()),
+            model_served: Some("claude-sonnet-4-6".to_owned()),
+            status: 200,
+            error_type: None,
+            input_tokens: n,
+            output_tokens: 2 * n,
+            cache_write_5m_tokens: 0,
+            cache_write_1h_tokens: 0,
+            cache_read_tokens: 0,
+            cost_micro_usd: 33 * n,
+            priced: true,
+            latency_us: 1500,
+            upstream_latency_us: Some(1000),
+            upstream_attempts: 1,
+            streamed: false,
+            cache_hit: false,
+            client_aborted: false,
+        }
+    }
+
+    fn append(spool: &Spool, n: u64) {
+        let mut buf = Vec::new();
+        Spool::encode(&record(n), &mut buf);
+        spool.append(&buf).unwrap();
+    }
+
+    fn segment_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(SUFFIX)
+            })
+            .count()
+    }
+
+    #[test]
+    fn lines_round_trip_and_bad_ones_are_refused() {
+        let mut buf = Vec::new();
+        Spool::encode(&record(7), &mut buf);
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let line = &buf[..buf.len() - 1];
+        assert_eq!(decode(line), Some(record(7)));
+        let mut flipped = line.to_vec();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 1;
+        assert_eq!(decode(&flipped), None);
+        assert_eq!(decode(&line[..line.len() / 2]), None);
+        assert_eq!(decode(b""), None);
+    }
+
+    #[test]
+    fn nothing_is_consumed_until_committed_and_drained_segments_go_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 2, 64 * 1024, false).unwrap();
+        for n in 0..10 {
+            append(&spool, n);
+        }
+        assert_eq!(spool.pending(), 10);
+        let first = spool.read(4).unwrap();
+        assert_eq!(first.records.len(), 4);
+        // Not committed: read again from the start.
+        let again = spool.read(100).unwrap();
+        assert_eq!(again.records.len(), 10);
+        spool.commit(&again);
+        assert_eq!(spool.pending(), 0);
+        assert!(spool.read(100).unwrap().records.is_empty());
+        spool.seal_all();
+        spool.commit(&spool.read(100).unwrap());
+        assert_eq!(segment_files(dir.path()), 0);
+        assert_eq!(spool.bytes(), 0);
+    }
+
+    #[test]
+    fn full_segments_rotate_and_a_restart_replays_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
+            for n in 0..500 {
+                append(&spool, n);
+            }
+            assert!(segment_files(dir.path()) > 1);
+            // Commit the first 100, then "crash" (drop without sealing).
+            let b = spool.read(100).unwrap();
+            spool.commit(&b);
+        }
+        let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
+        assert!(spool.pending() >= 400);
+        let b = spool.read(10_000).unwrap();
+        let ids: std::collections::BTreeSet<u64> =
+            b.records.iter().map(|r| r.input_tokens).collect();
+        assert!(
+            (100..500).all(|n| ids.contains(&n)),
+            "every uncommitted record is replayed"
+        );
+        spool.commit(&b);
+        assert_eq!(segment_files(dir.path()), 0);
+        // A second open of a locked spool is refused.
+        let err = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn a_torn_tail_is_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
+            append(&spool, 1);
+            append(&spool, 2);
+        }
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(SUFFIX))
+            .unwrap();
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(b"0badc0de {\"id\":").unwrap();
+        drop(f);
+        let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
+        let b = spool.read(100).unwrap();
+        assert_eq!(b.records.len(), 2);
+        assert_eq!(b.corrupt, 1);
+        spool.commit(&b);
+        assert_eq!(segment_files(dir.path()), 0);
+    }
+}

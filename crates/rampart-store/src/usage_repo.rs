@@ -1,0 +1,472 @@
+//! [`UsageRepository`] for one engine: compiled once per engine like `repo.rs` (a `#[path]`
+//! module of `sqlite.rs` and `postgres.rs`), with the same SQL text and binds on both.
+//!
+//! A batch is inserted with multi-row `INSERT … ON CONFLICT (id) DO NOTHING RETURNING id`, so the
+//! statement itself says which records are new; only those are summed (in memory, one row per
+//! rollup key) and upserted into `usage_rollups` with `ON CONFLICT … DO UPDATE SET x = x +
+//! excluded.x`, in the same transaction.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::{QueryBuilder, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{Db, EngineStore};
+use crate::DbTime;
+use crate::error::{Result, StoreError};
+use crate::usage::{UsageGroupBy, UsageQuery, UsageRecord, UsageRepository, UsageRow};
+
+type DbRow = <Db as sqlx::Database>::Row;
+
+macro_rules! record_cols {
+    () => {
+        "id, at, request_id, key_id, team_id, user_id, key_label, endpoint, model_requested, \
+         model_served, status, error_type, input_tokens, output_tokens, cache_write_5m_tokens, \
+         cache_write_1h_tokens, cache_read_tokens, cost_micro_usd, priced, latency_us, \
+         upstream_latency_us, upstream_attempts, streamed, cache_hit, client_aborted"
+    };
+}
+
+/// Records per INSERT statement (25 binds each, well under both engines' bind limits).
+const RECORD_CHUNK: usize = 400;
+/// Rollup rows per upsert statement (14 binds each).
+const ROLLUP_CHUNK: usize = 1000;
+/// Largest page of raw records.
+const MAX_RECORD_PAGE: u32 = 10_000;
+
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
+
+/// A stored integer for a count the store keeps signed.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The rollup dimensions of one record in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RollupKey {
+    period: &'static str,
+    bucket: i64,
+    key_id: Uuid,
+    team_id: Uuid,
+    user_id: Uuid,
+    model: String,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    requests: i64,
+    errors: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cache_write_5m_tokens: i64,
+    cache_write_1h_tokens: i64,
+    cache_read_tokens: i64,
+    cost_micro_usd: i64,
+}
+
+impl Sums {
+    fn add(&mut self, r: &UsageRecord) {
+        self.requests = self.requests.saturating_add(1);
+        self.errors = self.errors.saturating_add(i64::from(r.status >= 400));
+        for (sum, v) in [
+            (&mut self.input_tokens, r.input_tokens),
+            (&mut self.output_tokens, r.output_tokens),
+            (&mut self.cache_write_5m_tokens, r.cache_write_5m_tokens),
+            (&mut self.cache_write_1h_tokens, r.cache_write_1h_tokens),
+            (&mut self.cache_read_tokens, r.cache_read_tokens),
+            (&mut self.cost_micro_usd, r.cost_micro_usd),
+        ] {
+            *sum = sum.saturating_add(int(v));
+        }
+    }
+}
+
+/// The hourly and daily rollup deltas of `records`, one entry per rollup key.
+fn rollup_deltas<'a>(records: impl Iterator<Item = &'a UsageRecord>) -> HashMap<RollupKey, Sums> {
+    let mut deltas: HashMap<RollupKey, Sums> = HashMap::new();
+    for r in records {
+        let t = r.at.unix_timestamp();
+        let model = r
+            .model_served
+            .as_deref()
+            .or(r.model_requested.as_deref())
+            .unwrap_or_default();
+        for (period, len) in [("hour", HOUR), ("day", DAY)] {
+            let key = RollupKey {
+                period,
+                bucket: t.div_euclid(len) * len,
+                key_id: r.key_id.unwrap_or(Uuid::nil()),
+                team_id: r.team_id.unwrap_or(Uuid::nil()),
+                user_id: r.user_id.unwrap_or(Uuid::nil()),
+                model: model.to_owned(),
+            };
+            deltas.entry(key).or_default().add(r);
+        }
+    }
+    deltas
+}
+
+/// `[from, to)` widened to whole hours and split into hourly and daily parts:
+/// `(hours before the first whole day, whole days, hours after the last whole day)`, each a
+/// half-open range of Unix seconds (possibly empty).
+fn split_range(from: OffsetDateTime, to: OffsetDateTime) -> [(i64, i64); 3] {
+    let fh = from.unix_timestamp().div_euclid(HOUR) * HOUR;
+    let secs = to.unix_timestamp();
+    let on_the_hour = secs.rem_euclid(HOUR) == 0 && to.nanosecond() == 0;
+    let th = secs.div_euclid(HOUR) * HOUR + if on_the_hour { 0 } else { HOUR };
+    let fd = fh.saturating_add(DAY - 1).div_euclid(DAY) * DAY;
+    let td = th.div_euclid(DAY) * DAY;
+    if fd < td {
+        [(fh, fd), (fd, td), (td, th)]
+    } else {
+        [(fh, th), (0, 0), (0, 0)]
+    }
+}
+
+#[async_trait]
+impl UsageRepository for EngineStore {
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<u64> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut inserted: Vec<&UsageRecord> = Vec::with_capacity(records.len());
+        for chunk in records.chunks(RECORD_CHUNK) {
+            let mut qb = QueryBuilder::<Db>::new(concat!(
+                "INSERT INTO usage_records (",
+                record_cols!(),
+                ") "
+            ));
+            qb.push_values(chunk, |mut row, r| {
+                row.push_bind(r.id)
+                    .push_bind(DbTime(r.at))
+                    .push_bind(r.request_id.clone())
+                    .push_bind(r.key_id)
+                    .push_bind(r.team_id)
+                    .push_bind(r.user_id)
+                    .push_bind(r.key_label.clone())
+                    .push_bind(r.endpoint.clone())
+                    .push_bind(r.model_requested.clone())
+                    .push_bind(r.model_served.clone())
+                    .push_bind(i32::from(r.status))
+                    .push_bind(r.error_type.clone())
+                    .push_bind(int(r.input_tokens))
+                    .push_bind(int(r.output_tokens))
+                    .push_bind(int(r.cache_write_5m_tokens))
+                    .push_bind(int(r.cache_write_1h_tokens))
+                    .push_bind(int(r.cache_read_tokens))
+                    .push_bind(int(r.cost_micro_usd))
+                    .push_bind(r.priced)
+                    .push_bind(int(r.latency_us))
+                    .push_bind(r.upstream_latency_us.map(int))
+                    .push_bind(i32::try_from(r.upstream_attempts).unwrap_or(i32::MAX))
+                    .push_bind(r.streamed)
+                    .push_bind(r.cache_hit)
+                    .push_bind(r.client_aborted);
+            });
+            qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            let new_ids: Vec<Uuid> = qb
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<Uuid, _>("id"))
+                .collect::<std::result::Result<_, _>>()?;
+            if new_ids.len() == chunk.len() {
+                inserted.extend(chunk);
+            } else {
+                inserted.extend(chunk.iter().filter(|r| new_ids.contains(&r.id)));
+            }
+        }
+        let deltas: Vec<(RollupKey, Sums)> = rollup_deltas(inserted.iter().copied())
+            .into_iter()
+            .collect();
+        for chunk in deltas.chunks(ROLLUP_CHUNK) {
+            let mut qb = QueryBuilder::<Db>::new(
+                "INSERT INTO usage_rollups (period, bucket, key_id, team_id, user_id, model, \
+                 requests, errors, input_tokens, output_tokens, cache_write_5m_tokens, \
+                 cache_write_1h_tokens, cache_read_tokens, cost_micro_usd) ",
+            );
+            qb.push_values(chunk, |mut row, (k, s)| {
+                row.push_bind(k.period)
+                    .push_bind(k.bucket)
+                    .push_bind(k.key_id)
+                    .push_bind(k.team_id)
+                    .push_bind(k.user_id)
+                    .push_bind(k.model.clone())
+                    .push_bind(s.requests)
+                    .push_bind(s.errors)
+                    .push_bind(s.input_tokens)
+                    .push_bind(s.output_tokens)
+                    .push_bind(s.cache_write_5m_tokens)
+                    .push_bind(s.cache_write_1h_tokens)
+                    .push_bind(s.cache_read_tokens)
+                    .push_bind(s.cost_micro_usd);
+            });
+            qb.push(
+                " ON CONFLICT (period, bucket, key_id, team_id, user_id, model) DO UPDATE SET \
+                 requests = usage_rollups.requests + excluded.requests, \
+                 errors = usage_rollups.errors + excluded.errors, \
+                 input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
+                 output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
+                 cache_write_5m_tokens = usage_rollups.cache_write_5m_tokens + excluded.cache_write_5m_tokens, \
+                 cache_write_1h_tokens = usage_rollups.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
+                 cache_read_tokens = usage_rollups.cache_read_tokens + excluded.cache_read_tokens, \
+                 cost_micro_usd = usage_rollups.cost_micro_usd + excluded.cost_micro_usd",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted.len() as u64)
+    }
+
+    async fn usage_summary(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
+        if q.to <= q.from {
+            return Err(StoreError::Invalid(
+                "the end of the range must be after its start".to_owned(),
+            ));
+        }
+        let dims = dimensions(q.group_by);
+        let mut qb = QueryBuilder::<Db>::new("SELECT ");
+        for (expr, alias) in &dims {
+            qb.push(expr).push(" AS ").push(alias).push(", ");
+        }
+        qb.push(
+            "CAST(COALESCE(SUM(requests), 0) AS BIGINT) AS requests, \
+             CAST(COALESCE(SUM(errors), 0) AS BIGINT) AS errors, \
+             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+             CAST(COALESCE(SUM(cache_write_5m_tokens), 0) AS BIGINT) AS cache_write_5m_tokens, \
+             CAST(COALESCE(SUM(cache_write_1h_tokens), 0) AS BIGINT) AS cache_write_1h_tokens, \
+             CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
+             CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) AS cost_micro_usd \
+             FROM usage_rollups WHERE ((period = 'hour' AND ((bucket >= ",
+        );
+        let [head, days, tail] = split_range(q.from, q.to);
+        qb.push_bind(head.0)
+            .push(" AND bucket < ")
+            .push_bind(head.1)
+            .push(") OR (bucket >= ")
+            .push_bind(tail.0)
+            .push(" AND bucket < ")
+            .push_bind(tail.1)
+            .push("))) OR (period = 'day' AND bucket >= ")
+            .push_bind(days.0)
+            .push(" AND bucket < ")
+            .push_bind(days.1)
+            .push("))");
+        if let Some(id) = q.key_id {
+            qb.push(" AND key_id = ").push_bind(id);
+        }
+        if let Some(id) = q.team_id {
+            qb.push(" AND team_id = ").push_bind(id);
+        }
+        if let Some(id) = q.user_id {
+            qb.push(" AND user_id = ").push_bind(id);
+        }
+        if let Some(model) = &q.model {
+            qb.push(" AND model = ").push_bind(model.clone());
+        }
+        if !dims.is_empty() {
+            let aliases: Vec<&str> = dims.iter().map(|(_, alias)| *alias).collect();
+            let list = aliases.join(", ");
+            qb.push(" GROUP BY ")
+                .push(&list)
+                .push(" ORDER BY ")
+                .push(&list);
+        }
+        qb.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| usage_row(row, q.group_by))
+            .collect()
+    }
+
+    async fn list_usage_records(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            record_cols!(),
+            " FROM usage_records WHERE at >= $1 AND at < $2 ORDER BY at, id LIMIT $3"
+        ))
+        .bind(DbTime(from))
+        .bind(DbTime(to))
+        .bind(i64::from(limit.min(MAX_RECORD_PAGE)))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(usage_record)
+        .collect()
+    }
+
+    async fn purge_usage_records(&self, before: OffsetDateTime, limit: u32) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "DELETE FROM usage_records WHERE id IN \
+             (SELECT id FROM usage_records WHERE at < $1 ORDER BY at LIMIT $2)",
+        )
+        .bind(DbTime(before))
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// `(SQL expression, alias)` of each grouped dimension, from a fixed set (never user input).
+fn dimensions(g: UsageGroupBy) -> Vec<(&'static str, &'static str)> {
+    let mut dims = Vec::with_capacity(4);
+    if g.day {
+        dims.push(("(bucket / 86400) * 86400", "day"));
+    }
+    if g.team {
+        dims.push(("team_id", "team_id"));
+    }
+    if g.key {
+        dims.push(("key_id", "key_id"));
+    }
+    if g.model {
+        dims.push(("model", "model"));
+    }
+    dims
+}
+
+fn non_nil(id: Uuid) -> Option<Uuid> {
+    (!id.is_nil()).then_some(id)
+}
+
+fn usage_row(row: &DbRow, g: UsageGroupBy) -> Result<UsageRow> {
+    let day = if g.day {
+        let secs: i64 = row.try_get("day")?;
+        Some(
+            OffsetDateTime::from_unix_timestamp(secs)
+                .map_err(|_| StoreError::Invalid("a rollup day is out of range".to_owned()))?
+                .date(),
+        )
+    } else {
+        None
+    };
+    let get = |col: &str| -> Result<u64> { Ok(uint(row.try_get::<i64, _>(col)?)) };
+    Ok(UsageRow {
+        day,
+        key_id: if g.key {
+            non_nil(row.try_get("key_id")?)
+        } else {
+            None
+        },
+        team_id: if g.team {
+            non_nil(row.try_get("team_id")?)
+        } else {
+            None
+        },
+        model: if g.model {
+            Some(row.try_get::<String, _>("model")?).filter(|m| !m.is_empty())
+        } else {
+            None
+        },
+        requests: get("requests")?,
+        errors: get("errors")?,
+        input_tokens: get("input_tokens")?,
+        output_tokens: get("output_tokens")?,
+        cache_write_5m_tokens: get("cache_write_5m_tokens")?,
+        cache_write_1h_tokens: get("cache_write_1h_tokens")?,
+        cache_read_tokens: get("cache_read_tokens")?,
+        cost_micro_usd: get("cost_micro_usd")?,
+    })
+}
+
+fn usage_record(row: &DbRow) -> Result<UsageRecord> {
+    let get = |col: &str| -> Result<u64> { Ok(uint(row.try_get::<i64, _>(col)?)) };
+    Ok(UsageRecord {
+        id: row.try_get("id")?,
+        at: row.try_get::<DbTime, _>("at")?.0,
+        request_id: row.try_get("request_id")?,
+        key_id: row.try_get("key_id")?,
+        team_id: row.try_get("team_id")?,
+        user_id: row.try_get("user_id")?,
+        key_label: row.try_get("key_label")?,
+        endpoint: row.try_get("endpoint")?,
+        model_requested: row.try_get("model_requested")?,
+        model_served: row.try_get("model_served")?,
+        status: u16::try_from(row.try_get::<i32, _>("status")?).unwrap_or(0),
+        error_type: row.try_get("error_type")?,
+        input_tokens: get("input_tokens")?,
+        output_tokens: get("output_tokens")?,
+        cache_write_5m_tokens: get("cache_write_5m_tokens")?,
+        cache_write_1h_tokens: get("cache_write_1h_tokens")?,
+        cache_read_tokens: get("cache_read_tokens")?,
+        cost_micro_usd: get("cost_micro_usd")?,
+        priced: row.try_get("priced")?,
+        latency_us: get("latency_us")?,
+        upstream_latency_us: row
+            .try_get::<Option<i64>, _>("upstream_latency_us")?
+            .map(uint),
+        upstream_attempts: u32::try_from(row.try_get::<i32, _>("upstream_attempts")?).unwrap_or(0),
+        streamed: row.try_get("streamed")?,
+        cache_hit: row.try_get("cache_hit")?,
+        client_aborted: row.try_get("client_aborted")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn ranges_split_into_hours_and_whole_days() {
+        let t = |dt: OffsetDateTime| dt.unix_timestamp();
+        // Within one day: hours only, widened to whole hours.
+        let [h, d, tl] = split_range(
+            datetime!(2026-06-01 10:30 UTC),
+            datetime!(2026-06-01 12:00:00.5 UTC),
+        );
+        assert_eq!(
+            h,
+            (
+                t(datetime!(2026-06-01 10:00 UTC)),
+                t(datetime!(2026-06-01 13:00 UTC))
+            )
+        );
+        assert_eq!((d, tl), ((0, 0), (0, 0)));
+        // Across days: head hours, whole days, tail hours.
+        let [h, d, tl] = split_range(
+            datetime!(2026-06-01 22:10 UTC),
+            datetime!(2026-06-04 01:00 UTC),
+        );
+        assert_eq!(
+            h,
+            (
+                t(datetime!(2026-06-01 22:00 UTC)),
+                t(datetime!(2026-06-02 00:00 UTC))
+            )
+        );
+        assert_eq!(
+            d,
+            (
+                t(datetime!(2026-06-02 00:00 UTC)),
+                t(datetime!(2026-06-04 00:00 UTC))
+            )
+        );
+        assert_eq!(
+            tl,
+            (
+                t(datetime!(2026-06-04 00:00 UTC)),
+                t(datetime!(2026-06-04 01:00 UTC))
+            )
+        );
+    }
+}
