@@ -11,6 +11,7 @@ pub mod messages;
 pub mod models;
 pub mod prompt_cache;
 pub mod stream;
+pub mod tokens;
 
 pub use error::{ErrorBody, ErrorEnvelope, ErrorType};
 pub use messages::{CacheCreation, ContentBlock, Message, StopReason, Usage};

@@ -17,6 +17,7 @@
 
 pub mod chain;
 pub mod error;
+pub mod limits;
 pub mod model;
 mod postgres;
 mod sqlite;
@@ -30,6 +31,9 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 pub use error::{Result, StoreError};
+pub use limits::{
+    AllLimits, BudgetPeriod, BudgetSetting, LimitSettings, LimitsRepository, TeamLimitSettings,
+};
 pub use model::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -369,6 +373,14 @@ impl Store {
         }
     }
 
+    /// Limits and budgets per key and team (see [`limits`]).
+    pub fn limits(&self) -> &dyn LimitsRepository {
+        match &self.inner {
+            Inner::Sqlite(s) => s,
+            Inner::Postgres(p) => p,
+        }
+    }
+
     /// Apply the embedded migrations that have not been applied yet. Idempotent.
     ///
     /// # Errors
@@ -462,6 +474,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 include_str!("../migrations/sqlite/0002_sessions_valid_after.sql"),
             ),
             (
+                3,
+                "limits",
+                include_str!("../migrations/sqlite/0003_limits.sql"),
+            ),
+            (
                 4,
                 "usage_ledger",
                 include_str!("../migrations/sqlite/0004_usage_ledger.sql"),
@@ -477,6 +494,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 2,
                 "sessions_valid_after",
                 include_str!("../migrations/postgres/0002_sessions_valid_after.sql"),
+            ),
+            (
+                3,
+                "limits",
+                include_str!("../migrations/postgres/0003_limits.sql"),
             ),
             (
                 4,

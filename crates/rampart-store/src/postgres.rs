@@ -18,6 +18,13 @@ mod repo;
 
 #[allow(
     clippy::duplicate_mod,
+    reason = "limits_repo.rs is compiled once per engine on purpose, like repo.rs"
+)]
+#[path = "limits_repo.rs"]
+mod limits_repo;
+
+#[allow(
+    clippy::duplicate_mod,
     reason = "usage_repo.rs is compiled once per engine on purpose, like repo.rs"
 )]
 #[path = "usage_repo.rs"]

@@ -420,6 +420,16 @@ impl Repository for EngineStore {
             expires_at: old.expires_at,
         };
         let new = insert_key(&mut tx, &replacement, Some(old.id)).await?;
+        // The successor keeps the old key's own limits (see `crate::limits`).
+        sqlx::query(
+            "INSERT INTO key_limits (key_id, rpm, itpm, otpm, concurrency, budget_micros, \
+             budget_period, updated_at) SELECT $1, rpm, itpm, otpm, concurrency, budget_micros, \
+             budget_period, updated_at FROM key_limits WHERE key_id = $2",
+        )
+        .bind(new.id)
+        .bind(old.id)
+        .execute(&mut *tx)
+        .await?;
         let overlap_end = at.saturating_add(overlap);
         let old_row = sqlx::query(concat!(
             "UPDATE api_keys SET expires_at = CASE WHEN expires_at IS NULL OR expires_at > $2 \
@@ -788,7 +798,7 @@ impl Repository for EngineStore {
 }
 
 /// Append the audit event (if any) inside `tx`, commit, and hand back `value`.
-async fn finish<T>(mut tx: Tx, audit: Option<&NewAuditEvent>, value: T) -> Result<T> {
+pub(super) async fn finish<T>(mut tx: Tx, audit: Option<&NewAuditEvent>, value: T) -> Result<T> {
     if let Some(event) = audit {
         append_in(&mut tx, event).await?;
     }
@@ -871,7 +881,11 @@ async fn revoke_user_refresh_tokens(tx: &mut Tx, user_id: Uuid, at: OffsetDateTi
     .rows_affected())
 }
 
-async fn insert_key(tx: &mut Tx, new: &NewApiKey, rotated_from: Option<Uuid>) -> Result<ApiKey> {
+pub(super) async fn insert_key(
+    tx: &mut Tx,
+    new: &NewApiKey,
+    rotated_from: Option<Uuid>,
+) -> Result<ApiKey> {
     non_empty("key name", &new.name)?;
     non_empty("key prefix", &new.prefix)?;
     if new.key_hash.is_empty() {

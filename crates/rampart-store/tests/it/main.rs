@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
 mod harness;
+mod limits;
 mod suite;
 mod usage;
 
@@ -72,6 +73,11 @@ on_both_engines!(
     an_audited_write_commits_its_event_with_it,
     a_failed_write_leaves_no_audit_event,
     timestamps_round_trip_at_microsecond_precision,
+    key_limits_are_created_with_the_key_and_replaced_whole,
+    team_limits_and_key_defaults_round_trip,
+    bad_limits_and_missing_owners_are_refused_without_writing,
+    a_rotated_key_keeps_its_limits,
+    the_directory_version_moves_with_key_team_and_limit_writes_only,
     inserting_usage_twice_counts_it_once,
     usage_groups_by_key_team_model_and_day_from_the_rollups,
     usage_filters_by_user,

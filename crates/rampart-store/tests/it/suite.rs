@@ -8,6 +8,7 @@ use time::{Duration, OffsetDateTime, macros::datetime};
 use uuid::Uuid;
 
 use crate::harness::TestDb;
+pub use crate::limits::*;
 pub use crate::usage::*;
 
 const T0: OffsetDateTime = datetime!(2026-06-01 12:00:00.123456 UTC);
@@ -72,6 +73,7 @@ pub async fn migrating_twice_applies_nothing_the_second_time(db: &TestDb) {
         vec![
             (1, "identity".to_owned()),
             (2, "sessions_valid_after".to_owned()),
+            (3, "limits".to_owned()),
             (4, "usage_ledger".to_owned()),
         ]
     );
