@@ -59,13 +59,21 @@ pub struct MessageBatch {
     pub results_url: Option<String>,
 }
 
-/// One request of a batch.
+/// One request of a batch: `params` are non-streaming `MessageCreate` params, raw JSON by default
+/// or typed as [`crate::params::MessageCreateParams`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchRequest {
+pub struct BatchRequest<P = Value> {
     /// Caller-chosen id, unique within the batch.
     pub custom_id: String,
     /// Non-streaming `MessageCreate` params.
-    pub params: Value,
+    pub params: P,
+}
+
+/// The body of `POST /v1/messages/batches`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchCreateParams<P = Value> {
+    /// The requests, each with a unique `custom_id`.
+    pub requests: Vec<BatchRequest<P>>,
 }
 
 /// Outcome of one batch item.

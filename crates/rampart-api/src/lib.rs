@@ -9,12 +9,14 @@ pub mod batches;
 pub mod error;
 pub mod messages;
 pub mod models;
+pub mod params;
 pub mod prompt_cache;
 pub mod stream;
 pub mod tokens;
 
 pub use error::{ErrorBody, ErrorEnvelope, ErrorType};
 pub use messages::{CacheCreation, ContentBlock, Message, StopReason, Usage};
+pub use params::{ContentBlockParam, MessageCreateParams, MessageParam, Role};
 
 /// The only `anthropic-version` value the API accepts today.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

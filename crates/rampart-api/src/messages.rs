@@ -87,6 +87,10 @@ pub enum ContentBlock {
         /// Arguments matching the tool's input schema.
         input: Value,
     },
+    /// A block type not modelled here (server-tool blocks, later additions), kept as raw JSON
+    /// with its `type`, so a response that carries one still parses.
+    #[serde(untagged)]
+    Other(Value),
 }
 
 /// A complete, non-streamed response.
@@ -109,4 +113,46 @@ pub struct Message {
     pub stop_sequence: Option<String>,
     /// Token usage.
     pub usage: Usage,
+}
+
+impl Message {
+    /// The text of every `text` block, concatenated in order.
+    #[must_use]
+    pub fn text(&self) -> String {
+        self.content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_content_blocks_are_kept_as_raw_json() {
+        let raw = json!({"type":"server_tool_use","id":"srvtoolu_1","name":"web_search","input":{"query":"q"}});
+        let block: ContentBlock = serde_json::from_value(raw.clone()).unwrap();
+        assert_eq!(block, ContentBlock::Other(raw.clone()));
+        assert_eq!(serde_json::to_value(&block).unwrap(), raw);
+        let text: ContentBlock =
+            serde_json::from_value(json!({"type":"text","text":"hi"})).unwrap();
+        assert_eq!(text, ContentBlock::Text { text: "hi".into() });
+    }
+
+    #[test]
+    fn text_joins_the_text_blocks_only() {
+        let m: Message = serde_json::from_value(json!({
+            "id":"msg_1","type":"message","role":"assistant","model":"m",
+            "content":[{"type":"text","text":"a"},{"type":"tool_use","id":"t","name":"f","input":{}},{"type":"text","text":"b"}],
+            "stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}
+        }))
+        .unwrap();
+        assert_eq!(m.text(), "ab");
+    }
 }

@@ -30,6 +30,14 @@ pub enum Delta {
         /// The signature.
         signature: String,
     },
+    /// A citation for the text block.
+    CitationsDelta {
+        /// The citation object.
+        citation: Value,
+    },
+    /// A delta type not modelled here, kept as raw JSON with its `type`.
+    #[serde(untagged)]
+    Other(Value),
 }
 
 /// `delta` of a `message_delta` event.
@@ -129,3 +137,28 @@ impl StreamEvent {
 
 /// Raw JSON passthrough helper for events the types above do not model.
 pub type RawEvent = Value;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn citation_and_unknown_deltas_parse() {
+        let ev: StreamEvent = serde_json::from_value(json!({
+            "type":"content_block_delta","index":0,
+            "delta":{"type":"citations_delta","citation":{"type":"char_location","cited_text":"x"}}
+        }))
+        .unwrap();
+        assert!(matches!(
+            ev,
+            StreamEvent::ContentBlockDelta {
+                delta: Delta::CitationsDelta { .. },
+                ..
+            }
+        ));
+        let later = json!({"type":"compaction_delta","content":"x"});
+        let d: Delta = serde_json::from_value(later.clone()).unwrap();
+        assert_eq!(d, Delta::Other(later));
+    }
+}
