@@ -211,6 +211,10 @@ pub struct Settings {
     pub log: LogConfig,
     /// The admin plane.
     pub admin: AdminConfig,
+    /// Model prices (`[pricing]` over the built-in list prices), for the ledger and budgets.
+    pub prices: std::sync::Arc<rampart_ledger::pricing::PriceTable>,
+    /// The usage ledger (`[ledger]`), in effect with a store.
+    pub ledger: rampart_ledger::LedgerConfig,
 }
 
 /// Where configuration comes from.
@@ -239,7 +243,9 @@ pub struct Sources {
 #[error("{}", .0.join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
-const SECTIONS: [&str; 5] = ["server", "upstream", "auth", "log", "admin"];
+const SECTIONS: &[&str] = &[
+    "server", "upstream", "auth", "log", "admin", "pricing", "ledger",
+];
 
 /// Load, merge and validate configuration; report every problem at once.
 ///
@@ -292,6 +298,13 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
     let auth: AuthConfig = section(&fig, "auth", &mut problems);
     let log: LogConfig = section(&fig, "log", &mut problems);
     let admin: AdminConfig = section(&fig, "admin", &mut problems);
+    let pricing: rampart_ledger::pricing::PricingConfig = section(&fig, "pricing", &mut problems);
+    let ledger: rampart_ledger::LedgerConfig = section(&fig, "ledger", &mut problems);
+    problems.extend(ledger.problems());
+    let prices = rampart_ledger::pricing::PriceTable::from_config(&pricing).unwrap_or_else(|e| {
+        problems.extend(e);
+        rampart_ledger::pricing::PriceTable::builtin()
+    });
     check_admin(&admin, &mut problems);
 
     let listen = server
@@ -381,6 +394,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             last_used_flush: Duration::from_secs(auth.last_used_flush_secs),
             log,
             admin,
+            prices: std::sync::Arc::new(prices),
+            ledger,
         }),
         _ => Err(ConfigErrors(problems)),
     }

@@ -3,7 +3,9 @@
 //!
 //! Every request ends in exactly one [`Completion`], which records metrics and the access log
 //! when the response body finishes, fails, or is dropped because the client went away (dropping
-//! the body also drops the upstream response, which cancels the upstream request).
+//! the body also drops the upstream response, which cancels the upstream request). With a usage
+//! ledger, the completion also writes the request's usage record exactly once, before the last
+//! byte of the response is released (see [`Completion::record_usage`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,6 +33,9 @@ use crate::sse::{UsageScanner, UsageSummary};
 use crate::telemetry;
 use crate::upstream::UpstreamClient;
 use crate::upstream_key::UpstreamKey;
+use rampart_ledger::Ledger;
+use rampart_ledger::pricing::{Known, PriceTable, TokenUsage, note_unknown_model};
+use rampart_store::UsageRecord;
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -53,6 +58,8 @@ pub struct AppState {
     pub upstream_key: Arc<UpstreamKey>,
     /// Audit of refused key uses (only with a store).
     pub denials: Option<DenialAudit>,
+    /// The usage ledger (only with a store).
+    pub ledger: Option<Arc<Ledger>>,
     /// Set when SIGTERM arrived.
     pub shutting_down: AtomicBool,
 }
@@ -65,6 +72,8 @@ pub struct ProxyParts {
     /// The upstream key when it does not come from the settings (a stored credential, see
     /// [`crate::upstream_key::StoredUpstream`]).
     pub upstream_key: Option<Arc<UpstreamKey>>,
+    /// Record one usage record per request: see [`rampart_ledger::ledger`].
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -122,12 +131,13 @@ impl AppState {
             auth,
             upstream_key,
             denials: parts.denials,
+            ledger: parts.ledger,
             shutting_down: AtomicBool::new(false),
         })
     }
 }
 
-/// Metrics and access log for one request, recorded exactly once, on drop.
+/// Metrics, access log and usage record for one request, recorded exactly once.
 #[derive(Debug)]
 pub struct Completion {
     route: Route,
@@ -143,6 +153,18 @@ pub struct Completion {
     usage: Option<UsageSummary>,
     client_aborted: bool,
     upstream_request_id: Option<String>,
+    /// The calling store key's ids.
+    key_id: Option<uuid::Uuid>,
+    team_id: Option<uuid::Uuid>,
+    user_id: Option<uuid::Uuid>,
+    /// Upstream attempts made (0 when the request never went upstream).
+    pub(crate) attempts: u32,
+    /// Answered from Rampart's response cache.
+    pub(crate) cache_hit: bool,
+    /// The error type of an error Rampart answered with.
+    error_type: Option<&'static str>,
+    /// Where the usage record goes and how it is priced; taken when it is written.
+    ledger: Option<(Arc<Ledger>, Arc<PriceTable>)>,
 }
 
 impl Completion {
@@ -163,12 +185,104 @@ impl Completion {
             usage: None,
             client_aborted: true,
             upstream_request_id: None,
+            key_id: None,
+            team_id: None,
+            user_id: None,
+            attempts: 0,
+            cache_hit: false,
+            error_type: None,
+            ledger: None,
         }
     }
+
+    /// Record this request in `state`'s usage ledger, if it has one.
+    fn with_ledger(mut self, state: &AppState) -> Self {
+        if let Some(ledger) = &state.ledger {
+            self.ledger = Some((ledger.clone(), state.settings.prices.clone()));
+        }
+        self
+    }
+
+    /// Write the usage record, once (later calls do nothing): priced by the served model (else
+    /// the requested one), with the cache writes split by TTL. Called before the last byte of
+    /// the response is released, so a client that has its whole response has its record in the
+    /// spool.
+    fn record_usage(&mut self) {
+        let Some((ledger, prices)) = self.ledger.take() else {
+            return;
+        };
+        let usage = self.usage.as_ref();
+        let tokens = usage.map_or_else(TokenUsage::default, |u| TokenUsage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_creation_input_tokens: u.cache_creation_input_tokens,
+            cache_read_input_tokens: u.cache_read_input_tokens,
+            cache_creation_5m: u.cache_creation_5m,
+            cache_creation_1h: u.cache_creation_1h,
+        });
+        let served = usage.and_then(|u| u.model.as_deref());
+        let (cost_micro_usd, priced) = match served.or(self.model.as_deref()) {
+            Some(model) if tokens != TokenUsage::default() => {
+                let (p, known) = prices.lookup(model);
+                if known == Known::Default {
+                    note_unknown_model(model);
+                }
+                (prices.cost_at(&p, &tokens, false), known == Known::Listed)
+            }
+            _ => (0, true),
+        };
+        let (w5, w1) = tokens.cache_writes();
+        let elapsed = self.start.elapsed();
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let shown = |m: &str| m.chars().take(MAX_MODEL_CHARS).collect::<String>();
+        ledger.record(&UsageRecord {
+            id: ledger_id(),
+            at: time::OffsetDateTime::now_utc() - elapsed,
+            request_id: self.request_id.clone(),
+            key_id: self.key_id,
+            team_id: self.team_id,
+            user_id: self.user_id,
+            key_label: self.key.as_deref().map(str::to_owned),
+            endpoint: self.route.template().to_owned(),
+            model_requested: self.model.as_deref().map(shown),
+            model_served: served.map(shown),
+            status: self.status,
+            error_type: self
+                .error_type
+                .map(str::to_owned)
+                .or_else(|| usage.and_then(|u| u.stream_error.clone())),
+            input_tokens: tokens.input_tokens,
+            output_tokens: tokens.output_tokens,
+            cache_write_5m_tokens: w5,
+            cache_write_1h_tokens: w1,
+            cache_read_tokens: tokens.cache_read_input_tokens,
+            cost_micro_usd,
+            priced,
+            latency_us: micros(elapsed),
+            upstream_latency_us: self.upstream.map(micros),
+            upstream_attempts: self.attempts,
+            streamed: self.streamed,
+            cache_hit: self.cache_hit,
+            client_aborted: self.client_aborted,
+        });
+    }
+}
+
+/// Longest model name kept in a usage record.
+const MAX_MODEL_CHARS: usize = 200;
+
+/// A fresh UUIDv7 for a usage record (time-ordered, from the thread's random generator rather
+/// than a `getrandom` call per request).
+fn ledger_id() -> uuid::Uuid {
+    let now = time::OffsetDateTime::now_utc();
+    let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
+        self.record_usage();
         telemetry::request_finished(&telemetry::Finished {
             route: self.route,
             method: self.method.as_str(),
@@ -228,7 +342,8 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = req.into_parts();
-    let mut done = Completion::new(route, parts.method.clone(), request_id(&parts.headers));
+    let mut done = Completion::new(route, parts.method.clone(), request_id(&parts.headers))
+        .with_ledger(&state);
     let public_base = matches!(route, Route::Batches | Route::Batch | Route::BatchCancel)
         .then(|| public_base(&state.settings, &parts.headers));
     let request_id = done.request_id.clone();
@@ -265,9 +380,11 @@ fn public_base(settings: &Settings, headers: &HeaderMap) -> Option<String> {
 
 /// Respond with an error; the completion is recorded now.
 fn error_response(e: ProxyError, mut done: Completion) -> Response {
+    done.error_type = Some(e.kind_and_status().0.as_str());
     let resp = e.into_response_with(&done.request_id);
     done.status = resp.status().as_u16();
     done.client_aborted = false;
+    // The usage record is written when `done` drops here, before the response is returned.
     resp
 }
 
@@ -350,6 +467,8 @@ where
     };
     let scopes = identity.scopes.clone();
     done.key = Some(identity.key_label);
+    (done.key_id, done.team_id, done.user_id) =
+        (identity.key_id, identity.team_id, identity.user_id);
     if let (Some(scopes), Some(endpoint)) = (&scopes, crate::auth::Endpoint::of(done.route))
         && !scopes.allows_endpoint(endpoint)
     {
@@ -387,6 +506,7 @@ where
                 ..refused(403, "model_not_allowed", Some(credential))
             };
             audit_denied(state, done, &parts, client, r);
+            done.model = peeked.model;
             return Err(err);
         }
         done.model = peeked.model;
@@ -394,6 +514,7 @@ where
     }
 
     let upstream_req = build_upstream_request(state, parts, &done.request_id, body_bytes)?;
+    done.attempts += 1;
     let sent_at = Instant::now();
     let result = tokio::time::timeout(
         state.settings.header_timeout,
@@ -650,6 +771,18 @@ enum Tap {
     Json { chunks: Vec<Bytes>, len: usize },
 }
 
+impl Tap {
+    /// The usage read from the response, if any.
+    fn into_usage(self) -> Option<UsageSummary> {
+        match self {
+            Tap::None => None,
+            Tap::Sse(s) => Some(s.into_summary()),
+            Tap::Json { chunks, .. } if chunks.len() == 1 => UsageSummary::from_json(&chunks[0]),
+            Tap::Json { chunks, .. } => UsageSummary::from_json(&chunks.concat()),
+        }
+    }
+}
+
 /// The upstream body, piped through frame by frame, with usage read on the side and the
 /// request's [`Completion`] recorded when it ends or is dropped.
 struct MeteredBody {
@@ -660,22 +793,22 @@ struct MeteredBody {
 
 impl MeteredBody {
     /// Hand the completion and what was tapped to the accounting thread: the usage read, the
-    /// metrics and the access log happen after this frame has gone to the client.
+    /// metrics and the access log happen after this frame has gone to the client. With a usage
+    /// ledger, the usage is read and the record written here, before the frame is released.
     fn finish(&mut self, client_aborted: bool) {
         if let Some(mut c) = self.completion.take() {
             c.client_aborted = client_aborted;
             let tap = std::mem::replace(&mut self.tap, Tap::None);
-            crate::accounting::defer(move || {
-                c.usage = match tap {
-                    Tap::None => None,
-                    Tap::Sse(s) => Some(s.into_summary()),
-                    Tap::Json { chunks, .. } if chunks.len() == 1 => {
-                        UsageSummary::from_json(&chunks[0])
-                    }
-                    Tap::Json { chunks, .. } => UsageSummary::from_json(&chunks.concat()),
-                };
-                drop(c);
-            });
+            if c.ledger.is_some() {
+                c.usage = tap.into_usage();
+                c.record_usage();
+                crate::accounting::defer(move || drop(c));
+            } else {
+                crate::accounting::defer(move || {
+                    c.usage = tap.into_usage();
+                    drop(c);
+                });
+            }
         }
     }
 }

@@ -22,6 +22,12 @@ pub struct UsageSummary {
     pub cache_creation_input_tokens: u64,
     /// Cache reads.
     pub cache_read_input_tokens: u64,
+    /// Cache writes with the 5-minute TTL (`cache_creation.ephemeral_5m_input_tokens`), when
+    /// reported.
+    pub cache_creation_5m: Option<u64>,
+    /// Cache writes with the 1-hour TTL (`cache_creation.ephemeral_1h_input_tokens`), when
+    /// reported.
+    pub cache_creation_1h: Option<u64>,
     /// Final stop reason.
     pub stop_reason: Option<String>,
     /// In-band error type, when the stream carried `event: error`.
@@ -40,6 +46,16 @@ struct UsageFields {
     cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation: Option<CacheCreationFields>,
+}
+
+#[derive(Deserialize, Default)]
+struct CacheCreationFields {
+    #[serde(default)]
+    ephemeral_5m_input_tokens: Option<u64>,
+    #[serde(default)]
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +112,14 @@ impl UsageSummary {
         if let Some(v) = u.cache_read_input_tokens {
             self.cache_read_input_tokens = v;
         }
+        if let Some(c) = &u.cache_creation {
+            if let Some(v) = c.ephemeral_5m_input_tokens {
+                self.cache_creation_5m = Some(v);
+            }
+            if let Some(v) = c.ephemeral_1h_input_tokens {
+                self.cache_creation_1h = Some(v);
+            }
+        }
     }
 
     /// Usage from a complete non-streamed Messages response body.
@@ -126,7 +150,7 @@ impl UsageSummary {
 /// A top-level walker for trusted upstream JSON: finds the value of each top-level key and skips
 /// the rest by scanning bytes (strings with `memchr2`, containers by depth).
 mod fast_json {
-    use super::{UsageFields, UsageSummary};
+    use super::{CacheCreationFields, UsageFields, UsageSummary};
 
     fn ws(b: &[u8], mut i: usize) -> usize {
         while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
@@ -268,6 +292,22 @@ mod fast_json {
                                 u.cache_creation_input_tokens = uint(v)?;
                             }
                             b"cache_read_input_tokens" => u.cache_read_input_tokens = uint(v)?,
+                            b"cache_creation" if v != b"null" => {
+                                let mut c = CacheCreationFields::default();
+                                walk_object(v, 0, |k, v| {
+                                    match k {
+                                        b"ephemeral_5m_input_tokens" => {
+                                            c.ephemeral_5m_input_tokens = uint(v)?;
+                                        }
+                                        b"ephemeral_1h_input_tokens" => {
+                                            c.ephemeral_1h_input_tokens = uint(v)?;
+                                        }
+                                        _ => {}
+                                    }
+                                    Some(())
+                                })?;
+                                u.cache_creation = Some(c);
+                            }
                             _ => {}
                         }
                         Some(())
@@ -469,7 +509,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":7,\"cache_read_input_tokens\":3,\"output_tokens\":1}}}\n\n\
+    const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":7,\"cache_read_input_tokens\":3,\"cache_creation\":{\"ephemeral_5m_input_tokens\":5,\"ephemeral_1h_input_tokens\":2},\"output_tokens\":1}}}\n\n\
 event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
 event: ping\ndata: {\"type\": \"ping\"}\n\n\
 event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n\
@@ -484,6 +524,8 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             output_tokens: 15,
             cache_creation_input_tokens: 7,
             cache_read_input_tokens: 3,
+            cache_creation_5m: Some(5),
+            cache_creation_1h: Some(2),
             stop_reason: Some("end_turn".into()),
             stream_error: None,
             completed: true,
@@ -537,6 +579,21 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             (3, 4, 9)
         );
         assert_eq!(s.stop_reason.as_deref(), Some("max_tokens"));
+        assert_eq!((s.cache_creation_5m, s.cache_creation_1h), (None, None));
+    }
+
+    #[test]
+    fn cache_writes_are_split_by_ttl_when_reported() {
+        let body = br#"{"model":"m","usage":{"input_tokens":1,"output_tokens":2,"cache_creation_input_tokens":30,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":10,"ephemeral_1h_input_tokens":20}}}"#;
+        let s = UsageSummary::from_json(body).unwrap();
+        assert_eq!(
+            (s.cache_creation_5m, s.cache_creation_1h),
+            (Some(10), Some(20))
+        );
+        assert_eq!(
+            fast_json::summary(body),
+            UsageSummary::from_json_serde(body)
+        );
     }
 
     #[test]

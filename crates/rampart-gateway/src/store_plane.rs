@@ -7,6 +7,7 @@
 //! | upstream reload | 1 s | [`StoredUpstream::run_refresher`]: the stored upstream credential (when used) |
 //! | last-use flush | 15 s, and at stop | [`KeyDirectory::run_last_used_flusher`]: `last_used_at` in one batch |
 //! | denial audit | as rows come, and at stop | [`crate::denials::DenialWriter::run`]: `key.denied` rows |
+//! | usage ledger | 200 ms, and at stop | [`rampart_ledger::LedgerWriter::run`]: the spool into the database (with [`StorePlane::run_ledger`]) |
 //!
 //! [`StorePlane::stop`] signals every task and waits for them, so the last uses and the queued
 //! audit rows are written before the process exits.
@@ -145,6 +146,7 @@ impl StorePlane {
         let parts = ProxyParts {
             denials: Some(denials),
             upstream_key: upstream.as_ref().map(|up| up.key()),
+            ledger: None,
         };
         if let Some(up) = upstream {
             tasks.push((
@@ -154,6 +156,22 @@ impl StorePlane {
         }
         tasks.push(("denial audit", tokio::spawn(writer.run(store, signal()))));
         Ok((Self { stop, tasks }, parts))
+    }
+
+    /// Also run the usage ledger's writer; [`StorePlane::stop`] then drains the spool into the
+    /// database before returning (call it after the last request).
+    pub fn run_ledger(&mut self, store: Store, writer: rampart_ledger::LedgerWriter) {
+        // The writer's metrics need the recorder: the first metric would otherwise fix the
+        // process on a no-op one.
+        if let Err(e) = crate::telemetry::install() {
+            tracing::warn!(error = %e, "metrics recorder unavailable; ledger metrics are not exported");
+        }
+        let mut stopped = self.stop.subscribe();
+        let signal = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        self.tasks
+            .push(("usage ledger", tokio::spawn(writer.run(store, signal))));
     }
 
     /// Stop every task, after the last key uses and queued audit rows are written.

@@ -20,6 +20,11 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// # Errors
 /// When another recorder was installed by someone else.
 pub fn install() -> Result<PrometheusHandle, String> {
+    // Serialised: two first callers at once would both try to install a recorder.
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _installing = INSTALLING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
@@ -62,6 +67,7 @@ fn describe() {
         "rampart_upstream_errors_total",
         "Upstream failures by kind (connect, timeout, io, stream_error)."
     );
+    rampart_ledger::ledger::describe_metrics();
 }
 
 /// Keep the histograms' memory bounded; call every few seconds.

@@ -137,17 +137,21 @@ impl TestGateway {
         key: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        let resp = self
-            .http
+        let resp = self.send(path, key, body).await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// `POST path` with `key` and a JSON body; the response as it came.
+    pub async fn send(&self, path: &str, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
             .post(format!("{}{path}", self.url))
             .header("x-api-key", key)
             .header("anthropic-version", "2023-06-01")
             .json(body)
             .send()
             .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap())
+            .unwrap()
     }
 
     pub async fn stop(self) {

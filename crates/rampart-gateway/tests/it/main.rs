@@ -7,4 +7,5 @@ mod batches;
 mod denials;
 mod harness;
 mod keydir;
+mod ledger;
 mod upstreams;

@@ -1,0 +1,315 @@
+//! The usage ledger seen from the gateway: exactly one record per request — successes, upstream
+//! errors, refusals, streams and streams the client abandoned — with the calling key's ids, the
+//! usage the upstream reported and its price.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_gateway::Gateway;
+use rampart_gateway::keydir::KeyDirectory;
+use rampart_gateway::store_plane::{StorePlane, StorePlaneOptions};
+use rampart_ledger::pricing::{PriceTable, TokenUsage};
+use rampart_ledger::{Ledger, LedgerConfig};
+use rampart_store::{UsageGroupBy, UsageQuery, UsageRecord, UsageRow};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::harness::{TestGateway, TestStore, hasher, message, serve, settings, sim};
+
+/// A gateway with keys from `db` and a usage ledger spooling under `spool`.
+async fn gateway(
+    db: &TestStore,
+    upstream: &str,
+    spool: &std::path::Path,
+) -> (TestGateway, StorePlane) {
+    let directory = Arc::new(KeyDirectory::new(hasher()));
+    let (mut plane, mut parts) = StorePlane::start(
+        db.store(),
+        directory.clone(),
+        None,
+        StorePlaneOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (ledger, writer) = Ledger::open(&LedgerConfig::default(), spool, 2).unwrap();
+    parts.ledger = Some(ledger);
+    plane.run_ledger(db.store(), writer);
+    let gw = Gateway::with_parts(settings(upstream, Some("sk-ant-up")), directory, parts).unwrap();
+    (serve(gw).await, plane)
+}
+
+/// `POST /v1/messages`: the status, the request id Rampart returned and the body.
+async fn call(gw: &TestGateway, key: &str, body: &serde_json::Value) -> (u16, String, String) {
+    let resp = gw.send("/v1/messages", key, body).await;
+    let status = resp.status().as_u16();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    (status, id, resp.text().await.unwrap())
+}
+
+/// Totals over the last day, from the rollups.
+async fn total(db: &TestStore) -> UsageRow {
+    let rows = db
+        .usage()
+        .usage_summary(&UsageQuery {
+            from: OffsetDateTime::now_utc() - time::Duration::DAY,
+            to: OffsetDateTime::now_utc() + time::Duration::HOUR,
+            key_id: None,
+            team_id: None,
+            user_id: None,
+            model: None,
+            group_by: UsageGroupBy::default(),
+        })
+        .await
+        .unwrap();
+    rows.into_iter().next().unwrap()
+}
+
+async fn records(db: &TestStore) -> HashMap<String, UsageRecord> {
+    let all = db
+        .usage()
+        .list_usage_records(
+            OffsetDateTime::UNIX_EPOCH,
+            OffsetDateTime::now_utc() + time::Duration::HOUR,
+            10_000,
+        )
+        .await
+        .unwrap();
+    let n = all.len();
+    let by_id: HashMap<String, UsageRecord> =
+        all.into_iter().map(|r| (r.request_id.clone(), r)).collect();
+    assert_eq!(by_id.len(), n, "one record per request id");
+    by_id
+}
+
+fn tokens(r: &UsageRecord) -> TokenUsage {
+    TokenUsage {
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        cache_creation_input_tokens: r.cache_write_5m_tokens + r.cache_write_1h_tokens,
+        cache_read_input_tokens: r.cache_read_tokens,
+        cache_creation_5m: Some(r.cache_write_5m_tokens),
+        cache_creation_1h: Some(r.cache_write_1h_tokens),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_leaves_exactly_one_priced_usage_record() {
+    let db = TestStore::new().await;
+    let team = db.team("payments").await;
+    let (key, key_row) = db.key(&team, &[]).await;
+    let (haiku_only, haiku_row) = db.key(&team, &["claude-haiku-*"]).await;
+    let upstream = sim(Some("sk-ant-up")).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (gw, plane) = gateway(&db, &upstream.url, spool.path()).await;
+    let prices = PriceTable::builtin();
+
+    // A success, with the usage the upstream reported.
+    let (status, ok_id, body) = call(&gw, &key, &message("claude-haiku-4-5")).await;
+    assert_eq!(status, 200, "{body}");
+    let ok_body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // A stream.
+    let mut streamed = message("claude-sonnet-4-6");
+    streamed["stream"] = json!(true);
+    let (status, stream_id, _) = call(&gw, &key, &streamed).await;
+    assert_eq!(status, 200);
+    // A 1-hour cache write (Opus 5 caches prompts from 512 tokens).
+    let cached = json!({
+        "model": "claude-opus-5",
+        "max_tokens": 16,
+        "system": [{"type": "text", "text": "policy ".repeat(600), "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [{"role": "user", "content": "echo: hi"}]
+    });
+    let (status, cached_id, body) = call(&gw, &key, &cached).await;
+    assert_eq!(status, 200, "{body}");
+    let cached_body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Refusals: an unknown key (401) and a model outside the key's scope (403).
+    let (status, unknown_id, _) =
+        call(&gw, "rk_live_not-a-key", &message("claude-haiku-4-5")).await;
+    assert_eq!(status, 401);
+    let (status, scoped_id, _) = call(&gw, &haiku_only, &message("claude-opus-4-6")).await;
+    assert_eq!(status, 403);
+    // An upstream error (no max_tokens).
+    let (status, invalid_id, _) = call(
+        &gw,
+        &key,
+        &json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // A stream the client abandons after the first bytes.
+    let client = reqwest::Client::new();
+    let faults = client
+        .post(format!("{}/_sim/faults", upstream.url))
+        .json(&json!({"kind": "stall_stream", "delay_ms": 3000, "after_events": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(faults.status().is_success());
+    let mut resp = client
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let abandoned_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    gw.stop().await;
+    plane.stop().await;
+    let recs = records(&db).await;
+    assert_eq!(recs.len(), 7, "{:?}", recs.keys().collect::<Vec<_>>());
+
+    let ok = &recs[&ok_id];
+    let usage = &ok_body["usage"];
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        (ok.key_id, ok.team_id, ok.user_id),
+        (Some(key_row.id), Some(team.id), None)
+    );
+    assert_eq!(ok.key_label.as_deref(), Some(key_row.prefix.as_str()));
+    assert_eq!(ok.endpoint, "/v1/messages");
+    assert_eq!(ok.model_requested.as_deref(), Some("claude-haiku-4-5"));
+    assert_eq!(ok.model_served.as_deref(), ok_body["model"].as_str());
+    assert_eq!(ok.input_tokens, usage["input_tokens"].as_u64().unwrap());
+    assert_eq!(ok.output_tokens, usage["output_tokens"].as_u64().unwrap());
+    assert!(ok.input_tokens > 0 && ok.output_tokens > 0);
+    assert_eq!(
+        ok.cost_micro_usd,
+        prices.cost("claude-haiku-4-5", &tokens(ok), false)
+    );
+    assert!(ok.cost_micro_usd > 0 && ok.priced);
+    assert_eq!(
+        (ok.upstream_attempts, ok.streamed, ok.client_aborted),
+        (1, false, false)
+    );
+    assert!(ok.upstream_latency_us.is_some() && ok.latency_us >= ok.upstream_latency_us.unwrap());
+    assert_eq!(ok.error_type, None);
+
+    let st = &recs[&stream_id];
+    assert!(st.streamed && !st.client_aborted);
+    assert!(st.input_tokens > 0 && st.output_tokens > 0);
+    assert_eq!(
+        st.cost_micro_usd,
+        prices.cost("claude-sonnet-4-6", &tokens(st), false)
+    );
+
+    let c = &recs[&cached_id];
+    let creation = &cached_body["usage"]["cache_creation"];
+    assert!(c.cache_write_1h_tokens > 0, "{cached_body}");
+    assert_eq!(
+        (c.cache_write_5m_tokens, c.cache_write_1h_tokens),
+        (
+            creation["ephemeral_5m_input_tokens"].as_u64().unwrap(),
+            creation["ephemeral_1h_input_tokens"].as_u64().unwrap()
+        )
+    );
+    // Opus 5: the 1-hour write at $10/MTok, twice the base input price.
+    assert_eq!(
+        c.cost_micro_usd,
+        prices.cost("claude-opus-5", &tokens(c), false)
+    );
+    assert!(c.cost_micro_usd >= c.cache_write_1h_tokens * 10);
+
+    let unknown = &recs[&unknown_id];
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.error_type.as_deref(), Some("authentication_error"));
+    assert_eq!(
+        (
+            unknown.key_id,
+            unknown.upstream_attempts,
+            unknown.cost_micro_usd
+        ),
+        (None, 0, 0)
+    );
+
+    let scoped = &recs[&scoped_id];
+    assert_eq!(scoped.status, 403);
+    assert_eq!(scoped.error_type.as_deref(), Some("permission_error"));
+    assert_eq!(scoped.key_id, Some(haiku_row.id));
+    assert_eq!(scoped.model_requested.as_deref(), Some("claude-opus-4-6"));
+
+    let invalid = &recs[&invalid_id];
+    assert_eq!((invalid.status, invalid.upstream_attempts), (400, 1));
+    assert_eq!(invalid.cost_micro_usd, 0);
+
+    let abandoned = &recs[&abandoned_id];
+    assert!(abandoned.client_aborted && abandoned.streamed);
+    assert_eq!(abandoned.status, 200);
+
+    // The rollups hold the same totals.
+    let total = total(&db).await;
+    assert_eq!(total.requests, 7);
+    assert_eq!(total.errors, 3);
+    assert_eq!(
+        total.cost_micro_usd,
+        recs.values().map(|r| r.cost_micro_usd).sum::<u64>()
+    );
+    // Drained segments are deleted.
+    let left: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_spooled_before_a_crash_reach_the_database_at_the_next_start() {
+    let db = TestStore::new().await;
+    let team = db.team("t").await;
+    let (key, _) = db.key(&team, &[]).await;
+    let upstream = sim(Some("sk-ant-up")).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        // A gateway whose writer never runs: records stay in the spool, as after `kill -9`.
+        let directory = Arc::new(KeyDirectory::new(hasher()));
+        directory.refresh(&db).await.unwrap();
+        let (ledger, _writer) = Ledger::open(&LedgerConfig::default(), spool.path(), 2).unwrap();
+        let parts = rampart_gateway::proxy::ProxyParts {
+            ledger: Some(ledger),
+            ..Default::default()
+        };
+        let gw = serve(
+            Gateway::with_parts(settings(&upstream.url, Some("sk-ant-up")), directory, parts)
+                .unwrap(),
+        )
+        .await;
+        for _ in 0..20 {
+            let (status, id, _) = call(&gw, &key, &message("claude-haiku-4-5")).await;
+            assert_eq!(status, 200);
+            ids.push(id);
+        }
+        gw.stop().await;
+    }
+    assert!(records(&db).await.is_empty());
+    // The next start replays the spool. A copy taken first is replayed too, as when a crash
+    // comes after the database commit but before the drained segments are deleted: nothing
+    // counts twice.
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(spool.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "spool") {
+            std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for dir in [spool.path(), copy.path()] {
+        let (_, writer) = Ledger::open(&LedgerConfig::default(), dir, 2).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(writer.run(db.store(), async move {
+            let _ = stopped.await;
+        }));
+        stop.send(()).unwrap();
+        run.await.unwrap();
+    }
+    let recs = records(&db).await;
+    assert_eq!(recs.len(), 20);
+    assert!(ids.iter().all(|id| recs.contains_key(id)));
+    let total = total(&db).await;
+    assert_eq!(total.requests, 20, "the rollups counted each record once");
+}
