@@ -63,6 +63,8 @@ enum Command {
     RotateMasterKey(MigrateArgs),
     /// Print a fresh random key for RAMPART_MASTER_KEY or RAMPART_JWT_SECRET (32 bytes, base64).
     Keygen,
+    /// Ask Claude one question through the Messages API (ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY).
+    Ask(crate::ask::AskArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -147,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Users { command } => crate::people::users(command).await,
         Command::Teams { command } => crate::people::teams(command).await,
         Command::Audit { command } => crate::audit::run(command).await,
+        Command::Ask(args) => crate::ask::run(args).await,
         Command::Keygen => {
             println!("{}", rampart_crypto::keyspec::generate().expose());
             Ok(ExitCode::SUCCESS)

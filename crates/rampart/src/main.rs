@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)]
 
 mod admin;
+mod ask;
 mod audit;
 mod bootstrap;
 mod cli;
