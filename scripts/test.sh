@@ -78,7 +78,7 @@ setup_node() {
 
 # --- services -----------------------------------------------------------------------------------
 # Backing services the suites need, started before the first stage and stopped by stop_services,
-# which runs on every exit. PostgreSQL: a throwaway cluster (the machine's PostgreSQL 15) under a
+# which runs on every exit (Redis: see start_redis). PostgreSQL: a throwaway cluster (the machine's PostgreSQL 15) under a
 # temp dir on a free port, fsync off; the store's PostgreSQL tests read RAMPART_TEST_DATABASE_URL.
 # A RAMPART_TEST_DATABASE_URL already in the environment is used as it is.
 
@@ -167,11 +167,65 @@ stop_postgres() {
   PG_DIR=""
 }
 
+# Redis: a throwaway redis-server (Debian's `redis-server`, installed when missing) under a temp
+# dir on a free port, no persistence; the limits suites read RAMPART_TEST_REDIS_URL. A
+# RAMPART_TEST_REDIS_URL already in the environment is used as it is.
+REDIS_DIR=""
+
+start_redis() {
+  if [[ -n "${RAMPART_TEST_REDIS_URL:-}" ]]; then
+    banner "redis: using the RAMPART_TEST_REDIS_URL from the environment"
+    return
+  fi
+  banner "redis: throwaway redis-server"
+  if ! command -v redis-server >/dev/null; then
+    echo "redis-server not found: installing Debian's redis-server"
+    [[ "$(id -u)" == 0 ]] || die "redis-server is not installed and we are not root (apt-get install redis-server)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+      || die "apt-get install redis-server failed"
+    command -v redis-server >/dev/null || die "redis-server installed but not on PATH"
+  fi
+  REDIS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/rampart-redis.XXXXXX")"
+  local port attempt
+  for attempt in 1 2 3; do
+    port="$(free_port)"
+    if redis-server --bind 127.0.0.1 --port "$port" --dir "$REDIS_DIR" --save '' --appendonly no \
+      --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
+      && for _ in $(seq 50); do
+        redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.1
+      done && redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
+      break
+    fi
+    if [[ "$attempt" == 3 ]]; then
+      cat "$REDIS_DIR/redis.log" >&2 || true
+      die "redis-server did not start"
+    fi
+    echo "redis-server did not start on port $port; trying another"
+  done
+  export RAMPART_TEST_REDIS_URL="redis://127.0.0.1:$port"
+  echo "$(redis-server --version | awk '{print $3}') ready at $RAMPART_TEST_REDIS_URL (data in $REDIS_DIR)"
+}
+
+stop_redis() {
+  [[ -n "$REDIS_DIR" ]] || return 0
+  banner "redis: stop and remove $REDIS_DIR"
+  if [[ -f "$REDIS_DIR/redis.pid" ]]; then
+    # Evidence that the Redis suites ran rather than skipped.
+    echo "redis-server ran $(redis-cli -u "$RAMPART_TEST_REDIS_URL" info stats 2>/dev/null | grep -E '^total_commands_processed' | cut -d: -f2 | tr -d '\r') commands"
+    kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null || true
+  fi
+  rm -rf "$REDIS_DIR"
+  REDIS_DIR=""
+}
+
 start_services() {
   start_postgres
+  start_redis
 }
 
 stop_services() {
+  stop_redis
   stop_postgres
 }
 

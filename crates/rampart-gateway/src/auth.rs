@@ -55,6 +55,9 @@ pub struct Identity {
     pub team_id: Option<Uuid>,
     /// The user owning the store key, if any; `None` for keys from configuration.
     pub user_id: Option<Uuid>,
+    /// The rate limits and budgets that apply to the key (its own or its team's defaults, and
+    /// its team's); `None` when nothing limits it.
+    pub limits: Option<Arc<rampart_limits::Policy>>,
 }
 
 impl Identity {
@@ -67,6 +70,7 @@ impl Identity {
             key_id: None,
             team_id: None,
             user_id: None,
+            limits: None,
         }
     }
 }

@@ -215,6 +215,8 @@ pub struct Settings {
     pub prices: std::sync::Arc<rampart_ledger::pricing::PriceTable>,
     /// The usage ledger (`[ledger]`), in effect with a store.
     pub ledger: rampart_ledger::LedgerConfig,
+    /// Where rate-limit and budget state lives (`[limits]`, see [`crate::limits_config`]).
+    pub limits: rampart_limits::LimiterConfig,
 }
 
 /// Where configuration comes from.
@@ -244,7 +246,7 @@ pub struct Sources {
 pub struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[&str] = &[
-    "server", "upstream", "auth", "log", "admin", "pricing", "ledger",
+    "server", "upstream", "auth", "log", "admin", "pricing", "ledger", "limits",
 ];
 
 /// Load, merge and validate configuration; report every problem at once.
@@ -300,6 +302,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
     let admin: AdminConfig = section(&fig, "admin", &mut problems);
     let pricing: rampart_ledger::pricing::PricingConfig = section(&fig, "pricing", &mut problems);
     let ledger: rampart_ledger::LedgerConfig = section(&fig, "ledger", &mut problems);
+    let limits: crate::limits_config::LimitsConfig = section(&fig, "limits", &mut problems);
+    let limits = crate::limits_config::validate(&limits, sources.use_env, &mut problems);
     problems.extend(ledger.problems());
     let prices = rampart_ledger::pricing::PriceTable::from_config(&pricing).unwrap_or_else(|e| {
         problems.extend(e);
@@ -396,6 +400,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             admin,
             prices: std::sync::Arc::new(prices),
             ledger,
+            limits: limits.unwrap_or_default(),
         }),
         _ => Err(ConfigErrors(problems)),
     }

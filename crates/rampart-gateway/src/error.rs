@@ -59,6 +59,17 @@ pub enum ProxyError {
     /// The gateway is shutting down.
     #[error("Rampart is shutting down; retry on another instance")]
     ShuttingDown,
+    /// A rate or concurrency limit of the key or its team refused the request (429).
+    #[error("{}", crate::admission::rejection_message(.0))]
+    RateLimited(Box<rampart_limits::Rejection>),
+    /// The key's or its team's budget for the period is spent (402).
+    #[error("{}", crate::admission::rejection_message(.0))]
+    OverBudget(Box<rampart_limits::Rejection>),
+    /// The shared limits store (Redis) is unreachable and the limiter fails closed (503).
+    #[error(
+        "Rampart cannot reach its rate-limit store; requests with limits are refused until it is back"
+    )]
+    LimitsUnavailable,
 }
 
 impl ProxyError {
@@ -87,6 +98,9 @@ impl ProxyError {
             Self::UpstreamTimeout(_) => (ErrorType::TimeoutError, StatusCode::GATEWAY_TIMEOUT),
             Self::NoUpstreamKey => (ErrorType::ApiError, StatusCode::INTERNAL_SERVER_ERROR),
             Self::ShuttingDown => (ErrorType::OverloadedError, StatusCode::SERVICE_UNAVAILABLE),
+            Self::RateLimited(_) => (ErrorType::RateLimitError, StatusCode::TOO_MANY_REQUESTS),
+            Self::OverBudget(_) => (ErrorType::BillingError, StatusCode::PAYMENT_REQUIRED),
+            Self::LimitsUnavailable => (ErrorType::ApiError, StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 
@@ -107,6 +121,15 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("request-id", v.clone());
             h.insert("x-request-id", v);
+        }
+        match &self {
+            Self::RateLimited(r) | Self::OverBudget(r) => {
+                crate::admission::rejection_headers(r, h);
+            }
+            Self::LimitsUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         resp
     }

@@ -23,12 +23,18 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use rampart_crypto::apikey::{self, KeyHasher};
-use rampart_store::{ApiKey, Store, Team};
+use rampart_limits::{Budget, Period, Policy, Rates, Scope, ScopeKind, ScopeLimits};
+use rampart_store::{
+    AllLimits, ApiKey, BudgetPeriod, LimitSettings, Store, Team, TeamLimitSettings,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::auth::{Authenticator, Denial, Endpoint, Identity, Scopes};
 use crate::store_plane::Ticks;
+
+/// A full reload happens at least this often, even when the directory version did not move.
+pub const FULL_RELOAD_EVERY: Duration = Duration::from_secs(30);
 
 /// Default interval of [`KeyDirectory::run_last_used_flusher`].
 pub const LAST_USED_FLUSH_EVERY: Duration = Duration::from_secs(15);
@@ -77,6 +83,9 @@ pub struct KeyDirectory {
     uses: Mutex<HashMap<Uuid, Arc<KeyUse>>>,
     /// Held for a whole reload: reloads run one at a time, in order.
     reloading: tokio::sync::Mutex<()>,
+    /// The store's directory version the installed snapshot was read at (see
+    /// [`KeyDirectory::refresh_if_changed`]).
+    version: AtomicI64,
 }
 
 impl KeyDirectory {
@@ -88,6 +97,7 @@ impl KeyDirectory {
             snapshot: RwLock::new(Arc::default()),
             uses: Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
+            version: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -99,15 +109,35 @@ impl KeyDirectory {
     /// A store failure (the previous directory stays in force).
     pub async fn refresh(&self, store: &Store) -> rampart_store::Result<usize> {
         let _one_at_a_time = self.reloading.lock().await;
+        // Read first: a write after this read moves the version again, so it is never missed.
+        let version = store.limits().directory_version().await?;
         let teams = store.list_teams().await?;
         let keys = store
             .list_api_keys(rampart_store::ApiKeyFilter::default())
             .await?;
-        Ok(self.install(&teams, keys))
+        let limits = store.limits().all_limits().await?;
+        let n = self.install(&teams, keys, &limits);
+        self.version.store(version, Ordering::Relaxed);
+        Ok(n)
     }
 
-    /// Replace the directory with `keys`; returns how many are usable.
-    fn install(&self, teams: &[Team], keys: Vec<ApiKey>) -> usize {
+    /// Reload only when the store's directory version moved since the last reload (one cheap
+    /// read otherwise); returns whether it reloaded.
+    ///
+    /// # Errors
+    /// A store failure (the previous directory stays in force).
+    pub async fn refresh_if_changed(&self, store: &Store) -> rampart_store::Result<bool> {
+        let version = store.limits().directory_version().await?;
+        if version == self.version.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.refresh(store).await.map(|_| true)
+    }
+
+    /// Replace the directory with `keys` and their `limits`; returns how many are usable.
+    fn install(&self, teams: &[Team], keys: Vec<ApiKey>, limits: &AllLimits) -> usize {
+        let own: HashMap<Uuid, LimitSettings> = limits.keys.iter().copied().collect();
+        let by_team: HashMap<Uuid, TeamLimitSettings> = limits.teams.iter().copied().collect();
         let disabled_teams: HashSet<Uuid> =
             teams.iter().filter(|t| t.disabled).map(|t| t.id).collect();
         let mut next = Snapshot {
@@ -135,7 +165,8 @@ impl KeyDirectory {
             }
             live.insert(k.id);
             let used = uses.entry(k.id).or_default().clone();
-            next.usable.insert(digest, entry(k, used));
+            let policy = policy(&k, own.get(&k.id), by_team.get(&k.team_id));
+            next.usable.insert(digest, entry(k, used, policy));
         }
         // A clock whose key is gone is kept until the store has its last use.
         uses.retain(|id, u| live.contains(id) || u.unflushed().is_some());
@@ -148,7 +179,9 @@ impl KeyDirectory {
         n
     }
 
-    /// Reload every `every` until `shutdown` resolves; failures are logged and retried.
+    /// Check the store's directory version every `every` and reload when it moved (and every
+    /// [`FULL_RELOAD_EVERY`] regardless), until `shutdown` resolves; failures are logged and
+    /// retried. A change made by any process applies here within about `every`.
     pub async fn run_refresher(
         self: Arc<Self>,
         store: Store,
@@ -157,8 +190,18 @@ impl KeyDirectory {
     ) {
         let mut ticks = Ticks::new(every, true, shutdown);
         let mut failing = false;
+        let full_every = u32::try_from(FULL_RELOAD_EVERY.as_millis() / every.as_millis().max(1))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let mut tick: u32 = 0;
         while ticks.next().await {
-            match self.refresh(&store).await {
+            tick = tick.wrapping_add(1);
+            let reloaded = if tick.is_multiple_of(full_every) {
+                self.refresh(&store).await.map(|_| true)
+            } else {
+                self.refresh_if_changed(&store).await
+            };
+            match reloaded {
                 Ok(_) if failing => {
                     failing = false;
                     tracing::info!("key directory refresh recovered");
@@ -258,7 +301,45 @@ impl KeyDirectory {
     }
 }
 
-fn entry(k: ApiKey, used: Arc<KeyUse>) -> Entry {
+fn scope(kind: ScopeKind, id: Uuid, s: LimitSettings) -> ScopeLimits {
+    ScopeLimits {
+        scope: Scope { kind, id },
+        rates: Rates {
+            rpm: s.rpm,
+            itpm: s.itpm,
+            otpm: s.otpm,
+            concurrency: s.concurrency,
+        },
+        budget: s.budget.map(|b| Budget {
+            limit_micros: b.micros,
+            period: match b.period {
+                BudgetPeriod::Day => Period::Day,
+                BudgetPeriod::Month => Period::Month,
+            },
+        }),
+    }
+}
+
+/// The limits of key `k`: its own settings, each unset one from its team's defaults for keys,
+/// and its team's own (shared by all the team's keys).
+fn policy(
+    k: &ApiKey,
+    own: Option<&LimitSettings>,
+    team: Option<&TeamLimitSettings>,
+) -> Option<Arc<Policy>> {
+    let defaults = team.map(|t| t.key_defaults).unwrap_or_default();
+    let for_key = own.copied().unwrap_or_default().or(defaults);
+    let for_team = team.map(|t| t.team).unwrap_or_default();
+    Policy::new(
+        k.team_id,
+        [
+            scope(ScopeKind::Key, k.id, for_key),
+            scope(ScopeKind::Team, k.team_id, for_team),
+        ],
+    )
+}
+
+fn entry(k: ApiKey, used: Arc<KeyUse>, limits: Option<Arc<Policy>>) -> Entry {
     let scopes = Scopes {
         endpoints: k
             .allowed_endpoints
@@ -274,6 +355,7 @@ fn entry(k: ApiKey, used: Arc<KeyUse>) -> Entry {
             key_id: Some(k.id),
             team_id: Some(k.team_id),
             user_id: k.user_id,
+            limits,
         },
         expires_at: k.expires_at,
         used,
@@ -343,7 +425,14 @@ mod tests {
         let dir = directory();
         let (k, t) = (key(&dir), team(false));
         let row = stored(&dir, &k, &t);
-        assert_eq!(dir.install(std::slice::from_ref(&t), vec![row.clone()]), 1);
+        assert_eq!(
+            dir.install(
+                std::slice::from_ref(&t),
+                vec![row.clone()],
+                &AllLimits::default()
+            ),
+            1
+        );
         let id = dir.check_at(&k, at(T0)).unwrap();
         assert_eq!(id.key_id, Some(row.id));
         assert_eq!(id.team_id, Some(t.id));
@@ -368,6 +457,7 @@ mod tests {
         let n = dir.install(
             &[live_team, off_team],
             vec![revoked, disabled, of_disabled_team, expired],
+            &AllLimits::default(),
         );
         assert_eq!(n, 1, "only the expiring key is usable (until its expiry)");
         let reason = |k: &str| dir.check_at(k, at(T0)).unwrap_err();
@@ -394,7 +484,11 @@ mod tests {
         let dir = directory();
         let (k, t) = (key(&dir), team(false));
         let row = stored(&dir, &k, &t);
-        dir.install(std::slice::from_ref(&t), vec![row.clone()]);
+        dir.install(
+            std::slice::from_ref(&t),
+            vec![row.clone()],
+            &AllLimits::default(),
+        );
         (dir, k, t, row)
     }
 
@@ -406,7 +500,11 @@ mod tests {
         dir.check_at(&k, at(T0 - 5)).unwrap();
         assert_eq!(pending(&dir), vec![(row.id, T0)], "never goes backwards");
         // A reload keeps the clock, and the reloaded entry moves the same clock.
-        dir.install(std::slice::from_ref(&t), vec![row.clone()]);
+        dir.install(
+            std::slice::from_ref(&t),
+            vec![row.clone()],
+            &AllLimits::default(),
+        );
         assert_eq!(pending(&dir), vec![(row.id, T0)]);
         dir.check_at(&k, at(T0 + 1)).unwrap();
         assert_eq!(pending(&dir), vec![(row.id, T0 + 1)]);
@@ -422,12 +520,12 @@ mod tests {
     fn a_removed_keys_clock_is_kept_until_flushed() {
         let (dir, k, t, row) = one_key();
         dir.check_at(&k, at(T0)).unwrap();
-        dir.install(std::slice::from_ref(&t), vec![]);
+        dir.install(std::slice::from_ref(&t), vec![], &AllLimits::default());
         assert_eq!(pending(&dir), vec![(row.id, T0)]);
         dir.uses.lock().unwrap()[&row.id]
             .flushed
             .store(T0, Ordering::Relaxed);
-        dir.install(std::slice::from_ref(&t), vec![]);
+        dir.install(std::slice::from_ref(&t), vec![], &AllLimits::default());
         assert!(dir.uses.lock().unwrap().is_empty());
     }
 }

@@ -6,6 +6,8 @@
 //! - [`denials`]: audit rows for refused key uses, off the hot path and rate-limited;
 //! - [`peek`]: one-pass body check that borrows only `model`, `stream` and `max_tokens`;
 //! - [`proxy`]: the forwarding engine and per-request accounting;
+//! - [`admission`]: rate limits and budgets around the upstream call (reserve, then settle;
+//!   [`limits_config`] configures where their state lives);
 //! - [`upstream_key`]: the upstream credential, fixed or from the store's encrypted credentials;
 //! - [`sse`]: the bounded SSE usage scanner;
 //! - [`server`]: router, pipeline order and the accept loop;
@@ -14,12 +16,14 @@
 //! - [`logging`]: batched log output shared by every subcommand.
 
 pub mod accounting;
+pub mod admission;
 pub mod auth;
 pub mod batch_urls;
 pub mod config;
 pub mod denials;
 pub mod error;
 pub mod keydir;
+pub mod limits_config;
 pub mod logging;
 pub mod peek;
 pub mod proxy;

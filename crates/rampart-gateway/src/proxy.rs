@@ -60,6 +60,8 @@ pub struct AppState {
     pub denials: Option<DenialAudit>,
     /// The usage ledger (only with a store).
     pub ledger: Option<Arc<Ledger>>,
+    /// Rate limits and budgets (only with a store): see [`crate::admission`].
+    pub limits: Option<crate::admission::Limits>,
     /// Set when SIGTERM arrived.
     pub shutting_down: AtomicBool,
 }
@@ -74,6 +76,8 @@ pub struct ProxyParts {
     pub upstream_key: Option<Arc<UpstreamKey>>,
     /// Record one usage record per request: see [`rampart_ledger::ledger`].
     pub ledger: Option<Arc<Ledger>>,
+    /// Enforce the store's rate limits and budgets: see [`crate::admission`].
+    pub limits: Option<crate::admission::Limits>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -132,6 +136,7 @@ impl AppState {
             upstream_key,
             denials: parts.denials,
             ledger: parts.ledger,
+            limits: parts.limits,
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -165,6 +170,11 @@ pub struct Completion {
     error_type: Option<&'static str>,
     /// Where the usage record goes and how it is priced; taken when it is written.
     ledger: Option<(Arc<Ledger>, Arc<PriceTable>)>,
+    /// The request's reservation against rate limits and budgets, settled when the response is
+    /// done (dropped unsettled: nothing was used), and the prices it is settled at.
+    ticket: Option<(rampart_limits::Ticket, Arc<PriceTable>)>,
+    /// The limits' state after admission, for the response headers.
+    limit_status: Option<rampart_limits::Status>,
 }
 
 impl Completion {
@@ -192,6 +202,16 @@ impl Completion {
             cache_hit: false,
             error_type: None,
             ledger: None,
+            ticket: None,
+            limit_status: None,
+        }
+    }
+
+    /// Settle the request's reservation with the usage read from the response (before the last
+    /// byte is released, so the client's next request finds its slot free).
+    fn settle_limits(&mut self) {
+        if let Some((ticket, prices)) = self.ticket.take() {
+            crate::admission::settle(ticket, self.usage.as_ref(), self.model.as_deref(), &prices);
         }
     }
 
@@ -466,6 +486,7 @@ where
         }
     };
     let scopes = identity.scopes.clone();
+    let policy = identity.limits.clone();
     done.key = Some(identity.key_label);
     (done.key_id, done.team_id, done.user_id) =
         (identity.key_id, identity.team_id, identity.user_id);
@@ -511,6 +532,15 @@ where
         }
         done.model = peeked.model;
         done.streamed = peeked.stream;
+    }
+
+    // Rate limits and budgets: reserve now, settle when the response is done.
+    if let (Some(limits), Some(policy), Route::Messages, true) =
+        (&state.limits, &policy, done.route, is_post)
+        && let Some(ticket) = crate::admission::admit(limits, policy, &body_bytes).await?
+    {
+        done.limit_status = Some(*ticket.status());
+        done.ticket = Some((ticket, limits.prices.clone()));
     }
 
     let upstream_req = build_upstream_request(state, parts, &done.request_id, body_bytes)?;
@@ -754,6 +784,9 @@ fn build_response(
         Tap::None
     };
     done.status = parts.status.as_u16();
+    if let Some(s) = &done.limit_status {
+        crate::admission::write_status(s, &mut parts.headers);
+    }
     done.overhead = Some((sent_at - done.start) + headers_at.elapsed());
     // The completion moves into the body: it is recorded when the body ends or is dropped.
     let metered = MeteredBody {
@@ -799,8 +832,9 @@ impl MeteredBody {
         if let Some(mut c) = self.completion.take() {
             c.client_aborted = client_aborted;
             let tap = std::mem::replace(&mut self.tap, Tap::None);
-            if c.ledger.is_some() {
+            if c.ledger.is_some() || c.ticket.is_some() {
                 c.usage = tap.into_usage();
+                c.settle_limits();
                 c.record_usage();
                 crate::accounting::defer(move || drop(c));
             } else {

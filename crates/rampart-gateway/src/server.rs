@@ -276,8 +276,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(move || {
                 let st = ready_state.clone();
                 async move {
+                    let limiter = st.limits.as_ref().map(|l| &l.limiter);
                     if st.shutting_down.load(Ordering::Relaxed) {
                         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+                    } else if limiter.is_some_and(|l| !l.is_up() && l.fails_closed()) {
+                        let why =
+                            "limits backend (Redis) unreachable: requests with limits get 503\n";
+                        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+                    } else if limiter.is_some_and(|l| !l.is_up()) {
+                        let why = "ready (limits backend unreachable: limits are not enforced)\n";
+                        (StatusCode::OK, why).into_response()
                     } else {
                         (StatusCode::OK, "ready\n").into_response()
                     }

@@ -3,7 +3,7 @@
 //!
 //! | task | every | does |
 //! |---|---|---|
-//! | key reload | 1 s | [`KeyDirectory::run_refresher`]: new, revoked, disabled, expired keys |
+//! | key reload | 0.1 s | [`KeyDirectory::run_refresher`]: new, revoked, disabled keys and limits (when the directory version moved) |
 //! | upstream reload | 1 s | [`StoredUpstream::run_refresher`]: the stored upstream credential (when used) |
 //! | last-use flush | 15 s, and at stop | [`KeyDirectory::run_last_used_flusher`]: `last_used_at` in one batch |
 //! | denial audit | as rows come, and at stop | [`crate::denials::DenialWriter::run`]: `key.denied` rows |
@@ -26,9 +26,13 @@ use crate::upstream_key::{Refreshed, StoredUpstream, StoredUpstreamError};
 /// Intervals and limits of the store-backed tasks.
 #[derive(Debug, Clone, Copy)]
 pub struct StorePlaneOptions {
-    /// Key and upstream-credential reload. Default 1 s (the bound on how long another instance's
+    /// Upstream-credential reload. Default 1 s (the bound on how long another instance's
     /// change takes to apply here).
     pub reload_every: Duration,
+    /// How often the key directory checks the store's directory version (a one-row read) and
+    /// reloads when it moved. Default 100 ms: the bound on how long a key, team or limit change
+    /// made by another process (`rampart keys create`, another instance) takes to apply here.
+    pub key_poll_every: Duration,
     /// `last_used_at` flush. Default 15 s.
     pub last_used_flush_every: Duration,
     /// Denial audit budget.
@@ -39,6 +43,7 @@ impl Default for StorePlaneOptions {
     fn default() -> Self {
         Self {
             reload_every: Duration::from_secs(1),
+            key_poll_every: Duration::from_millis(100),
             last_used_flush_every: LAST_USED_FLUSH_EVERY,
             denial_limits: DenialLimits::default(),
         }
@@ -130,7 +135,7 @@ impl StorePlane {
                 "key reload",
                 tokio::spawn(directory.clone().run_refresher(
                     store.clone(),
-                    options.reload_every,
+                    options.key_poll_every,
                     signal(),
                 )),
             ),

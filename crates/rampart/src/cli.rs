@@ -329,6 +329,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         vec![Arc::new(settings.keys.clone())];
     let mut store_plane = None;
     let mut proxy_parts = rampart_gateway::proxy::ProxyParts::default();
+    let mut limits_health = None;
     let mut admin_plane = None;
     if let Some(store_args) = &store_args {
         // Refuse an unsafe start before touching anything, naming the setting to fix.
@@ -379,6 +380,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await?;
         (store_plane, proxy_parts) = (Some(plane), parts);
         auth.push(directory);
+        // Rate limits and budgets of store keys: in process, or shared through Redis.
+        let limiter = rampart_limits::Limiter::new(
+            &settings.limits,
+            Arc::new(rampart_limits::TokioClock::new()),
+        )
+        .map_err(anyhow::Error::msg)?;
+        if !limiter.check_health().await {
+            tracing::error!(
+                backend = limiter.backend_name(),
+                "limits backend unreachable at start; retrying every second"
+            );
+        }
+        limits_health = Some(tokio::spawn(limiter.clone().run_health_checks(
+            std::time::Duration::from_secs(1),
+            std::future::pending(),
+        )));
+        proxy_parts.limits = Some(rampart_gateway::admission::Limits {
+            limiter,
+            prices: settings.prices.clone(),
+        });
     }
     let auth = Arc::new(rampart_gateway::auth::AnyOf(auth));
     let mut gateway =
@@ -404,6 +425,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(plane) = store_plane {
         plane.stop().await;
+    }
+    if let Some(task) = limits_health {
+        task.abort();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -115,13 +115,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let upkeep = admin.spawn_upkeep();
     // Key reloads, last-use flushes and denial audit rows, as `rampart serve` runs them.
-    let (plane, parts) = StorePlane::start(
+    let (plane, mut parts) = StorePlane::start(
         store.clone(),
         directory.clone(),
         None,
         StorePlaneOptions::default(),
     )
     .await?;
+    parts.limits = Some(rampart_gateway::admission::Limits {
+        limiter: rampart_limits::Limiter::in_process(Arc::new(rampart_limits::TokioClock::new())),
+        prices: settings.prices.clone(),
+    });
     let auth: Vec<Arc<dyn Authenticator>> = vec![Arc::new(settings.keys.clone()), directory];
     let gateway = Gateway::with_parts(settings, Arc::new(AnyOf(auth)), parts)
         .map_err(anyhow::Error::msg)?

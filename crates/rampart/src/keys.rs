@@ -11,7 +11,9 @@ use clap::{Args, Subcommand};
 use rampart_crypto::Secret;
 use rampart_crypto::apikey::KeyHasher;
 use rampart_gateway::auth::Endpoint;
-use rampart_store::{NewApiKey, NewAuditEvent, StoreError};
+use rampart_store::{
+    BudgetPeriod, BudgetSetting, LimitSettings, NewApiKey, NewAuditEvent, StoreError,
+};
 use time::OffsetDateTime;
 
 use crate::cli::MigrateArgs;
@@ -70,7 +72,75 @@ pub struct CreateArgs {
     #[arg(long)]
     expires_in_days: Option<u32>,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     store: MigrateArgs,
+}
+
+/// A key's own limits (unset ones fall back to its team's defaults for keys).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Input tokens per minute.
+    #[arg(long)]
+    itpm: Option<u64>,
+    /// Output tokens per minute.
+    #[arg(long)]
+    otpm: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    concurrency: Option<u64>,
+    /// Spending limit per period in US dollars (e.g. 12.50); needs --budget-period.
+    #[arg(long, requires = "budget_period")]
+    budget_usd: Option<String>,
+    /// The budget's period (UTC): day or month.
+    #[arg(long, value_parser = ["day", "month"], requires = "budget_usd")]
+    budget_period: Option<String>,
+}
+
+impl LimitArgs {
+    /// The settings, validated as the store will.
+    fn settings(&self) -> anyhow::Result<LimitSettings> {
+        let budget = match (&self.budget_usd, &self.budget_period) {
+            (Some(usd), Some(period)) => Some(BudgetSetting {
+                micros: usd_to_micros(usd)?,
+                period: period.parse::<BudgetPeriod>()?,
+            }),
+            _ => None,
+        };
+        let settings = LimitSettings {
+            rpm: self.rpm,
+            itpm: self.itpm,
+            otpm: self.otpm,
+            concurrency: self.concurrency,
+            budget,
+        };
+        settings
+            .validate("limits")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(settings)
+    }
+}
+
+/// `12.5` → 12 500 000 micro-dollars, exactly (no floating point); at most six decimals.
+fn usd_to_micros(usd: &str) -> anyhow::Result<u64> {
+    let usd = usd.trim().trim_start_matches('$');
+    let (whole, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    anyhow::ensure!(
+        digits(whole) && (frac.is_empty() || digits(frac)) && frac.len() <= 6,
+        "--budget-usd must be an amount like 12.50 (at most six decimals)"
+    );
+    let whole: u64 = whole
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--budget-usd is too large"))?;
+    let frac: u64 = format!("{frac:0<6}").parse().unwrap_or(0);
+    whole
+        .checked_mul(1_000_000)
+        .and_then(|m| m.checked_add(frac))
+        .ok_or_else(|| anyhow::anyhow!("--budget-usd is too large"))
 }
 
 /// The key hasher: pepper from `RAMPART_KEY_PEPPER`, else from `<data dir>/key-pepper`
@@ -112,6 +182,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     anyhow::ensure!(!args.name.trim().is_empty(), "--name must not be empty");
+    let limits = args.limits.settings()?;
     let hasher = key_hasher(&args.store.data_dir)?;
     let store = opened(&args.store).await?;
     let team = match store
@@ -147,7 +218,8 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         .expires_in_days
         .map(|d| OffsetDateTime::now_utc() + time::Duration::days(i64::from(d)));
     let key = store
-        .create_api_key(
+        .limits()
+        .create_api_key_with_limits(
             &NewApiKey {
                 team_id: team.id,
                 user_id: None,
@@ -158,11 +230,8 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
                 allowed_endpoints: args.endpoints,
                 expires_at,
             },
-            Some(&NewAuditEvent::new(
-                actor(),
-                "key.create",
-                format!("team:{}", team.id),
-            )),
+            &limits,
+            Some(&created_event(&team.id, &limits)),
         )
         .await
         .context("cannot create the key")?;
@@ -171,9 +240,21 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         "created key {} ({}) for team {}",
         key.id, key.prefix, team.name
     );
+    if !limits.is_empty() {
+        println!("limits: {}", describe(&limits));
+    }
     println!("store it now: it is not shown again");
     println!("{}", new.key.expose());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The audit event of a key creation: the team, and the limits when any (never the key).
+fn created_event(team: &uuid::Uuid, limits: &LimitSettings) -> NewAuditEvent {
+    let mut e = NewAuditEvent::new(actor(), "key.create", format!("team:{team}"));
+    if !limits.is_empty() {
+        e.details = serde_json::json!({ "limits": limits });
+    }
+    e
 }
 
 async fn list(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
@@ -272,4 +353,52 @@ async fn rotate(
     println!("store it now: it is not shown again");
     println!("{}", new.key.expose());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rpm=60 itpm=40000 budget=$12.50/day` (what is set).
+fn describe(l: &LimitSettings) -> String {
+    let mut parts = Vec::new();
+    for (name, v) in [
+        ("rpm", l.rpm),
+        ("itpm", l.itpm),
+        ("otpm", l.otpm),
+        ("concurrency", l.concurrency),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    }
+    if let Some(b) = l.budget {
+        parts.push(format!(
+            "budget=${}.{:06}/{}",
+            b.micros / 1_000_000,
+            b.micros % 1_000_000,
+            b.period.as_str()
+        ));
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollars_become_micro_dollars_exactly() {
+        assert_eq!(usd_to_micros("12.50").unwrap(), 12_500_000);
+        assert_eq!(usd_to_micros("$0.000001").unwrap(), 1);
+        assert_eq!(usd_to_micros("7").unwrap(), 7_000_000);
+        for bad in [
+            "",
+            "1.2.3",
+            "-1",
+            "1e3",
+            "0.0000001",
+            "abc",
+            "1.",
+            "99999999999999999999",
+        ] {
+            assert!(usd_to_micros(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use rampart_client::types::CountTokensParams;
 use rampart_client::{Error, ListParams};
 use serde_json::json;
 
-use crate::harness::{GATEWAY_KEY, Sim, ask, client, gateway};
+use crate::harness::{GATEWAY_KEY, Sim, ask, client, gateway, quick_with_key};
 
 #[tokio::test]
 async fn every_endpoint_works_through_the_gateway() {
@@ -102,4 +102,23 @@ async fn retries_through_the_gateway_do_not_multiply() {
         }
         Err(other) => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_persistently_overloaded_upstream_is_one_error_and_at_most_three_upstream_calls() {
+    // Whoever retries — the client (no gateway retries) or the gateway (then answering with
+    // `x-should-retry: false`) — the upstream sees at most the three attempts of one policy.
+    let sim = Sim::start().await;
+    let gw = gateway(&sim.url).await;
+    sim.fault(json!({"kind":"status","status":529,"count":50,"retry_after":0}))
+        .await;
+    let err = quick_with_key(&gw.url, GATEWAY_KEY)
+        .messages()
+        .create(&ask("hi", 8))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Overloaded(_)), "{err:?}");
+    assert!(err.request_id().is_some(), "{err:?}");
+    let calls = sim.calls("messages").await;
+    assert!((1..=3).contains(&calls), "{calls} upstream calls");
 }

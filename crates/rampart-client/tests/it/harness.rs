@@ -84,9 +84,14 @@ pub fn client(url: &str, key: &str) -> Client {
 
 /// A client whose backoff is short (10 ms doubling to 40 ms), for tests about call counts.
 pub fn quick(url: &str) -> Client {
+    quick_with_key(url, "sk-ant-sim-test")
+}
+
+/// [`quick`] with another key.
+pub fn quick_with_key(url: &str, key: &str) -> Client {
     Client::builder()
         .base_url(url)
-        .api_key(Secret::new("sk-ant-sim-test".into()))
+        .api_key(Secret::new(key.to_owned()))
         .backoff(Duration::from_millis(10), Duration::from_millis(40))
         .build()
         .unwrap()

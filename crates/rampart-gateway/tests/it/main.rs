@@ -8,4 +8,5 @@ mod denials;
 mod harness;
 mod keydir;
 mod ledger;
+mod limits;
 mod upstreams;

@@ -1,0 +1,298 @@
+//! Admission control on the proxy path (`POST /v1/messages` with a store key that has limits or
+//! a budget): reserve before the upstream call, settle when the response is done.
+//!
+//! - **Reserve** ([`admit`]): one request, the input tokens estimated from the body
+//!   ([`rampart_api::tokens`], only when a token limit or a budget needs them), `max_tokens` of
+//!   output, and the request's worst-case cost at the model's price (only with a budget) — in
+//!   one atomic step on the key and its team ([`rampart_limits`]). Refusals are 429
+//!   `rate_limit_error` with `retry-after` and `x-should-retry: true`, or 402 `billing_error`
+//!   naming the budget and when it resets (`x-should-retry: false`); an unreachable Redis is 503
+//!   (fail closed) or lets the request through unlimited (fail open).
+//! - **Settle** ([`settle`]): with the usage the upstream reported (the JSON body, or
+//!   `message_start` + the last `message_delta` of a stream; a stream that died midway settles
+//!   with what it reported so far), priced at the served model. It runs before the last byte is
+//!   released to the client, so a client's next request already sees its slot free.
+//! - **Headers** ([`write_status`]): every response of a limited key carries Rampart's own
+//!   `anthropic-ratelimit-{requests,input-tokens,output-tokens,tokens}-{limit,remaining,reset}`
+//!   (the most restrictive of key and team); the upstream's, which describe the organisation's
+//!   shared upstream key, are removed.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rampart_ledger::pricing::{PriceTable, TokenUsage};
+use rampart_limits::{
+    Admission, Demand, Dimension, Limiter, Period, Policy, Reason, Rejection, ScopeKind, Status,
+    Ticket, Used, Window,
+};
+
+use crate::error::ProxyError;
+use crate::sse::UsageSummary;
+
+/// The limiter and the prices budgets are charged at.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// In process or Redis.
+    pub limiter: Limiter,
+    /// Prices for worst-case reservations and settlements.
+    pub prices: Arc<PriceTable>,
+}
+
+/// Reserve for the Messages request `body` (already checked to be a JSON object) under `policy`.
+///
+/// # Errors
+/// 429 ([`ProxyError::RateLimited`]), 402 ([`ProxyError::OverBudget`]) or 503
+/// ([`ProxyError::LimitsUnavailable`]).
+pub(crate) async fn admit(
+    limits: &Limits,
+    policy: &Arc<Policy>,
+    body: &[u8],
+) -> Result<Option<Ticket>, ProxyError> {
+    let demand = if policy.limits_tokens() || policy.has_budget() {
+        demand(&limits.prices, policy.has_budget(), body)
+    } else {
+        Demand::default()
+    };
+    match limits.limiter.admit(policy, demand).await {
+        Admission::Admitted(t) => Ok(Some(t)),
+        Admission::Unchecked => Ok(None),
+        Admission::Unavailable => Err(ProxyError::LimitsUnavailable),
+        Admission::Rejected(r) if r.reason == Reason::Budget => {
+            Err(ProxyError::OverBudget(Box::new(r)))
+        }
+        Admission::Rejected(r) => Err(ProxyError::RateLimited(Box::new(r))),
+    }
+}
+
+/// What a Messages `body` reserves: its input tokens by the shared estimator, its `max_tokens`,
+/// and (`priced`) its worst-case cost at the requested model's price. One parse of the body, only
+/// for keys whose limits need it; a body it cannot read (the upstream refuses it anyway) counts
+/// a token per four bytes.
+fn demand(prices: &PriceTable, priced: bool, body: &[u8]) -> Demand {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Demand {
+            input_tokens: (body.len() as u64).div_ceil(4),
+            ..Demand::default()
+        };
+    };
+    let input_tokens = rampart_api::tokens::estimate_input_tokens(&v);
+    let output_tokens = v
+        .get("max_tokens")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let cost_micros = match v.get("model").and_then(serde_json::Value::as_str) {
+        Some(model) if priced => prices.worst_case(model, input_tokens, output_tokens, false),
+        _ => 0,
+    };
+    Demand {
+        input_tokens,
+        output_tokens,
+        cost_micros,
+    }
+}
+
+/// Settle `ticket` with the usage the response reported (none: nothing was used), priced at
+/// the served model (else `model_requested`).
+pub(crate) fn settle(
+    ticket: Ticket,
+    usage: Option<&UsageSummary>,
+    model_requested: Option<&str>,
+    prices: &PriceTable,
+) {
+    let Some(u) = usage else {
+        ticket.settle(Used::default());
+        return;
+    };
+    let tokens = TokenUsage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_creation_input_tokens: u.cache_creation_input_tokens,
+        cache_read_input_tokens: u.cache_read_input_tokens,
+        ..TokenUsage::default()
+    };
+    let budget = ticket.policy().is_some_and(|p| p.has_budget());
+    let cost_micros = match u.model.as_deref().or(model_requested) {
+        Some(m) if budget => prices.cost(m, &tokens, false),
+        _ => 0,
+    };
+    ticket.settle(Used {
+        input_tokens: tokens.total_input(),
+        output_tokens: u.output_tokens,
+        cost_micros,
+    });
+}
+
+const HEADER_PREFIX: &str = "anthropic-ratelimit-";
+
+/// Replace any `anthropic-ratelimit-*` headers by Rampart's `status`.
+pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
+    let upstream: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with(HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in upstream {
+        headers.remove(name);
+    }
+    for (d, w) in status.windows() {
+        put_window(headers, d.header_name(), &w);
+    }
+    if let Some(w) = status.tokens() {
+        put_window(headers, "tokens", &w);
+    }
+}
+
+fn put_window(headers: &mut HeaderMap, dimension: &str, w: &Window) {
+    let mut put = |suffix: &str, value: String| {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(format!("{HEADER_PREFIX}{dimension}-{suffix}")),
+            HeaderValue::try_from(value),
+        ) {
+            headers.insert(name, value);
+        }
+    };
+    put("limit", w.limit.to_string());
+    put("remaining", w.remaining.to_string());
+    put("reset", rfc3339(w.reset_at_ms));
+}
+
+/// Milliseconds since the epoch as RFC 3339 in UTC, to the second (rounded up: the limit has
+/// refilled by then).
+fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) != 0);
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// The headers of a refusal: `retry-after` (429), `x-should-retry`, and the limits' status.
+pub(crate) fn rejection_headers(r: &Rejection, headers: &mut HeaderMap) {
+    write_status(&r.status, headers);
+    if r.reason == Reason::Budget {
+        headers.insert("x-should-retry", HeaderValue::from_static("false"));
+    } else {
+        let secs = r.retry_after_ms.div_ceil(1000).max(1);
+        if let Ok(v) = HeaderValue::try_from(secs.to_string()) {
+            headers.insert(http::header::RETRY_AFTER, v);
+        }
+        headers.insert("x-should-retry", HeaderValue::from_static("true"));
+    }
+}
+
+fn whose(scope: ScopeKind) -> &'static str {
+    match scope {
+        ScopeKind::Key => "this API key's",
+        ScopeKind::Team => "this API key's team's",
+    }
+}
+
+/// The client's message for a refusal: which limit, whose, and when to come back.
+pub(crate) fn rejection_message(r: &Rejection) -> String {
+    match r.reason {
+        Reason::Rate(d) => {
+            let what = match d {
+                Dimension::Requests => "requests",
+                Dimension::InputTokens => "input tokens",
+                Dimension::OutputTokens => "output tokens",
+            };
+            format!(
+                "rate limit exceeded: {} limit of {} {what} per minute is reached; retry after {} s",
+                whose(r.scope),
+                r.limit,
+                r.retry_after_ms.div_ceil(1000).max(1)
+            )
+        }
+        Reason::Concurrency => format!(
+            "rate limit exceeded: {} limit of {} concurrent requests is reached; retry when one finishes",
+            whose(r.scope),
+            r.limit
+        ),
+        Reason::Budget => format!(
+            "budget exceeded: {} {} budget of ${} is spent; it resets at {}",
+            whose(r.scope),
+            match r.period {
+                Some(Period::Month) => "monthly",
+                _ => "daily",
+            },
+            dollars(r.limit),
+            rfc3339(r.resets_at_ms)
+        ),
+    }
+}
+
+/// Micro-dollars as dollars with cents (and more digits only when needed).
+fn dollars(micros: u64) -> String {
+    let (whole, frac) = (micros / 1_000_000, micros % 1_000_000);
+    let mut s = format!("{whole}.{frac:06}");
+    while s.ends_with('0') && s.len() - s.find('.').unwrap_or(0) > 3 {
+        s.pop();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollars_keep_cents_and_only_needed_digits() {
+        assert_eq!(dollars(12_500_000), "12.50");
+        assert_eq!(dollars(1), "0.000001");
+        assert_eq!(dollars(0), "0.00");
+        assert_eq!(dollars(1_234_567_000), "1234.567");
+    }
+
+    #[test]
+    fn resets_round_up_to_the_second() {
+        assert_eq!(rfc3339(1_780_315_200_000), "2026-06-01T12:00:00Z");
+        assert_eq!(rfc3339(1_780_315_200_001), "2026-06-01T12:00:01Z");
+    }
+
+    #[test]
+    fn upstream_rate_limit_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "anthropic-ratelimit-tokens-remaining",
+            HeaderValue::from_static("999999"),
+        );
+        h.insert("request-id", HeaderValue::from_static("req_1"));
+        let w = Window {
+            limit: 60,
+            remaining: 59,
+            reset_at_ms: 1_780_315_201_000,
+            scope: ScopeKind::Key,
+        };
+        write_status(
+            &Status {
+                requests: Some(w),
+                ..Status::default()
+            },
+            &mut h,
+        );
+        assert_eq!(h["anthropic-ratelimit-requests-remaining"], "59");
+        assert_eq!(
+            h["anthropic-ratelimit-requests-reset"],
+            "2026-06-01T12:00:01Z"
+        );
+        assert!(h.get("anthropic-ratelimit-tokens-remaining").is_none());
+        assert_eq!(h["request-id"], "req_1");
+    }
+
+    #[test]
+    fn demands_follow_the_shared_estimate_and_the_price_table() {
+        let prices = PriceTable::builtin();
+        let body = br#"{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"abcdefgh"}]}"#;
+        let d = demand(&prices, true, body);
+        assert_eq!((d.input_tokens, d.output_tokens), (4 + 2, 5));
+        assert_eq!(
+            d.cost_micros,
+            prices.worst_case("claude-sonnet-4-6", 6, 5, false)
+        );
+        assert_eq!(demand(&prices, false, body).cost_micros, 0);
+        assert_eq!(demand(&prices, true, b"not json at all!").input_tokens, 4);
+    }
+}

@@ -1,0 +1,383 @@
+//! Rate limits and budgets through the gateway: virtual keys with limits in a real store, the
+//! simulator upstream, the in-process limiter (and the same on Redis when
+//! `RAMPART_TEST_REDIS_URL` is set).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_gateway::Gateway;
+use rampart_gateway::admission::Limits;
+use rampart_gateway::keydir::KeyDirectory;
+use rampart_gateway::proxy::ProxyParts;
+use rampart_limits::{Backend, Limiter, LimiterConfig, TokioClock};
+use rampart_store::{BudgetPeriod, BudgetSetting, LimitSettings, NewApiKey, TeamLimitSettings};
+
+use crate::harness::{TestGateway, TestStore, hasher, message, serve, settings, sim};
+
+/// A limiter: in process, or on the test Redis with a fresh prefix.
+fn limiter(redis: bool) -> Option<Limiter> {
+    let clock = Arc::new(TokioClock::new());
+    if !redis {
+        return Some(Limiter::in_process(clock));
+    }
+    let url = std::env::var("RAMPART_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let Some(url) = url else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but RAMPART_TEST_REDIS_URL is not"
+        );
+        eprintln!("SKIPPING the Redis half: RAMPART_TEST_REDIS_URL is unset");
+        return None;
+    };
+    let config = LimiterConfig {
+        backend: Backend::Redis {
+            url,
+            prefix: format!("gw-{}", uuid::Uuid::new_v4().simple()),
+            timeout: Duration::from_secs(2),
+        },
+        ..LimiterConfig::default()
+    };
+    Some(Limiter::new(&config, clock).unwrap())
+}
+
+struct Fixture {
+    db: TestStore,
+    gw: TestGateway,
+    dir: Arc<KeyDirectory>,
+    _sim: crate::harness::TestSim,
+}
+
+async fn fixture(redis: bool) -> Option<Fixture> {
+    let limiter = limiter(redis)?;
+    let db = TestStore::new().await;
+    let upstream = sim(None).await;
+    let dir = Arc::new(KeyDirectory::new(hasher()));
+    let s = settings(&upstream.url, Some("sk-ant-up"));
+    let parts = ProxyParts {
+        limits: Some(Limits {
+            limiter,
+            prices: s.prices.clone(),
+        }),
+        ..ProxyParts::default()
+    };
+    let gw = serve(Gateway::with_parts(s, dir.clone(), parts).unwrap()).await;
+    Some(Fixture {
+        db,
+        gw,
+        dir,
+        _sim: upstream,
+    })
+}
+
+impl Fixture {
+    /// A key in team `team` with `limits`, loaded into the directory.
+    async fn key(&self, team: &str, limits: LimitSettings) -> String {
+        let team = match self
+            .db
+            .list_teams()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|t| t.name == team)
+        {
+            Some(t) => t,
+            None => self.db.team(team).await,
+        };
+        let new = hasher().generate("live");
+        self.db
+            .limits()
+            .create_api_key_with_limits(
+                &NewApiKey {
+                    team_id: team.id,
+                    user_id: None,
+                    name: "limited".into(),
+                    prefix: new.prefix.clone(),
+                    key_hash: new.digest.0.to_vec(),
+                    allowed_models: vec![],
+                    allowed_endpoints: vec![],
+                    expires_at: None,
+                },
+                &limits,
+                None,
+            )
+            .await
+            .unwrap();
+        self.dir.refresh(&self.db).await.unwrap();
+        new.key.expose().to_owned()
+    }
+
+    async fn post(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.gw
+            .http
+            .post(format!("{}/v1/messages", self.gw.url))
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+async fn rpm_limit_then_429(redis: bool) {
+    let Some(f) = fixture(redis).await else {
+        return;
+    };
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                rpm: Some(2),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    for left in ["1", "0"] {
+        let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "anthropic-ratelimit-requests-limit").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            header(&r, "anthropic-ratelimit-requests-remaining").as_deref(),
+            Some(left)
+        );
+        assert!(
+            header(&r, "anthropic-ratelimit-requests-reset")
+                .unwrap()
+                .ends_with('Z')
+        );
+        // The simulator's own (the organisation's) figures never reach the client.
+        assert!(header(&r, "anthropic-ratelimit-tokens-limit").is_none());
+    }
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "x-should-retry").as_deref(), Some("true"));
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("30"));
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-requests-remaining").as_deref(),
+        Some("0")
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("limit of 2 requests per minute"), "{msg}");
+    // A key without limits next to it is untouched: the upstream's headers pass through.
+    let free = f.key("t", LimitSettings::default()).await;
+    let r = f.post(&free, &message("claude-sonnet-4-6")).await;
+    assert_eq!(r.status(), 200);
+    assert_ne!(
+        header(&r, "anthropic-ratelimit-requests-limit").as_deref(),
+        Some("2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rpm_gets_429_with_retry_after_and_ratelimit_headers() {
+    rpm_limit_then_429(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rpm_gets_429_on_redis_too() {
+    rpm_limit_then_429(true).await;
+}
+
+async fn tokens_settle(redis: bool) {
+    let Some(f) = fixture(redis).await else {
+        return;
+    };
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                itpm: Some(10_000),
+                otpm: Some(1_000),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    let body = serde_json::json!({
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 500,
+        "messages": [{"role": "user", "content": "echo: one two three"}]
+    });
+    let input = rampart_api::tokens::estimate_input_tokens(&body);
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    // At admission: the estimate and all of max_tokens are reserved.
+    let remaining = |r: &reqwest::Response, d: &str| {
+        header(r, &format!("anthropic-ratelimit-{d}-remaining"))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(remaining(&r, "input-tokens"), 10_000 - input);
+    assert_eq!(remaining(&r, "output-tokens"), 500);
+    assert_eq!(remaining(&r, "tokens"), 500);
+    let reply: serde_json::Value = r.json().await.unwrap();
+    let used_out = reply["usage"]["output_tokens"].as_u64().unwrap();
+    assert!(used_out < 500);
+    // Settled with the real usage before the response ended: the next admission sees the
+    // refund (plus a little refill).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    let out = remaining(&r, "output-tokens");
+    assert!(
+        (1_000 - used_out - 500..=1_000 - used_out - 500 + 10).contains(&out),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_reserved_at_admission_and_settled_with_real_usage() {
+    tokens_settle(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_settled_on_redis_too() {
+    tokens_settle(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_settle_with_the_usage_of_their_events() {
+    let f = fixture(false).await.unwrap();
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                otpm: Some(1_000),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    let mut body = message("claude-sonnet-4-6");
+    body["stream"] = serde_json::json!(true);
+    body["max_tokens"] = serde_json::json!(400);
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-output-tokens-remaining").as_deref(),
+        Some("600")
+    );
+    let text = r.text().await.unwrap();
+    assert!(text.contains("message_stop"));
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    let left: u64 = header(&r, "anthropic-ratelimit-output-tokens-remaining")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 400 reserved, a handful used: almost all of it came back (16 more reserved now).
+    assert!(left > 1_000 - 16 - 20, "{left}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_client_never_trips_its_concurrency_limit() {
+    let f = fixture(false).await.unwrap();
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                concurrency: Some(1),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    for _ in 0..20 {
+        let r = f.post(&key, &message("claude-haiku-4-5")).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let mut stream = message("claude-haiku-4-5");
+    stream["stream"] = serde_json::json!(true);
+    for _ in 0..5 {
+        let r = f.post(&key, &stream).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_is_402_naming_the_budget_and_its_reset() {
+    let f = fixture(false).await.unwrap();
+    // One micro-dollar: the first request is admitted (it reserves its worst case), the
+    // second finds the budget spent.
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                budget: Some(BudgetSetting {
+                    micros: 1,
+                    period: BudgetPeriod::Day,
+                }),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        f.post(&key, &message("claude-sonnet-4-6")).await.status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    assert_eq!(r.status(), 402);
+    assert_eq!(header(&r, "x-should-retry").as_deref(), Some("false"));
+    assert!(header(&r, "retry-after").is_none());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "billing_error");
+    let msg = body["error"]["message"].as_str().unwrap();
+    let tomorrow = (time::OffsetDateTime::now_utc().date() + time::Duration::days(1)).to_string();
+    assert!(
+        msg.contains("daily budget of $0.000001")
+            && msg.contains(&format!("resets at {tomorrow}T00:00:00Z")),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_limits_are_shared_and_team_defaults_apply_to_keys() {
+    let f = fixture(false).await.unwrap();
+    let team = f.db.team("shared").await;
+    f.db.limits()
+        .set_team_limits(
+            team.id,
+            &TeamLimitSettings {
+                team: LimitSettings {
+                    rpm: Some(3),
+                    ..LimitSettings::default()
+                },
+                key_defaults: LimitSettings {
+                    rpm: Some(2),
+                    ..LimitSettings::default()
+                },
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let a = f.key("shared", LimitSettings::default()).await;
+    let b = f.key("shared", LimitSettings::default()).await;
+    assert_eq!(f.post(&a, &message("claude-haiku-4-5")).await.status(), 200);
+    assert_eq!(f.post(&a, &message("claude-haiku-4-5")).await.status(), 200);
+    // The key default (2) stops key a; the team's 3 leaves one for key b.
+    assert_eq!(f.post(&a, &message("claude-haiku-4-5")).await.status(), 429);
+    assert_eq!(f.post(&b, &message("claude-haiku-4-5")).await.status(), 200);
+    let r = f.post(&b, &message("claude-haiku-4-5")).await;
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("team's limit of 3")
+    );
+}
