@@ -1,5 +1,7 @@
 //! Reading a streamed response body chunk by chunk with an idle timeout: the longest wait for the
-//! next piece is the client's timeout, as the SDKs' read timeout.
+//! next piece is the client's timeout, as the SDKs' read timeout. The wait is counted from when
+//! the reader starts waiting, so a consumer that is slow to ask for the next piece does not use
+//! up the server's time.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -17,6 +19,8 @@ pub(crate) struct BodyReader {
     body: Body,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    /// The timer runs for the current wait.
+    waiting: bool,
 }
 
 impl BodyReader {
@@ -25,6 +29,7 @@ impl BodyReader {
             body,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
         }
     }
 
@@ -37,8 +42,7 @@ impl BodyReader {
         loop {
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = Instant::now() + self.idle;
-                    self.timer.as_mut().reset(deadline);
+                    self.waiting = false;
                     if let Ok(data) = frame.into_data() {
                         return Poll::Ready(Some(Ok(data)));
                     }
@@ -46,6 +50,11 @@ impl BodyReader {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Error::connection(e)))),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {
+                    if !self.waiting {
+                        self.waiting = true;
+                        let deadline = Instant::now() + self.idle;
+                        self.timer.as_mut().reset(deadline);
+                    }
                     ready!(self.timer.as_mut().poll(cx));
                     return Poll::Ready(Some(Err(Error::Timeout {
                         after: self.idle,

@@ -27,6 +27,9 @@ enum Reply {
     Refuse,
     /// 200 with these body chunks, then hang without ending.
     Stall(Vec<&'static str>),
+    /// 200 with each chunk at its time after the response began (as a server sends, whether
+    /// or not the client reads), then the end.
+    Paced(Vec<(Duration, &'static str)>),
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +104,20 @@ impl Transport for Scripted {
                     Ok(http::Response::builder()
                         .status(200)
                         .header("request-id", "req_stall")
+                        .body(BodyExt::boxed(StreamBody::new(frames)))
+                        .unwrap())
+                }
+                Some(Reply::Paced(chunks)) => {
+                    let began = Instant::now();
+                    let frames =
+                        futures_util::stream::iter(chunks).then(move |(at, c)| async move {
+                            tokio::time::sleep_until(began + at).await;
+                            Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(
+                                c.as_bytes(),
+                            )))
+                        });
+                    Ok(http::Response::builder()
+                        .status(200)
                         .body(BodyExt::boxed(StreamBody::new(frames)))
                         .unwrap())
                 }
@@ -373,4 +390,36 @@ async fn an_error_event_ends_the_stream_with_its_class_and_no_retry() {
     assert!(matches!(err, Error::Overloaded(_)), "{err:?}");
     assert_eq!((err.status(), err.request_id()), (None, Some("req_e")));
     assert_eq!(script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_timeout_counts_only_while_waiting_for_data() {
+    // The consumer is away for twice the timeout after the first event; the rest arrives half a
+    // timeout after it comes back: no timeout, because only waiting counts.
+    let idle = Duration::from_secs(10);
+    let rest = concat!(
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n"
+    );
+    let script = Scripted::new(vec![Reply::Paced(vec![
+        (Duration::ZERO, MESSAGE_START),
+        (idle * 5 / 2, rest),
+    ])]);
+    let mut stream = client(&script)
+        .with_timeout(idle)
+        .messages()
+        .stream(&params())
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.next_event().await.unwrap().unwrap().name(),
+        "message_start"
+    );
+    tokio::time::sleep(idle * 2).await;
+    assert_eq!(
+        stream.next_event().await.unwrap().unwrap().name(),
+        "message_stop"
+    );
+    assert!(stream.next_event().await.is_none());
+    assert_eq!(stream.into_message().unwrap().id, "msg_1");
 }

@@ -152,6 +152,7 @@ impl StorePlane {
             denials: Some(denials),
             upstream_key: upstream.as_ref().map(|up| up.key()),
             ledger: None,
+            limits: None,
         };
         if let Some(up) = upstream {
             tasks.push((
