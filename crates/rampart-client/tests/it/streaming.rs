@@ -215,9 +215,9 @@ async fn a_stream_cut_off_is_a_connection_error_and_not_retried() {
 #[tokio::test]
 async fn a_stalled_stream_times_out_between_events() {
     let sim = Sim::start().await;
-    sim.fault(json!({"kind":"stall_stream","after_events":2,"delay_ms":5000}))
+    sim.fault(json!({"kind":"stall_stream","after_events":2,"delay_ms":10000}))
         .await;
-    let c = sim.client().with_timeout(Duration::from_millis(300));
+    let c = sim.client().with_timeout(Duration::from_millis(1500));
     let mut stream = c.messages().stream(&ask("hello there", 200)).await.unwrap();
     let first = stream.next_event().await.unwrap().unwrap();
     assert_eq!(first.name(), "message_start");
