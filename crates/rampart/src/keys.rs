@@ -127,16 +127,19 @@ impl LimitArgs {
 /// `12.5` → 12 500 000 micro-dollars, exactly (no floating point); at most six decimals.
 fn usd_to_micros(usd: &str) -> anyhow::Result<u64> {
     let usd = usd.trim().trim_start_matches('$');
-    let (whole, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    let (whole, frac) = match usd.split_once('.') {
+        Some((whole, frac)) => (whole, Some(frac)),
+        None => (usd, None),
+    };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     anyhow::ensure!(
-        digits(whole) && (frac.is_empty() || digits(frac)) && frac.len() <= 6,
+        digits(whole) && frac.is_none_or(|f| digits(f) && f.len() <= 6),
         "--budget-usd must be an amount like 12.50 (at most six decimals)"
     );
     let whole: u64 = whole
         .parse()
         .map_err(|_| anyhow::anyhow!("--budget-usd is too large"))?;
-    let frac: u64 = format!("{frac:0<6}").parse().unwrap_or(0);
+    let frac: u64 = format!("{:0<6}", frac.unwrap_or("")).parse().unwrap_or(0);
     whole
         .checked_mul(1_000_000)
         .and_then(|m| m.checked_add(frac))
