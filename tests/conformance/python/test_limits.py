@@ -1,0 +1,326 @@
+"""Rate limits and budgets with the real binary and the official SDK.
+
+- Proof across instances: three `rampart serve` sharing one PostgreSQL database and one Redis, a
+  key made with `rampart keys create --rpm …` while they run, concurrent requests at all three:
+  admitted requests never exceed the limit (plus what refilled during the burst); tokens never
+  exceed it by more than one request's reservation.
+- The SDK's view: 429 `RateLimitError` with `retry-after` and Rampart's `anthropic-ratelimit-*`
+  headers; 402 `billing_error` that the SDK does not retry.
+- Redis unreachable: 503 and a failing `/readyz`, then recovery on its own.
+
+PostgreSQL comes from RAMPART_TEST_DATABASE_URL and Redis from RAMPART_TEST_REDIS_URL (both started
+by scripts/test.sh); without them these tests are skipped loudly, and fail when CI is set.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import uuid
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+from conftest import RampartProcess, rampart_bin, wait_until
+
+UPSTREAM_KEY = "sk-ant-upstream-limits-" + "l" * 20
+PEPPER = "pepper-limits-" + "p" * 32
+BODY = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "echo: limited"}]}
+
+
+def need(var: str) -> str:
+    value = os.environ.get(var, "")
+    if not value:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {var} is not: scripts/test.sh starts the service")
+        pytest.skip(f"SKIPPED: {var} is unset (./scripts/test.sh sets it)")
+    return value
+
+
+def fresh_database() -> str:
+    """A new, empty PostgreSQL database on the RAMPART_TEST_DATABASE_URL server."""
+    server = need("RAMPART_TEST_DATABASE_URL")
+    parts = urllib.parse.urlsplit(server)
+    name = f"rampart_limits_{uuid.uuid4().hex[:16]}"
+    search = os.pathsep.join(p for p in (os.environ.get("RAMPART_TEST_PG_BIN", ""), os.environ.get("PATH", "")) if p)
+    createdb = shutil.which("createdb", path=search)
+    if not createdb:
+        pytest.fail("createdb not found (set RAMPART_TEST_PG_BIN to PostgreSQL's bin directory)")
+    subprocess.run(
+        [createdb, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432), "-U", parts.username or "postgres", name],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def cli(*args: str, store: list[str]) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAMPART_", "ANTHROPIC_"))}
+    env["RAMPART_KEY_PEPPER"] = PEPPER
+    p = subprocess.run([rampart_bin(), *args, *store], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout.strip().splitlines()
+
+
+def create_key(store: list[str], *flags: str) -> str:
+    lines = cli("keys", "create", "--name", f"k-{uuid.uuid4().hex[:8]}", *flags, store=store)
+    assert lines[-1].startswith("rk_live_"), lines
+    return lines[-1]
+
+
+def serve(store: list[str], sim_url: str, name: str, extra_env: dict[str, str] | None = None) -> tuple[RampartProcess, str]:
+    env = {
+        "RAMPART_UPSTREAM__BASE_URL": sim_url,
+        "RAMPART_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "RAMPART_KEY_PEPPER": PEPPER,
+        "RAMPART_ADMIN__ENABLED": "false",
+        **(extra_env or {}),
+    }
+    proc = RampartProcess(["serve", "--listen", "127.0.0.1:0", *store], env=env, name=name)
+    try:
+        return proc, proc.listening_url()
+    except BaseException:
+        proc.kill()
+        raise
+
+
+def post(url: str, key: str, body: dict[str, Any] = BODY) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/messages",
+        json=body,
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+        timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Any:
+    proc = RampartProcess(["sim", "--listen", "127.0.0.1:0"], name="limits-sim")
+    url = proc.listening_url()
+    yield url
+    proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def cluster(upstream: str) -> Any:
+    """Three instances on one PostgreSQL database and one Redis (a fresh key prefix)."""
+    redis = need("RAMPART_TEST_REDIS_URL")
+    database = fresh_database()
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-"), "--database-url", database]
+    cli("migrate", store=store)
+    env = {
+        "RAMPART_LIMITS__BACKEND": "redis",
+        "RAMPART_REDIS_URL": redis,
+        "RAMPART_LIMITS__REDIS_PREFIX": f"limits-{uuid.uuid4().hex[:8]}",
+    }
+    # One database and one Redis; each instance keeps its own data dir (its ledger spool).
+    procs = [
+        serve(["--data-dir", tempfile.mkdtemp(prefix=f"rampart-limits-{i}-"), "--database-url", database], upstream, f"instance-{i}", env)
+        for i in range(3)
+    ]
+    yield store, [url for _, url in procs]
+    for proc, _ in procs:
+        assert proc.terminate() == 0, proc.stderr_tail()
+
+
+def burst(urls: list[str], key: str, per_instance: int, body: dict[str, Any] = BODY) -> tuple[list[int], float]:
+    """`per_instance` concurrent requests at each instance at once; statuses and elapsed seconds."""
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(urls) * per_instance) as pool:
+        futures = [pool.submit(post, url, key, body) for url in urls for _ in range(per_instance)]
+        statuses = [f.result().status_code for f in futures]
+    return statuses, time.monotonic() - started
+
+
+def test_a_key_made_by_the_cli_works_on_every_running_instance_at_once(cluster: Any) -> None:
+    store, urls = cluster
+    made = time.monotonic()
+    key = create_key(store, "--rpm", "600")
+    for url in urls:
+        wait_until(lambda u=url: post(u, key).status_code == 200, timeout=5, interval=0.02, what=f"the new key on {url}")
+    # The directory polls its version every 100 ms: well within a second, CLI start-up included.
+    assert time.monotonic() - made < 3.0
+
+
+def test_three_instances_hold_one_request_limit_exactly(cluster: Any) -> None:
+    store, urls = cluster
+    limit = 20
+    key = create_key(store, "--rpm", str(limit))
+    for url in urls:
+        wait_until(lambda u=url: httpx.get(f"{u}/readyz").status_code == 200, timeout=5, what="ready")
+    time.sleep(0.3)  # every instance has loaded the key (polled every 100 ms)
+    statuses, elapsed = burst(urls, key, per_instance=30)
+    admitted = statuses.count(200)
+    refilled = int(limit * elapsed / 60)
+    assert set(statuses) <= {200, 429}, statuses
+    assert limit <= admitted <= limit + refilled, f"{admitted} admitted of limit {limit} (+{refilled} refilled in {elapsed:.2f}s)"
+
+
+def test_three_instances_hold_one_token_limit_within_one_reservation(cluster: Any, upstream: str) -> None:
+    store, urls = cluster
+    # The gateway estimates input with the simulator's own rule: count_tokens gives it exactly.
+    counted = httpx.post(
+        f"{upstream}/v1/messages/count_tokens",
+        json={"model": BODY["model"], "messages": BODY["messages"]},
+        headers={"x-api-key": UPSTREAM_KEY, "anthropic-version": "2023-06-01"},
+    ).json()["input_tokens"]
+    itpm = 10 * counted
+    key = create_key(store, "--itpm", str(itpm))
+    time.sleep(0.3)
+    statuses, elapsed = burst(urls, key, per_instance=20)
+    admitted = statuses.count(200)
+    refilled = itpm * elapsed / 60
+    reserved = admitted * counted
+    assert admitted >= 10, statuses
+    assert reserved <= itpm + refilled + counted, (
+        f"{reserved} input tokens admitted, limit {itpm} (+{refilled:.0f} refilled) + one reservation {counted}"
+    )
+
+
+def test_three_instances_share_a_concurrency_limit(cluster: Any, upstream: str) -> None:
+    store, urls = cluster
+    key = create_key(store, "--concurrency", "2")
+    time.sleep(0.3)
+    slow = {**BODY, "messages": [{"role": "user", "content": "echo: slow"}]}
+    sim_http = httpx.Client(base_url=upstream, timeout=10)
+    assert sim_http.post("/_sim/faults", json={"kind": "stall_headers", "count": 100, "delay_ms": 700, "model": BODY["model"]}).status_code < 300
+    try:
+        statuses, _ = burst(urls, key, per_instance=3, body=slow)
+    finally:
+        sim_http.delete("/_sim/faults")
+    assert statuses.count(200) == 2, statuses
+    assert statuses.count(429) == 7, statuses
+
+
+@pytest.fixture(scope="module")
+def single(upstream: str) -> Any:
+    """One instance on SQLite with the in-process limiter."""
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-one-")]
+    proc, url = serve(store, upstream, "limits-one")
+    yield store, url
+    assert proc.terminate() == 0, proc.stderr_tail()
+
+
+def test_the_sdk_gets_a_rate_limit_error_with_retry_after_and_rampart_headers(single: Any) -> None:
+    store, url = single
+    key = create_key(store, "--rpm", "1")
+    time.sleep(0.3)
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    ok = client.messages.with_raw_response.create(**BODY)
+    assert ok.headers["anthropic-ratelimit-requests-limit"] == "1"
+    assert ok.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ok.headers["anthropic-ratelimit-requests-reset"])
+    with pytest.raises(anthropic.RateLimitError) as err:
+        client.messages.create(**BODY)
+    e = err.value
+    assert e.status_code == 429
+    assert e.response.headers["retry-after"] == "60"
+    assert e.response.headers["x-should-retry"] == "true"
+    assert e.body["error"]["type"] == "rate_limit_error"
+    assert "limit of 1 requests per minute" in e.body["error"]["message"]
+    assert e.request_id
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    text = httpx.get(f"{url}/metrics").text
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_spent_budget_is_402_and_the_sdk_does_not_retry_it(single: Any) -> None:
+    store, url = single
+    key = create_key(store, "--budget-usd", "0.000001", "--budget-period", "month")
+    time.sleep(0.3)
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=2)
+    client.messages.create(**BODY)  # admitted: one micro-dollar was left, its worst case reserved
+    refused = '{decision="rejected_budget"}'
+    before = metric(url, "rampart_limits_decisions_total", refused)
+    with pytest.raises(anthropic.APIStatusError) as err:
+        client.messages.create(**BODY)
+    e = err.value
+    assert e.status_code == 402
+    assert e.body["error"]["type"] == "billing_error"
+    assert "monthly budget of $0.000001 is spent; it resets at " in e.body["error"]["message"]
+    assert e.response.headers["x-should-retry"] == "false"
+    # One refusal, no SDK retry (max_retries=2 would have made three).
+    assert metric(url, "rampart_limits_decisions_total", refused) == before + 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, port: int, workdir: str) -> None:
+        self.port, self.workdir = port, workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        if not server:
+            need("RAMPART_TEST_REDIS_URL")  # skip or fail the same way as without Redis
+            pytest.fail("redis-server is not installed (scripts/test.sh installs it)")
+        self.proc = subprocess.Popen(
+            [server, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", self.workdir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
+                    c.sendall(b"PING\r\n")
+                    return c.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_until(up, timeout=10, what="redis-server")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_an_unreachable_redis_fails_closed_with_503_and_recovers_by_itself(upstream: str) -> None:
+    need("RAMPART_TEST_REDIS_URL")
+    redis = RedisServer(free_port(), tempfile.mkdtemp(prefix="rampart-redis-"))
+    redis.start()
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-redis-")]
+    key = create_key(store, "--rpm", "1000")
+    env = {
+        "RAMPART_LIMITS__BACKEND": "redis",
+        "RAMPART_REDIS_URL": f"redis://127.0.0.1:{redis.port}",
+        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "200",
+    }
+    proc, url = serve(store, upstream, "limits-redis", env)
+    try:
+        assert post(url, key).status_code == 200
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        redis.stop()
+        r = post(url, key)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["type"] == "api_error"
+        assert "rate-limit store" in r.json()["error"]["message"]
+        assert r.headers["retry-after"] == "1"
+        ready = wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 503 or None, timeout=5, what="readyz 503")
+        assert ready
+        assert metric(url, "rampart_limits_backend_up") == 0.0
+        redis.start()
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=15, what="readyz back to 200")
+        wait_until(lambda: post(url, key).status_code == 200, timeout=10, what="requests admitted again")
+        assert metric(url, "rampart_limits_backend_up") == 1.0
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
+        redis.stop()
