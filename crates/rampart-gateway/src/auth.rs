@@ -169,7 +169,7 @@ impl Scopes {
 }
 
 /// `*`-only glob matching (no other metacharacters).
-fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let Some(first) = parts.next() else {
         return false;

@@ -60,8 +60,24 @@ pub struct UpstreamConfig {
     pub credential: Option<String>,
     /// TCP (and TLS) connect timeout. Default 5000 ms.
     pub connect_timeout_ms: u64,
-    /// Time allowed until the upstream's response headers arrive. Default 600000 ms (the SDKs' own).
+    /// Time allowed until the upstream's response headers arrive (time to first byte). Default
+    /// 600000 ms (the SDKs' own).
     pub header_timeout_ms: u64,
+    /// Longest gap between response body chunks or stream events. Default 600000 ms.
+    pub idle_timeout_ms: u64,
+    /// Overall deadline of a request, retries and the streamed body included. Default 0 (none).
+    pub total_timeout_ms: u64,
+    /// Longest cool-down of a rate-limited target. Default 60000 ms.
+    pub max_cooldown_ms: u64,
+    /// Per-route overrides of the four timeouts (`messages`, `count_tokens`, `models`, `batches`).
+    pub timeouts: std::collections::BTreeMap<String, crate::resilience_config::RouteTimeoutsConfig>,
+    /// Several upstream targets; when empty, `base_url` is the only one. See
+    /// [`crate::resilience_config`].
+    pub targets: Vec<crate::resilience_config::TargetConfig>,
+    /// Retries, backoff and the retry budget.
+    pub retry: crate::resilience_config::RetryConfig,
+    /// Circuit breakers (one per target).
+    pub breaker: crate::resilience_config::BreakerConfig,
 }
 
 impl Default for UpstreamConfig {
@@ -72,6 +88,13 @@ impl Default for UpstreamConfig {
             credential: None,
             connect_timeout_ms: 5_000,
             header_timeout_ms: 600_000,
+            idle_timeout_ms: 600_000,
+            total_timeout_ms: 0,
+            max_cooldown_ms: 60_000,
+            timeouts: std::collections::BTreeMap::new(),
+            targets: Vec::new(),
+            retry: crate::resilience_config::RetryConfig::default(),
+            breaker: crate::resilience_config::BreakerConfig::default(),
         }
     }
 }
@@ -203,6 +226,10 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Time-to-headers timeout.
     pub header_timeout: Duration,
+    /// The upstream pool, retries, breakers and per-route timeouts.
+    pub resilience: crate::resilience_config::ResilienceSettings,
+    /// Model aliases, fallback chains and the `auto` model.
+    pub routing: crate::routing::RoutingSettings,
     /// Accepted client keys.
     pub keys: StaticKeys,
     /// How often store keys' `last_used_at` is written.
@@ -246,7 +273,7 @@ pub struct Sources {
 pub struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[&str] = &[
-    "server", "upstream", "auth", "log", "admin", "pricing", "ledger", "limits",
+    "server", "upstream", "auth", "log", "admin", "routing", "pricing", "ledger", "limits",
 ];
 
 /// Load, merge and validate configuration; report every problem at once.
@@ -309,6 +336,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
         problems.extend(e);
         rampart_ledger::pricing::PriceTable::builtin()
     });
+    let routing: crate::resilience_config::RoutingConfig = section(&fig, "routing", &mut problems);
     check_admin(&admin, &mut problems);
 
     let listen = server
@@ -331,7 +359,30 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
         server.max_batch_body_bytes,
         &mut problems,
     );
-    let upstream_target = parse_upstream(&upstream.base_url, &mut problems);
+    let upstream_target = parse_base_url(&upstream.base_url, "upstream.base_url", &mut problems);
+    let resilience = crate::resilience_config::validate(
+        &crate::resilience_config::Inputs {
+            base: upstream_target.clone(),
+            targets: &upstream.targets,
+            timeouts: crate::resilience_config::UpstreamTimeouts {
+                connect_ms: upstream.connect_timeout_ms,
+                header_ms: upstream.header_timeout_ms,
+                idle_ms: upstream.idle_timeout_ms,
+                total_ms: upstream.total_timeout_ms,
+            },
+            route_timeouts: &upstream.timeouts,
+            retry: &upstream.retry,
+            breaker: &upstream.breaker,
+            max_cooldown_ms: upstream.max_cooldown_ms,
+            store_credentials: sources.store_credentials,
+        },
+        &mut problems,
+    );
+    let routing = crate::resilience_config::validate_routing(&routing, &mut problems);
+    // The `[upstream]` key is needed unless every target brings its own.
+    let needs_default_key = resilience
+        .as_ref()
+        .is_none_or(crate::resilience_config::ResilienceSettings::needs_default_key);
     let public_base_url =
         server
             .public_base_url
@@ -369,7 +420,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
         None => read_upstream_key(
             sources.use_env,
             upstream.api_key_file.as_deref(),
-            !sources.store_credentials,
+            !sources.store_credentials && needs_default_key,
             &mut problems,
         ),
     };
@@ -382,8 +433,13 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
 
     let keys = collect_keys(sources, &auth, &mut problems);
 
-    match (listen, upstream_target, problems.is_empty()) {
-        (Some(listen), Some(upstream_target), true) => Ok(Settings {
+    let upstream_target = resilience
+        .as_ref()
+        .and_then(|r| r.targets.first())
+        .map(|t| t.base.clone())
+        .or(upstream_target);
+    match (listen, upstream_target, resilience, problems.is_empty()) {
+        (Some(listen), Some(upstream_target), Some(resilience), true) => Ok(Settings {
             listen,
             max_body_bytes,
             max_batch_body_bytes,
@@ -394,6 +450,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             upstream_credential: upstream.credential,
             connect_timeout: Duration::from_millis(upstream.connect_timeout_ms),
             header_timeout: Duration::from_millis(upstream.header_timeout_ms),
+            resilience,
+            routing,
             keys,
             last_used_flush: Duration::from_secs(auth.last_used_flush_secs),
             log,
@@ -492,9 +550,14 @@ fn tracing_filter_invalid(level: &str) -> bool {
             .any(|c| !(c.is_ascii_alphanumeric() || "_=,:-.[]{}\"*".contains(c)))
 }
 
-fn parse_upstream(base: &str, problems: &mut Vec<String>) -> Option<UpstreamTarget> {
+/// Parse an upstream base URL (`field` names it in problems).
+pub(crate) fn parse_base_url(
+    base: &str,
+    field: &str,
+    problems: &mut Vec<String>,
+) -> Option<UpstreamTarget> {
     let bad = |problems: &mut Vec<String>, why: &str| {
-        problems.push(format!("upstream.base_url: `{base}` {why}"));
+        problems.push(format!("{field}: `{base}` {why}"));
         None
     };
     let Ok(uri) = base.parse::<http::Uri>() else {

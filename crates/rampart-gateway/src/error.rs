@@ -53,6 +53,31 @@ pub enum ProxyError {
     /// The upstream connection failed after connecting.
     #[error("upstream error: the connection to the Anthropic API failed")]
     UpstreamFailed,
+    /// No connection to the upstream within the connect timeout.
+    #[error("upstream connect timeout: no connection to the Anthropic API within {0} ms")]
+    UpstreamConnectTimeout(u128),
+    /// The upstream's stream sent no event within the idle timeout, before anything was sent on.
+    #[error("upstream idle timeout: the Anthropic API sent nothing for {0} ms")]
+    StreamIdleTimeout(u128),
+    /// The route's overall deadline passed.
+    #[error("request deadline: no complete upstream response within the overall limit of {0} ms")]
+    DeadlineExceeded(u128),
+    /// The client's own timeout (`x-stainless-timeout`) passed; Rampart stopped working on it.
+    #[error("client timeout: the x-stainless-timeout of {0} ms passed before an upstream response")]
+    ClientTimeout(u128),
+    /// Every upstream target that serves the model has an open circuit breaker.
+    #[error(
+        "no upstream available for {model}: the circuit breaker of every upstream target serving it is open"
+    )]
+    NoUpstreamAvailable {
+        /// The model (or route) asked for.
+        model: String,
+        /// When a breaker will let a probe through (sent as `retry-after`).
+        retry_after_secs: u64,
+    },
+    /// No upstream target serves the model.
+    #[error("model: {0} (no upstream target serves this model)")]
+    ModelNotServed(String),
     /// No upstream credential is loaded (the stored one was removed).
     #[error("Rampart has no upstream credential configured")]
     NoUpstreamKey,
@@ -95,7 +120,16 @@ impl ProxyError {
             Self::UpstreamUnreachable | Self::UpstreamFailed => {
                 (ErrorType::ApiError, StatusCode::BAD_GATEWAY)
             }
-            Self::UpstreamTimeout(_) => (ErrorType::TimeoutError, StatusCode::GATEWAY_TIMEOUT),
+            Self::UpstreamTimeout(_)
+            | Self::UpstreamConnectTimeout(_)
+            | Self::StreamIdleTimeout(_)
+            | Self::DeadlineExceeded(_)
+            | Self::ClientTimeout(_) => (ErrorType::TimeoutError, StatusCode::GATEWAY_TIMEOUT),
+            Self::NoUpstreamAvailable { .. } => (
+                ErrorType::OverloadedError,
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            ),
+            Self::ModelNotServed(_) => (ErrorType::NotFoundError, StatusCode::NOT_FOUND),
             Self::NoUpstreamKey => (ErrorType::ApiError, StatusCode::INTERNAL_SERVER_ERROR),
             Self::ShuttingDown => (ErrorType::OverloadedError, StatusCode::SERVICE_UNAVAILABLE),
             Self::RateLimited(_) => (ErrorType::RateLimitError, StatusCode::TOO_MANY_REQUESTS),
@@ -104,10 +138,35 @@ impl ProxyError {
         }
     }
 
-    /// The response: envelope body, `request-id` and `x-request-id` headers.
+    /// Whether this is the final failure of an upstream call (after Rampart's own retries):
+    /// the response then says `x-should-retry: false`, so SDKs do not retry on top.
+    #[must_use]
+    pub const fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamUnreachable
+                | Self::UpstreamTimeout(_)
+                | Self::UpstreamFailed
+                | Self::UpstreamConnectTimeout(_)
+                | Self::StreamIdleTimeout(_)
+                | Self::DeadlineExceeded(_)
+                | Self::ClientTimeout(_)
+                | Self::NoUpstreamAvailable { .. }
+        )
+    }
+
+    /// The response: envelope body, `request-id` and `x-request-id` headers, and for upstream
+    /// failures `x-should-retry: false` (and `retry-after` when a breaker will reopen).
     #[must_use]
     pub fn into_response_with(self, request_id: &str) -> Response {
         let (kind, status) = self.kind_and_status();
+        let upstream_failure = self.is_upstream_failure();
+        let retry_after = match &self {
+            Self::NoUpstreamAvailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let body = ErrorEnvelope::new(kind, self.to_string())
             .with_request_id(request_id)
             .to_json();
@@ -121,6 +180,12 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("request-id", v.clone());
             h.insert("x-request-id", v);
+        }
+        if upstream_failure {
+            h.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if let Some(secs) = retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         match &self {
             Self::RateLimited(r) | Self::OverBudget(r) => {
@@ -156,11 +221,44 @@ mod tests {
             ProxyError::UpstreamTimeout(5),
             ProxyError::UpstreamFailed,
             ProxyError::NoUpstreamKey,
+            ProxyError::UpstreamConnectTimeout(1),
+            ProxyError::StreamIdleTimeout(1),
+            ProxyError::DeadlineExceeded(1),
+            ProxyError::ClientTimeout(1),
+            ProxyError::NoUpstreamAvailable {
+                model: "m".into(),
+                retry_after_secs: 3,
+            },
+            ProxyError::ModelNotServed("m".into()),
         ] {
             let (kind, status) = e.kind_and_status();
             if status.as_u16() != 502 {
                 assert_eq!(kind.status(), status.as_u16(), "{e:?}");
             }
+        }
+    }
+
+    #[test]
+    fn upstream_failures_tell_sdks_not_to_retry_and_local_refusals_do_not() {
+        let r = ProxyError::NoUpstreamAvailable {
+            model: "claude-opus-4-6".into(),
+            retry_after_secs: 4,
+        }
+        .into_response_with("req_1");
+        assert_eq!(r.status().as_u16(), 529);
+        assert_eq!(r.headers()["x-should-retry"], "false");
+        assert_eq!(r.headers()["retry-after"], "4");
+        for e in [ProxyError::UpstreamTimeout(5), ProxyError::ClientTimeout(5)] {
+            let r = e.into_response_with("r");
+            assert_eq!(r.headers()["x-should-retry"], "false");
+        }
+        for e in [
+            ProxyError::InvalidKey,
+            ProxyError::BodyTooLarge(1),
+            ProxyError::ModelNotServed("m".into()),
+        ] {
+            let r = e.into_response_with("r");
+            assert!(!r.headers().contains_key("x-should-retry"));
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct Peeked {
     pub stream: bool,
     /// `max_tokens`, when it is a non-negative integer.
     pub max_tokens: Option<u64>,
+    /// Where the `model` value (the JSON string, quotes included) sits in the body, for routing
+    /// to rewrite it in place.
+    pub model_span: Option<std::ops::Range<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -49,10 +52,17 @@ pub fn peek(body: &[u8]) -> Result<Peeked, ProxyError> {
     }
     let f: Fields<'_> =
         serde_json::from_str(text).map_err(|e| ProxyError::MalformedJson(position(&e)))?;
+    let model = f
+        .model
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+    // The raw value borrows from `text`: its offset is the distance between the two.
+    let model_span = f.model.filter(|_| model.is_some()).map(|raw| {
+        let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        start..start + raw.get().len()
+    });
     Ok(Peeked {
-        model: f
-            .model
-            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()),
+        model,
+        model_span,
         stream: f.stream.is_some_and(|raw| raw.get() == "true"),
         max_tokens: f.max_tokens.and_then(|raw| raw.get().parse::<u64>().ok()),
     })
@@ -174,6 +184,15 @@ mod tests {
     fn escaped_model_strings_are_decoded() {
         let p = peek(br#"{"model":"claude\u002dx"}"#).unwrap();
         assert_eq!(p.model.as_deref(), Some("claude-x"));
+    }
+
+    #[test]
+    fn the_model_span_covers_the_raw_string_for_rewriting() {
+        let body = br#"{ "max_tokens": 5, "model" : "claude\u002dx" , "messages": []}"#;
+        let p = peek(body).unwrap();
+        let span = p.model_span.unwrap();
+        assert_eq!(&body[span], br#""claude\u002dx""#);
+        assert_eq!(peek(br#"{"model":5}"#).unwrap().model_span, None);
     }
 
     #[test]

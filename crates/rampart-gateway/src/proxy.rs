@@ -19,25 +19,25 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use http_body::Frame;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::auth::{self, AuthFailure, Authenticator, Scopes};
-use crate::config::{Settings, UpstreamTarget};
+use crate::config::Settings;
 use crate::denials::{DenialAudit, Denied};
 use crate::error::ProxyError;
+use crate::exchange::{Call, UpstreamBody, Upstreams};
 use crate::peek;
 use crate::routes::Route;
 use crate::sse::{UsageScanner, UsageSummary};
 use crate::telemetry;
-use crate::upstream::UpstreamClient;
 use crate::upstream_key::UpstreamKey;
+use crate::upstream_pool::BoxError;
 use rampart_ledger::Ledger;
 use rampart_ledger::pricing::{Known, PriceTable, TokenUsage, note_unknown_model};
 use rampart_store::UsageRecord;
 
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 
@@ -50,12 +50,11 @@ pub struct AppState {
     pub settings: Settings,
     /// Who may call.
     pub auth: Arc<dyn Authenticator>,
-    /// Distinguishes gateways in one process (each thread keeps one upstream pool per gateway).
-    id: u64,
-    /// TLS settings shared by every thread's upstream pool.
-    tls: rustls::ClientConfig,
-    /// The upstream `x-api-key` (marked sensitive), fixed or from the store.
-    pub upstream_key: Arc<UpstreamKey>,
+    /// The upstream call: targets, breakers, retries, routing ([`crate::exchange`]).
+    pub upstreams: Upstreams,
+    /// The `[upstream]` `x-api-key` (marked sensitive), fixed or from the store; `None` when
+    /// every target has its own.
+    pub upstream_key: Option<Arc<UpstreamKey>>,
     /// Audit of refused key uses (only with a store).
     pub denials: Option<DenialAudit>,
     /// The usage ledger (only with a store).
@@ -74,6 +73,8 @@ pub struct ProxyParts {
     /// The upstream key when it does not come from the settings (a stored credential, see
     /// [`crate::upstream_key::StoredUpstream`]).
     pub upstream_key: Option<Arc<UpstreamKey>>,
+    /// Keys of upstream targets naming a stored credential, by credential name.
+    pub target_keys: Vec<(String, Arc<UpstreamKey>)>,
     /// Record one usage record per request: see [`rampart_ledger::ledger`].
     pub ledger: Option<Arc<Ledger>>,
     /// Enforce the store's rate limits and budgets: see [`crate::admission`].
@@ -90,47 +91,24 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Send `req` upstream through this thread's connection pool (created on first use), so a
-    /// request and its upstream connection live on the same thread.
-    fn send_upstream(
-        &self,
-        req: http::Request<Full<Bytes>>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        thread_local! {
-            static POOLS: std::cell::RefCell<Vec<(u64, UpstreamClient)>> =
-                const { std::cell::RefCell::new(Vec::new()) };
-        }
-        POOLS.with(|pools| {
-            let mut pools = pools.borrow_mut();
-            if let Some((_, client)) = pools.iter().find(|(id, _)| *id == self.id) {
-                return client.request(req);
-            }
-            let client = crate::upstream::client(self.settings.connect_timeout, &self.tls);
-            let fut = client.request(req);
-            pools.push((self.id, client));
-            fut
-        })
-    }
-
     /// Build the state from validated settings and the optional [`ProxyParts`]; the upstream
     /// key of `parts` wins over the settings'.
     ///
     /// # Errors
-    /// When there is no upstream key, or it cannot be a header value.
+    /// When an upstream key a target needs is missing, or cannot be a header value.
     pub fn with_parts(
         settings: Settings,
         auth: Arc<dyn Authenticator>,
         parts: ProxyParts,
     ) -> Result<Self, String> {
         let upstream_key = match (parts.upstream_key, &settings.upstream_api_key) {
-            (Some(stored), _) => stored,
-            (None, Some(key)) => Arc::new(UpstreamKey::fixed(key)?),
-            (None, None) => return Err("no upstream API key is configured".to_owned()),
+            (Some(stored), _) => Some(stored),
+            (None, Some(key)) => Some(Arc::new(UpstreamKey::fixed(key)?)),
+            (None, None) => None,
         };
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let upstreams = Upstreams::new(&settings, upstream_key.clone(), &parts.target_keys)?;
         Ok(Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            tls: crate::upstream::tls_config()?,
+            upstreams,
             settings,
             auth,
             upstream_key,
@@ -452,7 +430,7 @@ async fn forward<B>(
     parts: http::request::Parts,
     body: B,
     client: Option<SocketAddr>,
-) -> Result<(http::Response<Incoming>, Instant, Instant), ProxyError>
+) -> Result<(http::Response<UpstreamBody<Incoming>>, Instant, Instant), ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -505,6 +483,7 @@ where
     }
 
     let is_post = parts.method == Method::POST;
+    let (mut model_span, mut max_tokens) = (None, None);
     let body_bytes = if parts.method == Method::GET || parts.method == Method::DELETE {
         Bytes::new()
     } else {
@@ -517,9 +496,14 @@ where
     };
     if done.route.has_json_body(is_post) {
         let peeked = peek::peek(&body_bytes)?;
+        // Routing may serve another model than the one named: scopes apply to that one (an
+        // alias's model here; `auto`'s choice and fallbacks in the upstream call).
+        let scoped = peeked
+            .model
+            .as_deref()
+            .and_then(|m| state.upstreams.routing().scope_model(m));
         if let Some(scopes) = &scopes
-            && let Some((model, err)) =
-                check_models(scopes, done.route, peeked.model.as_deref(), &body_bytes)?
+            && let Some((model, err)) = check_models(scopes, done.route, scoped, &body_bytes)?
         {
             let r = Refused {
                 key_id: identity.key_id,
@@ -532,6 +516,8 @@ where
         }
         done.model = peeked.model;
         done.streamed = peeked.stream;
+        model_span = peeked.model_span;
+        max_tokens = peeked.max_tokens;
     }
 
     // Rate limits and budgets: reserve now, settle when the response is done.
@@ -543,36 +529,47 @@ where
         done.ticket = Some((ticket, limits.prices.clone()));
     }
 
-    let upstream_req = build_upstream_request(state, parts, &done.request_id, body_bytes)?;
-    done.attempts += 1;
-    let sent_at = Instant::now();
-    let result = tokio::time::timeout(
-        state.settings.header_timeout,
-        state.send_upstream(upstream_req),
-    )
-    .await;
-    let headers_at = Instant::now();
-    done.upstream = Some(headers_at - sent_at);
-    let upstream_resp = match result {
-        Err(_) => {
-            telemetry::upstream_error("timeout");
-            return Err(ProxyError::UpstreamTimeout(
-                state.settings.header_timeout.as_millis(),
-            ));
-        }
-        Ok(Err(e)) if e.is_connect() => {
-            telemetry::upstream_error("connect");
-            tracing::warn!(target: "rampart::proxy", request_id = %done.request_id, error = %e, "upstream connect failed");
-            return Err(ProxyError::UpstreamUnreachable);
-        }
-        Ok(Err(e)) => {
-            telemetry::upstream_error("io");
-            tracing::warn!(target: "rampart::proxy", request_id = %done.request_id, error = %e, "upstream request failed");
-            return Err(ProxyError::UpstreamFailed);
-        }
-        Ok(Ok(r)) => r,
+    // The upstream call: targets, breakers, retries, fallbacks, stream hold-back.
+    let call = Call {
+        route: done.route,
+        method: parts.method.clone(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        headers: upstream_headers(parts.headers, &done.request_id),
+        body: body_bytes,
+        model: done.model.as_deref(),
+        model_span,
+        max_tokens,
+        scopes: scopes.as_deref(),
+        request_id: &done.request_id,
+        arrived: done.start,
     };
-    Ok((upstream_resp, sent_at, headers_at))
+    let delivered = match state.upstreams.call(call).await {
+        Ok(d) => d,
+        Err(failed) => {
+            done.attempts = failed.attempts;
+            if failed.error.is_upstream_failure() {
+                telemetry::upstream_error(upstream_error_kind(&failed.error));
+            }
+            return Err(failed.error);
+        }
+    };
+    done.attempts = delivered.attempts;
+    done.upstream = Some(delivered.headers_at - delivered.sent_at);
+    Ok((delivered.response, delivered.sent_at, delivered.headers_at))
+}
+
+/// The `rampart_upstream_errors_total` kind of a final upstream failure.
+fn upstream_error_kind(e: &ProxyError) -> &'static str {
+    match e {
+        ProxyError::UpstreamUnreachable => "connect",
+        ProxyError::UpstreamFailed => "io",
+        ProxyError::NoUpstreamAvailable { .. } => "circuit_open",
+        _ => "timeout",
+    }
 }
 
 /// Model scopes: the request's `model` and, for batch creation, every item's `params.model`
@@ -663,28 +660,6 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-fn upstream_uri(
-    target: &UpstreamTarget,
-    parts: &http::request::Parts,
-) -> Result<http::Uri, ProxyError> {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let pq = if target.path_prefix.is_empty() {
-        http::uri::PathAndQuery::try_from(path_and_query)
-    } else {
-        http::uri::PathAndQuery::try_from(format!("{}{path_and_query}", target.path_prefix))
-    }
-    .map_err(|_| ProxyError::NotFound)?;
-    http::Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::NotFound)
-}
-
 /// Headers never forwarded upstream: hop-by-hop ones, and those Rampart sets itself.
 fn strip_on_request(name: &HeaderName) -> bool {
     is_hop_by_hop(name)
@@ -707,22 +682,10 @@ fn strip_request_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn build_upstream_request(
-    state: &AppState,
-    parts: http::request::Parts,
-    request_id: &str,
-    body: Bytes,
-) -> Result<http::Request<Full<Bytes>>, ProxyError> {
-    let uri = upstream_uri(&state.settings.upstream, &parts)?;
-    let mut headers = parts.headers;
+/// The client's headers as sent upstream: hop-by-hop ones and its credential removed, the
+/// request id added, identity encoding asked for. The target's key is added per attempt.
+fn upstream_headers(mut headers: HeaderMap, request_id: &str) -> HeaderMap {
     strip_request_headers(&mut headers);
-    headers.insert(
-        X_API_KEY.clone(),
-        state
-            .upstream_key
-            .header()
-            .ok_or(ProxyError::NoUpstreamKey)?,
-    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }
@@ -731,15 +694,11 @@ fn build_upstream_request(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    let mut req = http::Request::new(Full::new(body));
-    *req.method_mut() = parts.method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    Ok(req)
+    headers
 }
 
 fn build_response(
-    upstream: http::Response<Incoming>,
+    upstream: http::Response<UpstreamBody<Incoming>>,
     mut done: Completion,
     sent_at: Instant,
     headers_at: Instant,
@@ -819,7 +778,7 @@ impl Tap {
 /// The upstream body, piped through frame by frame, with usage read on the side and the
 /// request's [`Completion`] recorded when it ends or is dropped.
 struct MeteredBody {
-    inner: Incoming,
+    inner: UpstreamBody<Incoming>,
     tap: Tap,
     completion: Option<Completion>,
 }
@@ -849,12 +808,12 @@ impl MeteredBody {
 
 impl http_body::Body for MeteredBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {

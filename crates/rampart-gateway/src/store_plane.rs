@@ -4,7 +4,7 @@
 //! | task | every | does |
 //! |---|---|---|
 //! | key reload | 0.1 s | [`KeyDirectory::run_refresher`]: new, revoked, disabled keys and limits (when the directory version moved) |
-//! | upstream reload | 1 s | [`StoredUpstream::run_refresher`]: the stored upstream credential (when used) |
+//! | upstream reload | 1 s | [`StoredUpstream::run_refresher`]: the stored upstream credential (when used), and each one an upstream target names |
 //! | last-use flush | 15 s, and at stop | [`KeyDirectory::run_last_used_flusher`]: `last_used_at` in one batch |
 //! | denial audit | as rows come, and at stop | [`crate::denials::DenialWriter::run`]: `key.denied` rows |
 //! | usage ledger | 200 ms, and at stop | [`rampart_ledger::LedgerWriter::run`]: the spool into the database (with [`StorePlane::run_ledger`]) |
@@ -109,6 +109,22 @@ impl StorePlane {
         upstream: Option<StoredUpstream>,
         options: StorePlaneOptions,
     ) -> Result<(Self, ProxyParts), StartError> {
+        Self::start_with_targets(store, directory, upstream, Vec::new(), options).await
+    }
+
+    /// [`StorePlane::start`], also loading (and reloading) the stored credentials upstream
+    /// targets name (`targets`, each made with the credential's name); they are handed to the
+    /// proxy as [`ProxyParts::target_keys`].
+    ///
+    /// # Errors
+    /// [`StartError`] naming what is missing.
+    pub async fn start_with_targets(
+        store: Store,
+        directory: Arc<KeyDirectory>,
+        upstream: Option<StoredUpstream>,
+        targets: Vec<StoredUpstream>,
+        options: StorePlaneOptions,
+    ) -> Result<(Self, ProxyParts), StartError> {
         let keys = directory.refresh(&store).await.map_err(StartError::Keys)?;
         tracing::info!(keys, engine = %store.engine(), "virtual keys loaded from the store");
         let upstream = match upstream {
@@ -122,6 +138,15 @@ impl StorePlane {
             }
             None => None,
         };
+        let mut target_keys = Vec::with_capacity(targets.len());
+        for t in &targets {
+            if let Refreshed::Loaded { id, name } =
+                t.refresh(&store).await.map_err(StartError::Upstream)?
+            {
+                tracing::info!(credential = %name, %id, "upstream target credential loaded from the store");
+            }
+            target_keys.push((t.name().unwrap_or_default().to_owned(), t.key()));
+        }
         let (denials, writer) = denial_audit(options.denial_limits);
         let (stop, stopped) = watch::channel(false);
         let signal = || {
@@ -148,13 +173,18 @@ impl StorePlane {
                 )),
             ),
         ];
-        let parts = ProxyParts {
+        let mut parts = ProxyParts {
             denials: Some(denials),
             upstream_key: upstream.as_ref().map(|up| up.key()),
             ledger: None,
             limits: None,
+            ..ProxyParts::default()
         };
-        if let Some(up) = upstream {
+        parts.target_keys = target_keys;
+        let refreshed = upstream
+            .into_iter()
+            .chain(targets.into_iter().map(Arc::new));
+        for up in refreshed {
             tasks.push((
                 "upstream reload",
                 tokio::spawn(up.run_refresher(store.clone(), options.reload_every, signal())),

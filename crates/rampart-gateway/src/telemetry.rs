@@ -68,6 +68,7 @@ fn describe() {
         "Upstream failures by kind (connect, timeout, io, stream_error)."
     );
     rampart_ledger::ledger::describe_metrics();
+    crate::exchange::describe_metrics();
 }
 
 /// Keep the histograms' memory bounded; call every few seconds.

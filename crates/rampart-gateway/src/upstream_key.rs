@@ -203,6 +203,12 @@ impl StoredUpstream {
         self.key.clone()
     }
 
+    /// The configured credential name (`None`: the oldest stored one).
+    #[must_use]
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     /// Re-read the credentials and load the chosen one if it changed.
     ///
     /// # Errors
