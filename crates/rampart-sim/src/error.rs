@@ -14,6 +14,8 @@ pub(crate) struct ApiError {
     pub message: String,
     /// `retry-after` seconds, if any.
     pub retry_after: Option<u64>,
+    /// `retry-after-ms` to send, when set.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             status: kind.status(),
             message: message.into(),
             retry_after: None,
+            retry_after_ms: None,
         }
     }
 

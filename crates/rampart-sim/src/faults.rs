@@ -29,6 +29,9 @@ pub(crate) enum FaultKind {
     Slow,
     /// Abort the body after `after_events` events.
     AbortStream,
+    /// Answer normally, reporting an exhausted rate limit
+    /// (`anthropic-ratelimit-requests-remaining: 0`, `-reset` `retry_after` seconds from now).
+    Exhausted,
 }
 
 /// The body of `POST /_sim/faults`.
@@ -50,6 +53,8 @@ pub(crate) struct FaultRequest {
     #[serde(default)]
     retry_after: Option<u64>,
     #[serde(default)]
+    retry_after_ms: Option<u64>,
+    #[serde(default)]
     delay_ms: Option<u64>,
     #[serde(default)]
     after_events: Option<u64>,
@@ -67,6 +72,7 @@ pub(crate) struct Fault {
     pub error_type: ErrorType,
     pub message: String,
     pub retry_after: Option<u64>,
+    pub retry_after_ms: Option<u64>,
     pub delay_ms: u64,
     pub after_events: u64,
 }
@@ -99,6 +105,7 @@ impl Fault {
             status: self.status,
             message: self.message.clone(),
             retry_after: self.retry_after,
+            retry_after_ms: self.retry_after_ms,
         }
     }
 
@@ -138,9 +145,9 @@ impl Faults {
             return Err(ApiError::invalid("count: must be at least 1"));
         }
         let error_type = req.error_type.unwrap_or(ErrorType::from_status(status));
-        let retry_after = req
-            .retry_after
-            .or_else(|| matches!(status, 429 | 529).then_some(1));
+        let retry_after = req.retry_after.or_else(|| {
+            (matches!(status, 429 | 529) || req.kind == FaultKind::Exhausted).then_some(1)
+        });
         let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let fault = Fault {
             id: format!("fault_{n}"),
@@ -154,6 +161,7 @@ impl Faults {
                 .message
                 .unwrap_or_else(|| default_message(error_type).to_owned()),
             retry_after,
+            retry_after_ms: req.retry_after_ms,
             delay_ms: req.delay_ms.unwrap_or(0),
             after_events: req.after_events.unwrap_or(2),
         };
@@ -242,9 +250,14 @@ mod tests {
         assert_eq!((a.error_type, a.retry_after), (ErrorType::ApiError, None));
         let b = f
             .add(req(
-                serde_json::json!({"kind": "status", "status": 429, "retry_after": 7}),
+                serde_json::json!({"kind": "status", "status": 429, "retry_after": 7, "retry_after_ms": 6500}),
             ))
             .unwrap();
+        assert_eq!(b.error().retry_after_ms, Some(6500));
+        let c = f
+            .add(req(serde_json::json!({"kind": "exhausted"})))
+            .unwrap();
+        assert_eq!((c.kind, c.retry_after), (FaultKind::Exhausted, Some(1)));
         assert_eq!(
             (b.error_type, b.retry_after),
             (ErrorType::RateLimitError, Some(7))

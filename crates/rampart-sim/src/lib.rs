@@ -86,12 +86,13 @@
 //! `/_sim/` routes need no API key and are not counted or logged.
 //!
 //! * `POST /_sim/faults` with `{"kind", "count"?: 1, "model"?, "path"?: "messages",
-//!   "status"?: 529, "error_type"?, "message"?, "retry_after"?, "delay_ms"?: 0,
+//!   "status"?: 529, "error_type"?, "message"?, "retry_after"?, "retry_after_ms"?, "delay_ms"?: 0,
 //!   "after_events"?: 2}` → `{"id", "kind", "remaining"}`. `path` is one of `messages`,
 //!   `count_tokens`, `models`, `batches`; `model` matches the body's `model` exactly. Each matching
 //!   API request (after auth and version checks pass) consumes one count of the oldest matching
 //!   fault. `error_type` defaults from `status`; `message` from the type (`Overloaded` for 529);
-//!   `retry_after` defaults to 1 for 429 and 529. Kinds:
+//!   `retry_after` defaults to 1 for 429, 529 and `exhausted`; `retry_after_ms` also sends
+//!   `retry-after-ms`. Kinds:
 //!   * `status`: that status with the error envelope (and `retry-after`);
 //!   * `reset`: the connection is closed without a response (HTTP/2: the stream is reset);
 //!   * `stall_headers`: sleep `delay_ms`, then answer normally;
@@ -102,7 +103,9 @@
 //!     `status` fault);
 //!   * `slow`: each SSE event (or the JSON body) is delayed by `delay_ms`;
 //!   * `abort_stream`: after `after_events` events the body is aborted, so the client sees a
-//!     truncated chunked response (non-streamed: half the JSON body, then the abort).
+//!     truncated chunked response (non-streamed: half the JSON body, then the abort);
+//!   * `exhausted`: answered normally, but with `anthropic-ratelimit-requests-remaining: 0` and
+//!     `anthropic-ratelimit-requests-reset` `retry_after` seconds from now.
 //! * `GET /_sim/faults` lists the remaining faults; `DELETE /_sim/faults` clears them.
 //! * `GET /_sim/counters` → `{"total", "routes": {"messages", "count_tokens", "models", "batches"},
 //!   "models": {"<model>": n}}`, counting every API request that arrived, failed ones included.

@@ -97,6 +97,12 @@ pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<SimBody> {
         resp.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    if let Some(ms) = err.retry_after_ms {
+        resp.headers_mut().insert(
+            HeaderName::from_static("retry-after-ms"),
+            HeaderValue::from(ms),
+        );
+    }
     resp
 }
 
@@ -131,8 +137,14 @@ const RL_VALUES: [(&str, &str); 4] = [
     ("4000000", "4000000"),
 ];
 
+/// Marks a response whose request limit is reported exhausted until this many seconds from now
+/// (the `exhausted` fault).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exhausted(pub u64);
+
 /// Adds the headers every response carries.
 pub(crate) fn decorate(resp: &mut Response<SimBody>, request_id: &str) {
+    let exhausted = resp.extensions().get::<Exhausted>().copied();
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(HeaderName::from_static("request-id"), v);
@@ -141,18 +153,24 @@ pub(crate) fn decorate(resp: &mut Response<SimBody>, request_id: &str) {
         HeaderName::from_static("anthropic-organization-id"),
         HeaderValue::from_static(ORGANIZATION_ID),
     );
-    let reset = reset_time();
+    let reset = reset_time(60);
     for (names, (limit, remaining)) in RL_NAMES.iter().zip(RL_VALUES) {
         let [n_limit, n_remaining, n_reset] = names;
         headers.insert(n_limit.clone(), HeaderValue::from_static(limit));
         headers.insert(n_remaining.clone(), HeaderValue::from_static(remaining));
         headers.insert(n_reset.clone(), reset.clone());
     }
+    if let Some(Exhausted(secs)) = exhausted {
+        let [_, n_remaining, n_reset] = &RL_NAMES[0];
+        headers.insert(n_remaining.clone(), HeaderValue::from_static("0"));
+        headers.insert(n_reset.clone(), reset_time(secs));
+    }
 }
 
-/// One minute from now, RFC 3339 with second precision.
-fn reset_time() -> HeaderValue {
-    let t = time::OffsetDateTime::now_utc() + time::Duration::minutes(1);
+/// `secs` seconds from now, RFC 3339 with second precision.
+fn reset_time(secs: u64) -> HeaderValue {
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
     let t = t.replace_nanosecond(0).unwrap_or(t);
     let text = t
         .format(&time::format_description::well_known::Rfc3339)

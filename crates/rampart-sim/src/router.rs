@@ -239,13 +239,22 @@ async fn api(
         Ok(p) => p,
         Err(e) => return Ok(respond::error(&e, request_id)),
     };
-    let body_fault = fault.filter(|f| !matches!(f.kind, FaultKind::StallHeaders));
-    Ok(finish(
+    let exhausted = fault
+        .as_ref()
+        .filter(|f| f.kind == FaultKind::Exhausted)
+        .map(|f| crate::respond::Exhausted(f.retry_after.unwrap_or(1)));
+    let body_fault =
+        fault.filter(|f| !matches!(f.kind, FaultKind::StallHeaders | FaultKind::Exhausted));
+    let mut resp = finish(
         payload,
         body_fault.as_ref(),
         sim.settings.tokens_per_sec,
         request_id,
-    ))
+    );
+    if let Some(e) = exhausted {
+        resp.extensions_mut().insert(e);
+    }
+    Ok(resp)
 }
 
 fn body_of(parsed: Option<&Result<Value, ApiError>>) -> Result<&Value, ApiError> {

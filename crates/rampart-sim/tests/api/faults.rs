@@ -185,3 +185,44 @@ async fn faults_can_be_listed_and_cleared() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+async fn say_hi(sim: &crate::TestSim) -> reqwest::Response {
+    sim.post("/v1/messages")
+        .json(&hello("Hi"))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn retry_after_ms_is_sent_when_asked() {
+    let sim = spawn().await;
+    sim.fault(json!({"kind": "status", "status": 529, "retry_after_ms": 250}))
+        .await;
+    let r = say_hi(&sim).await;
+    assert_eq!(r.status(), 529);
+    assert_eq!(r.headers()["retry-after-ms"], "250");
+    assert_eq!(r.headers()["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn exhausted_fault_answers_but_reports_the_request_limit_spent_until_its_reset() {
+    let sim = spawn().await;
+    sim.fault(json!({"kind": "exhausted", "retry_after": 30}))
+        .await;
+    let r = say_hi(&sim).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["anthropic-ratelimit-requests-remaining"], "0");
+    let reset = r.headers()["anthropic-ratelimit-requests-reset"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let reset = time::OffsetDateTime::parse(&reset, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let secs = (reset - time::OffsetDateTime::now_utc()).whole_seconds();
+    assert!((28..=30).contains(&secs), "{secs}");
+    // Only the request family is exhausted; the next answer reports it replenished.
+    assert_ne!(r.headers()["anthropic-ratelimit-tokens-remaining"], "0");
+    let r = say_hi(&sim).await;
+    assert_ne!(r.headers()["anthropic-ratelimit-requests-remaining"], "0");
+}
