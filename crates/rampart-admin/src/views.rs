@@ -546,3 +546,56 @@ pub struct AuditParams {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
+
+/// A budget's period (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodName {
+    /// A calendar day.
+    Day,
+    /// A calendar month.
+    Month,
+}
+
+/// Rate limits and a budget; an absent field is not limited here (a key then falls back to its
+/// team's default for keys).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub rpm: Option<u64>,
+    /// Input tokens per minute (uncached, cache writes and cache reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub itpm: Option<u64>,
+    /// Output tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub otpm: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub concurrency: Option<u64>,
+    /// Budget per period in micro-dollars (1 USD = 1 000 000); with `budget_period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub budget_micros: Option<u64>,
+    /// The budget's period; with `budget_micros`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<PeriodName>,
+}
+
+/// A team's limits: on the team as a whole (all its keys together), and the defaults for each
+/// of its keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeamLimits {
+    /// Shared by all the team's keys.
+    #[serde(default)]
+    pub team: Limits,
+    /// For each key that does not set its own.
+    #[serde(default)]
+    pub key_defaults: Limits,
+}

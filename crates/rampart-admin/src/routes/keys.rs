@@ -49,7 +49,12 @@ fn no_auditors(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-async fn visible(state: &AdminState, caller: &Caller, id: Uuid) -> Result<ApiKey, ApiError> {
+/// The key `id` if `caller` may see it, else `404` (auditors: `403`).
+pub(super) async fn visible(
+    state: &AdminState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<ApiKey, ApiError> {
     no_auditors(caller)?;
     match state.store().get_api_key(id).await {
         Ok(k) if may_see(caller, &k) => Ok(k),

@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod keys;
+mod limits;
 mod teams;
 mod upstreams;
 mod users;
@@ -34,6 +35,7 @@ use crate::http::Ctx;
         (name = "users", description = "People"),
         (name = "teams", description = "Tenants"),
         (name = "keys", description = "Virtual API keys"),
+        (name = "limits", description = "Rate limits and budgets of keys and teams"),
         (name = "upstreams", description = "Encrypted upstream credentials"),
         (name = "audit", description = "Tamper-evident audit log"),
     )
@@ -73,6 +75,8 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(keys::get, keys::update))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::rotate))
+        .routes(routes!(limits::get_key, limits::put_key))
+        .routes(routes!(limits::get_team, limits::put_team))
         .routes(routes!(upstreams::list, upstreams::create))
         .routes(routes!(upstreams::get, upstreams::delete))
         .routes(routes!(audit::list))

@@ -22,7 +22,11 @@ fn may_read_teams(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-async fn visible(state: &AdminState, caller: &Caller, id: Uuid) -> Result<Team, ApiError> {
+pub(super) async fn visible(
+    state: &AdminState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Team, ApiError> {
     may_read_teams(caller)?;
     if !caller.is_admin() && caller.team() != Some(id) {
         return Err(ApiError::NotFound("team"));

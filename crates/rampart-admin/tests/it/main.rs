@@ -18,6 +18,8 @@ use rampart_store::{NewUser, Role, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod limits;
+
 const PASSWORD: &str = "granite-orchid-voyage-77";
 
 struct Env {
@@ -285,6 +287,10 @@ async fn the_openapi_document_is_3_1_and_documents_every_operation_and_error() {
         ("/admin/v1/keys/{id}", "patch"),
         ("/admin/v1/keys/{id}/revoke", "post"),
         ("/admin/v1/keys/{id}/rotate", "post"),
+        ("/admin/v1/keys/{id}/limits", "get"),
+        ("/admin/v1/keys/{id}/limits", "put"),
+        ("/admin/v1/teams/{id}/limits", "get"),
+        ("/admin/v1/teams/{id}/limits", "put"),
         ("/admin/v1/upstreams", "get"),
         ("/admin/v1/upstreams", "post"),
         ("/admin/v1/upstreams/{id}", "get"),
