@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 mod routes;
 pub mod session;
+pub mod usage;
 pub mod validate;
 pub mod views;
 

@@ -210,14 +210,7 @@ impl Completion {
             return;
         };
         let usage = self.usage.as_ref();
-        let tokens = usage.map_or_else(TokenUsage::default, |u| TokenUsage {
-            input_tokens: u.input_tokens,
-            output_tokens: u.output_tokens,
-            cache_creation_input_tokens: u.cache_creation_input_tokens,
-            cache_read_input_tokens: u.cache_read_input_tokens,
-            cache_creation_5m: u.cache_creation_5m,
-            cache_creation_1h: u.cache_creation_1h,
-        });
+        let tokens = usage.map_or_else(TokenUsage::default, UsageSummary::tokens);
         let served = usage.and_then(|u| u.model.as_deref());
         let (cost_micro_usd, priced) = match served.or(self.model.as_deref()) {
             Some(model) if tokens != TokenUsage::default() => {

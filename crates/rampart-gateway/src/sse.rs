@@ -99,6 +99,20 @@ struct ErrorEvent {
 }
 
 impl UsageSummary {
+    /// The token counts as the price table takes them, cache writes split by TTL when the
+    /// upstream reported the split.
+    #[must_use]
+    pub fn tokens(&self) -> rampart_ledger::pricing::TokenUsage {
+        rampart_ledger::pricing::TokenUsage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_creation_input_tokens: self.cache_creation_input_tokens,
+            cache_read_input_tokens: self.cache_read_input_tokens,
+            cache_creation_5m: self.cache_creation_5m,
+            cache_creation_1h: self.cache_creation_1h,
+        }
+    }
+
     fn apply_usage(&mut self, u: &UsageFields) {
         if let Some(v) = u.input_tokens {
             self.input_tokens = v;

@@ -508,6 +508,12 @@ enum Rounding {
     Up,
 }
 
+/// `micro` micro-dollars as dollars with six decimal places (`1234567` → `"1.234567"`).
+#[must_use]
+pub fn usd(micro: MicroUsd) -> String {
+    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}
+
 /// `claude-haiku-4-5-20251001` → `claude-haiku-4-5`.
 fn undated(model: &str) -> Option<&str> {
     let (alias, date) = model.rsplit_once('-')?;
@@ -864,6 +870,14 @@ mod tests {
     }
 
     #[test]
+    fn dollars_are_shown_with_six_places() {
+        assert_eq!(usd(0), "0.000000");
+        assert_eq!(usd(1_234_567), "1.234567");
+        assert_eq!(usd(42), "0.000042");
+        assert_eq!(usd(u64::MAX), "18446744073709.551615");
+    }
+
+    #[test]
     fn unknown_models_use_the_default() {
         let t = PriceTable::builtin();
         let (p, known) = t.lookup("gpt-5");
@@ -1028,6 +1042,12 @@ mod tests {
         fn worst_case_bounds_every_usage_within_the_estimate(
             model in models(), u in arb_usage(), slack in 0..1_000u64, batch in any::<bool>()
         ) {
+            // An estimate is a u64: usages whose total input does not fit are out of reach.
+            let (w5, w1) = u.cache_writes();
+            let exact = [u.input_tokens, w5, w1, u.cache_read_input_tokens]
+                .iter()
+                .try_fold(slack, |acc, &n| acc.checked_add(n));
+            prop_assume!(exact.is_some());
             let t = PriceTable::builtin();
             let estimate = u.total_input().saturating_add(slack);
             let max_out = u.output_tokens.saturating_add(slack);

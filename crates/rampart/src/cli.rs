@@ -63,6 +63,8 @@ enum Command {
     RotateMasterKey(MigrateArgs),
     /// Print a fresh random key for RAMPART_MASTER_KEY or RAMPART_JWT_SECRET (32 bytes, base64).
     Keygen,
+    /// Usage and cost from the ledger (by key, team, model, day; a table, or --json).
+    Usage(crate::usage::UsageArgs),
     /// Ask Claude one question through the Messages API (ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY).
     Ask(crate::ask::AskArgs),
     /// Configuration tools.
@@ -149,6 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Users { command } => crate::people::users(command).await,
         Command::Teams { command } => crate::people::teams(command).await,
         Command::Audit { command } => crate::audit::run(command).await,
+        Command::Usage(args) => crate::usage::run(args).await,
         Command::Ask(args) => crate::ask::run(args).await,
         Command::Keygen => {
             println!("{}", rampart_crypto::keyspec::generate().expose());
@@ -371,13 +374,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             last_used_flush_every: settings.last_used_flush,
             ..Default::default()
         };
-        let (plane, parts) = rampart_gateway::store_plane::StorePlane::start(
+        let ledger_store = store.clone();
+        let (mut plane, mut parts) = rampart_gateway::store_plane::StorePlane::start(
             store,
             directory.clone(),
             upstream,
             options,
         )
         .await?;
+        // The usage ledger, spooled in the data dir (or `ledger.spool_dir`).
+        if settings.ledger.enabled {
+            let (ledger, writer) = rampart_ledger::Ledger::open(
+                &settings.ledger,
+                &store_args.data_dir.join("ledger-spool"),
+                Gateway::worker_count(),
+            )
+            .context("cannot open the usage ledger's spool")?;
+            parts.ledger = Some(ledger);
+            plane.run_ledger(ledger_store, writer);
+        }
         (store_plane, proxy_parts) = (Some(plane), parts);
         auth.push(directory);
         // Rate limits and budgets of store keys: in process, or shared through Redis.

@@ -115,13 +115,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let upkeep = admin.spawn_upkeep();
     // Key reloads, last-use flushes and denial audit rows, as `rampart serve` runs them.
-    let (plane, mut parts) = StorePlane::start(
+    let (mut plane, mut parts) = StorePlane::start(
         store.clone(),
         directory.clone(),
         None,
         StorePlaneOptions::default(),
     )
     .await?;
+    let (ledger, writer) = rampart_ledger::Ledger::open(
+        &settings.ledger,
+        &args.data_dir.join("ledger-spool"),
+        Gateway::worker_count(),
+    )
+    .context("cannot open the usage ledger's spool")?;
+    parts.ledger = Some(ledger);
+    plane.run_ledger(store.clone(), writer);
     parts.limits = Some(rampart_gateway::admission::Limits {
         limiter: rampart_limits::Limiter::in_process(Arc::new(rampart_limits::TokioClock::new())),
         prices: settings.prices.clone(),

@@ -14,6 +14,7 @@ mod people;
 mod secret_file;
 mod secrets;
 mod upstreams;
+mod usage;
 
 use clap::Parser;
 

@@ -101,33 +101,43 @@ pub(crate) async fn list(
         team_id: filter.team_id,
         user_id: filter.user_id,
     };
-    match caller.role() {
-        Role::Admin => {}
-        Role::TeamAdmin | Role::Viewer => {
-            let own = caller
-                .team()
-                .ok_or(ApiError::Forbidden("you have no team"))?;
-            if f.team_id.is_some_and(|t| t != own) {
-                return Err(ApiError::NotFound("team"));
-            }
-            f.team_id = Some(own);
-        }
-        Role::Developer => {
-            if f.user_id.is_some_and(|u| u != caller.user.id) {
-                return Err(ApiError::NotFound("user"));
-            }
-            f.user_id = Some(caller.user.id);
-        }
-        Role::Auditor => unreachable_auditor()?,
-    }
+    narrow_to_visible_keys(&caller, &mut f.team_id, &mut f.user_id)?;
     let keys = state.store().list_api_keys(f).await?;
     Ok(axum::Json(List {
         data: keys.into_iter().map(KeyView::from).collect(),
     }))
 }
 
-fn unreachable_auditor() -> Result<(), ApiError> {
-    Err(ApiError::Forbidden("auditors may read the audit log only"))
+/// Narrow team and user filters to the keys `caller` may see (team admins and viewers: their
+/// team's; developers: their own). A filter outside that scope is `404` (existence is not
+/// revealed); auditors see no keys (`403`).
+pub(super) fn narrow_to_visible_keys(
+    caller: &Caller,
+    team_id: &mut Option<Uuid>,
+    user_id: &mut Option<Uuid>,
+) -> Result<(), ApiError> {
+    match caller.role() {
+        Role::Admin => {}
+        Role::TeamAdmin | Role::Viewer => {
+            let own = caller
+                .team()
+                .ok_or(ApiError::Forbidden("you have no team"))?;
+            if team_id.is_some_and(|t| t != own) {
+                return Err(ApiError::NotFound("team"));
+            }
+            *team_id = Some(own);
+        }
+        Role::Developer => {
+            if user_id.is_some_and(|u| u != caller.user.id) {
+                return Err(ApiError::NotFound("user"));
+            }
+            *user_id = Some(caller.user.id);
+        }
+        Role::Auditor => {
+            return Err(ApiError::Forbidden("auditors may read the audit log only"));
+        }
+    }
+    Ok(())
 }
 
 /// Resolve the team and user a new key belongs to, per the caller's role.

@@ -6,6 +6,7 @@ mod keys;
 mod limits;
 mod teams;
 mod upstreams;
+mod usage;
 mod users;
 
 use axum::Router;
@@ -24,7 +25,7 @@ use crate::http::Ctx;
 #[openapi(
     info(
         title = "Rampart admin API",
-        description = "Users, teams, virtual keys, upstream credentials and the audit log. Contract: docs/admin-api.md.",
+        description = "Users, teams, virtual keys, upstream credentials, the audit log and usage. Contract: docs/admin-api.md.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
@@ -38,6 +39,7 @@ use crate::http::Ctx;
         (name = "limits", description = "Rate limits and budgets of keys and teams"),
         (name = "upstreams", description = "Encrypted upstream credentials"),
         (name = "audit", description = "Tamper-evident audit log"),
+        (name = "usage", description = "Usage and cost from the ledger"),
     )
 )]
 struct ApiDoc;
@@ -81,6 +83,7 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(upstreams::get, upstreams::delete))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(usage::summary))
 }
 
 fn split() -> (Router<AdminState>, utoipa::openapi::OpenApi) {

@@ -18,6 +18,8 @@ use rampart_store::{NewUser, Role, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod usage;
+
 mod limits;
 
 const PASSWORD: &str = "granite-orchid-voyage-77";
@@ -297,6 +299,7 @@ async fn the_openapi_document_is_3_1_and_documents_every_operation_and_error() {
         ("/admin/v1/upstreams/{id}", "delete"),
         ("/admin/v1/audit", "get"),
         ("/admin/v1/audit/verify", "get"),
+        ("/admin/v1/usage", "get"),
     ];
     let mut count = 0;
     for (path, ops) in paths {

@@ -1,0 +1,101 @@
+//! Usage and cost from the ledger's rollups (never the raw records), grouped by key, team, model
+//! and day over a time range, in the caller's scope: admins see everything, team admins and
+//! viewers their team, developers their own keys, auditors nothing.
+
+use axum::extract::State;
+use rampart_store::{Role, UsageGroupBy, UsageQuery};
+use serde::Deserialize;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::AdminState;
+use crate::error::{ApiError, Errors};
+use crate::http::Query;
+use crate::session::Caller;
+use crate::usage::{UsageReport, parse_group_by};
+
+/// The default range: the last 30 days.
+const DEFAULT_RANGE: Duration = Duration::days(30);
+/// The longest range one query may cover.
+const MAX_RANGE: Duration = Duration::days(400);
+
+/// What `GET /usage` takes.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UsageParams {
+    /// Start (RFC 3339, inclusive; rounded down to the hour). Default: 30 days before `to`.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub from: Option<OffsetDateTime>,
+    /// End (RFC 3339, exclusive; rounded up to the hour). Default: now.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub to: Option<OffsetDateTime>,
+    /// Comma-separated dimensions: `key`, `team`, `model`, `day` (none: one total row).
+    pub group_by: Option<String>,
+    /// Only this key.
+    pub key_id: Option<Uuid>,
+    /// Only this team.
+    pub team_id: Option<Uuid>,
+    /// Only keys of this user.
+    pub user_id: Option<Uuid>,
+    /// Only this model (the served model, else the one asked for).
+    #[param(max_length = 200)]
+    pub model: Option<String>,
+}
+
+/// Usage in the caller's scope, summed from the hourly and daily rollups.
+#[utoipa::path(get, path = "/usage", tag = "usage", params(UsageParams),
+    responses((status = 200, description = "Usage", body = UsageReport), Errors))]
+pub(crate) async fn summary(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Query(params): Query<UsageParams>,
+) -> Result<axum::Json<UsageReport>, ApiError> {
+    let mut q = scoped(&state, &caller, &params).await?;
+    q.group_by = parse_group_by(params.group_by.as_deref()).map_err(ApiError::bad)?;
+    let rows = state.store().usage().usage_summary(&q).await?;
+    Ok(axum::Json(UsageReport::new(&q, rows)))
+}
+
+/// The query the parameters ask for, narrowed to what the caller may see: out-of-scope filters
+/// are `404` (existence is not revealed), auditors `403`.
+async fn scoped(
+    state: &AdminState,
+    caller: &Caller,
+    p: &UsageParams,
+) -> Result<UsageQuery, ApiError> {
+    if caller.role() == Role::Auditor {
+        return Err(ApiError::Forbidden("auditors may read the audit log only"));
+    }
+    let to = p.to.unwrap_or_else(OffsetDateTime::now_utc);
+    let from = p.from.unwrap_or(to - DEFAULT_RANGE);
+    if from >= to {
+        return Err(ApiError::bad("from must be before to"));
+    }
+    if to - from > MAX_RANGE {
+        return Err(ApiError::bad("the range may cover at most 400 days"));
+    }
+    if p.model
+        .as_ref()
+        .is_some_and(|m| m.is_empty() || m.chars().count() > 200)
+    {
+        return Err(ApiError::bad("model must be 1 to 200 characters"));
+    }
+    let mut q = UsageQuery {
+        from,
+        to,
+        key_id: p.key_id,
+        team_id: p.team_id,
+        user_id: p.user_id,
+        model: p.model.clone(),
+        group_by: UsageGroupBy::default(),
+    };
+    super::keys::narrow_to_visible_keys(caller, &mut q.team_id, &mut q.user_id)?;
+    // A key filter names a key the caller may see, else 404.
+    if let Some(id) = q.key_id {
+        super::keys::visible(state, caller, id).await?;
+    }
+    Ok(q)
+}

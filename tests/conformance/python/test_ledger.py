@@ -1,0 +1,160 @@
+"""The usage ledger of a real `rampart serve --data-dir`: every request that got a whole response
+is in `usage_records` after `kill -9` under load and a restart (each exactly once, the rollups
+agreeing), and SIGTERM writes everything before the process exits. Clients are the official SDK,
+each request named by its own `x-request-id`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from conftest import Demo, RampartProcess, wait_until
+from test_virtual_keys import UPSTREAM_KEY, keys_cli, rampart, serve_env, start_serve
+
+
+def db_rows(data_dir: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(Path(data_dir) / "rampart.db", timeout=30) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def ledger_ids(data_dir: str) -> list[str]:
+    return [r[0] for r in db_rows(data_dir, "SELECT request_id FROM usage_records")]
+
+
+def rollup_requests(data_dir: str) -> tuple[int, int]:
+    """Requests summed over the hourly and over the daily rollups."""
+    rows = dict(db_rows(data_dir, "SELECT period, SUM(requests) FROM usage_rollups GROUP BY period"))
+    return rows.get("hour", 0), rows.get("day", 0)
+
+
+def new_key(data_dir: str) -> str:
+    return keys_cli(data_dir, "create", "--name", f"ledger-{uuid.uuid4().hex[:6]}").stdout.strip().splitlines()[-1]
+
+
+class Load:
+    """Threads sending requests (half streamed) through the SDK until stopped; the ids of the
+    requests whose whole response arrived are in `answered`."""
+
+    def __init__(self, url: str, key: str, threads: int = 6) -> None:
+        self.url, self.key = url, key
+        self.answered: list[str] = []
+        self.attempted: list[str] = []
+        self.failed = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def run(self, n: int) -> None:
+        client = anthropic.Anthropic(base_url=self.url, api_key=self.key, max_retries=0, timeout=10)
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            rid = f"ledger-{n}-{i}-{uuid.uuid4().hex[:8]}"
+            with self.lock:
+                self.attempted.append(rid)
+            try:
+                args = dict(
+                    model="claude-haiku-4-5",
+                    max_tokens=20,
+                    messages=[{"role": "user", "content": f"echo: load {n} {i}"}],
+                    extra_headers={"x-request-id": rid},
+                )
+                if i % 2:
+                    with client.messages.stream(**args) as stream:
+                        message = stream.get_final_message()
+                else:
+                    message = client.messages.create(**args)
+                assert message.usage.output_tokens > 0
+            except (anthropic.APIConnectionError, anthropic.APIStatusError, anthropic.APITimeoutError):
+                with self.lock:
+                    self.failed += 1
+                time.sleep(0.01)
+                continue
+            with self.lock:
+                self.answered.append(rid)
+
+
+@pytest.fixture
+def data_dir() -> str:
+    return tempfile.mkdtemp(prefix="rampart-ledger-")
+
+
+def serve(data_dir: str, demo: Demo, name: str, **env: str) -> tuple[RampartProcess, str]:
+    return start_serve(data_dir, serve_env(demo.sim_url, RAMPART_UPSTREAM_API_KEY=UPSTREAM_KEY, **env), name)
+
+
+def test_kill_9_under_load_loses_no_answered_request(demo: Demo, data_dir: str) -> None:
+    key = new_key(data_dir)
+    # At the kill some records are in the database, the rest only in the spool, some of them in
+    # segments already partly written to the database.
+    proc, url = serve(data_dir, demo, "serve-ledger-kill")
+    with Load(url, key) as load:
+        wait_until(lambda: len(load.answered) >= 300, timeout=60, what="300 answered requests")
+        wait_until(lambda: ledger_ids(data_dir), timeout=30, what="a first batch in the database")
+        time.sleep(0.15)
+        proc.proc.kill()  # SIGKILL, mid-load
+        proc.proc.wait()
+        with load.lock:
+            answered = list(load.answered)
+        time.sleep(0.3)  # requests in flight at the kill fail
+    assert load.failed > 0, "the kill came while requests were in flight"
+    in_db_at_kill = len(ledger_ids(data_dir))
+    assert 0 < in_db_at_kill < len(answered), "some answered requests were only in the spool"
+
+    # The next start replays the spool; SIGTERM then drains it.
+    proc2, _ = serve(data_dir, demo, "serve-ledger-restart")
+    assert proc2.terminate() == 0, proc2.stderr_tail()
+    ids = ledger_ids(data_dir)
+    assert len(ids) == len(set(ids)), "no request is recorded twice"
+    missing = set(answered) - set(ids)
+    assert not missing, f"{len(missing)} of {len(answered)} answered requests are not in the ledger: {sorted(missing)[:5]}"
+    assert set(ids) <= set(load.attempted), "nothing is recorded that was not sent"
+    hourly, daily = rollup_requests(data_dir)
+    assert hourly == daily == len(ids), "the rollups count every record once"
+    spool = Path(data_dir) / "ledger-spool"
+    assert not list(spool.glob("*.spool")), "drained segments are deleted"
+
+
+def test_sigterm_writes_every_record_before_exiting(demo: Demo, data_dir: str) -> None:
+    key = new_key(data_dir)
+    # The writer would wait a minute: only the shutdown flush can have written the records.
+    proc, url = serve(data_dir, demo, "serve-ledger-term", RAMPART_LEDGER__FLUSH_INTERVAL_MS="60000")
+    with Load(url, key, threads=3) as load:
+        wait_until(lambda: len(load.answered) >= 60, timeout=60, what="60 answered requests")
+    assert ledger_ids(data_dir) == [], "nothing is written before the shutdown flush"
+    assert proc.terminate() == 0, proc.stderr_tail()
+    ids = set(ledger_ids(data_dir))
+    assert set(load.answered) <= ids
+    assert len(ids) == len(load.attempted) - load.failed
+    cost = db_rows(data_dir, "SELECT SUM(cost_micro_usd), MIN(cost_micro_usd) FROM usage_records")[0]
+    assert cost[1] > 0, "every answered request was priced"
+
+    # `rampart usage` reads the same rollups: as JSON, and as a table by model.
+    report = json.loads(rampart(data_dir, "usage", "--json").stdout)
+    assert report["group_by"] == []
+    assert report["data"][0]["requests"] == len(ids)
+    assert report["data"][0]["cost_micro_usd"] == cost[0]
+    table = rampart(data_dir, "usage", "--group-by", "model,day").stdout.splitlines()
+    assert table[1].split()[:3] == ["day", "model", "requests"], table
+    assert any("claude-haiku-4-5" in line and str(len(ids)) in line.split() for line in table[2:]), table
+    bad = rampart(data_dir, "usage", "--group-by", "colour", ok=False)
+    assert bad.returncode != 0 and "unknown dimension" in bad.stderr
