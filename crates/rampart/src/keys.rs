@@ -26,6 +26,18 @@ pub enum KeysCommand {
     Create(CreateArgs),
     /// List keys (never the keys themselves).
     List(StoreArgs),
+    /// Show a key's own limits, or replace them with the ones given (`--clear` removes them).
+    Limits {
+        /// The key's id (from `rampart keys list`).
+        id: uuid::Uuid,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Remove the key's own limits (its team's defaults for keys apply).
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        store: MigrateArgs,
+    },
     /// Revoke a key for good.
     Revoke {
         /// The key's id (from `rampart keys list`).
@@ -78,7 +90,7 @@ pub struct CreateArgs {
 }
 
 /// A key's own limits (unset ones fall back to its team's defaults for keys).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// Requests per minute.
     #[arg(long)]
@@ -101,8 +113,36 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// Limits given programmatically (the `--key-…` flags of `rampart teams limits`).
+    pub fn new(
+        rpm: Option<u64>,
+        itpm: Option<u64>,
+        otpm: Option<u64>,
+        concurrency: Option<u64>,
+        budget_usd: Option<String>,
+        budget_period: Option<String>,
+    ) -> Self {
+        Self {
+            rpm,
+            itpm,
+            otpm,
+            concurrency,
+            budget_usd,
+            budget_period,
+        }
+    }
+
+    /// Whether no limit is given.
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none()
+            && self.itpm.is_none()
+            && self.otpm.is_none()
+            && self.concurrency.is_none()
+            && self.budget_usd.is_none()
+    }
+
     /// The settings, validated as the store will.
-    fn settings(&self) -> anyhow::Result<LimitSettings> {
+    pub fn settings(&self) -> anyhow::Result<LimitSettings> {
         let budget = match (&self.budget_usd, &self.budget_period) {
             (Some(usd), Some(period)) => Some(BudgetSetting {
                 micros: usd_to_micros(usd)?,
@@ -168,6 +208,12 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KeysCommand::Create(args) => create(args).await,
         KeysCommand::List(args) => list(&args.store).await,
+        KeysCommand::Limits {
+            id,
+            limits,
+            clear,
+            store,
+        } => key_limits(id, &limits, clear, &store).await,
         KeysCommand::Revoke { id, store } => revoke(id, &store).await,
         KeysCommand::Rotate {
             id,
@@ -358,8 +404,41 @@ async fn rotate(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn key_limits(
+    id: uuid::Uuid,
+    args: &LimitArgs,
+    clear: bool,
+    store_args: &MigrateArgs,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!clear || args.is_empty(), "--clear takes no limits with it");
+    let store = opened(store_args).await?;
+    let limits = if clear || !args.is_empty() {
+        let settings = args.settings()?;
+        let mut e = NewAuditEvent::new(actor(), "key.limits", format!("key:{id}"));
+        e.details = serde_json::json!({ "limits": settings });
+        store
+            .limits()
+            .set_key_limits(id, &settings, Some(&e))
+            .await
+            .with_context(|| format!("cannot set the limits of key {id}"))?
+    } else {
+        store
+            .limits()
+            .key_limits(id)
+            .await
+            .with_context(|| format!("cannot read key {id}"))?
+    };
+    store.close().await;
+    if limits.is_empty() {
+        println!("key {id}: no limits of its own (its team's defaults for keys apply)");
+    } else {
+        println!("key {id}: {}", describe(&limits));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `rpm=60 itpm=40000 budget=$12.50/day` (what is set).
-fn describe(l: &LimitSettings) -> String {
+pub fn describe(l: &LimitSettings) -> String {
     let mut parts = Vec::new();
     for (name, v) in [
         ("rpm", l.rpm),
@@ -372,12 +451,11 @@ fn describe(l: &LimitSettings) -> String {
         }
     }
     if let Some(b) = l.budget {
-        parts.push(format!(
-            "budget=${}.{:06}/{}",
-            b.micros / 1_000_000,
-            b.micros % 1_000_000,
-            b.period.as_str()
-        ));
+        let mut usd = format!("{}.{:06}", b.micros / 1_000_000, b.micros % 1_000_000);
+        while usd.ends_with('0') && usd.len() - usd.find('.').unwrap_or(0) > 3 {
+            usd.pop();
+        }
+        parts.push(format!("budget=${usd}/{}", b.period.as_str()));
     }
     parts.join(" ")
 }

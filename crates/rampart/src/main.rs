@@ -13,6 +13,7 @@ mod master_key;
 mod people;
 mod secret_file;
 mod secrets;
+mod team_limits;
 mod upstreams;
 mod usage;
 

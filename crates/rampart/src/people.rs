@@ -135,6 +135,9 @@ pub enum TeamsCommand {
         #[command(flatten)]
         store: MigrateArgs,
     },
+    /// Show a team's limits, or replace them: the team's own (shared by all its keys) and its
+    /// defaults for keys (`--key-…`); `--clear` removes both.
+    Limits(Box<crate::team_limits::TeamLimitsArgs>),
 }
 
 /// Store location only.
@@ -185,7 +188,7 @@ fn password_from_stdin() -> anyhow::Result<Secret> {
     Ok(Secret::new(pw))
 }
 
-async fn find_team(store: &Store, name_or_id: &str) -> anyhow::Result<Team> {
+pub(crate) async fn find_team(store: &Store, name_or_id: &str) -> anyhow::Result<Team> {
     if let Ok(id) = uuid::Uuid::parse_str(name_or_id) {
         return store.get_team(id).await.context("no such team");
     }
@@ -393,6 +396,7 @@ pub async fn teams(cmd: TeamsCommand) -> anyhow::Result<ExitCode> {
         }
         TeamsCommand::Disable { team, store } => set_team_disabled(&team, &store, true).await?,
         TeamsCommand::Enable { team, store } => set_team_disabled(&team, &store, false).await?,
+        TeamsCommand::Limits(args) => crate::team_limits::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
