@@ -516,7 +516,15 @@ fn section<T: Default + for<'de> Deserialize<'de>>(
 fn describe(e: figment::Error) -> Vec<String> {
     e.into_iter()
         .map(|err| {
-            let path = err.path.iter().rev().cloned().collect::<Vec<_>>().join(".");
+            // Figment appends the section to the path of a value inside it: put it first.
+            let path = match err.path.split_last() {
+                Some((section, inner)) => std::iter::once(section)
+                    .chain(inner)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("."),
+                None => String::new(),
+            };
             let source = err
                 .metadata
                 .as_ref()
@@ -678,10 +686,11 @@ fn collect_keys(sources: &Sources, auth: &AuthConfig, problems: &mut Vec<String>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sources(toml: &str) -> Sources {
+    /// Sources with an upstream key and a client key given, and `toml`.
+    pub(crate) fn sources(toml: &str) -> Sources {
         Sources {
             inline_toml: Some(toml.to_owned()),
             upstream_api_key: Some(Secret::new("sk-up".to_owned())),

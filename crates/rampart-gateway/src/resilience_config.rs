@@ -302,6 +302,7 @@ impl ResilienceSettings {
                 _ => None,
             })
             .collect();
+        names.sort();
         names.dedup();
         names
     }
@@ -446,6 +447,7 @@ fn targets(inputs: &Inputs<'_>, problems: &mut Vec<String>) -> Vec<TargetSetting
         ));
     }
     let mut out = Vec::with_capacity(inputs.targets.len());
+    let mut names: Vec<String> = Vec::with_capacity(inputs.targets.len());
     for (i, t) in inputs.targets.iter().enumerate() {
         let at = format!("upstream.targets[{i}]");
         let name = t
@@ -462,9 +464,10 @@ fn targets(inputs: &Inputs<'_>, problems: &mut Vec<String>) -> Vec<TargetSetting
                 "{at}.name: `{name}` must be 1-64 letters, digits, '-', '_' or '.'"
             ));
         }
-        if out.iter().any(|o: &TargetSettings| o.name == name) {
+        if names.contains(&name) {
             problems.push(format!("{at}.name: `{name}` is used by another target"));
         }
+        names.push(name.clone());
         let base = crate::config::parse_base_url(&t.base_url, &format!("{at}.base_url"), problems);
         let weight = t.weight.unwrap_or(1.0);
         if !(weight.is_finite() && weight > 0.0) {
@@ -665,5 +668,193 @@ pub fn validate_routing(cfg: &RoutingConfig, problems: &mut Vec<String>) -> Rout
         aliases,
         fallbacks,
         auto,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::sources;
+    use crate::config::{Settings, Sources, load};
+    use crate::secret::Secret;
+
+    fn ok(toml: &str) -> Settings {
+        load(&sources(toml)).unwrap()
+    }
+
+    fn problems(toml: &str) -> String {
+        load(&sources(toml)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_single_base_url_is_a_one_target_pool_with_the_defaults() {
+        let s = ok("[upstream]\nbase_url = \"http://127.0.0.1:9\"\n");
+        let r = &s.resilience;
+        assert_eq!(r.targets.len(), 1);
+        assert_eq!(r.targets[0].base.authority.as_str(), "127.0.0.1:9");
+        assert!(r.needs_default_key());
+        assert_eq!(r.retry, crate::retry::RetrySettings::default());
+        assert_eq!(r.breaker, crate::breaker::BreakerSettings::default());
+        assert_eq!(r.timeouts[0].first_byte.as_secs(), 600);
+        assert_eq!(r.timeouts[0].total, None);
+        assert!(!s.routing.is_active());
+    }
+
+    #[test]
+    fn targets_replace_the_base_url_and_route_timeouts_override_per_route() {
+        let s = ok(r#"
+            [upstream]
+            total_timeout_ms = 900000
+            [upstream.timeouts.count_tokens]
+            header_timeout_ms = 10000
+            total_timeout_ms = 0
+            [[upstream.targets]]
+            name = "a"
+            base_url = "https://a.example/prefix/"
+            weight = 2.5
+            models = ["claude-opus-*"]
+            [[upstream.targets]]
+            base_url = "https://b.example"
+            batches = true
+        "#);
+        let r = &s.resilience;
+        assert_eq!(
+            r.targets
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "target-2"]
+        );
+        assert_eq!(r.targets[0].base.path_prefix, "/prefix");
+        assert_eq!((r.targets[0].weight, r.batch_target), (2.5, 1));
+        assert_eq!(s.upstream.authority.as_str(), "a.example");
+        assert_eq!(r.timeouts[1].first_byte.as_secs(), 10);
+        assert_eq!(r.timeouts[1].total, None);
+        assert_eq!(r.timeouts[0].total.map(|d| d.as_secs()), Some(900));
+    }
+
+    #[test]
+    fn every_target_problem_is_named_by_its_path() {
+        let text = problems(
+            r#"
+            [[upstream.targets]]
+            name = "a b"
+            base_url = "ftp://x"
+            weight = 0
+            credential = "c"
+            api_key_env = "X"
+            [[upstream.targets]]
+            name = "t"
+            base_url = "https://t.example"
+            api_key_env = "RAMPART_TEST_SURELY_UNSET_VARIABLE"
+            batches = true
+            [[upstream.targets]]
+            name = "t"
+            base_url = "https://u.example"
+            credential = "stored"
+            batches = true
+            [upstream.timeouts.embeddings]
+            header_timeout_ms = 1
+            [upstream.timeouts.messages]
+            idle_timeout_ms = 0
+            [upstream.retry]
+            max_attempts = 0
+            budget_ratio = 2.0
+            [upstream.breaker]
+            failure_rate = 0.0
+        "#,
+        );
+        for needle in [
+            "upstream.targets[0].name: `a b`",
+            "upstream.targets[0].base_url: `ftp://x` must use http or https",
+            "upstream.targets[0].weight",
+            "upstream.targets[0]: set at most one of credential, api_key_env, api_key_file",
+            "upstream.targets[1].api_key_env: environment variable RAMPART_TEST_SURELY_UNSET_VARIABLE",
+            "upstream.targets[2].name: `t` is used by another target",
+            "upstream.targets[2].credential: names a stored credential, but no store is configured",
+            "at most one target may set batches = true",
+            "upstream.timeouts.embeddings: unknown route",
+            "upstream.timeouts.messages.idle_timeout_ms: must be greater than 0",
+            "upstream.retry.max_attempts",
+            "upstream.retry.budget_ratio",
+            "upstream.breaker.failure_rate",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn targets_with_their_own_keys_need_no_upstream_key() {
+        let dir = std::env::temp_dir().join(format!("rampart-key-{}", uuid::Uuid::now_v7()));
+        std::fs::write(&dir, "sk-ant-from-file\n").unwrap();
+        let s = load(&Sources {
+            inline_toml: Some(format!(
+                "[[upstream.targets]]\nbase_url = \"https://a.example\"\napi_key_file = \"{}\"\n",
+                dir.display()
+            )),
+            client_keys: vec![Secret::new("rk_test_0123456789abcdef".to_owned())],
+            ..Sources::default()
+        })
+        .unwrap();
+        let _ = std::fs::remove_file(&dir);
+        assert!(!s.resilience.needs_default_key());
+        assert!(s.upstream_api_key.is_none());
+        assert!(matches!(
+            s.resilience.targets[0].key,
+            super::TargetKey::Fixed(_)
+        ));
+    }
+
+    #[test]
+    fn routing_resolves_aliases_in_chains_and_auto_and_refuses_loops() {
+        let s = ok(r#"
+            [routing.aliases]
+            fast = "claude-haiku-4-5"
+            smart = "claude-sonnet-4-6"
+            [routing.fallbacks]
+            "claude-opus-4-6" = ["smart", "fast"]
+            [routing.auto]
+            haiku = "fast"
+            token_count = "estimate"
+            tools = "opus"
+        "#);
+        let r = &s.routing;
+        assert_eq!(
+            r.fallbacks["claude-opus-4-6"],
+            ["claude-sonnet-4-6", "claude-haiku-4-5"]
+        );
+        let auto = r.auto.as_ref().unwrap();
+        assert_eq!(auto.models[0], "claude-haiku-4-5");
+        assert_eq!(auto.tools, crate::routing::Tier::Opus);
+        assert_eq!(auto.token_source, crate::routing::TokenSource::Estimate);
+        let text = problems(
+            r#"
+            [routing.aliases]
+            a = "b"
+            b = "claude-x"
+            auto = "claude-y"
+            [routing.fallbacks]
+            "claude-x" = ["claude-x"]
+            "claude-z" = []
+            [routing.auto]
+            sonnet_input_tokens = 100
+            opus_input_tokens = 10
+            hint_header = "bad header"
+        "#,
+        );
+        for needle in [
+            "routing.aliases.a: `b` is itself an alias",
+            "routing.aliases.auto: conflicts with the auto model's name",
+            "routing.fallbacks.claude-x: must not list the model itself",
+            "routing.fallbacks.claude-z: list at least one model",
+            "routing.auto.sonnet_input_tokens: must not exceed",
+            "routing.auto.hint_header: `bad header`",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let text = problems("[routing.auto]\ntools = \"gpt\"\n");
+        assert!(
+            text.contains("routing.auto.tools: unknown variant"),
+            "{text}"
+        );
     }
 }

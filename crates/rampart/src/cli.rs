@@ -352,9 +352,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let hasher = crate::keys::key_hasher(&store_args.data_dir)?;
         let store = open_store(store_args).await?;
+        let limits_store = store.clone();
         store.migrate().await.context("migration failed")?;
         let directory = Arc::new(rampart_gateway::keydir::KeyDirectory::new(hasher.clone()));
         let master = admin_keys.as_ref().map(|(_, master)| master.clone());
+        let targets = crate::upstreams::stored_targets(&settings, master.clone())?;
         let upstream = crate::upstreams::stored_upstream(&settings, master)?;
         if let Some((jwt, master)) = admin_keys {
             crate::admin::record_config(&store, &settings, &jwt.kids(), &master.ids())
@@ -375,10 +377,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let ledger_store = store.clone();
-        let (mut plane, mut parts) = rampart_gateway::store_plane::StorePlane::start(
+        let (mut plane, mut parts) = rampart_gateway::store_plane::StorePlane::start_with_targets(
             store,
             directory.clone(),
             upstream,
+            targets,
             options,
         )
         .await?;
@@ -394,7 +397,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             plane.run_ledger(ledger_store, writer);
         }
         (store_plane, proxy_parts) = (Some(plane), parts);
-        auth.push(directory);
+        auth.push(directory.clone());
         // Rate limits and budgets of store keys: in process, or shared through Redis.
         let limiter = rampart_limits::Limiter::new(
             &settings.limits,
@@ -411,10 +414,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             std::time::Duration::from_secs(1),
             std::future::pending(),
         )));
-        proxy_parts.limits = Some(rampart_gateway::admission::Limits {
+        let limits = rampart_gateway::admission::Limits {
             limiter,
             prices: settings.prices.clone(),
-        });
+        };
+        match rampart_gateway::admission::seed_budgets(&limits, &directory, &limits_store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(budgets = n, "budgets resume from the usage ledger's spend"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this period's spend from the usage ledger; budgets start from zero")
+            }
+        }
+        proxy_parts.limits = Some(limits);
     }
     let auth = Arc::new(rampart_gateway::auth::AnyOf(auth));
     let mut gateway =

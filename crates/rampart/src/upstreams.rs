@@ -60,7 +60,7 @@ pub async fn run(cmd: UpstreamsCommand) -> anyhow::Result<ExitCode> {
 
 /// For `rampart serve`: the stored upstream credential to use when the configuration holds no
 /// upstream key, opened with `master` (the admin plane's keys) or else `RAMPART_MASTER_KEY`.
-/// `None` when the configuration has a key.
+/// `None` when the configuration has a key, or every upstream target has its own.
 ///
 /// # Errors
 /// No master key (the message says what to set).
@@ -68,7 +68,7 @@ pub fn stored_upstream(
     settings: &Settings,
     master: Option<Arc<MasterKeys>>,
 ) -> anyhow::Result<Option<StoredUpstream>> {
-    if settings.upstream_api_key.is_some() {
+    if settings.upstream_api_key.is_some() || !settings.resilience.needs_default_key() {
         return Ok(None);
     }
     let keys = match master {
@@ -82,6 +82,31 @@ pub fn stored_upstream(
         keys,
         settings.upstream_credential.clone(),
     )))
+}
+
+/// For `rampart serve`: the stored credentials upstream targets name (`credential = "…"`), each
+/// opened with `master` or else `RAMPART_MASTER_KEY`.
+///
+/// # Errors
+/// No master key while a target names a stored credential.
+pub fn stored_targets(
+    settings: &Settings,
+    master: Option<Arc<MasterKeys>>,
+) -> anyhow::Result<Vec<StoredUpstream>> {
+    let names = settings.resilience.stored_credentials();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = match master {
+        Some(keys) => keys,
+        None => Arc::new(crate::secrets::master_keys().context(
+            "an upstream target names a stored credential, which cannot be opened without the master key",
+        )?),
+    };
+    Ok(names
+        .into_iter()
+        .map(|name| StoredUpstream::new(keys.clone(), Some(name)))
+        .collect())
 }
 
 fn key_from_stdin() -> anyhow::Result<Secret> {

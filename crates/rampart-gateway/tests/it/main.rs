@@ -9,4 +9,5 @@ mod harness;
 mod keydir;
 mod ledger;
 mod limits;
+mod resilience;
 mod upstreams;
