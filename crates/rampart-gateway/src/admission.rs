@@ -38,6 +38,71 @@ pub struct Limits {
     pub prices: Arc<PriceTable>,
 }
 
+/// In process, start every loaded budget from what the usage ledger's rollups say was spent in
+/// its current period (the keys' and the teams' sums), so a restart does not hand out a period's
+/// budget again; returns how many budgets were seeded. Redis keeps its own count: nothing to do.
+///
+/// # Errors
+/// A store failure reading the rollups.
+pub async fn seed_budgets(
+    limits: &Limits,
+    directory: &crate::keydir::KeyDirectory,
+    store: &rampart_store::Store,
+) -> rampart_store::Result<usize> {
+    let budgets = directory.budgets();
+    if !limits.limiter.is_in_process() || budgets.is_empty() {
+        return Ok(0);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let mut seeded = 0;
+    for period in [Period::Day, Period::Month] {
+        if !budgets.iter().any(|(_, _, b)| b.period == period) {
+            continue;
+        }
+        let from = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(period.window(now_ms).0) * 1_000_000,
+        )
+        .unwrap_or(now);
+        let spent = |rows: Vec<rampart_store::UsageRow>, kind: ScopeKind| {
+            rows.into_iter()
+                .filter_map(move |r| {
+                    let id = match kind {
+                        ScopeKind::Key => r.key_id,
+                        ScopeKind::Team => r.team_id,
+                    }?;
+                    Some(((kind, id), r.cost_micro_usd))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut sums = Vec::new();
+        for kind in [ScopeKind::Key, ScopeKind::Team] {
+            let query = rampart_store::UsageQuery {
+                from,
+                to: now + time::Duration::hours(1),
+                key_id: None,
+                team_id: None,
+                user_id: None,
+                model: None,
+                group_by: rampart_store::UsageGroupBy {
+                    key: kind == ScopeKind::Key,
+                    team: kind == ScopeKind::Team,
+                    model: false,
+                    day: false,
+                },
+            };
+            sums.extend(spent(store.usage().usage_summary(&query).await?, kind));
+        }
+        for (group, scope, budget) in budgets.iter().filter(|(_, _, b)| b.period == period) {
+            if let Some((_, micros)) = sums.iter().find(|(k, _)| *k == (scope.kind, scope.id)) {
+                limits.limiter.seed_spent(*group, *scope, *budget, *micros);
+                seeded += 1;
+            }
+        }
+    }
+    Ok(seeded)
+}
+
 /// Reserve for the Messages request `body` (already checked to be a JSON object) under `policy`.
 ///
 /// # Errors

@@ -277,6 +277,32 @@ impl KeyDirectory {
         }
     }
 
+    /// Every budget of the loaded keys and their teams, once each: `(policy group, scope,
+    /// budget)`.
+    #[must_use]
+    pub fn budgets(&self) -> Vec<(Uuid, Scope, Budget)> {
+        let snapshot = self
+            .snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for entry in snapshot.usable.values() {
+            let Some(policy) = &entry.identity.limits else {
+                continue;
+            };
+            for s in &policy.scopes {
+                if let Some(b) = s.budget
+                    && seen.insert(s.scope)
+                {
+                    out.push((policy.group, s.scope, b));
+                }
+            }
+        }
+        out
+    }
+
     /// [`Authenticator::check`] at `now`.
     fn check_at(&self, credential: &str, now: OffsetDateTime) -> Result<Identity, Denial> {
         apikey::check_format(credential).map_err(|_| Denial::Unknown)?;

@@ -11,7 +11,7 @@ use metrics::{Counter, Gauge, counter, gauge};
 use crate::clock::Clock;
 use crate::engine::{self, Rejection, Status};
 use crate::local::Local;
-use crate::policy::{Demand, Policy, Used};
+use crate::policy::{Budget, Demand, Policy, Scope, Used};
 use crate::redis::{RedisBackend, RedisFailure};
 
 /// What to do when the shared backend (Redis) cannot be reached.
@@ -334,6 +334,22 @@ impl Limiter {
             }
             Admission::Rejected(r)
         }
+    }
+
+    /// In process: count `micros` as already spent in `budget`'s current period on `scope` (of
+    /// policy group `group`), e.g. from the usage ledger at start, so a restart does not hand
+    /// out the period's budget again. Redis keeps its own count across restarts: nothing to do.
+    pub fn seed_spent(&self, group: uuid::Uuid, scope: Scope, budget: Budget, micros: u64) {
+        if let Store::Local(l) = &self.0.backend {
+            let start = budget.period.window(self.0.clock.now_ms()).0;
+            l.seed_spent(group, scope, start, micros);
+        }
+    }
+
+    /// Whether budgets live only in this process (and need [`Limiter::seed_spent`] at start).
+    #[must_use]
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.0.backend, Store::Local(_))
     }
 
     fn settle(&self, p: Pending, used: Used) {

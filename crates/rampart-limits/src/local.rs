@@ -100,6 +100,17 @@ impl Local {
         (true, snaps)
     }
 
+    /// Start `scope`'s budget for the period beginning at `period_start` with `micros` already
+    /// spent (never lowering what this process counted itself).
+    pub(crate) fn seed_spent(&self, group: Uuid, scope: Scope, period_start: i64, micros: u64) {
+        let mut shard = self.shard(group);
+        let st = shard.entry(scope).or_default();
+        match &mut st.budget {
+            Some((start, spent, _)) if *start == period_start => *spent = (*spent).max(micros),
+            _ => st.budget = Some((period_start, micros, 0)),
+        }
+    }
+
     /// Return what an admitted request did not use (or charge what it used beyond its
     /// reservation) and free its slot.
     pub(crate) fn settle(

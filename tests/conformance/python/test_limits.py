@@ -324,3 +324,21 @@ def test_an_unreachable_redis_fails_closed_with_503_and_recovers_by_itself(upstr
     finally:
         assert proc.terminate() == 0, proc.stderr_tail()
         redis.stop()
+
+
+def test_an_in_process_budget_survives_a_restart(upstream: str) -> None:
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-restart-")]
+    key = create_key(store, "--budget-usd", "0.000001", "--budget-period", "day")
+    proc, url = serve(store, upstream, "limits-restart-1")
+    try:
+        assert post(url, key).status_code == 200
+    finally:
+        # SIGTERM drains the usage ledger into the database.
+        assert proc.terminate() == 0, proc.stderr_tail()
+    proc, url = serve(store, upstream, "limits-restart-2")
+    try:
+        r = post(url, key)
+        assert r.status_code == 402, r.text
+        assert r.json()["error"]["type"] == "billing_error"
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
