@@ -149,8 +149,13 @@ def store_args(data_dir: str) -> list[str]:
     server = os.environ.get("RAMPART_TEST_DATABASE_URL")
     if not server:
         pytest.fail("RAMPART_ADMIN_TEST_ENGINE=postgres needs RAMPART_TEST_DATABASE_URL (scripts/test.sh sets both)")
+    return ["--data-dir", data_dir, "--database-url", fresh_postgres_database(server, "rampart_admin")]
+
+
+def fresh_postgres_database(server: str, prefix: str) -> str:
+    """A new, empty database on the PostgreSQL `server` (a URL); its URL."""
     parts = urllib.parse.urlsplit(server)
-    name = f"rampart_admin_{uuid.uuid4().hex[:16]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
     search = os.pathsep.join(p for p in (os.environ.get("RAMPART_TEST_PG_BIN", ""), os.environ.get("PATH", "")) if p)
     createdb = shutil.which("createdb", path=search)
     if not createdb:
@@ -161,7 +166,7 @@ def store_args(data_dir: str) -> list[str]:
         capture_output=True,
         timeout=60,
     )
-    return ["--data-dir", data_dir, "--database-url", urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))]
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def run_init(store: str | list[str], email: str, password: str) -> None:

@@ -22,13 +22,13 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.parse
 import uuid
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
+from admin_support import fresh_postgres_database
 from conftest import RampartProcess, rampart_bin, wait_until
 
 UPSTREAM_KEY = "sk-ant-upstream-limits-" + "l" * 20
@@ -47,20 +47,7 @@ def need(var: str) -> str:
 
 def fresh_database() -> str:
     """A new, empty PostgreSQL database on the RAMPART_TEST_DATABASE_URL server."""
-    server = need("RAMPART_TEST_DATABASE_URL")
-    parts = urllib.parse.urlsplit(server)
-    name = f"rampart_limits_{uuid.uuid4().hex[:16]}"
-    search = os.pathsep.join(p for p in (os.environ.get("RAMPART_TEST_PG_BIN", ""), os.environ.get("PATH", "")) if p)
-    createdb = shutil.which("createdb", path=search)
-    if not createdb:
-        pytest.fail("createdb not found (set RAMPART_TEST_PG_BIN to PostgreSQL's bin directory)")
-    subprocess.run(
-        [createdb, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432), "-U", parts.username or "postgres", name],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    return fresh_postgres_database(need("RAMPART_TEST_DATABASE_URL"), "rampart_limits")
 
 
 def cli(*args: str, store: list[str]) -> list[str]:

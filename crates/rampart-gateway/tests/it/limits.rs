@@ -109,15 +109,7 @@ impl Fixture {
     }
 
     async fn post(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.gw
-            .http
-            .post(format!("{}/v1/messages", self.gw.url))
-            .header("x-api-key", key)
-            .header("anthropic-version", "2023-06-01")
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.gw.send("/v1/messages", key, body).await
     }
 }
 
