@@ -244,6 +244,10 @@ pub struct Settings {
     pub ledger: rampart_ledger::LedgerConfig,
     /// Where rate-limit and budget state lives (`[limits]`, see [`crate::limits_config`]).
     pub limits: rampart_limits::LimiterConfig,
+    /// `[cache]` as configured (the store is built from it at start).
+    pub cache: crate::response_cache::CacheConfig,
+    /// The response-cache and breakpoint policies.
+    pub cache_settings: crate::response_cache::CacheSettings,
 }
 
 /// Where configuration comes from.
@@ -273,7 +277,7 @@ pub struct Sources {
 pub struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[&str] = &[
-    "server", "upstream", "auth", "log", "admin", "routing", "pricing", "ledger", "limits",
+    "server", "upstream", "auth", "log", "admin", "routing", "pricing", "ledger", "limits", "cache",
 ];
 
 /// Load, merge and validate configuration; report every problem at once.
@@ -330,6 +334,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
     let pricing: rampart_ledger::pricing::PricingConfig = section(&fig, "pricing", &mut problems);
     let ledger: rampart_ledger::LedgerConfig = section(&fig, "ledger", &mut problems);
     let limits: crate::limits_config::LimitsConfig = section(&fig, "limits", &mut problems);
+    let cache: crate::response_cache::CacheConfig = section(&fig, "cache", &mut problems);
+    let cache_settings = cache.settings(&mut problems);
     let limits = crate::limits_config::validate(&limits, sources.use_env, &mut problems);
     problems.extend(ledger.problems());
     let prices = rampart_ledger::pricing::PriceTable::from_config(&pricing).unwrap_or_else(|e| {
@@ -459,6 +465,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             prices: std::sync::Arc::new(prices),
             ledger,
             limits: limits.unwrap_or_default(),
+            cache,
+            cache_settings,
         }),
         _ => Err(ConfigErrors(problems)),
     }

@@ -34,6 +34,7 @@ pub mod logging;
 pub mod peek;
 pub mod proxy;
 pub mod resilience_config;
+pub mod response_cache;
 pub mod retry;
 pub mod routes;
 pub mod routing;

@@ -61,6 +61,8 @@ pub struct AppState {
     pub ledger: Option<Arc<Ledger>>,
     /// Rate limits and budgets (only with a store): see [`crate::admission`].
     pub limits: Option<crate::admission::Limits>,
+    /// The response cache and breakpoint policies: see [`crate::response_cache`].
+    pub cache: crate::response_cache::ResponseCache,
     /// Set when SIGTERM arrived.
     pub shutting_down: AtomicBool,
 }
@@ -107,7 +109,12 @@ impl AppState {
             (None, None) => None,
         };
         let upstreams = Upstreams::new(&settings, upstream_key.clone(), &parts.target_keys)?;
+        let cache = crate::response_cache::ResponseCache {
+            settings: settings.cache_settings.clone(),
+            store: settings.cache.store()?,
+        };
         Ok(Self {
+            cache,
             upstreams,
             settings,
             auth,
@@ -339,7 +346,11 @@ where
         .then(|| public_base(&state.settings, &parts.headers));
     let request_id = done.request_id.clone();
     let resp = match forward(&state, &mut done, parts, body, client).await {
-        Ok((upstream, sent_at, headers_at)) => build_response(upstream, done, sent_at, headers_at),
+        Ok(Forwarded::Upstream(answered)) => {
+            let (upstream, sent_at, headers_at, cache) = *answered;
+            build_response(upstream, done, sent_at, headers_at, cache)
+        }
+        Ok(Forwarded::Cached(hit)) => cached_response(hit, done),
         Err(e) => return error_response(e, done),
     };
     match public_base {
@@ -417,13 +428,43 @@ struct Refused<'a> {
     model: Option<&'a str>,
 }
 
+/// How a request was answered.
+enum Forwarded {
+    /// By the upstream: response, sent at, headers at, and the response cache's capture plan.
+    Upstream(Box<Answered>),
+    /// From the response cache.
+    Cached(CacheHit),
+}
+
+/// An upstream answer and when it was sent and its headers arrived.
+type Answered = (
+    http::Response<UpstreamBody<Incoming>>,
+    Instant,
+    Instant,
+    Option<CacheCapture>,
+);
+
+/// Where a miss's answer is stored once complete.
+struct CacheCapture {
+    capture: crate::response_cache::Capturing,
+    key: Option<(rampart_cache::CacheKey, Duration)>,
+    store: Arc<dyn rampart_cache::ResponseStore>,
+    outcome: HeaderValue,
+}
+
+/// A cache hit, ready to send.
+struct CacheHit {
+    body: Bytes,
+    content_type: &'static str,
+}
+
 async fn forward<B>(
     state: &AppState,
     done: &mut Completion,
     parts: http::request::Parts,
     body: B,
     client: Option<SocketAddr>,
-) -> Result<(http::Response<UpstreamBody<Incoming>>, Instant, Instant), ProxyError>
+) -> Result<Forwarded, ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -458,7 +499,7 @@ where
     };
     let scopes = identity.scopes.clone();
     let policy = identity.limits.clone();
-    done.key = Some(identity.key_label);
+    done.key = Some(identity.key_label.clone());
     (done.key_id, done.team_id, done.user_id) =
         (identity.key_id, identity.team_id, identity.user_id);
     if let (Some(scopes), Some(endpoint)) = (&scopes, crate::auth::Endpoint::of(done.route))
@@ -522,6 +563,49 @@ where
         done.ticket = Some((ticket, limits.prices.clone()));
     }
 
+    // The caching levers (messages only): the response cache, then prompt-cache breakpoints.
+    let mut body_bytes = body_bytes;
+    let mut cache = None;
+    if done.route == Route::Messages && is_post {
+        use crate::response_cache as rc;
+        let mode = rc::Mode::of(&parts.headers)?;
+        let effective = state.cache.settings.effective(&identity);
+        let plan = rc::plan(
+            effective,
+            mode,
+            &rc::tenant(&identity),
+            &parts.headers,
+            &body_bytes,
+        );
+        let key = match plan.clone() {
+            rc::Plan::Lookup(key, ttl) => {
+                if let Some(hit) = state.cache.store.get(&key).await {
+                    telemetry::cache_event("hit");
+                    let (body, content_type) = rc::hit_body(&hit, done.streamed);
+                    done.cache_hit = true;
+                    return Ok(Forwarded::Cached(CacheHit { body, content_type }));
+                }
+                telemetry::cache_event("miss");
+                Some((key, ttl))
+            }
+            rc::Plan::Refresh(key, ttl) => Some((key, ttl)),
+            rc::Plan::Bypass => None,
+        };
+        cache = Some(CacheCapture {
+            capture: rc::Capturing::new(done.streamed, state.cache.settings.capture_limit),
+            outcome: rc::outcome_of(&plan),
+            key,
+            store: state.cache.store.clone(),
+        });
+        if effective.breakpoints
+            && let Some((rewritten, applied)) =
+                rc::with_breakpoints(&body_bytes, &state.cache.settings.breakpoints)
+        {
+            telemetry::breakpoints_added(applied.added.len());
+            body_bytes = rewritten;
+        }
+    }
+
     // The upstream call: targets, breakers, retries, fallbacks, stream hold-back.
     let call = Call {
         route: done.route,
@@ -552,7 +636,12 @@ where
     };
     done.attempts = delivered.attempts;
     done.upstream = Some(delivered.headers_at - delivered.sent_at);
-    Ok((delivered.response, delivered.sent_at, delivered.headers_at))
+    Ok(Forwarded::Upstream(Box::new((
+        delivered.response,
+        delivered.sent_at,
+        delivered.headers_at,
+        cache,
+    ))))
 }
 
 /// The `rampart_upstream_errors_total` kind of a final upstream failure.
@@ -690,11 +779,38 @@ fn upstream_headers(mut headers: HeaderMap, request_id: &str) -> HeaderMap {
     headers
 }
 
+/// Answer from the response cache: no upstream call, zero upstream cost in the usage record.
+fn cached_response(hit: CacheHit, mut done: Completion) -> Response {
+    done.status = 200;
+    done.client_aborted = false;
+    done.overhead = Some(done.start.elapsed());
+    done.settle_limits();
+    let mut resp = http::Response::new(Body::from(hit.body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(hit.content_type),
+    );
+    h.insert(
+        crate::response_cache::CACHE_HEADER,
+        crate::response_cache::outcome::HIT,
+    );
+    if let Ok(v) = HeaderValue::from_str(&done.request_id) {
+        h.insert(X_REQUEST_ID.clone(), v.clone());
+        h.insert(REQUEST_ID.clone(), v);
+    }
+    if let Some(s) = &done.limit_status {
+        crate::admission::write_status(s, h);
+    }
+    resp
+}
+
 fn build_response(
     upstream: http::Response<UpstreamBody<Incoming>>,
     mut done: Completion,
     sent_at: Instant,
     headers_at: Instant,
+    cache: Option<CacheCapture>,
 ) -> Response {
     let (mut parts, body) = upstream.into_parts();
     for name in connection_listed(&parts.headers) {
@@ -740,10 +856,18 @@ fn build_response(
         crate::admission::write_status(s, &mut parts.headers);
     }
     done.overhead = Some((sent_at - done.start) + headers_at.elapsed());
+    if let Some(c) = &cache {
+        parts
+            .headers
+            .insert(crate::response_cache::CACHE_HEADER, c.outcome.clone());
+    }
+    // Only a complete, successful answer is worth capturing.
+    let cache = cache.filter(|c| c.key.is_some() && parts.status.is_success());
     // The completion moves into the body: it is recorded when the body ends or is dropped.
     let metered = MeteredBody {
         inner: body,
         tap,
+        cache,
         completion: Some(done),
     };
     http::Response::from_parts(parts, Body::new(metered))
@@ -773,6 +897,8 @@ impl Tap {
 struct MeteredBody {
     inner: UpstreamBody<Incoming>,
     tap: Tap,
+    /// The response cache's capture of this answer (a miss or a refresh).
+    cache: Option<CacheCapture>,
     completion: Option<Completion>,
 }
 
@@ -781,6 +907,21 @@ impl MeteredBody {
     /// metrics and the access log happen after this frame has gone to the client. With a usage
     /// ledger, the usage is read and the record written here, before the frame is released.
     fn finish(&mut self, client_aborted: bool) {
+        // A whole answer that ended well goes into the response cache (off the response path).
+        if let Some(CacheCapture {
+            capture,
+            key: Some((key, ttl)),
+            store,
+            ..
+        }) = self.cache.take()
+            && !client_aborted
+        {
+            tokio::spawn(async move {
+                if crate::response_cache::store(&store, key, ttl, capture).await {
+                    telemetry::cache_event("store");
+                }
+            });
+        }
         if let Some(mut c) = self.completion.take() {
             c.client_aborted = client_aborted;
             let tap = std::mem::replace(&mut self.tap, Tap::None);
@@ -811,6 +952,9 @@ impl http_body::Body for MeteredBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
+                if let Some(c) = &mut this.cache {
+                    c.capture.push(data);
+                }
                 match &mut this.tap {
                     Tap::None => {}
                     Tap::Sse(s) => s.feed(data),

@@ -107,11 +107,19 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let grace = self.state.settings.shutdown_grace;
-        let upkeep = tokio::spawn(async {
+        let cache = self.state.cache.store.clone();
+        let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 telemetry::upkeep();
+                telemetry::cache_store(
+                    cache.bytes(),
+                    cache
+                        .counters()
+                        .evictions
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
             }
         });
         let dispatch = Dispatch {

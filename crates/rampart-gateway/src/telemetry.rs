@@ -59,6 +59,14 @@ fn describe() {
         "Time Rampart itself added before the response headers (total minus upstream), by route."
     );
     metrics::describe_counter!("rampart_tokens_total", "Tokens by model and kind.");
+    metrics::describe_counter!(
+        "rampart_cache_events_total",
+        "Response-cache lookups that hit or missed, and answers stored."
+    );
+    metrics::describe_counter!(
+        "rampart_cache_breakpoints_added_total",
+        "Prompt-cache breakpoints added to requests by the breakpoint policy."
+    );
     metrics::describe_gauge!(
         "rampart_http_requests_in_flight",
         "Requests being served now."
@@ -455,6 +463,22 @@ fn push_timestamp(line: &mut String) {
     line.push('.');
     push_padded(line, u64::from(now.microsecond()), 6);
     line.push('Z');
+}
+
+/// Count a response-cache event: `hit`, `miss` or `store`.
+pub fn cache_event(event: &'static str) {
+    counter!("rampart_cache_events_total", "event" => event).increment(1);
+}
+
+/// Count prompt-cache breakpoints added to a request.
+pub fn breakpoints_added(n: usize) {
+    counter!("rampart_cache_breakpoints_added_total").increment(n as u64);
+}
+
+/// Publish the response store's size and evictions.
+pub fn cache_store(bytes: u64, evictions: u64) {
+    metrics::gauge!("rampart_cache_bytes").set(bytes as f64);
+    metrics::gauge!("rampart_cache_evictions").set(evictions as f64);
 }
 
 /// Count an upstream failure by kind.
