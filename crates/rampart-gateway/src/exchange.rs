@@ -11,7 +11,9 @@
 //! 3. **Attempts**, at most `max_attempts` in all:
 //!    - pick a target ([`Pool::pick`]): a target this request has not tried yet when one is
 //!      ready; none ready means a fallback model (every breaker open) or, when all are cooling
-//!      down, a wait for the first to cool down (up to the retry-after cap);
+//!      down, the one that cools down first — after a rate limit the retry waits for it (up to
+//!      the retry-after cap, else the next fallback model or the end), otherwise it goes anyway
+//!      (the limit that cooled it may be another model's);
 //!    - every attempt after the first takes a token from the retry budget; one on a target
 //!      already tried waits first: the upstream's `retry-after` (if within the cap), else the
 //!      jittered backoff;
@@ -539,8 +541,12 @@ impl<T: Transport> Upstreams<T> {
                 Pick::Target(l) => l,
                 Pick::Cooling { index, until_ms } => {
                     let wait = Duration::from_millis(until_ms.saturating_sub(clock.now_ms()));
-                    if last.is_some() {
-                        // A retry waits for the cool-down when it is short enough.
+                    let rate_limited = last
+                        .as_ref()
+                        .is_some_and(|f| f.outcome.class.cools_target());
+                    if rate_limited {
+                        // A retry after a rate limit waits for the cool-down when it is short
+                        // enough.
                         if wait > self.retry.max_retry_after || run.past_deadline(wait) {
                             if run.advance("rate_limited") {
                                 continue;
@@ -550,7 +556,7 @@ impl<T: Transport> Upstreams<T> {
                         tokio::time::sleep(wait).await;
                         waited = true;
                     }
-                    // A first attempt goes anyway: the limit may be the model's, not the
+                    // Anything else goes anyway: the limit may be another model's, not the
                     // target's, and only the upstream knows.
                     match self.pool.lease(index) {
                         Some(l) => l,

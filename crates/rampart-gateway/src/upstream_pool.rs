@@ -5,7 +5,7 @@
 //! - **Picking** ([`Pool::pick`]): among the targets serving the model whose breaker admits a
 //!   request and that are not cooling down, power of two choices — two at random, the one with
 //!   the lower cost `latency EWMA × (in-flight + 1) ÷ weight` wins. The EWMA is of time to
-//!   response headers, peak-sensitive (a slower sample is taken at once, faster ones decay in at
+//!   response headers of answers that end a request (failures are the breaker's), peak-sensitive (a slower sample is taken at once, faster ones decay in at
 //!   a quarter each); a target without a sample in the last 10 s is costed like its rival, so it
 //!   is tried again. A target whose breaker allows a probe is picked first, so a half-open
 //!   breaker gets its probe. Batch routes always go to the batch target (the first one, or the
@@ -14,8 +14,9 @@
 //!   `anthropic-ratelimit-*-remaining: 0`, makes the target cool down until the wait or the
 //!   matching `-reset` time (capped by `max_cooldown`). Cooling targets are skipped while another
 //!   one can serve; when every candidate is cooling, the one that cools down first is returned as
-//!   [`Pick::Cooling`] and the caller decides (a first attempt goes anyway — the limit may be
-//!   per model and only the upstream knows — a retry waits if the wait is short enough).
+//!   [`Pick::Cooling`] and the caller decides (a retry after a rate limit waits if the wait is
+//!   short enough; anything else goes anyway — the limit may be per model and only the upstream
+//!   knows).
 //! - **Transport** ([`HyperTransport`]): one pooled HTTP client per worker thread (and per connect
 //!   timeout), so a request and its upstream connection stay on one thread.
 //!
@@ -374,9 +375,10 @@ impl Pool {
         Some(Lease::new(t.clone(), index, false))
     }
 
-    /// Report an attempt's outcome: breaker, latency (time to headers, for answers) and
-    /// cool-down (from `retry-after` on a rate limit, or `anthropic-ratelimit-*` headers on any
-    /// answer).
+    /// Report an attempt's outcome: breaker, latency (time to headers of an answer that ends the
+    /// request — a quick failure says nothing about how fast the target serves, and the breaker
+    /// judges failures) and cool-down (from `retry-after` on a rate limit, or
+    /// `anthropic-ratelimit-*` headers on any answer).
     pub fn report(
         &self,
         lease: &mut Lease,
@@ -386,7 +388,9 @@ impl Pool {
     ) {
         let now = self.clock.now_ms();
         let t = &lease.target;
-        if let Some(l) = latency {
+        if let Some(l) = latency
+            && !outcome.class.retryable()
+        {
             t.sample(now, l);
         }
         t.breaker

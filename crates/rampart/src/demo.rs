@@ -40,7 +40,24 @@ pub struct DemoArgs {
     /// Simulated processing time of a message batch, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     sim_batch_processing_ms: u64,
+    /// A configuration file merged under the demo's own listen address and simulator URL (e.g.
+    /// `[upstream.retry]`, `[upstream.breaker]`, `[routing]`); its `[routing]` replaces the
+    /// demo's aliases and `auto` model.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
+
+/// The demo's model routing, when no configuration file is given: three aliases, an Opus model
+/// falling back to Sonnet, and the `auto` model.
+const DEMO_ROUTING: &str = r#"
+[routing.aliases]
+fast = "claude-haiku-4-5"
+smart = "claude-sonnet-4-6"
+best = "claude-opus-4-6"
+[routing.fallbacks]
+"claude-opus-4-6" = ["claude-sonnet-4-6"]
+[routing.auto]
+"#;
 
 /// The demo's admin account.
 const DEMO_ADMIN: &str = "admin@rampart.demo";
@@ -87,9 +104,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let gw_addr = gw_listener.local_addr()?;
 
+    let routing = if args.config.is_some() {
+        ""
+    } else {
+        DEMO_ROUTING
+    };
     let settings = config::load(&Sources {
+        file: args.config.clone(),
         inline_toml: Some(format!(
-            "[server]\nlisten = \"{gw_addr}\"\n[upstream]\nbase_url = \"http://{sim_addr}\"\n"
+            "[server]\nlisten = \"{gw_addr}\"\n[upstream]\nbase_url = \"http://{sim_addr}\"\n{routing}"
         )),
         upstream_api_key: Some(Secret::new(upstream_key)),
         client_keys: vec![Secret::new(client_key.clone())],

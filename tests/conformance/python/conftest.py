@@ -192,9 +192,26 @@ class Target:
         return {"x-api-key": self.api_key, "anthropic-version": "2023-06-01", "content-type": "application/json", **extra}
 
 
+# The shared demo serves every suite, and many of them inject faults: with circuit breakers on,
+# the failures of one test would open the breaker for the next. Breakers get their own processes
+# in test_resilience.py; here they are off, and a long retry-after is not waited out (a test
+# asking for retry_after=7 gets the 429 at once, with its header). Retries stay as they ship.
+SHARED_DEMO_CONFIG = """
+[upstream.breaker]
+enabled = false
+[upstream.retry]
+max_retry_after_ms = 2000
+"""
+
+
 def start_demo(tokens_per_sec: float = 0, extra_args: list[str] | None = None, name: str = "demo") -> Demo:
     data_dir = tempfile.mkdtemp(prefix="rampart-demo-")
-    args = ["demo", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--sim-tokens-per-sec", str(tokens_per_sec), *(extra_args or [])]
+    extra_args = list(extra_args or [])
+    if "--config" not in extra_args:
+        config = Path(data_dir) / "demo-config.toml"
+        config.write_text(SHARED_DEMO_CONFIG)
+        extra_args += ["--config", str(config)]
+    args = ["demo", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--sim-tokens-per-sec", str(tokens_per_sec), *extra_args]
     proc = RampartProcess(args, name=name)
     base = proc.wait_for_line(r"^\s*(?:export\s+)?ANTHROPIC_BASE_URL=(\S+)").group(1).strip("'\"")
     key = proc.wait_for_line(r"^\s*(?:export\s+)?ANTHROPIC_API_KEY=(\S+)").group(1).strip("'\"")

@@ -805,6 +805,24 @@ async fn a_retry_waits_for_a_short_cool_down_and_a_new_request_goes_anyway() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_cool_down_left_by_another_request_does_not_block_a_retry_after_an_overload() {
+    let script = Arc::new(Script::default());
+    let limited = r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+    script.on(
+        "a",
+        vec![
+            Step::Status(429, vec![("retry-after", "30")], limited),
+            Step::Status(529, vec![("retry-after", "1")], OVERLOADED),
+        ],
+    );
+    let up = single(&script);
+    assert_eq!(send(&up, OPUS).await.unwrap().status, 429);
+    // `a` cools for 30 s; this request's own failure is an overload, so its retry goes anyway.
+    let a = send(&up, OPUS).await.unwrap();
+    assert_eq!((a.status, script.calls()), (200, 3));
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_retry_budget_stops_retries_when_spent() {
     let script = Arc::new(Script::default());
     script.on(
