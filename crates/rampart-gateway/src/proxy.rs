@@ -151,6 +151,8 @@ pub struct Completion {
     pub(crate) attempts: u32,
     /// Answered from Rampart's response cache.
     pub(crate) cache_hit: bool,
+    /// Breakpoints were added: what they saved is counted when the usage is known.
+    breakpoints_prices: Option<Arc<PriceTable>>,
     /// The error type of an error Rampart answered with.
     error_type: Option<&'static str>,
     /// Where the usage record goes and how it is priced; taken when it is written.
@@ -185,6 +187,7 @@ impl Completion {
             user_id: None,
             attempts: 0,
             cache_hit: false,
+            breakpoints_prices: None,
             error_type: None,
             ledger: None,
             ticket: None,
@@ -281,6 +284,15 @@ fn ledger_id() -> uuid::Uuid {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.record_usage();
+        if let (Some(prices), Some(usage)) = (self.breakpoints_prices.take(), &self.usage) {
+            let model = usage.model.as_deref().or(self.model.as_deref());
+            if let Some(model) = model {
+                let tokens = usage.tokens();
+                let actual = prices.cost(model, &tokens, false);
+                let plain = crate::response_cache::uncached_cost(&prices, model, &tokens);
+                telemetry::cache_saved("breakpoints", i128::from(plain) - i128::from(actual));
+            }
+        }
         telemetry::request_finished(&telemetry::Finished {
             route: self.route,
             method: self.method.as_str(),
@@ -581,6 +593,10 @@ where
             rc::Plan::Lookup(key, ttl) => {
                 if let Some(hit) = state.cache.store.get(&key).await {
                     telemetry::cache_event("hit");
+                    if let Some(tokens) = rc::cached_tokens(&hit) {
+                        let saved = state.settings.prices.cost(&hit.model, &tokens, false);
+                        telemetry::cache_saved("response", i128::from(saved));
+                    }
                     let (body, content_type) = rc::hit_body(&hit, done.streamed);
                     done.cache_hit = true;
                     return Ok(Forwarded::Cached(CacheHit { body, content_type }));
@@ -602,6 +618,7 @@ where
                 rc::with_breakpoints(&body_bytes, &state.cache.settings.breakpoints)
         {
             telemetry::breakpoints_added(applied.added.len());
+            done.breakpoints_prices = Some(state.settings.prices.clone());
             body_bytes = rewritten;
         }
     }

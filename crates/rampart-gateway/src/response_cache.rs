@@ -611,3 +611,39 @@ pub struct ResponseCache {
     /// Where answers are kept.
     pub store: Arc<dyn ResponseStore>,
 }
+
+/// What an answer would have cost without prompt caching: every cache write and read priced as
+/// plain input. Compared with the real cost, this is what the breakpoints saved (negative on a
+/// turn that only writes: a write costs more than plain input).
+#[must_use]
+pub fn uncached_cost(
+    prices: &rampart_ledger::pricing::PriceTable,
+    model: &str,
+    tokens: &rampart_ledger::pricing::TokenUsage,
+) -> u64 {
+    let plain = rampart_ledger::pricing::TokenUsage {
+        input_tokens: tokens.input_tokens
+            + tokens.cache_creation_input_tokens
+            + tokens.cache_read_input_tokens,
+        output_tokens: tokens.output_tokens,
+        ..rampart_ledger::pricing::TokenUsage::default()
+    };
+    prices.cost(model, &plain, false)
+}
+
+/// The usage of a cached answer as priced tokens.
+#[must_use]
+pub fn cached_tokens(cached: &CachedResponse) -> Option<rampart_ledger::pricing::TokenUsage> {
+    let u = cached_usage(cached)?;
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let split = u.get("cache_creation");
+    let part = |k: &str| split.and_then(|s| s.get(k)).and_then(Value::as_u64);
+    Some(rampart_ledger::pricing::TokenUsage {
+        input_tokens: n("input_tokens"),
+        output_tokens: n("output_tokens"),
+        cache_creation_input_tokens: n("cache_creation_input_tokens"),
+        cache_read_input_tokens: n("cache_read_input_tokens"),
+        cache_creation_5m: part("ephemeral_5m_input_tokens"),
+        cache_creation_1h: part("ephemeral_1h_input_tokens"),
+    })
+}

@@ -470,6 +470,18 @@ pub fn cache_event(event: &'static str) {
     counter!("rampart_cache_events_total", "event" => event).increment(1);
 }
 
+/// Count what a caching lever saved (`response` or `breakpoints`), in micro-dollars; a negative
+/// amount (a breakpoint turn that only wrote the cache) is counted as extra spend.
+pub fn cache_saved(lever: &'static str, micro_usd: i128) {
+    if micro_usd >= 0 {
+        counter!("rampart_cache_saved_micro_usd_total", "lever" => lever)
+            .increment(u64::try_from(micro_usd).unwrap_or(u64::MAX));
+    } else {
+        counter!("rampart_cache_extra_micro_usd_total", "lever" => lever)
+            .increment(u64::try_from(-micro_usd).unwrap_or(u64::MAX));
+    }
+}
+
 /// Count prompt-cache breakpoints added to a request.
 pub fn breakpoints_added(n: usize) {
     counter!("rampart_cache_breakpoints_added_total").increment(n as u64);

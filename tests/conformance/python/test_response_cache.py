@@ -32,6 +32,14 @@ class Env:
         h = {"x-api-key": self.keys[team], "anthropic-version": "2023-06-01", "content-type": "application/json", **headers}
         return httpx.post(f"{self.url}/v1/messages", json=body, headers=h, timeout=30)
 
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(name) and (not want or f"{{{want}}}" in line):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def upstream_calls(self) -> int:
         counters = httpx.get(f"{self.sim_url}/_sim/counters", timeout=10).json()
         return int(counters.get("routes", {}).get("messages", 0))
@@ -74,6 +82,9 @@ def test_a_repeated_request_is_answered_from_the_cache_without_an_upstream_call(
     msg = cached.client("a").messages.create(**body)
     assert msg.content[0].text == a["content"][0]["text"]
     assert cached.upstream_calls() - before == 1
+    # What the hits saved is counted by lever.
+    assert cached.metric("rampart_cache_saved_micro_usd_total", lever="response") > 0
+    assert cached.metric("rampart_cache_events_total", event="hit") >= 2
 
 
 def test_a_hit_replays_as_a_stream_the_sdk_stream_helpers_accept(cached: Env) -> None:
@@ -189,6 +200,9 @@ def test_breakpoints_make_the_next_turn_read_the_upstream_prompt_cache() -> None
             ],
         )
         assert turn2.usage.cache_read_input_tokens and turn2.usage.cache_read_input_tokens > 0, turn2.usage
+        time.sleep(0.3)  # usage is accounted after the response
+        assert env.metric("rampart_cache_breakpoints_added_total") >= 2
+        assert env.metric("rampart_cache_saved_micro_usd_total", lever="breakpoints") > 0
         # A short prompt is not rewritten at all.
         short = client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
         assert short.usage.cache_creation_input_tokens in (0, None)
