@@ -4,7 +4,9 @@
 //! For each request:
 //! 1. **Deadline**: the route's overall timeout (`total_timeout_ms`) and the client's own
 //!    `x-stainless-timeout` (seconds) from when the request arrived; the earlier one bounds every
-//!    attempt and wait, so Rampart never keeps working after the client has given up.
+//!    attempt and wait before the first byte, so Rampart never keeps working after the client has
+//!    given up. Once the answer is flowing only the route's deadline applies (the SDKs' timeout is
+//!    per read, and a client that gives up disconnects, which cancels the upstream request).
 //! 2. **Routing** ([`crate::routing`]): an alias becomes its model; `auto` becomes the model its
 //!    rules choose (with a `count_tokens` pre-flight when configured); the model's fallback chain
 //!    is prepared.
@@ -782,9 +784,12 @@ impl<T: Transport> Upstreams<T> {
             return Err(fail(outcome, Some(Held { parts, body: bytes }), None));
         }
         let sse = is_event_stream(&parts.headers);
-        let mut body = UpstreamBody::pipe(body, sse, t.idle, run.deadline, clock);
+        // Before the first byte the client's own timeout counts too; once it is reading, its
+        // timeout is per read (the SDKs' is), so the body answers only to the route's deadline.
+        let body_deadline = Deadline::of(call.arrived, t.total, None);
+        let mut body = UpstreamBody::pipe(body, sse, t.idle, body_deadline, clock);
         if sse && outcome.class == Class::Success && call.route == Route::Messages {
-            match hold_back(&mut body).await {
+            match hold_back(&mut body, run.deadline).await {
                 Head::Healthy => {}
                 Head::InBand(kind) => {
                     let o = classify(Observed::InBandError(&kind));
@@ -1099,9 +1104,10 @@ enum Head {
     Cut(Cut),
 }
 
-/// Hold a stream back until its first event other than `ping` (see the module docs). The bytes
-/// read stay in `body` (prefix and partial tail) to be sent first.
-async fn hold_back<B>(body: &mut UpstreamBody<B>) -> Head
+/// Hold a stream back until its first event other than `ping` (see the module docs), within
+/// the idle timeout and `deadline`. The bytes read stay in `body` (prefix and partial tail) to
+/// be sent first.
+async fn hold_back<B>(body: &mut UpstreamBody<B>, deadline: Option<Deadline>) -> Head
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -1109,7 +1115,7 @@ where
     let Some(mut inner) = body.inner.take() else {
         return Head::Healthy;
     };
-    let (idle, deadline) = (body.idle, body.deadline);
+    let idle = body.idle;
     let mut head = Bytes::new();
     let mut scanned = 0;
     loop {

@@ -417,6 +417,49 @@ async fn the_client_timeout_stops_all_work_when_the_client_gives_up() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_client_timeout_does_not_cut_a_stream_that_is_flowing() {
+    let script = Arc::new(Script::default());
+    let ping = sse_event("ping", r#"{"type":"ping"}"#);
+    let stop = sse_event("message_stop", r#"{"type":"message_stop"}"#);
+    // Events every second for five seconds, against a client timeout of two.
+    let mut chunks = vec![(0, start())];
+    chunks.extend((0..5).map(|_| (1_000, ping.clone())));
+    chunks.push((0, stop.clone()));
+    script.on("a", vec![Step::Sse(chunks)]);
+    let up = single(&script);
+    let a = send_with(
+        &up,
+        Route::Messages,
+        OPUS,
+        &[("x-stainless-timeout", "2")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(a.body.ends_with(&stop), "{}", a.body);
+    assert!(!a.body.contains("event: error"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_route_deadline_ends_a_stream_with_a_timeout_event() {
+    let script = Arc::new(Script::default());
+    let ping = sse_event("ping", r#"{"type":"ping"}"#);
+    let mut chunks = vec![(0, start())];
+    chunks.extend((0..5).map(|_| (1_000, ping.clone())));
+    script.on("a", vec![Step::Sse(chunks)]);
+    let mut s = resilience(vec![target("a", &[])]);
+    s.timeouts[0].total = Some(Duration::from_millis(2_500));
+    let up = gateway(&script, s, RoutingSettings::default());
+    let a = send(&up, OPUS).await.unwrap();
+    assert_eq!(a.body.matches("event: ping").count(), 2);
+    assert!(
+        a.body.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"timeout_error\",\"message\":\"request deadline: no complete upstream response within the overall limit of 2500 ms\"}}\n\n"),
+        "{}",
+        a.body
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_overall_deadline_bounds_retries_and_their_waits() {
     let script = Arc::new(Script::default());
     script.on(
