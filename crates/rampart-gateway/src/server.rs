@@ -291,6 +291,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                         let why =
                             "limits backend (Redis) unreachable: requests with limits get 503\n";
                         (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+                    } else if !st.upstreams.pool().available() {
+                        let why = "every upstream target's circuit breaker is open\n";
+                        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
                     } else if limiter.is_some_and(|l| !l.is_up()) {
                         let why = "ready (limits backend unreachable: limits are not enforced)\n";
                         (StatusCode::OK, why).into_response()

@@ -231,6 +231,16 @@ impl Pool {
         &self.targets
     }
 
+    /// Whether some target's breaker lets a request through now (closed, or ready for a probe):
+    /// `/readyz` fails while none does.
+    #[must_use]
+    pub fn available(&self) -> bool {
+        let now = self.clock.now_ms();
+        self.targets
+            .iter()
+            .any(|t| matches!(t.breaker.admit(now), Admit::Closed | Admit::Probe))
+    }
+
     /// Whether some target serves `model`.
     #[must_use]
     pub fn serves(&self, model: Option<&str>) -> bool {
@@ -748,6 +758,9 @@ mod tests {
                 until_ms: Some(5_000)
             }
         ));
+        assert!(!p.available());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(p.available(), "ready for a probe");
     }
 
     #[tokio::test(start_paused = true)]

@@ -217,6 +217,8 @@ def test_an_open_breaker_fails_fast_and_the_sdk_does_not_retry() -> None:
         assert 0 < int(headers["retry-after"]) <= 60
         assert "circuit breaker" in exc.value.message
         assert s.calls() == 3, "no upstream call while the breaker is open"
+        ready = httpx.get(f"{s.base_url}/readyz", timeout=10)
+        assert (ready.status_code, ready.text) == (503, "every upstream target's circuit breaker is open\n")
         # The fallback model has its own breaker (same target here, so it is open too).
         with pytest.raises(anthropic.OverloadedError):
             client.messages.create(model=OPUS, max_tokens=20, messages=PROMPT)
