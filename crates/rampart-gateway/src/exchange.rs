@@ -1524,7 +1524,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_histogram!(
         "rampart_upstream_target_ttfb_seconds",
-        "Time from an attempt sent to its response headers, by target."
+        "Time from an attempt sent to its response headers, by target (pools of several targets)."
     );
     metrics::describe_counter!(
         "rampart_routing_fallbacks_total",

@@ -61,7 +61,11 @@ pub struct Target {
     ewma_us: AtomicU64,
     sampled_ms: AtomicU64,
     cool_until_ms: AtomicU64,
+    /// Whether in-flight counts and latencies are kept (a pool of one has nothing to choose).
+    balanced: bool,
     ttfb_seconds: metrics::Histogram,
+    /// `rampart_upstream_attempts_total{target,outcome}`, resolved once per outcome.
+    attempts: [std::sync::OnceLock<metrics::Counter>; Class::ALL.len()],
 }
 
 /// What a target is built from.
@@ -80,7 +84,7 @@ pub struct TargetSpec {
 }
 
 impl Target {
-    fn new(spec: TargetSpec, breaker: BreakerSettings) -> Self {
+    fn new(spec: TargetSpec, breaker: BreakerSettings, balanced: bool) -> Self {
         Self {
             breaker: Breaker::new(&spec.name, breaker),
             ttfb_seconds: metrics::histogram!(
@@ -96,7 +100,23 @@ impl Target {
             ewma_us: AtomicU64::new(0),
             sampled_ms: AtomicU64::new(0),
             cool_until_ms: AtomicU64::new(0),
+            balanced,
+            attempts: std::array::from_fn(|_| std::sync::OnceLock::new()),
         }
+    }
+
+    /// Count an attempt's outcome (`rampart_upstream_attempts_total`).
+    fn count(&self, class: Class) {
+        let i = Class::ALL.iter().position(|c| *c == class).unwrap_or(0);
+        self.attempts[i]
+            .get_or_init(|| {
+                metrics::counter!(
+                    "rampart_upstream_attempts_total",
+                    "target" => self.name.clone(),
+                    "outcome" => class.as_str()
+                )
+            })
+            .increment(1);
     }
 
     /// Whether this target serves `model` (every target serves requests without a model).
@@ -130,6 +150,9 @@ impl Target {
     }
 
     fn sample(&self, now_ms: u64, latency: Duration) {
+        if !self.balanced {
+            return;
+        }
         let us = latency.as_secs_f64() * 1e6;
         let old = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
         let fresh = now_ms.saturating_sub(self.sampled_ms.load(Ordering::Relaxed)) < STALE_MS;
@@ -209,10 +232,13 @@ impl Pool {
             return Err("the batch target is not in the pool".to_owned());
         }
         Ok(Self {
-            targets: specs
-                .into_iter()
-                .map(|s| Arc::new(Target::new(s, breaker)))
-                .collect(),
+            targets: {
+                let balanced = specs.len() > 1;
+                specs
+                    .into_iter()
+                    .map(|s| Arc::new(Target::new(s, breaker, balanced)))
+                    .collect()
+            },
             batch_target,
             clock: Clock::new(),
             max_cooldown_ms: u64::try_from(max_cooldown.as_millis()).unwrap_or(u64::MAX),
@@ -406,12 +432,7 @@ impl Pool {
         t.breaker
             .record(now, outcome.class.breaker_failure(), lease.probe);
         lease.probe = false;
-        metrics::counter!(
-            "rampart_upstream_attempts_total",
-            "target" => t.name.clone(),
-            "outcome" => outcome.class.as_str()
-        )
-        .increment(1);
+        t.count(outcome.class);
         let mut cool_ms: Option<u64> = None;
         if outcome.class.cools_target() {
             // A 429 without a usable wait still cools down briefly.
@@ -494,7 +515,9 @@ pub struct Lease {
 
 impl Lease {
     fn new(target: Arc<Target>, index: usize, probe: bool) -> Self {
-        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        if target.balanced {
+            target.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         Self {
             target,
             index,
@@ -524,18 +547,15 @@ impl Lease {
     /// against the target's breaker.
     pub fn late_failure(&self, now_ms: u64, class: Class) {
         self.target.breaker.record(now_ms, true, false);
-        metrics::counter!(
-            "rampart_upstream_attempts_total",
-            "target" => self.target.name.clone(),
-            "outcome" => class.as_str()
-        )
-        .increment(1);
+        self.target.count(class);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.target.balanced {
+            self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.probe {
             self.target.breaker.release_probe();
         }

@@ -4,7 +4,9 @@
 //! last few seconds in a ring of buckets. Each bucket is one `AtomicU64` packing the bucket's
 //! epoch (24 bits) with the two counts (20 bits each, saturating), so recording is one
 //! compare-and-swap and any thread may record or read without a lock. A bucket whose epoch is
-//! older than the window is stale and read as zero.
+//! older than the window is stale and read as zero. Each worker thread records into a ring of
+//! its own (on its own cache lines), so threads recording every request do not contend; a read
+//! sums the rings.
 //!
 //! [`Clock`] reads `tokio::time`, so windows, breakers and cool-downs follow paused time in tests.
 
@@ -65,10 +67,28 @@ fn unpack(v: u64) -> (u64, u64, u64) {
     )
 }
 
+/// Rings per window: threads are spread over them.
+const SHARDS: usize = 4;
+
+/// One ring of buckets, alone on its cache lines.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Ring([AtomicU64; BUCKETS]);
+
+/// The ring this thread records into.
+fn shard() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
 /// Two counts over a sliding window of [`BUCKETS`] buckets. See the module docs.
 #[derive(Debug)]
 pub struct Window {
-    buckets: [AtomicU64; BUCKETS],
+    rings: [Ring; SHARDS],
     bucket_ms: u64,
 }
 
@@ -78,7 +98,7 @@ impl Window {
     pub fn new(span: Duration) -> Self {
         let span_ms = u64::try_from(span.as_millis()).unwrap_or(u64::MAX).max(10);
         Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            rings: std::array::from_fn(|_| Ring(std::array::from_fn(|_| AtomicU64::new(0)))),
             bucket_ms: span_ms.div_ceil(BUCKETS as u64),
         }
     }
@@ -90,7 +110,7 @@ impl Window {
     /// Add `a` and `b` to the current bucket.
     pub fn add(&self, now_ms: u64, a: u64, b: u64) {
         let epoch = self.epoch(now_ms);
-        let slot = &self.buckets[(epoch % BUCKETS as u64) as usize];
+        let slot = &self.rings[shard()].0[(epoch % BUCKETS as u64) as usize];
         let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
             let (e, x, y) = unpack(v);
             Some(if e == epoch & EPOCH_MASK {
@@ -106,7 +126,7 @@ impl Window {
     pub fn sums(&self, now_ms: u64) -> (u64, u64) {
         let epoch = self.epoch(now_ms) & EPOCH_MASK;
         let (mut a, mut b) = (0, 0);
-        for slot in &self.buckets {
+        for slot in self.rings.iter().flat_map(|r| &r.0) {
             let (e, x, y) = unpack(slot.load(Ordering::Acquire));
             // Epochs are 24-bit: compare modulo 2^24.
             if (epoch.wrapping_sub(e) & EPOCH_MASK) < BUCKETS as u64 {
@@ -119,7 +139,7 @@ impl Window {
 
     /// Forget everything.
     pub fn clear(&self) {
-        for slot in &self.buckets {
+        for slot in self.rings.iter().flat_map(|r| &r.0) {
             slot.store(0, Ordering::Release);
         }
     }
