@@ -38,6 +38,49 @@ pub struct Limits {
     pub prices: Arc<PriceTable>,
 }
 
+impl Limits {
+    /// The limiter as `config` says, ready for `rampart serve`: the metrics recorder installed
+    /// first (so the limiter's metrics are exported), the backend checked (and its script
+    /// loaded), a task that checks it every second (so readiness follows Redis without traffic;
+    /// it ends at once in process), and in-process budgets resumed from the usage ledger
+    /// ([`seed_budgets`]).
+    ///
+    /// # Errors
+    /// An unusable Redis URL.
+    pub async fn start(
+        config: &rampart_limits::LimiterConfig,
+        prices: Arc<PriceTable>,
+        directory: &crate::keydir::KeyDirectory,
+        store: &rampart_store::Store,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), String> {
+        if let Err(e) = crate::telemetry::install() {
+            tracing::warn!(error = %e, "metrics recorder unavailable; limits metrics are not exported");
+        }
+        let limiter = Limiter::new(config, Arc::new(rampart_limits::TokioClock::new()))?;
+        if !limiter.check_health().await {
+            tracing::error!(
+                backend = limiter.backend_name(),
+                "limits backend unreachable at start; retrying every second"
+            );
+        }
+        let health = tokio::spawn(
+            limiter
+                .clone()
+                .run_health_checks(std::time::Duration::from_secs(1), std::future::pending()),
+        );
+        let limits = Self { limiter, prices };
+        match seed_budgets(&limits, directory, store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(budgets = n, "budgets resume from the usage ledger's spend"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot read this period's spend from the usage ledger; budgets start from zero"
+            ),
+        }
+        Ok((limits, health))
+    }
+}
+
 /// In process, start every loaded budget from what the usage ledger's rollups say was spent in
 /// its current period (the keys' and the teams' sums), so a restart does not hand out a period's
 /// budget again; returns how many budgets were seeded. Redis keeps its own count: nothing to do.
@@ -173,7 +216,8 @@ pub(crate) fn settle(
         output_tokens: u.output_tokens,
         cache_creation_input_tokens: u.cache_creation_input_tokens,
         cache_read_input_tokens: u.cache_read_input_tokens,
-        ..TokenUsage::default()
+        cache_creation_5m: u.cache_creation_5m,
+        cache_creation_1h: u.cache_creation_1h,
     };
     let budget = ticket.policy().is_some_and(|p| p.has_budget());
     let cost_micros = match u.model.as_deref().or(model_requested) {
@@ -189,36 +233,84 @@ pub(crate) fn settle(
 
 const HEADER_PREFIX: &str = "anthropic-ratelimit-";
 
+/// `anthropic-ratelimit-<dimension>-{limit,remaining,reset}` for requests, input tokens, output
+/// tokens and tokens.
+static HEADERS: [[HeaderName; 3]; 4] = [
+    [
+        HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+    ],
+    [
+        HeaderName::from_static("anthropic-ratelimit-input-tokens-limit"),
+        HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-input-tokens-reset"),
+    ],
+    [
+        HeaderName::from_static("anthropic-ratelimit-output-tokens-limit"),
+        HeaderName::from_static("anthropic-ratelimit-output-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-output-tokens-reset"),
+    ],
+    [
+        HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
+    ],
+];
+
 /// Replace any `anthropic-ratelimit-*` headers by Rampart's `status`.
 pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
-    let upstream: Vec<HeaderName> = headers
+    if headers
         .keys()
-        .filter(|n| n.as_str().starts_with(HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for name in upstream {
-        headers.remove(name);
+        .any(|n| n.as_str().starts_with(HEADER_PREFIX))
+    {
+        let upstream: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with(HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in upstream {
+            headers.remove(name);
+        }
     }
     for (d, w) in status.windows() {
-        put_window(headers, d.header_name(), &w);
+        let row = match d {
+            Dimension::Requests => 0,
+            Dimension::InputTokens => 1,
+            Dimension::OutputTokens => 2,
+        };
+        put_window(headers, &HEADERS[row], &w);
     }
     if let Some(w) = status.tokens() {
-        put_window(headers, "tokens", &w);
+        put_window(headers, &HEADERS[3], &w);
     }
 }
 
-fn put_window(headers: &mut HeaderMap, dimension: &str, w: &Window) {
-    let mut put = |suffix: &str, value: String| {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(format!("{HEADER_PREFIX}{dimension}-{suffix}")),
-            HeaderValue::try_from(value),
-        ) {
-            headers.insert(name, value);
+fn put_window(headers: &mut HeaderMap, names: &[HeaderName; 3], w: &Window) {
+    headers.insert(names[0].clone(), HeaderValue::from(w.limit));
+    headers.insert(names[1].clone(), HeaderValue::from(w.remaining));
+    headers.insert(names[2].clone(), reset_value(w.reset_at_ms));
+}
+
+/// [`rfc3339`] of a reset time as a header value, formatted once per second per thread.
+fn reset_value(ms: i64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(i64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let secs = ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) != 0);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((s, v)) = &*last
+            && *s == secs
+        {
+            return v.clone();
         }
-    };
-    put("limit", w.limit.to_string());
-    put("remaining", w.remaining.to_string());
-    put("reset", rfc3339(w.reset_at_ms));
+        let v = HeaderValue::try_from(rfc3339(secs * 1000))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        *last = Some((secs, v.clone()));
+        v
+    })
 }
 
 /// Milliseconds since the epoch as RFC 3339 in UTC, to the second (rounded up: the limit has

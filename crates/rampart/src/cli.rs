@@ -399,32 +399,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (store_plane, proxy_parts) = (Some(plane), parts);
         auth.push(directory.clone());
         // Rate limits and budgets of store keys: in process, or shared through Redis.
-        let limiter = rampart_limits::Limiter::new(
+        let (limits, health) = rampart_gateway::admission::Limits::start(
             &settings.limits,
-            Arc::new(rampart_limits::TokioClock::new()),
+            settings.prices.clone(),
+            &directory,
+            &limits_store,
         )
+        .await
         .map_err(anyhow::Error::msg)?;
-        if !limiter.check_health().await {
-            tracing::error!(
-                backend = limiter.backend_name(),
-                "limits backend unreachable at start; retrying every second"
-            );
-        }
-        limits_health = Some(tokio::spawn(limiter.clone().run_health_checks(
-            std::time::Duration::from_secs(1),
-            std::future::pending(),
-        )));
-        let limits = rampart_gateway::admission::Limits {
-            limiter,
-            prices: settings.prices.clone(),
-        };
-        match rampart_gateway::admission::seed_budgets(&limits, &directory, &limits_store).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(budgets = n, "budgets resume from the usage ledger's spend"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read this period's spend from the usage ledger; budgets start from zero")
-            }
-        }
+        limits_health = Some(health);
         proxy_parts.limits = Some(limits);
     }
     let auth = Arc::new(rampart_gateway::auth::AnyOf(auth));

@@ -153,10 +153,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     .context("cannot open the usage ledger's spool")?;
     parts.ledger = Some(ledger);
     plane.run_ledger(store.clone(), writer);
-    parts.limits = Some(rampart_gateway::admission::Limits {
-        limiter: rampart_limits::Limiter::in_process(Arc::new(rampart_limits::TokioClock::new())),
-        prices: settings.prices.clone(),
-    });
+    let (limits, _) = rampart_gateway::admission::Limits::start(
+        &rampart_limits::LimiterConfig::default(),
+        settings.prices.clone(),
+        &directory,
+        &store,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    parts.limits = Some(limits);
     let auth: Vec<Arc<dyn Authenticator>> = vec![Arc::new(settings.keys.clone()), directory];
     let gateway = Gateway::with_parts(settings, Arc::new(AnyOf(auth)), parts)
         .map_err(anyhow::Error::msg)?
