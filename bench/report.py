@@ -30,6 +30,16 @@ def get(target, mode, conns=None):
     raise SystemExit(f"missing result {target} {mode} {conns}")
 
 
+#: Configurations with limits and a budget switched on (JSON only), with their targets against the
+#: floor of the same run: (added p50 at 1 conn at most, throughput at 32 conns at least); None:
+#: reported only.
+LIMIT_TARGETS = {"limits": (1.5, 0.7), "limits-redis": (None, None)}
+
+
+def measured(target):
+    return any(r["target"] == target for r in rows)
+
+
 def rps(r):
     w = r["wrk"]
     return w["requests"] / (w["duration_us"] / 1e6)
@@ -47,6 +57,8 @@ for mode in ("json", "sse"):
     for conns in (1, 32):
         d = get("direct", mode, conns)
         targets = ("direct", "floor", "rampart", "rampart-store") if mode == "json" else ("direct", "floor", "rampart")
+        if mode == "json":
+            targets = (*targets, *(t for t in LIMIT_TARGETS if measured(t)))
         for t in targets:
             r = get(t, mode, conns)
             w = r["wrk"]
@@ -72,6 +84,18 @@ for mode in ("json", "sse"):
             else:
                 ratio = rps(s) / rps(g)
                 verdicts.append(("json: throughput at 32 conns, store keys / config keys", ratio, ">= 0.9", ratio >= 0.9))
+for t, (p50_max, rps_min) in LIMIT_TARGETS.items():
+    if not measured(t):
+        continue
+    for conns in (1, 32):
+        d, f, x = (get(n, "json", conns) for n in ("direct", "floor", t))
+        if conns == 1:
+            fa = max(f["wrk"]["p50_us"] - d["wrk"]["p50_us"], 1)
+            v = (x["wrk"]["p50_us"] - d["wrk"]["p50_us"]) / fa
+            verdicts.append((f"json: added p50 at 1 conn, {t} / floor", v, f"<= {p50_max}" if p50_max else "(reported)", v <= p50_max if p50_max else None))
+        else:
+            v = rps(x) / rps(f)
+            verdicts.append((f"json: throughput at 32 conns, {t} / floor", v, f">= {rps_min}" if rps_min else "(reported)", v >= rps_min if rps_min else None))
 out.append("")
 out.append("| SSE time to first byte (300 sequential curl requests each, interleaved) | p50 ms | p99 ms |")
 out.append("|---|---|---|")
@@ -84,7 +108,14 @@ out.append("")
 out.append("| ratio | value | target | met |")
 out.append("|---|---|---|---|")
 for name, v, target, ok in verdicts:
-    out.append(f"| {name} | {v:.2f} | {target} | {'yes' if ok else 'NO'} |")
+    out.append(f"| {name} | {v:.2f} | {target} | {'' if ok is None else 'yes' if ok else 'NO'} |")
+trips = [r for r in rows if r["mode"] == "redis_round_trips"]
+if trips:
+    out.append("")
+    out.append(
+        f"Redis round trips per request (limits-redis, its own metrics over {trips[0]['requests']:,.0f} requests): "
+        f"{trips[0]['per_request']:.2f} (one admission and one settlement each)"
+    )
 out.append("")
 out.append(f"Rampart peak RSS during the run: {rss_kb/1024:.1f} MiB")
 print("\n".join(out))

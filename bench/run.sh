@@ -24,6 +24,9 @@ trap cleanup EXIT
 if ! command -v wrk >/dev/null; then
   echo "installing wrk..."; apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
+if ! command -v redis-server >/dev/null; then
+  echo "installing redis-server..."; apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
 
 echo "== building release binaries"
 cargo build --release --locked -p rampart -p rampart-bench-floor 2>&1 | tail -1
@@ -58,6 +61,24 @@ STORE_KEY=$(env "${STORE_ENV[@]}" "$BIN/rampart" keys create --name bench --mode
 GWS=$(export "${STORE_ENV[@]}"; start gateway-store "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/store")
 echo "simulator $SIM, floor $FLOOR, rampart $GW, rampart with store keys $GWS"
 
+# Store keys with rate limits, a concurrency limit and a budget on the key, all far above what the
+# run reaches (nothing is refused: what is measured is admission, reservation, settlement and the
+# headers), ledger off so the figure is the limiter's own: `limits` in process, `limits-redis` in a
+# throwaway redis-server (its round trips per request read from the gateway's metrics).
+LIMITS_ENV=("${STORE_ENV[@]}" RAMPART_ADMIN__ENABLED=false RAMPART_LEDGER__ENABLED=false RAMPART_KEY_PEPPER="pepper-bench-$KEY")
+LIMITS_KEY=$(env "${LIMITS_ENV[@]}" "$BIN/rampart" keys create --name bench-limits --model 'claude-*' \
+  --rpm 1000000000 --itpm 1000000000 --otpm 1000000000 --concurrency 100000 \
+  --budget-usd 1000000000 --budget-period month --data-dir "$WORK/limits" | tail -n 1)
+GWLIM=$(export "${LIMITS_ENV[@]}"; start gateway-limits "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/limits")
+REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$WORK/redis"
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$WORK/redis" --save '' --appendonly no \
+  --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis/log"
+for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+GWLR=$(export "${LIMITS_ENV[@]}" RAMPART_LIMITS__BACKEND=redis RAMPART_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  start gateway-limits-redis "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/limits")
+echo "with limits and a budget: in process $GWLIM, in Redis $GWLR"
+
 cat >"$WORK/json.json" <<'J'
 {"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
 J
@@ -70,6 +91,7 @@ run() { # target addr mode conns round
   local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1 key=$KEY
   [ "$conns" -gt 1 ] && threads=2
   [ "$target" = rampart-store ] && key=$STORE_KEY
+  case "$target" in limits | limits-redis) key=$LIMITS_KEY ;; esac
   # warm-up, then the measured run
   BODY_FILE="$WORK/$mode.json" API_KEY="$key" wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
   local line
@@ -106,11 +128,18 @@ for mode in json sse; do
       run floor "$FLOOR" "$mode" "$conns" "$round"
       run rampart "$GW" "$mode" "$conns" "$round"
       [ "$mode" = json ] && run rampart-store "$GWS" "$mode" "$conns" "$round"
+      if [ "$mode" = json ]; then
+        run limits "$GWLIM" "$mode" "$conns" "$round"
+        run limits-redis "$GWLR" "$mode" "$conns" "$round"
+      fi
     done
   done
 done
 echo "== SSE time to first byte (curl, 300 sequential requests per target, interleaved)"
 ttfb
+
+# Redis round trips per request of the Redis-backed gateway, from its own metrics.
+curl -s "http://$GWLR/metrics" | python3 bench/redis_round_trips.py >>"$RESULTS"
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
 python3 bench/report.py "$RESULTS" "$RSS_KB" "$DURATION" "$ROUNDS" | tee "$OUT/latest.md"
