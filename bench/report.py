@@ -6,6 +6,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 rss_kb = int(sys.argv[2])
 duration = sys.argv[3]
 rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+ledger_rows = int(sys.argv[5]) if len(sys.argv) > 5 else None
 
 
 def round_ratio(mode, conns, rnd):
@@ -56,7 +57,7 @@ verdicts = []
 for mode in ("json", "sse"):
     for conns in (1, 32):
         d = get("direct", mode, conns)
-        targets = ("direct", "floor", "rampart", "rampart-store") if mode == "json" else ("direct", "floor", "rampart")
+        targets = ("direct", "floor", "rampart", "rampart-store", "rampart-ledger") if mode == "json" else ("direct", "floor", "rampart", "rampart-ledger")
         if mode == "json":
             targets = (*targets, *(t for t in LIMIT_TARGETS if measured(t)))
         for t in targets:
@@ -84,6 +85,15 @@ for mode in ("json", "sse"):
             else:
                 ratio = rps(s) / rps(g)
                 verdicts.append(("json: throughput at 32 conns, store keys / config keys", ratio, ">= 0.9", ratio >= 0.9))
+        # The usage ledger on (store keys): the targets for everything switched on.
+        lg = get("rampart-ledger", mode, conns)
+        if conns == 1:
+            la = lg["wrk"]["p50_us"] - d["wrk"]["p50_us"]
+            fa = max(f["wrk"]["p50_us"] - d["wrk"]["p50_us"], 1)
+            verdicts.append((f"{mode}: added p50 at 1 conn, ledger on / floor", la / fa, "<= 1.5", la / fa <= 1.5))
+        else:
+            ratio = rps(lg) / rps(f)
+            verdicts.append((f"{mode}: throughput at 32 conns, ledger on / floor", ratio, ">= 0.7", ratio >= 0.7))
 for t, (p50_max, rps_min) in LIMIT_TARGETS.items():
     if not measured(t):
         continue
@@ -118,4 +128,7 @@ if trips:
     )
 out.append("")
 out.append(f"Rampart peak RSS during the run: {rss_kb/1024:.1f} MiB")
+if ledger_rows is not None:
+    out.append("")
+    out.append(f"Usage records the ledger gateway wrote (checked after its SIGTERM drain): {ledger_rows:,}")
 print("\n".join(out))

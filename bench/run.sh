@@ -58,8 +58,12 @@ GW_PID=$(cat "$WORK/gateway.pid")
 STORE_ENV=(RAMPART_UPSTREAM__BASE_URL="http://$SIM" RAMPART_UPSTREAM_API_KEY=sk-ant-bench
   RAMPART_JWT_SECRET="$("$BIN/rampart" keygen)" RAMPART_MASTER_KEY="$("$BIN/rampart" keygen)")
 STORE_KEY=$(env "${STORE_ENV[@]}" "$BIN/rampart" keys create --name bench --model 'claude-*' --data-dir "$WORK/store" | tail -n 1)
-GWS=$(export "${STORE_ENV[@]}"; start gateway-store "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/store")
-echo "simulator $SIM, floor $FLOOR, rampart $GW, rampart with store keys $GWS"
+GWS=$(export "${STORE_ENV[@]}" RAMPART_LEDGER__ENABLED=false; start gateway-store "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/store")
+# Store keys with the usage ledger on (the default with a store): every request spooled before
+# its response completes, drained into SQLite in batches with the rollups.
+LEDGER_KEY=$(env "${STORE_ENV[@]}" "$BIN/rampart" keys create --name bench --model 'claude-*' --data-dir "$WORK/ledger" | tail -n 1)
+GWL=$(export "${STORE_ENV[@]}"; start gateway-ledger "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/ledger")
+echo "simulator $SIM, floor $FLOOR, rampart $GW, rampart with store keys $GWS, with store keys and the ledger $GWL"
 
 # Store keys with rate limits, a concurrency limit and a budget on the key, all far above what the
 # run reaches (nothing is refused: what is measured is admission, reservation, settlement and the
@@ -91,6 +95,7 @@ run() { # target addr mode conns round
   local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1 key=$KEY
   [ "$conns" -gt 1 ] && threads=2
   [ "$target" = rampart-store ] && key=$STORE_KEY
+  [ "$target" = rampart-ledger ] && key=$LEDGER_KEY
   case "$target" in limits | limits-redis) key=$LIMITS_KEY ;; esac
   # warm-up, then the measured run
   BODY_FILE="$WORK/$mode.json" API_KEY="$key" wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
@@ -128,6 +133,7 @@ for mode in json sse; do
       run floor "$FLOOR" "$mode" "$conns" "$round"
       run rampart "$GW" "$mode" "$conns" "$round"
       [ "$mode" = json ] && run rampart-store "$GWS" "$mode" "$conns" "$round"
+      run rampart-ledger "$GWL" "$mode" "$conns" "$round"
       if [ "$mode" = json ]; then
         run limits "$GWLIM" "$mode" "$conns" "$round"
         run limits-redis "$GWLR" "$mode" "$conns" "$round"
@@ -142,5 +148,10 @@ ttfb
 curl -s "http://$GWLR/metrics" | python3 bench/redis_round_trips.py >>"$RESULTS"
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
-python3 bench/report.py "$RESULTS" "$RSS_KB" "$DURATION" "$ROUNDS" | tee "$OUT/latest.md"
+# The ledger gateway must have recorded every request it answered (after its SIGTERM drain).
+GWL_PID=$(cat "$WORK/gateway-ledger.pid")
+kill -TERM "$GWL_PID"; while kill -0 "$GWL_PID" 2>/dev/null; do sleep 0.1; done
+LEDGER_ROWS=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM usage_records').fetchone()[0])" "$WORK/ledger/rampart.db")
+echo "usage records written by the ledger gateway: $LEDGER_ROWS"
+python3 bench/report.py "$RESULTS" "$RSS_KB" "$DURATION" "$ROUNDS" "$LEDGER_ROWS" | tee "$OUT/latest.md"
 echo "(written to $OUT/latest.md)"

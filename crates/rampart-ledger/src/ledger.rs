@@ -41,6 +41,8 @@ use crate::spool::{Batch, Spool};
 pub const FALLBACK_MAX: usize = 100_000;
 /// Raw records deleted per purge statement.
 const PURGE_CHUNK: u32 = 10_000;
+/// How often the queue-depth and spool-size gauges are refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// How long the shutdown flush may take when the database is slow or away.
 const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(30);
 
@@ -211,6 +213,9 @@ impl LedgerWriter {
         let mut purge_tick =
             tokio::time::interval(Duration::from_secs(self.config.purge_interval_secs.max(1)));
         purge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The gauges follow the spool every second, whatever the drain period.
+        let mut gauge_tick = tokio::time::interval(GAUGE_EVERY);
+        gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sync = tokio::time::Instant::now();
         let mut backoff = Duration::ZERO;
         loop {
@@ -234,6 +239,7 @@ impl LedgerWriter {
                     }
                 }
                 _ = purge_tick.tick() => self.purge(&store).await,
+                _ = gauge_tick.tick() => self.ledger.publish_gauges(),
                 () = &mut shutdown => break,
             }
         }

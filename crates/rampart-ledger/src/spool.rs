@@ -33,8 +33,8 @@ use rampart_store::UsageRecord;
 use crate::crc32::crc32;
 
 const SUFFIX: &str = ".spool";
-/// Most bytes read from one segment per batch.
-const READ_CHUNK: usize = 4 * 1024 * 1024;
+/// Bytes read from a segment at a time.
+const READ_STEP: u64 = 256 * 1024;
 
 /// The spool. See the module docs.
 #[derive(Debug)]
@@ -49,6 +49,8 @@ pub struct Spool {
     bytes: AtomicU64,
     /// Records in the spool not yet committed to the database.
     pending: AtomicU64,
+    /// The reader's buffer, kept between batches.
+    scratch: Mutex<Vec<u8>>,
     _lock: File,
 }
 
@@ -111,11 +113,9 @@ impl Spool {
         segment_bytes: u64,
         sync_each_write: bool,
     ) -> io::Result<Spool> {
-        std::fs::create_dir_all(dir)?;
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        // Usage records say who called what: readable by the owner only.
+        create_private_dir(dir)?;
+        let lock_file = private(OpenOptions::new().create(true).truncate(false).write(true))
             .open(dir.join("LOCK"))?;
         lock_file.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => io::Error::other(format!(
@@ -164,6 +164,7 @@ impl Spool {
             sync_each_write,
             bytes: AtomicU64::new(bytes),
             pending: AtomicU64::new(pending),
+            scratch: Mutex::new(Vec::new()),
             _lock: lock_file,
         })
     }
@@ -243,10 +244,7 @@ impl Spool {
         self.seal(lane);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{seq:020}{SUFFIX}"));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let file = private(OpenOptions::new().create_new(true).append(true)).open(&path)?;
         if self.sync_each_write {
             File::open(&self.dir)?.sync_all()?;
         }
@@ -326,18 +324,16 @@ impl Spool {
             .filter(|(_, _, committed, published, sealed)| committed < published || *sealed)
             .collect();
         let mut batch = Batch::default();
+        let mut buf = self
+            .scratch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (seq, path, from, to, sealed) in plan {
             if batch.records.len() >= max {
                 break;
             }
-            let end = read_segment(
-                &path,
-                from,
-                to,
-                sealed,
-                max - batch.records.len(),
-                &mut batch,
-            )?;
+            let room = max - batch.records.len();
+            let end = read_segment(&path, (from, to), sealed, room, &mut batch, &mut buf)?;
             batch.progress.push((seq, end));
         }
         Ok(batch)
@@ -376,16 +372,33 @@ impl Spool {
     }
 }
 
-/// Parse the complete lines of `path` in `[from, to)` into `batch` (at most `max` records);
-/// returns the offset just past the last line consumed. In a sealed segment a trailing partial
-/// line is corrupt (and consumed); in an open one it is left for later.
+/// `options` creating files with mode 0600 (on Unix).
+fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
+}
+
+/// Create `dir` (and its parents) with mode 0700 for the last component (on Unix).
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Parse the complete lines of `path` in `[from, to)` into `batch` (at most `max` records),
+/// reading [`READ_STEP`] bytes at a time into `buf`; returns the offset just past the last line
+/// consumed. In a sealed segment a trailing partial line is corrupt (and consumed); in an open
+/// one it is left for later.
 fn read_segment(
     path: &Path,
-    from: u64,
-    to: u64,
+    (from, to): (u64, u64),
     sealed: bool,
     max: usize,
     batch: &mut Batch,
+    buf: &mut Vec<u8>,
 ) -> io::Result<u64> {
     if to <= from {
         return Ok(from);
@@ -396,34 +409,44 @@ fn read_segment(
         Err(e) => return Err(e),
     };
     file.seek(SeekFrom::Start(from))?;
-    let want = usize::try_from(to - from)
-        .unwrap_or(usize::MAX)
-        .min(READ_CHUNK);
-    let mut buf = Vec::with_capacity(want);
-    file.take(want as u64).read_to_end(&mut buf)?;
-    let mut pos = 0usize;
-    let mut taken = 0usize;
-    while taken < max {
-        let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
-            break;
-        };
-        let line = &buf[pos..pos + nl];
-        batch.lines += 1;
-        match decode(line) {
-            Some(r) => {
-                batch.records.push(r);
-                taken += 1;
+    buf.clear();
+    // `buf[0]` is at file offset `base`; `buf[..pos]` is consumed; the file is read to `read_to`.
+    let (mut base, mut pos, mut read_to, mut taken) = (from, 0usize, from, 0usize);
+    loop {
+        while taken < max {
+            let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
+                break;
+            };
+            batch.lines += 1;
+            match decode(&buf[pos..pos + nl]) {
+                Some(r) => {
+                    batch.records.push(r);
+                    taken += 1;
+                }
+                None => {
+                    batch.corrupt += 1;
+                    tracing::error!(target: "rampart::ledger", path = %path.display(), offset = base + pos as u64, "corrupt spool line skipped");
+                }
             }
-            None => {
-                batch.corrupt += 1;
-                tracing::error!(target: "rampart::ledger", path = %path.display(), offset = from + pos as u64, "corrupt spool line skipped");
-            }
+            pos += nl + 1;
         }
-        pos += nl + 1;
+        if taken >= max || read_to >= to {
+            break;
+        }
+        buf.drain(..pos);
+        base += pos as u64;
+        pos = 0;
+        let got = (&mut file)
+            .take((to - read_to).min(READ_STEP))
+            .read_to_end(buf)?;
+        if got == 0 {
+            break;
+        }
+        read_to += got as u64;
     }
-    let end = from + pos as u64;
+    let end = base + pos as u64;
     // A sealed segment read to its last byte with a partial line left: a torn write.
-    if sealed && taken < max && end < to && (to - from) as usize == buf.len() {
+    if sealed && taken < max && end < to && read_to >= to {
         batch.corrupt += 1;
         tracing::error!(target: "rampart::ledger", path = %path.display(), offset = end, "torn spool line at the end of a segment skipped");
         return Ok(to);
@@ -565,6 +588,41 @@ mod tests {
         // A second open of a locked spool is refused.
         let err = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap_err();
         assert!(err.to_string().contains("in use"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_spool_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        let spool = Spool::open(&dir, 1, 64 * 1024, false).unwrap();
+        append(&spool, 1);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            assert_eq!(mode(&entry.unwrap().path()), 0o600);
+        }
+    }
+
+    #[test]
+    fn batches_cut_a_large_segment_into_consecutive_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1, 64 * 1024 * 1024, false).unwrap();
+        for n in 0..3000 {
+            append(&spool, n);
+        }
+        let mut next = 0;
+        for max in [1000, 1, 1500, 10_000] {
+            let b = spool.read(max).unwrap();
+            for r in &b.records {
+                assert_eq!(r.input_tokens, next);
+                next += 1;
+            }
+            spool.commit(&b);
+        }
+        assert_eq!(next, 3000);
+        assert_eq!(spool.pending(), 0);
     }
 
     #[test]

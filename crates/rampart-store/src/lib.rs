@@ -483,6 +483,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 "usage_ledger",
                 include_str!("../migrations/sqlite/0004_usage_ledger.sql"),
             ),
+            (
+                5,
+                "usage_records_clustered",
+                include_str!("../migrations/sqlite/0005_usage_records_clustered.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (
@@ -504,6 +509,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 4,
                 "usage_ledger",
                 include_str!("../migrations/postgres/0004_usage_ledger.sql"),
+            ),
+            (
+                5,
+                "usage_records_clustered",
+                include_str!("../migrations/postgres/0005_usage_records_clustered.sql"),
             ),
         ],
     };

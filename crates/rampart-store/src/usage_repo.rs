@@ -1,12 +1,12 @@
 //! [`UsageRepository`] for one engine: compiled once per engine like `repo.rs` (a `#[path]`
 //! module of `sqlite.rs` and `postgres.rs`), with the same SQL text and binds on both.
 //!
-//! A batch is inserted with multi-row `INSERT … ON CONFLICT (id) DO NOTHING RETURNING id`, so the
-//! statement itself says which records are new; only those are summed (in memory, one row per
-//! rollup key) and upserted into `usage_rollups` with `ON CONFLICT … DO UPDATE SET x = x +
-//! excluded.x`, in the same transaction.
+//! A batch is checked for ids already stored (one `SELECT … WHERE id IN (…)` per chunk, which
+//! finds nothing unless a spool is being replayed), the new records are inserted with multi-row
+//! `INSERT`s, and only those are summed (in memory, one row per rollup key) and upserted into
+//! `usage_rollups` with `ON CONFLICT … DO UPDATE SET x = x + excluded.x`, all in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Row};
@@ -136,15 +136,39 @@ impl UsageRepository for EngineStore {
         if records.is_empty() {
             return Ok(0);
         }
+        // A record twice in one batch counts once.
+        let mut seen = HashSet::with_capacity(records.len());
+        let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id)).collect();
         let mut tx = self.begin_write().await?;
-        let mut inserted: Vec<&UsageRecord> = Vec::with_capacity(records.len());
-        for chunk in records.chunks(RECORD_CHUNK) {
+        let mut inserted: Vec<&UsageRecord> = Vec::with_capacity(unique.len());
+        for chunk in unique.chunks(RECORD_CHUNK) {
+            let mut check = QueryBuilder::<Db>::new("SELECT id FROM usage_records WHERE id IN (");
+            let mut ids = check.separated(", ");
+            for r in chunk {
+                ids.push_bind(r.id);
+            }
+            check.push(")");
+            let stored: HashSet<Uuid> = check
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<Uuid, _>("id"))
+                .collect::<std::result::Result<_, _>>()?;
+            let fresh: Vec<&UsageRecord> = chunk
+                .iter()
+                .copied()
+                .filter(|r| !stored.contains(&r.id))
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
             let mut qb = QueryBuilder::<Db>::new(concat!(
                 "INSERT INTO usage_records (",
                 record_cols!(),
                 ") "
             ));
-            qb.push_values(chunk, |mut row, r| {
+            qb.push_values(&fresh, |mut row, r| {
                 row.push_bind(r.id)
                     .push_bind(DbTime(r.at))
                     .push_bind(r.request_id.clone())
@@ -171,19 +195,8 @@ impl UsageRepository for EngineStore {
                     .push_bind(r.cache_hit)
                     .push_bind(r.client_aborted);
             });
-            qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            let new_ids: Vec<Uuid> = qb
-                .build()
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| row.try_get::<Uuid, _>("id"))
-                .collect::<std::result::Result<_, _>>()?;
-            if new_ids.len() == chunk.len() {
-                inserted.extend(chunk);
-            } else {
-                inserted.extend(chunk.iter().filter(|r| new_ids.contains(&r.id)));
-            }
+            qb.build().execute(&mut *tx).await?;
+            inserted.extend(fresh);
         }
         let deltas: Vec<(RollupKey, Sums)> = rollup_deltas(inserted.iter().copied())
             .into_iter()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 from conftest import Demo, RampartProcess, wait_until
 from test_virtual_keys import UPSTREAM_KEY, keys_cli, rampart, serve_env, start_serve
@@ -141,6 +142,14 @@ def test_sigterm_writes_every_record_before_exiting(demo: Demo, data_dir: str) -
     with Load(url, key, threads=3) as load:
         wait_until(lambda: len(load.answered) >= 60, timeout=60, what="60 answered requests")
     assert ledger_ids(data_dir) == [], "nothing is written before the shutdown flush"
+    # The gauges follow the spool every second: every request waits there.
+    def gauge(name: str) -> float:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        line = next((l for l in text.splitlines() if l.startswith(f"{name} ")), None)
+        return float(line.split()[1]) if line else -1.0
+
+    wait_until(lambda: gauge("rampart_ledger_queue_depth") == len(load.attempted), timeout=5, what="the queue depth gauge")
+    assert gauge("rampart_ledger_spool_bytes") > 100 * len(load.attempted)
     assert proc.terminate() == 0, proc.stderr_tail()
     ids = set(ledger_ids(data_dir))
     assert set(load.answered) <= ids

@@ -75,6 +75,7 @@ pub async fn migrating_twice_applies_nothing_the_second_time(db: &TestDb) {
             (2, "sessions_valid_after".to_owned()),
             (3, "limits".to_owned()),
             (4, "usage_ledger".to_owned()),
+            (5, "usage_records_clustered".to_owned()),
         ]
     );
 }

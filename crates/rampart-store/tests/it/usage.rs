@@ -96,9 +96,18 @@ pub async fn inserting_usage_twice_counts_it_once(db: &TestDb) {
     );
     assert_eq!(db.usage().insert_usage(&[a, b, c]).await.unwrap(), 1);
     assert_eq!(db.usage().insert_usage(&[]).await.unwrap(), 0);
+    // The same record twice in one batch counts once.
+    let d = rec(
+        4,
+        DAY1 + Duration::minutes(8),
+        Some(key),
+        Some(team),
+        "claude-opus-4-6",
+    );
+    assert_eq!(db.usage().insert_usage(&[d.clone(), d]).await.unwrap(), 1);
     let all = query(DAY1, DAY1 + Duration::DAY, UsageGroupBy::default());
     let t = total(db, &all).await;
-    assert_eq!(t.requests, 3);
+    assert_eq!(t.requests, 4);
     assert_eq!(
         (
             t.input_tokens,
@@ -107,15 +116,15 @@ pub async fn inserting_usage_twice_counts_it_once(db: &TestDb) {
             t.cache_write_1h_tokens,
             t.cache_read_tokens
         ),
-        (30, 60, 3, 6, 9)
+        (40, 80, 4, 8, 12)
     );
-    assert_eq!(t.cost_micro_usd, 3000);
+    assert_eq!(t.cost_micro_usd, 4000);
     let raw = db
         .usage()
         .list_usage_records(DAY1, DAY1 + Duration::DAY, 100)
         .await
         .unwrap();
-    assert_eq!(raw.len(), 3);
+    assert_eq!(raw.len(), 4);
     assert_eq!(
         raw[0],
         rec(
