@@ -133,11 +133,11 @@ for mode in json sse; do
       run floor "$FLOOR" "$mode" "$conns" "$round"
       run rampart "$GW" "$mode" "$conns" "$round"
       [ "$mode" = json ] && run rampart-store "$GWS" "$mode" "$conns" "$round"
-      run rampart-ledger "$GWL" "$mode" "$conns" "$round"
       if [ "$mode" = json ]; then
         run limits "$GWLIM" "$mode" "$conns" "$round"
         run limits-redis "$GWLR" "$mode" "$conns" "$round"
       fi
+      run rampart-ledger "$GWL" "$mode" "$conns" "$round"
     done
   done
 done
