@@ -373,3 +373,45 @@ async fn team_limits_are_shared_and_team_defaults_apply_to_keys() {
             .contains("team's limit of 3")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_dies_midway_settles_with_what_it_reported() {
+    let f = fixture(false).await.unwrap();
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                otpm: Some(1_000),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    // The simulator cuts the stream after three events (message_start among them).
+    let fault = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", f._sim.url))
+        .json(&serde_json::json!({"kind": "abort_stream", "after_events": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert!(fault.status().is_success());
+    let mut body = message("claude-sonnet-4-6");
+    body["stream"] = serde_json::json!(true);
+    body["max_tokens"] = serde_json::json!(400);
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    // Rampart ends a stream the upstream cut with a well-formed error event.
+    let text = String::from_utf8_lossy(&r.bytes().await.unwrap_or_default()).into_owned();
+    assert!(
+        text.contains("message_start") && !text.contains("message_stop"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Settled with message_start's usage (one output token), not the 400 reserved.
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    assert_eq!(r.status(), 200);
+    let left: u64 = header(&r, "anthropic-ratelimit-output-tokens-remaining")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1_000 - 1 - 16..=1_000 - 16).contains(&left), "{left}");
+}
