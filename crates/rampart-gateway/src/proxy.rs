@@ -395,7 +395,12 @@ fn public_base(settings: &Settings, headers: &HeaderMap) -> Option<String> {
 /// Respond with an error; the completion is recorded now.
 fn error_response(e: ProxyError, mut done: Completion) -> Response {
     done.error_type = Some(e.kind_and_status().0.as_str());
-    let resp = e.into_response_with(&done.request_id);
+    let mut resp = e.into_response_with(&done.request_id);
+    if let Some(s) = &done.limit_status {
+        // Admitted, then failed (upstream unreachable, timeout …): the limits still describe the
+        // key, and the reservation is released when `done` drops.
+        crate::admission::write_status(s, resp.headers_mut());
+    }
     done.status = resp.status().as_u16();
     done.client_aborted = false;
     // The usage record is written when `done` drops here, before the response is returned.

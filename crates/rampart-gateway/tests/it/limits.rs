@@ -415,3 +415,40 @@ async fn a_stream_that_dies_midway_settles_with_what_it_reported() {
         .unwrap();
     assert!((1_000 - 1 - 16..=1_000 - 16).contains(&left), "{left}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_request_that_fails_upstream_gives_its_reservation_back() {
+    let f = fixture(false).await.unwrap();
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                otpm: Some(1_000),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    let fault = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", f._sim.url))
+        .json(&serde_json::json!({"kind": "status", "status": 400, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(fault.status().is_success());
+    let mut body = message("claude-sonnet-4-6");
+    body["max_tokens"] = serde_json::json!(500);
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 400);
+    // Even the upstream's error carries Rampart's limits, as at admission.
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-output-tokens-remaining").as_deref(),
+        Some("500")
+    );
+    r.bytes().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-output-tokens-remaining").as_deref(),
+        Some("984")
+    );
+}
