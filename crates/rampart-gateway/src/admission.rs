@@ -146,6 +146,43 @@ pub async fn seed_budgets(
     Ok(seeded)
 }
 
+/// Refuse a batch creation (402) when a budget of the key or its team is already spent. A
+/// batch is billed as its results arrive, so its cost cannot be reserved here; it only must not
+/// start once the budget is gone. Nothing is reserved and no rate limit is drawn on.
+///
+/// # Errors
+/// 402 ([`ProxyError::OverBudget`]) or 503 ([`ProxyError::LimitsUnavailable`]).
+pub(crate) async fn check_budget(limits: &Limits, policy: &Policy) -> Result<(), ProxyError> {
+    let budgets_only = Policy::new(
+        policy.group,
+        policy
+            .scopes
+            .iter()
+            .filter(|s| s.budget.is_some())
+            .map(|s| rampart_limits::ScopeLimits {
+                rates: rampart_limits::Rates::default(),
+                ..*s
+            }),
+    );
+    let Some(budgets_only) = budgets_only else {
+        return Ok(());
+    };
+    // One micro-dollar "reserved" and given back at once: the test is "anything left?".
+    let probe = Demand {
+        cost_micros: 1,
+        ..Demand::default()
+    };
+    match limits.limiter.admit(&budgets_only, probe).await {
+        Admission::Admitted(t) => {
+            t.settle(Used::default());
+            Ok(())
+        }
+        Admission::Unchecked => Ok(()),
+        Admission::Unavailable => Err(ProxyError::LimitsUnavailable),
+        Admission::Rejected(r) => Err(ProxyError::OverBudget(Box::new(r))),
+    }
+}
+
 /// Reserve for the Messages request `body` (already checked to be a JSON object) under `policy`.
 ///
 /// # Errors

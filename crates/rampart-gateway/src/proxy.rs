@@ -571,6 +571,13 @@ where
         max_tokens = peeked.max_tokens;
     }
 
+    // A spent budget also stops new batches (their cost arrives with their results).
+    if let (Some(limits), Some(policy), Route::Batches, true) =
+        (&state.limits, &policy, done.route, is_post)
+        && policy.has_budget()
+    {
+        crate::admission::check_budget(limits, policy).await?;
+    }
     // Rate limits and budgets: reserve now, settle when the response is done.
     if let (Some(limits), Some(policy), Route::Messages, true) =
         (&state.limits, &policy, done.route, is_post)

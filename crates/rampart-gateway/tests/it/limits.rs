@@ -452,3 +452,33 @@ async fn an_admitted_request_that_fails_upstream_gives_its_reservation_back() {
         Some("984")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_also_stops_new_batches() {
+    let f = fixture(false).await.unwrap();
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                rpm: Some(1_000),
+                budget: Some(BudgetSetting {
+                    micros: 1,
+                    period: BudgetPeriod::Month,
+                }),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    let batch = serde_json::json!({"requests": [{"custom_id": "a", "params": message("claude-haiku-4-5")}]});
+    let r = f.gw.send("/v1/messages/batches", &key, &batch).await;
+    assert_eq!(r.status(), 200, "budget left: the batch starts");
+    assert_eq!(
+        f.post(&key, &message("claude-haiku-4-5")).await.status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = f.gw.send("/v1/messages/batches", &key, &batch).await;
+    assert_eq!(r.status(), 402);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "billing_error");
+}
