@@ -313,3 +313,113 @@ async fn records_spooled_before_a_crash_reach_the_database_at_the_next_start() {
     let total = total(&db).await;
     assert_eq!(total.requests, 20, "the rollups counted each record once");
 }
+
+/// A key with `limits` in a new team, loaded into `directory`.
+async fn limited_key(
+    db: &TestStore,
+    directory: &KeyDirectory,
+    limits: rampart_store::LimitSettings,
+) -> (String, uuid::Uuid) {
+    let team = db
+        .team(&format!("t-{}", uuid::Uuid::now_v7().simple()))
+        .await;
+    let new = hasher().generate("live");
+    let row = db
+        .limits()
+        .create_api_key_with_limits(
+            &rampart_store::NewApiKey {
+                team_id: team.id,
+                user_id: None,
+                name: "limited".into(),
+                prefix: new.prefix.clone(),
+                key_hash: new.digest.0.to_vec(),
+                allowed_models: vec![],
+                allowed_endpoints: vec![],
+                expires_at: None,
+            },
+            &limits,
+            None,
+        )
+        .await
+        .unwrap();
+    directory.refresh(db).await.unwrap();
+    (new.key.expose().to_owned(), row.id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_and_budget_refusals_are_recorded_too() {
+    let db = TestStore::new().await;
+    let upstream = sim(Some("sk-ant-up")).await;
+    let spool = tempfile::tempdir().unwrap();
+    let directory = Arc::new(KeyDirectory::new(hasher()));
+    let (ledger, writer) = Ledger::open(&LedgerConfig::default(), spool.path(), 2).unwrap();
+    let s = settings(&upstream.url, Some("sk-ant-up"));
+    let parts = rampart_gateway::proxy::ProxyParts {
+        ledger: Some(ledger),
+        limits: Some(rampart_gateway::admission::Limits {
+            limiter: rampart_limits::Limiter::in_process(Arc::new(
+                rampart_limits::TokioClock::new(),
+            )),
+            prices: s.prices.clone(),
+        }),
+        ..Default::default()
+    };
+    let gw = serve(Gateway::with_parts(s, directory.clone(), parts).unwrap()).await;
+    let (one_a_minute, rpm_key) = limited_key(
+        &db,
+        &directory,
+        rampart_store::LimitSettings {
+            rpm: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    // A budget of one micro-dollar: the first request may overshoot it (by at most its own
+    // reservation), the next is refused.
+    let (broke, budget_key) = limited_key(
+        &db,
+        &directory,
+        rampart_store::LimitSettings {
+            budget: Some(rampart_store::BudgetSetting {
+                micros: 1,
+                period: rampart_store::BudgetPeriod::Day,
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (status, _, _) = call(&gw, &one_a_minute, &message("claude-haiku-4-5")).await;
+    assert_eq!(status, 200);
+    let (status, limited_id, _) = call(&gw, &one_a_minute, &message("claude-haiku-4-5")).await;
+    assert_eq!(status, 429);
+    let (status, _, _) = call(&gw, &broke, &message("claude-opus-4-6")).await;
+    assert_eq!(status, 200);
+    let (status, over_id, body) = call(&gw, &broke, &message("claude-opus-4-6")).await;
+    assert_eq!(status, 402, "{body}");
+    gw.stop().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(writer.run(db.store(), async move {
+        let _ = stopped.await;
+    }));
+    stop.send(()).unwrap();
+    run.await.unwrap();
+
+    let recs = records(&db).await;
+    assert_eq!(recs.len(), 4);
+    let limited = &recs[&limited_id];
+    assert_eq!(
+        (
+            limited.status,
+            limited.error_type.as_deref(),
+            limited.key_id
+        ),
+        (429, Some("rate_limit_error"), Some(rpm_key))
+    );
+    assert_eq!((limited.upstream_attempts, limited.cost_micro_usd), (0, 0));
+    let over = &recs[&over_id];
+    assert_eq!(
+        (over.status, over.error_type.as_deref(), over.key_id),
+        (402, Some("billing_error"), Some(budget_key))
+    );
+    assert_eq!(over.model_requested.as_deref(), Some("claude-opus-4-6"));
+}
