@@ -65,6 +65,34 @@ impl TestStore {
             .unwrap();
         (new.key.expose().to_owned(), row)
     }
+
+    /// A new key in `team` with its own `limits`; returns the key and its row.
+    pub async fn key_with_limits(
+        &self,
+        team: &Team,
+        limits: &rampart_store::LimitSettings,
+    ) -> (String, ApiKey) {
+        let new = hasher().generate("live");
+        let row = self
+            .limits()
+            .create_api_key_with_limits(
+                &NewApiKey {
+                    team_id: team.id,
+                    user_id: None,
+                    name: "limited".into(),
+                    prefix: new.prefix.clone(),
+                    key_hash: new.digest.0.to_vec(),
+                    allowed_models: vec![],
+                    allowed_endpoints: vec![],
+                    expires_at: None,
+                },
+                limits,
+                None,
+            )
+            .await
+            .unwrap();
+        (new.key.expose().to_owned(), row)
+    }
 }
 
 pub fn hasher() -> KeyHasher {

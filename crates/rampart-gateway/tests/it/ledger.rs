@@ -300,12 +300,7 @@ async fn records_spooled_before_a_crash_reach_the_database_at_the_next_start() {
     }
     for dir in [spool.path(), copy.path()] {
         let (_, writer) = Ledger::open(&LedgerConfig::default(), dir, 2).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(writer.run(db.store(), async move {
-            let _ = stopped.await;
-        }));
-        stop.send(()).unwrap();
-        run.await.unwrap();
+        drain(writer, &db).await;
     }
     let recs = records(&db).await;
     assert_eq!(recs.len(), 20);
@@ -323,27 +318,19 @@ async fn limited_key(
     let team = db
         .team(&format!("t-{}", uuid::Uuid::now_v7().simple()))
         .await;
-    let new = hasher().generate("live");
-    let row = db
-        .limits()
-        .create_api_key_with_limits(
-            &rampart_store::NewApiKey {
-                team_id: team.id,
-                user_id: None,
-                name: "limited".into(),
-                prefix: new.prefix.clone(),
-                key_hash: new.digest.0.to_vec(),
-                allowed_models: vec![],
-                allowed_endpoints: vec![],
-                expires_at: None,
-            },
-            &limits,
-            None,
-        )
-        .await
-        .unwrap();
+    let (key, row) = db.key_with_limits(&team, &limits).await;
     directory.refresh(db).await.unwrap();
-    (new.key.expose().to_owned(), row.id)
+    (key, row.id)
+}
+
+/// Run `writer` until it has drained the spool (it drains once more when stopped).
+async fn drain(writer: rampart_ledger::LedgerWriter, db: &TestStore) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(writer.run(db.store(), async move {
+        let _ = stopped.await;
+    }));
+    stop.send(()).unwrap();
+    run.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,12 +384,7 @@ async fn rate_limit_and_budget_refusals_are_recorded_too() {
     let (status, over_id, body) = call(&gw, &broke, &message("claude-opus-4-6")).await;
     assert_eq!(status, 402, "{body}");
     gw.stop().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(writer.run(db.store(), async move {
-        let _ = stopped.await;
-    }));
-    stop.send(()).unwrap();
-    run.await.unwrap();
+    drain(writer, &db).await;
 
     let recs = records(&db).await;
     assert_eq!(recs.len(), 4);

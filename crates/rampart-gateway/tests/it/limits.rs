@@ -10,7 +10,7 @@ use rampart_gateway::admission::Limits;
 use rampart_gateway::keydir::KeyDirectory;
 use rampart_gateway::proxy::ProxyParts;
 use rampart_limits::{Backend, Limiter, LimiterConfig, TokioClock};
-use rampart_store::{BudgetPeriod, BudgetSetting, LimitSettings, NewApiKey, TeamLimitSettings};
+use rampart_store::{BudgetPeriod, BudgetSetting, LimitSettings, TeamLimitSettings};
 
 use crate::harness::{TestGateway, TestStore, hasher, message, serve, settings, sim};
 
@@ -85,27 +85,9 @@ impl Fixture {
             Some(t) => t,
             None => self.db.team(team).await,
         };
-        let new = hasher().generate("live");
-        self.db
-            .limits()
-            .create_api_key_with_limits(
-                &NewApiKey {
-                    team_id: team.id,
-                    user_id: None,
-                    name: "limited".into(),
-                    prefix: new.prefix.clone(),
-                    key_hash: new.digest.0.to_vec(),
-                    allowed_models: vec![],
-                    allowed_endpoints: vec![],
-                    expires_at: None,
-                },
-                &limits,
-                None,
-            )
-            .await
-            .unwrap();
+        let (key, _) = self.db.key_with_limits(&team, &limits).await;
         self.dir.refresh(&self.db).await.unwrap();
-        new.key.expose().to_owned()
+        key
     }
 
     async fn post(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
