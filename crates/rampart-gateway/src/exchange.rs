@@ -26,8 +26,8 @@
 //!      overloaded model moves on to its next fallback at once; other retryable failures try
 //!      again; a client error, or a success, ends the loop.
 //! 4. **The answer**: the upstream's response, piped (see [`UpstreamBody`]), with
-//!    `x-rampart-served-model`, `x-rampart-attempts`, and `x-rampart-route` / `x-rampart-fallback`
-//!    when routing changed the model. After the final failure the client gets the upstream's own
+//!    `x-rampart-served-model`, `x-rampart-attempts` (when more than one attempt was made), and
+//!    `x-rampart-route` / `x-rampart-fallback` when routing changed the model. After the final failure the client gets the upstream's own
 //!    error (status, headers, body — or the in-band error event) with `x-should-retry: false`, or
 //!    Rampart's error when there was no upstream answer (connect failure, a timeout, no target
 //!    available), also with `x-should-retry: false`, so the official SDKs do not retry on top.
@@ -928,7 +928,9 @@ impl Run<'_, '_> {
         {
             headers.insert(X_SERVED_MODEL.clone(), v);
         }
-        headers.insert(X_ATTEMPTS.clone(), attempts_value(self.attempts));
+        if self.attempts > 1 {
+            headers.insert(X_ATTEMPTS.clone(), attempts_value(self.attempts));
+        }
         for (name, note) in [
             (&X_ROUTE, &self.route_note),
             (&X_FALLBACK, &self.fallback_note),
@@ -1046,12 +1048,11 @@ fn request(
         http::uri::PathAndQuery::try_from(format!("{}{}", base.path_prefix, pq.as_str()))
             .map_err(|_| ProxyError::NotFound)?
     };
-    let uri = http::Uri::builder()
-        .scheme(base.scheme.clone())
-        .authority(base.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::NotFound)?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(base.scheme.clone());
+    parts.authority = Some(base.authority.clone());
+    parts.path_and_query = Some(pq);
+    let uri = http::Uri::from_parts(parts).map_err(|_| ProxyError::NotFound)?;
     let mut headers = headers.clone();
     headers.insert(
         X_API_KEY.clone(),
@@ -1206,6 +1207,11 @@ fn last_boundary(buf: &[u8]) -> Option<usize> {
 
 /// The event's name: its `event:` field, else the `type` of its data; `None` for a comment.
 fn event_name(text: &[u8]) -> Option<&str> {
+    // The usual shape, `event: NAME` first: read that line alone.
+    if let Some(rest) = text.strip_prefix(b"event:") {
+        let line = rest.split(|&b| b == b'\n').next().unwrap_or(rest);
+        return std::str::from_utf8(line).ok().map(str::trim);
+    }
     let text = std::str::from_utf8(text).ok()?;
     let mut data = None;
     for line in text.split('\n') {

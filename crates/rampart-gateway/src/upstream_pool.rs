@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use http_body_util::Full;
 
 use crate::breaker::{Admit, Breaker, BreakerSettings};
@@ -458,48 +458,38 @@ impl Pool {
     }
 }
 
-static RL_REMAINING: [(HeaderName, HeaderName); 4] = [
-    (
-        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
-        HeaderName::from_static("anthropic-ratelimit-requests-reset"),
-    ),
-    (
-        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
-        HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
-    ),
-    (
-        HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining"),
-        HeaderName::from_static("anthropic-ratelimit-input-tokens-reset"),
-    ),
-    (
-        HeaderName::from_static("anthropic-ratelimit-output-tokens-remaining"),
-        HeaderName::from_static("anthropic-ratelimit-output-tokens-reset"),
-    ),
-];
-
 /// When an `anthropic-ratelimit-*-remaining: 0` header says a limit is exhausted: the time until
-/// its `-reset` (RFC 3339), or a second when the reset is missing or unreadable.
+/// its `-reset` (RFC 3339), or a second when the reset is missing or unreadable. One pass over
+/// the headers, looking at a name only when its value is `0`.
 #[must_use]
 pub fn exhausted_until(headers: &HeaderMap) -> Option<Duration> {
     let mut longest: Option<Duration> = None;
-    for (remaining, reset) in &RL_REMAINING {
-        if headers.get(remaining).is_some_and(|v| v.as_bytes() == b"0") {
-            let wait = headers
-                .get(reset)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    time::OffsetDateTime::parse(
-                        v.trim(),
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .ok()
-                })
-                .map_or(Duration::from_secs(1), |at| {
-                    let secs = (at - time::OffsetDateTime::now_utc()).as_seconds_f64();
-                    Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::ZERO)
-                });
-            longest = Some(longest.map_or(wait, |l| l.max(wait)));
+    for (name, value) in headers {
+        if value.as_bytes() != b"0" {
+            continue;
         }
+        let Some(family) = name
+            .as_str()
+            .strip_prefix("anthropic-ratelimit-")
+            .and_then(|rest| rest.strip_suffix("-remaining"))
+        else {
+            continue;
+        };
+        let wait = headers
+            .get(format!("anthropic-ratelimit-{family}-reset"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                time::OffsetDateTime::parse(
+                    v.trim(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+            })
+            .map_or(Duration::from_secs(1), |at| {
+                let secs = (at - time::OffsetDateTime::now_utc()).as_seconds_f64();
+                Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::ZERO)
+            });
+        longest = Some(longest.map_or(wait, |l| l.max(wait)));
     }
     longest
 }

@@ -250,9 +250,10 @@ async fn each_failure_class_ends_as_documented_with_the_upstream_calls_counted()
             case.faults
         );
         if a.status != 502 && a.status != 504 {
-            // An upstream answer says how many attempts it took.
+            // An upstream answer says how many attempts it took, when more than one.
             let attempts = case.calls.to_string();
-            assert_eq!(a.header("x-rampart-attempts"), Some(attempts.as_str()));
+            let expected = (case.calls > 1).then_some(attempts.as_str());
+            assert_eq!(a.header("x-rampart-attempts"), expected);
         }
         match case.error_type {
             None => {
