@@ -57,7 +57,7 @@ fn request_id(headers: &HeaderMap) -> String {
 /// id, and adds the security headers to every response.
 pub async fn context(
     axum::extract::State(state): axum::extract::State<AdminState>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
     let ctx = Ctx {
@@ -74,7 +74,16 @@ pub async fn context(
         && req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut resp = if preflight {
+    // Read the whole (small) body before any handler runs: a handler that answers early (a bad
+    // id, a missing token) would otherwise leave it unread, and hyper then closes the connection
+    // without saying so, breaking the client's next request on it.
+    let (head, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, MAX_BODY).await;
+    let too_large = body.is_err();
+    let mut req = Request::from_parts(head, Body::from(body.unwrap_or_default()));
+    let mut resp = if too_large {
+        ApiError::TooLarge(MAX_BODY).into_response()
+    } else if preflight {
         if allowed_origin.is_some() {
             StatusCode::NO_CONTENT.into_response()
         } else {

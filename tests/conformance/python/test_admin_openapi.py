@@ -20,6 +20,10 @@ DOCUMENTED = {
     ("POST", "/admin/v1/keys/{id}/revoke"), ("POST", "/admin/v1/keys/{id}/rotate"),
     ("GET", "/admin/v1/upstreams"), ("POST", "/admin/v1/upstreams"), ("GET", "/admin/v1/upstreams/{id}"), ("DELETE", "/admin/v1/upstreams/{id}"),
     ("GET", "/admin/v1/audit"), ("GET", "/admin/v1/audit/verify"),
+    # Issue 4: limits and budgets per key and team, usage from the ledger.
+    ("GET", "/admin/v1/keys/{id}/limits"), ("PUT", "/admin/v1/keys/{id}/limits"),
+    ("GET", "/admin/v1/teams/{id}/limits"), ("PUT", "/admin/v1/teams/{id}/limits"),
+    ("GET", "/admin/v1/usage"),
 }
 OPEN = {("POST", "/admin/v1/auth/login"), ("POST", "/admin/v1/auth/refresh"), ("POST", "/admin/v1/setup")}
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "trace"}
