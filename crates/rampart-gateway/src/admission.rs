@@ -297,29 +297,39 @@ static HEADERS: [[HeaderName; 3]; 4] = [
 
 /// Replace any `anthropic-ratelimit-*` headers by Rampart's `status`.
 pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
-    if headers
-        .keys()
-        .any(|n| n.as_str().starts_with(HEADER_PREFIX))
-    {
-        let upstream: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| n.as_str().starts_with(HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in upstream {
-            headers.remove(name);
+    let windows = [
+        status.requests,
+        status.input_tokens,
+        status.output_tokens,
+        status.tokens(),
+    ];
+    headers.reserve(12);
+    let mut written = 0;
+    for (names, w) in HEADERS.iter().zip(windows) {
+        match w {
+            // Inserting replaces the upstream's value of the same name.
+            Some(w) => {
+                put_window(headers, names, &w);
+                written += names.len();
+            }
+            None => names.iter().for_each(|n| {
+                headers.remove(n);
+            }),
         }
     }
-    for (d, w) in status.windows() {
-        let row = match d {
-            Dimension::Requests => 0,
-            Dimension::InputTokens => 1,
-            Dimension::OutputTokens => 2,
-        };
-        put_window(headers, &HEADERS[row], &w);
-    }
-    if let Some(w) = status.tokens() {
-        put_window(headers, &HEADERS[3], &w);
+    // Any other `anthropic-ratelimit-*` the upstream sent describes its limits, not Rampart's
+    // (counted first: the usual answer is that there is none).
+    let prefixed = |n: &HeaderName| n.as_str().starts_with(HEADER_PREFIX);
+    if headers.keys().filter(|n| prefixed(n)).count() > written {
+        let ours = |n: &HeaderName| HEADERS.iter().flatten().any(|k| k == n);
+        let stray: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| prefixed(n) && !ours(n))
+            .cloned()
+            .collect();
+        for name in stray {
+            headers.remove(name);
+        }
     }
 }
 
