@@ -95,7 +95,7 @@ struct Inner {
 #[derive(Debug)]
 enum Store {
     Local(Local),
-    Redis(RedisBackend),
+    Redis(Arc<RedisBackend>),
 }
 
 struct Metrics {
@@ -161,7 +161,7 @@ impl Limiter {
                 prefix,
                 timeout,
             } => (
-                Store::Redis(RedisBackend::new(url, prefix, *timeout)?),
+                Store::Redis(Arc::new(RedisBackend::new(url, prefix, *timeout)?)),
                 Some(
                     tokio::runtime::Handle::try_current()
                         .map_err(|_| "the Redis limiter needs a tokio runtime".to_owned())?,
@@ -372,8 +372,17 @@ impl Limiter {
                         limiter.mark(false, "settle", Some(&e));
                     }
                 };
-                if let Some(rt) = &self.0.runtime {
-                    rt.spawn(task);
+                // On a worker, its own thread (and connection): the settlement is sent before the
+                // worker's next admission. Elsewhere, the runtime the limiter was made on.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread => {
+                        h.spawn(task);
+                    }
+                    _ => {
+                        if let Some(rt) = &self.0.runtime {
+                            rt.spawn(task);
+                        }
+                    }
                 }
             }
         }

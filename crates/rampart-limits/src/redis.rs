@@ -32,9 +32,18 @@ pub enum RedisFailure {
 }
 
 /// A connection (reconnecting on its own) and the script.
+///
+/// Calls made on a gateway worker (a current-thread runtime) use a connection of that thread,
+/// driven by that thread: no hand-off to another thread and back on every admission, and a
+/// worker's settlement always reaches Redis before its next admission. Elsewhere (tests, the
+/// accounting thread) the shared connection, driven by the runtime the backend was made on.
 #[derive(Clone)]
 pub(crate) struct RedisBackend {
     conn: ConnectionManager,
+    client: redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+    /// Tells this backend's thread-local connections from another backend's.
+    id: u64,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -68,10 +77,14 @@ impl RedisBackend {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|e| format!("cannot set up the Redis connection: {}", e.category()))?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Self {
             conn,
+            client,
+            config,
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             script: redis::Script::new(SCRIPT),
             prefix: prefix.to_owned(),
             timeout,
@@ -144,11 +157,39 @@ impl RedisBackend {
         inv
     }
 
+    /// This thread's connection on a current-thread runtime (made on first use), else the
+    /// shared one.
+    fn connection(&self) -> ConnectionManager {
+        thread_local! {
+            static CONNS: std::cell::RefCell<Vec<(u64, ConnectionManager)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if !on_worker {
+            return self.conn.clone();
+        }
+        CONNS.with(|conns| {
+            let mut conns = conns.borrow_mut();
+            if let Some((_, c)) = conns.iter().find(|(id, _)| *id == self.id) {
+                return c.clone();
+            }
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            {
+                Ok(c) => {
+                    conns.push((self.id, c.clone()));
+                    c
+                }
+                Err(_) => self.conn.clone(),
+            }
+        })
+    }
+
     async fn run<T: redis::FromRedisValue>(
         &self,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, RedisFailure> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(command(&e)),
