@@ -7,7 +7,7 @@
 //! backend = "redis"                 # or "in-process" (default: one instance)
 //! redis_url = "redis://10.0.0.5:6379/0"   # no password here: RAMPART_REDIS_URL or redis_url_file
 //! redis_prefix = "rampart"          # key prefix (several deployments may share one Redis)
-//! redis_timeout_ms = 250            # per call: connect and reply
+//! redis_timeout_ms = 1000           # per call: connect and reply
 //! on_redis_failure = "closed"       # "closed" (503) or "open" (requests pass unlimited)
 //! lease_secs = 900                  # how long a crashed instance's reservations are held
 //! ```
@@ -30,7 +30,7 @@ pub struct LimitsConfig {
     pub redis_url_file: Option<PathBuf>,
     /// Key prefix in Redis. Default `rampart`.
     pub redis_prefix: String,
-    /// Per-call timeout. Default 250 ms.
+    /// Per-call timeout. Default 1000 ms (a loaded Redis or host must not turn into 503s).
     pub redis_timeout_ms: u64,
     /// `closed` (default: 503 while Redis is unreachable) or `open` (unlimited meanwhile).
     pub on_redis_failure: String,
@@ -45,7 +45,7 @@ impl Default for LimitsConfig {
             redis_url: None,
             redis_url_file: None,
             redis_prefix: "rampart".to_owned(),
-            redis_timeout_ms: 250,
+            redis_timeout_ms: 1_000,
             on_redis_failure: "closed".to_owned(),
             lease_secs: 900,
         }

@@ -108,6 +108,8 @@ def cluster(upstream: str) -> Any:
         "RAMPART_LIMITS__BACKEND": "redis",
         "RAMPART_REDIS_URL": redis,
         "RAMPART_LIMITS__REDIS_PREFIX": f"limits-{uuid.uuid4().hex[:8]}",
+        # A loaded CI machine must not turn slow Redis replies into 503s during the bursts.
+        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "5000",
     }
     # One database and one Redis; each instance keeps its own data dir (its ledger spool).
     procs = [
@@ -130,12 +132,12 @@ def burst(urls: list[str], key: str, per_instance: int, body: dict[str, Any] = B
 
 def test_a_key_made_by_the_cli_works_on_every_running_instance_at_once(cluster: Any) -> None:
     store, urls = cluster
-    made = time.monotonic()
     key = create_key(store, "--rpm", "600")
+    made = time.monotonic()
     for url in urls:
         wait_until(lambda u=url: post(u, key).status_code == 200, timeout=5, interval=0.02, what=f"the new key on {url}")
-    # The directory polls its version every 100 ms: well within a second, CLI start-up included.
-    assert time.monotonic() - made < 3.0
+    # The directory polls its version every 100 ms (plus the reload; margin for a loaded machine).
+    assert time.monotonic() - made < 2.0
 
 
 def test_three_instances_hold_one_request_limit_exactly(cluster: Any) -> None:
@@ -179,7 +181,7 @@ def test_three_instances_share_a_concurrency_limit(cluster: Any, upstream: str) 
     time.sleep(0.3)
     slow = {**BODY, "messages": [{"role": "user", "content": "echo: slow"}]}
     sim_http = httpx.Client(base_url=upstream, timeout=10)
-    assert sim_http.post("/_sim/faults", json={"kind": "stall_headers", "count": 100, "delay_ms": 700, "model": BODY["model"]}).status_code < 300
+    assert sim_http.post("/_sim/faults", json={"kind": "stall_headers", "count": 100, "delay_ms": 2000, "model": BODY["model"]}).status_code < 300
     try:
         statuses, _ = burst(urls, key, per_instance=3, body=slow)
     finally:
