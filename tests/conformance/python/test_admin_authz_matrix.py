@@ -189,6 +189,21 @@ def key_action(method: str, suffix: str, body: dict[str, Any] | None) -> Action:
     return act
 
 
+def usage_query(param: str | None) -> Action:
+    """GET /usage, filtered by nothing, the target's team (`team`) or a key of the target (`key`)."""
+
+    def act(w: World, role: str, target: str):
+        c = who(w, role)
+        params: dict[str, str] = {}
+        if param == "team":
+            params["team_id"] = team_of(w, target)["id"]
+        elif param == "key":
+            params["key_id"] = key_target(w, c, target)["id"]
+        return w.as_(c).get("/usage", params=params), Ctx(w, c, body=params)
+
+    return act
+
+
 def create_upstream(w: World, role: str, target: str):
     c = who(w, role)
     body = {"name": unique("up"), "api_key": "sk-ant-api03-" + uuid.uuid4().hex + "wxyz"}
@@ -318,6 +333,13 @@ def check_revoked_jti(r: httpx.Response, ctx: Ctx) -> None:
     wait_for(lambda: victim.get("/auth/me").status_code == 401, timeout=1.0, what="the revoked token to be refused")
 
 
+def check_usage(r: httpx.Response, ctx: Ctx) -> None:
+    body = r.json()
+    assert set(body) == {"from", "to", "group_by", "data"}, body
+    assert body["group_by"] == [] and len(body["data"]) == 1, body
+    assert {"requests", "errors", "cost_micro_usd", "cost_usd"} <= set(body["data"][0]), body
+
+
 def check_me(r: httpx.Response, ctx: Ctx) -> None:
     assert ctx.caller is not None and r.json()["id"] == ctx.caller.id
 
@@ -402,6 +424,12 @@ MATRIX: list[Row] = [
     ("GET /audit", "-", audit, check_audit, (200, 403, 403, 403, 200)),
     ("GET /audit/verify", "-", audit_verify, check_verify, (200, 403, 403, 403, 200)),
     ("POST /auth/revoke", "-", revoke_jti, check_revoked_jti, (204, 403, 403, 403, 403)),
+    ("GET /usage", "-", usage_query(None), check_usage, (200, 200, 200, 200, 403)),
+    ("GET /usage ?team_id", "own", usage_query("team"), check_usage, (200, 200, 200, 200, 403)),
+    ("GET /usage ?team_id", "other", usage_query("team"), check_usage, (200, 404, 404, 404, 403)),
+    ("GET /usage ?key_id", "mine", usage_query("key"), check_usage, (None, 200, 200, 200, None)),
+    ("GET /usage ?key_id", "own", usage_query("key"), check_usage, (200, 200, 404, 200, 403)),
+    ("GET /usage ?key_id", "other", usage_query("key"), check_usage, (200, 404, 404, 404, 403)),
 ]
 
 

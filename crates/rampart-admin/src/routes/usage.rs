@@ -92,6 +92,10 @@ async fn scoped(
         model: p.model.clone(),
         group_by: UsageGroupBy::default(),
     };
+    // Developers see their own keys, which are in their team: another team is out of scope.
+    if caller.role() == Role::Developer && q.team_id.is_some_and(|t| Some(t) != caller.team()) {
+        return Err(ApiError::NotFound("team"));
+    }
     super::keys::narrow_to_visible_keys(caller, &mut q.team_id, &mut q.user_id)?;
     // A key filter names a key the caller may see, else 404.
     if let Some(id) = q.key_id {

@@ -253,6 +253,10 @@ async fn team_roles_see_their_team_and_developers_their_own_keys() {
     );
     let (status, _) = usage(&w, &dev, &format!("{RANGE}&key_id={}", w.dev_key)).await;
     assert_eq!(status, StatusCode::OK);
+    let (status, _) = usage(&w, &dev, &format!("{RANGE}&team_id={}", w.team_a)).await;
+    assert_eq!(status, StatusCode::OK, "their own team");
+    let (status, _) = usage(&w, &dev, &format!("{RANGE}&team_id={}", w.team_b)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another team");
 
     let auditor = token(&w, "audit@example.com").await;
     let (status, body) = usage(&w, &auditor, RANGE).await;
