@@ -18,9 +18,8 @@ use rampart_store::{NewUser, Role, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-mod usage;
-
 mod limits;
+mod usage;
 
 const PASSWORD: &str = "granite-orchid-voyage-77";
 
