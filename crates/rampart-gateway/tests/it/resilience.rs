@@ -451,24 +451,31 @@ async fn a_failing_target_opens_its_breaker_sheds_to_the_other_then_probes_and_c
     .await;
     a.fault(json!({"kind": "status", "status": 500, "count": 1000}))
         .await;
+    // Power of two choices decides how soon `a` is picked, so drive traffic until its breaker
+    // opens (every client request still succeeds: a failure is retried on `b`).
+    let mut sent = 0;
+    while breaker_state(&gw, "shed-a").await != Some(1) {
+        assert!(sent < 200, "the breaker of the failing target never opened");
+        assert_eq!(ask(&gw, &message(SONNET, false)).await.status, 200);
+        sent += 1;
+    }
+    assert_eq!(a.calls().await, 3, "three failures open the breaker");
     for _ in 0..30 {
         assert_eq!(ask(&gw, &message(SONNET, false)).await.status, 200);
     }
-    assert_eq!(
-        a.calls().await,
-        3,
-        "three failures open the breaker; no traffic after"
-    );
+    assert_eq!(a.calls().await, 3, "no traffic reaches an open breaker");
     assert_eq!(breaker_state(&gw, "shed-a").await, Some(1));
-    // `a` recovers; after the open period one probe goes there and closes the breaker.
+    // `a` recovers; after the open period the first request picked for it is the one probe,
+    // and its success closes the breaker.
     a.reset().await;
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(ask(&gw, &message(SONNET, false)).await.status, 200);
-    assert_eq!(
-        a.calls().await,
-        1,
-        "the first request after the open period is the probe"
-    );
+    let mut sent = 0;
+    while a.calls().await == 0 {
+        assert!(sent < 200, "no probe reached the recovered target");
+        assert_eq!(ask(&gw, &message(SONNET, false)).await.status, 200);
+        sent += 1;
+    }
+    assert_eq!(a.calls().await, 1, "half-open lets exactly one probe through");
     assert_eq!(breaker_state(&gw, "shed-a").await, Some(0));
     gw.stop().await;
 }
