@@ -475,7 +475,11 @@ async fn a_failing_target_opens_its_breaker_sheds_to_the_other_then_probes_and_c
         assert_eq!(ask(&gw, &message(SONNET, false)).await.status, 200);
         sent += 1;
     }
-    assert_eq!(a.calls().await, 1, "half-open lets exactly one probe through");
+    assert_eq!(
+        a.calls().await,
+        1,
+        "half-open lets exactly one probe through"
+    );
     assert_eq!(breaker_state(&gw, "shed-a").await, Some(0));
     gw.stop().await;
 }
