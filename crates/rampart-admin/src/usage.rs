@@ -42,6 +42,12 @@ pub struct UsageRowView {
     pub cost_micro_usd: u64,
     /// Cost in dollars, as a decimal string with six places.
     pub cost_usd: String,
+    /// What Rampart's caching saved, in micro-dollars: response-cache hits (the cost of each
+    /// replayed answer) plus prompt-cache breakpoints (uncached price of the cache reads less the
+    /// extra price of the writes; negative when the writes cost more than the reads saved).
+    pub saved_micro_usd: i64,
+    /// The same in dollars, six places.
+    pub saved_usd: String,
 }
 
 /// Usage over a range.
@@ -89,6 +95,8 @@ impl From<UsageRow> for UsageRowView {
             cache_read_tokens: r.cache_read_tokens,
             cost_micro_usd: r.cost_micro_usd,
             cost_usd: rampart_ledger::pricing::usd(r.cost_micro_usd),
+            saved_micro_usd: r.saved_micro_usd,
+            saved_usd: rampart_ledger::pricing::signed_usd(r.saved_micro_usd),
         }
     }
 }

@@ -153,6 +153,9 @@ pub struct Completion {
     pub(crate) cache_hit: bool,
     /// Breakpoints were added: what they saved is counted when the usage is known.
     breakpoints_prices: Option<Arc<PriceTable>>,
+    /// What caching saved (micro-dollars): a response-cache hit's replayed cost, or the
+    /// breakpoints' net saving once the usage is known.
+    saved_micro_usd: i64,
     /// The error type of an error Rampart answered with.
     error_type: Option<&'static str>,
     /// Where the usage record goes and how it is priced; taken when it is written.
@@ -188,6 +191,7 @@ impl Completion {
             attempts: 0,
             cache_hit: false,
             breakpoints_prices: None,
+            saved_micro_usd: 0,
             error_type: None,
             ledger: None,
             ticket: None,
@@ -211,11 +215,28 @@ impl Completion {
         self
     }
 
+    /// What the added breakpoints saved, once the usage is known (once; later calls do nothing):
+    /// the uncached price of the tokens read from the cache less the extra price of the writes.
+    fn count_breakpoint_savings(&mut self) {
+        if let (Some(prices), Some(usage)) = (self.breakpoints_prices.take(), &self.usage) {
+            let model = usage.model.as_deref().or(self.model.as_deref());
+            if let Some(model) = model {
+                let tokens = usage.tokens();
+                let actual = prices.cost(model, &tokens, false);
+                let plain = crate::response_cache::uncached_cost(&prices, model, &tokens);
+                let saved = i128::from(plain) - i128::from(actual);
+                telemetry::cache_saved("breakpoints", saved);
+                self.saved_micro_usd = i64::try_from(saved).unwrap_or(0);
+            }
+        }
+    }
+
     /// Write the usage record, once (later calls do nothing): priced by the served model (else
     /// the requested one), with the cache writes split by TTL. Called before the last byte of
     /// the response is released, so a client that has its whole response has its record in the
     /// spool.
     fn record_usage(&mut self) {
+        self.count_breakpoint_savings();
         let Some((ledger, prices)) = self.ledger.take() else {
             return;
         };
@@ -265,6 +286,7 @@ impl Completion {
             streamed: self.streamed,
             cache_hit: self.cache_hit,
             client_aborted: self.client_aborted,
+            saved_micro_usd: self.saved_micro_usd,
         });
     }
 }
@@ -284,15 +306,6 @@ fn ledger_id() -> uuid::Uuid {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.record_usage();
-        if let (Some(prices), Some(usage)) = (self.breakpoints_prices.take(), &self.usage) {
-            let model = usage.model.as_deref().or(self.model.as_deref());
-            if let Some(model) = model {
-                let tokens = usage.tokens();
-                let actual = prices.cost(model, &tokens, false);
-                let plain = crate::response_cache::uncached_cost(&prices, model, &tokens);
-                telemetry::cache_saved("breakpoints", i128::from(plain) - i128::from(actual));
-            }
-        }
         telemetry::request_finished(&telemetry::Finished {
             route: self.route,
             method: self.method.as_str(),
@@ -608,6 +621,7 @@ where
                     if let Some(tokens) = rc::cached_tokens(&hit) {
                         let saved = state.settings.prices.cost(&hit.model, &tokens, false);
                         telemetry::cache_saved("response", i128::from(saved));
+                        done.saved_micro_usd = i64::try_from(saved).unwrap_or(i64::MAX);
                     }
                     let (body, content_type) = rc::hit_body(&hit, done.streamed);
                     done.cache_hit = true;

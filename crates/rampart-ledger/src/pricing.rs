@@ -514,6 +514,13 @@ pub fn usd(micro: MicroUsd) -> String {
     format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
 }
 
+/// Signed micro-dollars as dollars with six places (`-0.000250` for −250).
+#[must_use]
+pub fn signed_usd(micro: i64) -> String {
+    let abs = usd(micro.unsigned_abs());
+    if micro < 0 { format!("-{abs}") } else { abs }
+}
+
 /// `claude-haiku-4-5-20251001` → `claude-haiku-4-5`.
 fn undated(model: &str) -> Option<&str> {
     let (alias, date) = model.rsplit_once('-')?;

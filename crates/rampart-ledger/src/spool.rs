@@ -502,6 +502,7 @@ mod tests {
             streamed: false,
             cache_hit: false,
             client_aborted: false,
+            saved_micro_usd: 0,
         }
     }
 

@@ -488,6 +488,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 "usage_records_clustered",
                 include_str!("../migrations/sqlite/0005_usage_records_clustered.sql"),
             ),
+            (
+                6,
+                "cache_savings",
+                include_str!("../migrations/sqlite/0006_cache_savings.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (
@@ -514,6 +519,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 5,
                 "usage_records_clustered",
                 include_str!("../migrations/postgres/0005_usage_records_clustered.sql"),
+            ),
+            (
+                6,
+                "cache_savings",
+                include_str!("../migrations/postgres/0006_cache_savings.sql"),
             ),
         ],
     };

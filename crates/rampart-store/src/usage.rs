@@ -66,6 +66,11 @@ pub struct UsageRecord {
     pub cache_hit: bool,
     /// Whether the client went away before the end of the response.
     pub client_aborted: bool,
+    /// What Rampart's caching saved, in micro-dollars: a response-cache hit, the cost of the
+    /// answer it replayed; prompt-cache breakpoints, the uncached price of the tokens read from
+    /// the cache less the extra price of the writes (negative when a request only wrote).
+    #[serde(default)]
+    pub saved_micro_usd: i64,
 }
 
 /// Which dimensions [`UsageRepository::usage_summary`] groups by; none gives one total row.
@@ -131,6 +136,8 @@ pub struct UsageRow {
     pub cache_read_tokens: u64,
     /// Cost in micro-dollars.
     pub cost_micro_usd: u64,
+    /// What Rampart's caching saved, in micro-dollars (see [`UsageRecord::saved_micro_usd`]).
+    pub saved_micro_usd: i64,
 }
 
 /// The ledger's persistence, on both engines.

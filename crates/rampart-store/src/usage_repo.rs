@@ -25,13 +25,14 @@ macro_rules! record_cols {
         "id, at, request_id, key_id, team_id, user_id, key_label, endpoint, model_requested, \
          model_served, status, error_type, input_tokens, output_tokens, cache_write_5m_tokens, \
          cache_write_1h_tokens, cache_read_tokens, cost_micro_usd, priced, latency_us, \
-         upstream_latency_us, upstream_attempts, streamed, cache_hit, client_aborted"
+         upstream_latency_us, upstream_attempts, streamed, cache_hit, client_aborted, \
+         saved_micro_usd"
     };
 }
 
-/// Records per INSERT statement (25 binds each, well under both engines' bind limits).
+/// Records per INSERT statement (26 binds each, well under both engines' bind limits).
 const RECORD_CHUNK: usize = 400;
-/// Rollup rows per upsert statement (14 binds each).
+/// Rollup rows per upsert statement (15 binds each).
 const ROLLUP_CHUNK: usize = 1000;
 /// Largest page of raw records.
 const MAX_RECORD_PAGE: u32 = 10_000;
@@ -69,6 +70,7 @@ struct Sums {
     cache_write_1h_tokens: i64,
     cache_read_tokens: i64,
     cost_micro_usd: i64,
+    saved_micro_usd: i64,
 }
 
 impl Sums {
@@ -85,6 +87,7 @@ impl Sums {
         ] {
             *sum = sum.saturating_add(int(v));
         }
+        self.saved_micro_usd = self.saved_micro_usd.saturating_add(r.saved_micro_usd);
     }
 }
 
@@ -193,7 +196,8 @@ impl UsageRepository for EngineStore {
                     .push_bind(i32::try_from(r.upstream_attempts).unwrap_or(i32::MAX))
                     .push_bind(r.streamed)
                     .push_bind(r.cache_hit)
-                    .push_bind(r.client_aborted);
+                    .push_bind(r.client_aborted)
+                    .push_bind(r.saved_micro_usd);
             });
             qb.build().execute(&mut *tx).await?;
             inserted.extend(fresh);
@@ -205,7 +209,7 @@ impl UsageRepository for EngineStore {
             let mut qb = QueryBuilder::<Db>::new(
                 "INSERT INTO usage_rollups (period, bucket, key_id, team_id, user_id, model, \
                  requests, errors, input_tokens, output_tokens, cache_write_5m_tokens, \
-                 cache_write_1h_tokens, cache_read_tokens, cost_micro_usd) ",
+                 cache_write_1h_tokens, cache_read_tokens, cost_micro_usd, saved_micro_usd) ",
             );
             qb.push_values(chunk, |mut row, (k, s)| {
                 row.push_bind(k.period)
@@ -221,7 +225,8 @@ impl UsageRepository for EngineStore {
                     .push_bind(s.cache_write_5m_tokens)
                     .push_bind(s.cache_write_1h_tokens)
                     .push_bind(s.cache_read_tokens)
-                    .push_bind(s.cost_micro_usd);
+                    .push_bind(s.cost_micro_usd)
+                    .push_bind(s.saved_micro_usd);
             });
             qb.push(
                 " ON CONFLICT (period, bucket, key_id, team_id, user_id, model) DO UPDATE SET \
@@ -232,7 +237,8 @@ impl UsageRepository for EngineStore {
                  cache_write_5m_tokens = usage_rollups.cache_write_5m_tokens + excluded.cache_write_5m_tokens, \
                  cache_write_1h_tokens = usage_rollups.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
                  cache_read_tokens = usage_rollups.cache_read_tokens + excluded.cache_read_tokens, \
-                 cost_micro_usd = usage_rollups.cost_micro_usd + excluded.cost_micro_usd",
+                 cost_micro_usd = usage_rollups.cost_micro_usd + excluded.cost_micro_usd, \
+                 saved_micro_usd = usage_rollups.saved_micro_usd + excluded.saved_micro_usd",
             );
             qb.build().execute(&mut *tx).await?;
         }
@@ -259,7 +265,8 @@ impl UsageRepository for EngineStore {
              CAST(COALESCE(SUM(cache_write_5m_tokens), 0) AS BIGINT) AS cache_write_5m_tokens, \
              CAST(COALESCE(SUM(cache_write_1h_tokens), 0) AS BIGINT) AS cache_write_1h_tokens, \
              CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
-             CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) AS cost_micro_usd \
+             CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) AS cost_micro_usd, \
+             CAST(COALESCE(SUM(saved_micro_usd), 0) AS BIGINT) AS saved_micro_usd \
              FROM usage_rollups WHERE ((period = 'hour' AND ((bucket >= ",
         );
         let [head, days, tail] = split_range(q.from, q.to);
@@ -398,6 +405,7 @@ fn usage_row(row: &DbRow, g: UsageGroupBy) -> Result<UsageRow> {
         cache_write_1h_tokens: get("cache_write_1h_tokens")?,
         cache_read_tokens: get("cache_read_tokens")?,
         cost_micro_usd: get("cost_micro_usd")?,
+        saved_micro_usd: row.try_get("saved_micro_usd")?,
     })
 }
 
@@ -431,6 +439,7 @@ fn usage_record(row: &DbRow) -> Result<UsageRecord> {
         streamed: row.try_get("streamed")?,
         cache_hit: row.try_get("cache_hit")?,
         client_aborted: row.try_get("client_aborted")?,
+        saved_micro_usd: row.try_get("saved_micro_usd")?,
     })
 }
 

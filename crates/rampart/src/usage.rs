@@ -154,6 +154,7 @@ fn table(report: &UsageReport, g: UsageGroupBy, names: &Names) -> String {
         "cache_write_1h",
         "cache_read",
         "cost_usd",
+        "saved_usd",
     ]);
     let none = || "-".to_owned();
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
@@ -196,12 +197,13 @@ fn table(report: &UsageReport, g: UsageGroupBy, names: &Names) -> String {
             .map(|n| n.to_string()),
         );
         row.push(r.cost_usd.clone());
+        row.push(r.saved_usd.clone());
         rows.push(row);
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
-    let dims_count = header.len() - 8;
+    let dims_count = header.len() - 9;
     let mut out = format!(
         "usage from {} to {}\n",
         report.from.format(&Rfc3339).unwrap_or_default(),

@@ -153,17 +153,25 @@ def test_a_hit_is_one_ledger_record_with_no_upstream_cost(cached: Env) -> None:
     hit = cached.raw("a", body)
     assert hit.headers["x-rampart-cache"] == "hit"
     rid = hit.headers["x-request-id"]
+    assert first.headers["x-request-id"] != rid
+    query = "SELECT cache_hit, cost_micro_usd, upstream_attempts, status, input_tokens, output_tokens, saved_micro_usd FROM usage_records WHERE request_id = ?"
+    rows = ledger_rows(cached, query, rid)
+    (miss,) = ledger_rows(cached, query, first.headers["x-request-id"])
+    # The miss paid for the answer; the hit cost nothing upstream and saved exactly that.
+    assert miss[:2] == (0, miss[1]) and miss[1] > 0 and miss[6] == 0, miss
+    assert rows == [(1, 0, 0, 200, 0, 0, miss[1])], rows
+
+
+def ledger_rows(env: Env, query: str, *args: Any) -> list[Any]:
+    """The rows `query` finds in the ledger, waiting up to 10 s for the writer to store them."""
     deadline = time.monotonic() + 10
     rows: list[Any] = []
     while time.monotonic() < deadline and not rows:
-        with sqlite3.connect(Path(cached.data_dir) / "rampart.db") as db:
-            rows = db.execute(
-                "SELECT cache_hit, cost_micro_usd, upstream_attempts, status, input_tokens, output_tokens FROM usage_records WHERE request_id = ?",
-                (rid,),
-            ).fetchall()
-        time.sleep(0.2)
-    assert rows == [(1, 0, 0, 200, 0, 0)], rows
-    assert first.headers["x-request-id"] != rid
+        with sqlite3.connect(Path(env.data_dir) / "rampart.db") as db:
+            rows = db.execute(query, args).fetchall()
+        if not rows:
+            time.sleep(0.2)
+    return rows
 
 
 def test_policy_off_means_bypass_unless_the_request_asks() -> None:
@@ -203,6 +211,11 @@ def test_breakpoints_make_the_next_turn_read_the_upstream_prompt_cache() -> None
         time.sleep(0.3)  # usage is accounted after the response
         assert env.metric("rampart_cache_breakpoints_added_total") >= 2
         assert env.metric("rampart_cache_saved_micro_usd_total", lever="breakpoints") > 0
+        # The ledger keeps the saving per request: the write costs extra, the read saves.
+        writes = ledger_rows(env, "SELECT saved_micro_usd FROM usage_records WHERE cache_read_tokens = 0 AND cache_write_5m_tokens + cache_write_1h_tokens > 0")
+        reads = ledger_rows(env, "SELECT saved_micro_usd FROM usage_records WHERE cache_read_tokens > 0")
+        assert len(writes) == 1 and writes[0][0] < 0, writes
+        assert len(reads) == 1 and reads[0][0] > 0, reads
         # A short prompt is not rewritten at all.
         short = client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
         assert short.usage.cache_creation_input_tokens in (0, None)

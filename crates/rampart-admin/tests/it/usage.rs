@@ -95,6 +95,7 @@ fn record(
         streamed: false,
         cache_hit: false,
         client_aborted: false,
+        saved_micro_usd: 0,
     }
 }
 

@@ -76,6 +76,7 @@ pub async fn migrating_twice_applies_nothing_the_second_time(db: &TestDb) {
             (3, "limits".to_owned()),
             (4, "usage_ledger".to_owned()),
             (5, "usage_records_clustered".to_owned()),
+            (6, "cache_savings".to_owned()),
         ]
     );
 }

@@ -41,6 +41,8 @@ fn rec(
         streamed: false,
         cache_hit: false,
         client_aborted: false,
+        // Signed: breakpoints that only wrote the cache saved a negative amount.
+        saved_micro_usd: if n % 2 == 0 { 500 } else { -100 },
     }
 }
 
@@ -119,6 +121,7 @@ pub async fn inserting_usage_twice_counts_it_once(db: &TestDb) {
         (40, 80, 4, 8, 12)
     );
     assert_eq!(t.cost_micro_usd, 4000);
+    assert_eq!(t.saved_micro_usd, -100 + 500 - 100 + 500);
     let raw = db
         .usage()
         .list_usage_records(DAY1, DAY1 + Duration::DAY, 100)
