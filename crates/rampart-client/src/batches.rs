@@ -218,10 +218,27 @@ impl BatchResults {
         })
     }
 
+    /// The next line of the results exactly as the server sent it (without its line ending;
+    /// blank lines skipped), or `None` at the end: for copying the results somewhere unchanged.
+    pub async fn next_raw_line(&mut self) -> Option<Result<Vec<u8>, Error>> {
+        std::future::poll_fn(|cx| self.poll_line(cx)).await
+    }
+
     fn poll_result(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<BatchResultLine, Error>>> {
+        match ready!(self.poll_line(cx)) {
+            Some(Ok(line)) => match self.parse(&line) {
+                Ok(result) => Poll::Ready(Some(Ok(result))),
+                Err(e) => self.fail(e),
+            },
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Vec<u8>, Error>>> {
         loop {
             if self.done {
                 return Poll::Ready(None);
@@ -238,24 +255,25 @@ impl BatchResults {
                         format!("a results line is over {} MiB", e.0 >> 20),
                         &self.headers,
                     );
-                    return self.fail(error);
+                    self.done = true;
+                    return Poll::Ready(Some(Err(error)));
                 }
             };
             if let Some(line) = line {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return match self.parse(&line) {
-                    Ok(result) => Poll::Ready(Some(Ok(result))),
-                    Err(e) => self.fail(e),
-                };
+                return Poll::Ready(Some(Ok(line)));
             }
             if self.ended {
                 continue;
             }
             match ready!(self.reader.poll_chunk(cx)) {
                 Some(Ok(data)) => self.lines.push(&data),
-                Some(Err(e)) => return self.fail(e),
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
                 None => self.ended = true,
             }
         }

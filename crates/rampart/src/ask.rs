@@ -28,6 +28,13 @@ pub struct AskArgs {
     /// System prompt.
     #[arg(long)]
     system: Option<String>,
+    #[command(flatten)]
+    conn: ClientArgs,
+}
+
+/// Where the API is and how to talk to it: `rampart ask`'s and `rampart batch`'s options.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
     /// Where to send it [default: ANTHROPIC_BASE_URL, else https://api.anthropic.com].
     #[arg(long)]
     base_url: Option<String>,
@@ -45,7 +52,7 @@ pub struct AskArgs {
 
 /// Run `rampart ask`: the answer on stdout; on failure the typed error on stderr and exit 1.
 pub async fn run(args: AskArgs) -> anyhow::Result<ExitCode> {
-    let client = match client(&args) {
+    let client = match args.conn.client() {
         Ok(c) => c,
         Err(e) => return Ok(fail(&e)),
     };
@@ -86,33 +93,42 @@ pub async fn run(args: AskArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn client(args: &AskArgs) -> Result<Client, Error> {
-    let env_key = std::env::var("ANTHROPIC_API_KEY").unwrap_or_default();
-    if args.api_key.is_none() && env_key.trim().is_empty() {
-        return Err(Error::InvalidArgument(
-            "no API key: set ANTHROPIC_API_KEY (or pass --api-key)".into(),
-        ));
+impl ClientArgs {
+    /// A client for the Messages API: `--base-url` / `--api-key` when given, else
+    /// `ANTHROPIC_BASE_URL` / `ANTHROPIC_API_KEY`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] without any key, or for a timeout that is not a positive number.
+    pub fn client(&self) -> Result<Client, Error> {
+        let env_key = std::env::var("ANTHROPIC_API_KEY").unwrap_or_default();
+        if self.api_key.is_none() && env_key.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "no API key: set ANTHROPIC_API_KEY (or pass --api-key)".into(),
+            ));
+        }
+        let mut b = Client::builder().from_env();
+        if let Some(url) = &self.base_url {
+            b = b.base_url(url);
+        }
+        if let Some(key) = &self.api_key {
+            b = b.api_key(Secret::new(key.clone()));
+        }
+        if let Some(secs) = self.timeout_secs {
+            let timeout = Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "--timeout-secs {secs}: must be a positive number"
+                    ))
+                })?;
+            b = b.timeout(timeout);
+        }
+        if let Some(n) = self.max_retries {
+            b = b.max_retries(n);
+        }
+        b.build()
     }
-    let mut b = Client::builder().from_env();
-    if let Some(url) = &args.base_url {
-        b = b.base_url(url);
-    }
-    if let Some(key) = &args.api_key {
-        b = b.api_key(Secret::new(key.clone()));
-    }
-    if let Some(secs) = args.timeout_secs {
-        let timeout = Duration::try_from_secs_f64(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("--timeout-secs {secs}: must be a positive number"))
-            })?;
-        b = b.timeout(timeout);
-    }
-    if let Some(n) = args.max_retries {
-        b = b.max_retries(n);
-    }
-    b.build()
 }
 
 enum Failure {

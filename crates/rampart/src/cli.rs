@@ -67,6 +67,12 @@ enum Command {
     Usage(crate::usage::UsageArgs),
     /// Ask Claude one question through the Messages API (ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY).
     Ask(crate::ask::AskArgs),
+    /// Message batches: submit a JSONL file (checked line by line first), wait with a progress
+    /// bar, status, list, cancel, results (ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY).
+    Batch {
+        #[command(subcommand)]
+        command: crate::batch::BatchCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -153,6 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => crate::audit::run(command).await,
         Command::Usage(args) => crate::usage::run(args).await,
         Command::Ask(args) => crate::ask::run(args).await,
+        Command::Batch { command } => crate::batch::run(command).await,
         Command::Keygen => {
             println!("{}", rampart_crypto::keyspec::generate().expose());
             Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@
 mod admin;
 mod ask;
 mod audit;
+mod batch;
 mod bootstrap;
 mod cli;
 mod demo;
