@@ -7,7 +7,8 @@
 //! - [`jwt`]: short-lived HS256 access tokens with `kid` rotation and every claim checked;
 //! - [`keyspec`]: the one format for operator-supplied keys (master key, JWT secret), with a
 //!   strength check;
-//! - [`token`]: opaque random tokens (refresh tokens, setup tokens) stored as digests.
+//! - [`token`]: opaque random tokens (refresh tokens, setup tokens) stored as digests;
+//! - [`webhook`]: webhook signing secrets (`whsec_…`) and HMAC-SHA256 signatures.
 
 pub mod apikey;
 pub mod envelope;
@@ -16,6 +17,7 @@ pub mod keyspec;
 pub mod password;
 mod secret;
 pub mod token;
+pub mod webhook;
 
 pub use secret::Secret;
 
