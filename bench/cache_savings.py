@@ -167,7 +167,7 @@ def main() -> None:
 
 def totals(usage: dict) -> dict:
     rows = usage.get("data", [])
-    keys = ["requests", "input_tokens", "output_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens", "cost_micro_usd"]
+    keys = ["requests", "input_tokens", "output_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens", "cost_micro_usd", "saved_micro_usd"]
     return {k: sum(int(r.get(k, 0) or 0) for r in rows) for k in keys}
 
 
@@ -176,15 +176,20 @@ def render(results: list[dict]) -> str:
     lines = [
         f"Workload: {results[0]['requests']} requests (multi-turn chats with a long system prompt and tools, repeated questions, bulk jobs), simulator as upstream.",
         "",
-        "| levers | upstream calls | input | cache write 5m | cache write 1h | cache read | output | cost (USD) | vs off |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| levers | upstream calls | input | cache write 5m | cache write 1h | cache read | output | cost (USD) | vs off | saved per ledger (USD) | cost + saved vs off |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         t = totals(r["usage"])
         ratio = t["cost_micro_usd"] / base["cost_micro_usd"] if base["cost_micro_usd"] else 0
+        # The ledger's own account of the savings: cost + saved should come back to about the
+        # cost with the levers off (not exactly: cached answers differ in length, and chats
+        # continue from their own answers).
+        whole = (t["cost_micro_usd"] + t["saved_micro_usd"]) / base["cost_micro_usd"] if base["cost_micro_usd"] else 0
         lines.append(
             f"| {r['name']} | {r['upstream_calls']} | {t['input_tokens']:,} | {t['cache_write_5m_tokens']:,} | {t['cache_write_1h_tokens']:,} | "
-            f"{t['cache_read_tokens']:,} | {t['output_tokens']:,} | {t['cost_micro_usd'] / 1e6:.4f} | {ratio:.2f} |"
+            f"{t['cache_read_tokens']:,} | {t['output_tokens']:,} | {t['cost_micro_usd'] / 1e6:.4f} | {ratio:.2f} | "
+            f"{t['saved_micro_usd'] / 1e6:.4f} | {whole:.2f} |"
         )
     return "\n".join(lines)
 
