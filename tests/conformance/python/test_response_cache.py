@@ -16,6 +16,7 @@ import anthropic
 import httpx
 import pytest
 from conftest import RampartProcess
+from test_limits import need
 from test_virtual_keys import UPSTREAM_KEY, keys_cli, serve_env, start_serve
 
 MODEL = "claude-sonnet-4-6"
@@ -54,9 +55,14 @@ def start_env(name: str, **config: str) -> tuple[Env, list[RampartProcess]]:
     return Env(sim_url, url, data_dir, keys), [proc, sim]
 
 
-@pytest.fixture(scope="module")
-def cached() -> Iterator[Env]:
-    env, procs = start_env("cache-on", RAMPART_CACHE__RESPONSE_ENABLED="true")
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def cached(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A gateway with the response cache on, once per store: in-process, then Redis (shared by
+    every instance; RAMPART_TEST_REDIS_URL, started by scripts/test.sh)."""
+    store: dict[str, str] = {}
+    if request.param == "redis":
+        store = {"RAMPART_CACHE__BACKEND": "redis", "RAMPART_CACHE__REDIS_URL": need("RAMPART_TEST_REDIS_URL")}
+    env, procs = start_env(f"cache-on-{request.param}", RAMPART_CACHE__RESPONSE_ENABLED="true", **store)
     yield env
     for p in procs:
         assert p.terminate() == 0
