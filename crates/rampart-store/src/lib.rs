@@ -15,6 +15,7 @@
 //! Admin writes take an optional [`NewAuditEvent`] that is appended to the audit chain in the same
 //! transaction as the change (see [`chain`] for the hash).
 
+pub mod batches;
 pub mod chain;
 pub mod error;
 pub mod limits;
@@ -30,6 +31,7 @@ use async_trait::async_trait;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+pub use batches::BatchRepository;
 pub use error::{Result, StoreError};
 pub use limits::{
     AllLimits, BudgetPeriod, BudgetSetting, LimitSettings, LimitsRepository, TeamLimitSettings,
@@ -381,6 +383,14 @@ impl Store {
         }
     }
 
+    /// Message batches and the local queue (see [`batches`]).
+    pub fn batches(&self) -> &dyn BatchRepository {
+        match &self.inner {
+            Inner::Sqlite(s) => s,
+            Inner::Postgres(p) => p,
+        }
+    }
+
     /// Apply the embedded migrations that have not been applied yet. Idempotent.
     ///
     /// # Errors
@@ -493,6 +503,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 "cache_savings",
                 include_str!("../migrations/sqlite/0006_cache_savings.sql"),
             ),
+            (
+                7,
+                "batches",
+                include_str!("../migrations/sqlite/0007_batches.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (
@@ -524,6 +539,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 6,
                 "cache_savings",
                 include_str!("../migrations/postgres/0006_cache_savings.sql"),
+            ),
+            (
+                7,
+                "batches",
+                include_str!("../migrations/postgres/0007_batches.sql"),
             ),
         ],
     };

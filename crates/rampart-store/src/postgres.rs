@@ -30,11 +30,34 @@ mod limits_repo;
 #[path = "usage_repo.rs"]
 mod usage_repo;
 
+#[allow(
+    clippy::duplicate_mod,
+    reason = "batches_repo.rs is compiled once per engine on purpose, like repo.rs"
+)]
+#[path = "batches_repo.rs"]
+mod batches_repo;
+
 type Db = Postgres;
 type EngineStore = PgStore;
 
 /// Key of the transaction-scoped advisory lock that serialises audit appends ("rampaudt").
 const AUDIT_LOCK_KEY: i64 = 0x7261_6d70_6175_6474;
+
+/// Key of the transaction-scoped advisory lock that serialises batch claims ("rampclam"), so
+/// per-team concurrency counts are exact across instances.
+const CLAIM_LOCK_KEY: i64 = 0x7261_6d70_636c_616d;
+
+/// What a claim's item selection appends: rows another transaction holds are skipped.
+const CLAIM_SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+
+/// Serialise batch claims across instances until the transaction ends.
+async fn lock_claims(tx: &mut Transaction<'static, Db>) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CLAIM_LOCK_KEY)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]

@@ -924,11 +924,11 @@ fn non_empty(what: &str, value: &str) -> Result<()> {
 
 // --- row mapping -------------------------------------------------------------------------------
 
-fn ts(row: &DbRow, col: &str) -> Result<OffsetDateTime> {
+pub(super) fn ts(row: &DbRow, col: &str) -> Result<OffsetDateTime> {
     Ok(truncate(row.try_get::<DbTime, _>(col)?.0))
 }
 
-fn ts_opt(row: &DbRow, col: &str) -> Result<Option<OffsetDateTime>> {
+pub(super) fn ts_opt(row: &DbRow, col: &str) -> Result<Option<OffsetDateTime>> {
     Ok(row
         .try_get::<Option<DbTime>, _>(col)?
         .map(|t| truncate(t.0)))

@@ -33,6 +33,13 @@ mod limits_repo;
 #[path = "usage_repo.rs"]
 mod usage_repo;
 
+#[allow(
+    clippy::duplicate_mod,
+    reason = "batches_repo.rs is compiled once per engine on purpose, like repo.rs"
+)]
+#[path = "batches_repo.rs"]
+mod batches_repo;
+
 type Db = Sqlite;
 type EngineStore = SqliteStore;
 
@@ -84,6 +91,15 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<Transaction<'static, Db>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+}
+
+/// What a claim's item selection appends: nothing, the write transaction holds SQLite's only
+/// write lock.
+const CLAIM_SKIP_LOCKED: &str = "";
+
+/// Serialise batch claims. Nothing to do, as for [`lock_audit_chain`].
+async fn lock_claims(_tx: &mut Transaction<'static, Db>) -> Result<()> {
+    Ok(())
 }
 
 /// Serialise audit appends. Nothing to do: the write transaction already holds the database-wide

@@ -133,16 +133,20 @@ fn split_range(from: OffsetDateTime, to: OffsetDateTime) -> [(i64, i64); 3] {
     }
 }
 
-#[async_trait]
-impl UsageRepository for EngineStore {
-    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<u64> {
+impl EngineStore {
+    /// [`UsageRepository::insert_usage`] inside the caller's transaction (a batch item's
+    /// completion writes its record in the transaction that settles it).
+    pub(super) async fn insert_usage_in(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        records: &[UsageRecord],
+    ) -> Result<u64> {
+        let tx = &mut **tx;
         if records.is_empty() {
             return Ok(0);
         }
         // A record twice in one batch counts once.
         let mut seen = HashSet::with_capacity(records.len());
         let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id)).collect();
-        let mut tx = self.begin_write().await?;
         let mut inserted: Vec<&UsageRecord> = Vec::with_capacity(unique.len());
         for chunk in unique.chunks(RECORD_CHUNK) {
             let mut check = QueryBuilder::<Db>::new("SELECT id FROM usage_records WHERE id IN (");
@@ -242,8 +246,17 @@ impl UsageRepository for EngineStore {
             );
             qb.build().execute(&mut *tx).await?;
         }
-        tx.commit().await?;
         Ok(inserted.len() as u64)
+    }
+}
+
+#[async_trait]
+impl UsageRepository for EngineStore {
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let n = Self::insert_usage_in(&mut tx, records).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     async fn usage_summary(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {

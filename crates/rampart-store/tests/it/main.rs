@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
+mod batches;
 mod harness;
 mod limits;
 mod suite;
@@ -84,4 +85,11 @@ on_both_engines!(
     a_large_batch_is_inserted_in_one_call,
     purging_deletes_old_raw_records_and_keeps_the_rollups,
     an_empty_or_inverted_usage_range_is_invalid,
+    batches_are_listed_per_owner_newest_first_with_cursors,
+    claims_keep_each_team_within_its_limit_and_share_slots_fairly,
+    a_completion_writes_its_usage_once_and_the_last_one_ends_the_batch,
+    a_lapsed_lease_is_reclaimed_as_maybe_duplicate_and_charged_once,
+    retries_end_in_a_dead_letter_that_can_be_replayed,
+    cancel_stops_unstarted_items_and_expiry_ends_the_rest,
+    an_upstream_batch_ends_with_its_usage_in_one_transaction,
 );

@@ -7,6 +7,7 @@ use rampart_store::*;
 use time::{Duration, OffsetDateTime, macros::datetime};
 use uuid::Uuid;
 
+pub use crate::batches::*;
 use crate::harness::TestDb;
 pub use crate::limits::*;
 pub use crate::usage::*;
@@ -77,6 +78,7 @@ pub async fn migrating_twice_applies_nothing_the_second_time(db: &TestDb) {
             (4, "usage_ledger".to_owned()),
             (5, "usage_records_clustered".to_owned()),
             (6, "cache_savings".to_owned()),
+            (7, "batches".to_owned()),
         ]
     );
 }

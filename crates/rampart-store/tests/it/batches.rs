@@ -1,0 +1,483 @@
+//! Message batches and the local queue on both engines (re-exported through `suite`).
+
+use rampart_store::batches::*;
+use rampart_store::*;
+use time::{Duration, OffsetDateTime, macros::datetime};
+use uuid::Uuid;
+
+use crate::harness::TestDb;
+
+const T0: OffsetDateTime = datetime!(2026-06-01 00:00 UTC);
+
+fn new_batch(id: &str, team: Option<Uuid>, n: usize, at: OffsetDateTime) -> NewBatch {
+    NewBatch {
+        id: id.to_owned(),
+        owner: team.map_or_else(|| "cfg:test".to_owned(), |t| format!("team:{t}")),
+        team_id: team,
+        key_id: Some(Uuid::from_u128(7)),
+        user_id: None,
+        key_label: Some("rk_test".to_owned()),
+        mode: BatchMode::Local,
+        request_count: n as u64,
+        reserved_micro_usd: 0,
+        created_at: at,
+        expires_at: at + Duration::hours(24),
+        results_until: at + Duration::days(29),
+        items: (0..n)
+            .map(|i| NewBatchItem {
+                custom_id: format!("item-{i}"),
+                params: r#"{"model":"m","max_tokens":5,"messages":[]}"#.to_owned(),
+                worst_micro_usd: 10,
+            })
+            .collect(),
+    }
+}
+
+fn claim(limit: u32, per_team: u32, now: OffsetDateTime) -> ClaimOptions {
+    ClaimOptions {
+        limit,
+        per_team,
+        lease: Duration::seconds(30),
+        now,
+        after_team: None,
+    }
+}
+
+fn usage(batch: &str, idx: u64) -> UsageRecord {
+    UsageRecord {
+        id: item_usage_id(batch, idx),
+        at: T0,
+        request_id: format!("{batch}:{idx}"),
+        key_id: Some(Uuid::from_u128(7)),
+        team_id: None,
+        user_id: None,
+        key_label: None,
+        endpoint: "/v1/messages/batches".to_owned(),
+        model_requested: Some("m".to_owned()),
+        model_served: Some("m".to_owned()),
+        status: 200,
+        error_type: None,
+        input_tokens: 1,
+        output_tokens: 2,
+        cache_write_5m_tokens: 0,
+        cache_write_1h_tokens: 0,
+        cache_read_tokens: 0,
+        cost_micro_usd: 3,
+        priced: true,
+        latency_us: 1,
+        upstream_latency_us: None,
+        upstream_attempts: 1,
+        streamed: false,
+        cache_hit: false,
+        client_aborted: false,
+        saved_micro_usd: 0,
+    }
+}
+
+fn done(c: &ClaimedItem, outcome: Outcome) -> rampart_store::batches::Completion {
+    rampart_store::batches::Completion {
+        batch_id: c.batch_id.clone(),
+        idx: c.idx,
+        attempt: c.attempt,
+        outcome,
+        usage: Some(usage(&c.batch_id, c.idx)),
+    }
+}
+
+fn ok() -> Outcome {
+    Outcome::Succeeded(r#"{"type":"succeeded","message":{}}"#.to_owned())
+}
+
+async fn usage_rows(db: &TestDb) -> u64 {
+    let q = UsageQuery {
+        from: T0 - Duration::days(1),
+        to: T0 + Duration::days(1),
+        key_id: None,
+        team_id: None,
+        user_id: None,
+        model: None,
+        group_by: UsageGroupBy::default(),
+    };
+    db.usage()
+        .usage_summary(&q)
+        .await
+        .unwrap()
+        .first()
+        .map_or(0, |r| r.requests)
+}
+
+pub async fn batches_are_listed_per_owner_newest_first_with_cursors(db: &TestDb) {
+    let team = db.create_team("batchers", None).await.unwrap().id;
+    for i in 0..5 {
+        let b = new_batch(
+            &format!("msgbatch_{i}"),
+            Some(team),
+            1,
+            T0 + Duration::seconds(i),
+        );
+        db.batches().create_batch(&b).await.unwrap();
+    }
+    db.batches()
+        .create_batch(&new_batch("msgbatch_other", None, 1, T0))
+        .await
+        .unwrap();
+    let owner = format!("team:{team}");
+    let page = db
+        .batches()
+        .list_batches(&owner, &Cursor::Start, 2)
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.batches.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["msgbatch_4", "msgbatch_3"]);
+    assert!(page.has_more);
+    let page = db
+        .batches()
+        .list_batches(&owner, &Cursor::After("msgbatch_3".to_owned()), 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.batches.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["msgbatch_2", "msgbatch_1", "msgbatch_0"]);
+    assert!(!page.has_more);
+    let page = db
+        .batches()
+        .list_batches(&owner, &Cursor::Before("msgbatch_1".to_owned()), 2)
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.batches.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["msgbatch_3", "msgbatch_2"]);
+    assert!(page.has_more);
+    // Another owner's cursor is not found, and a duplicate custom_id is a conflict.
+    assert!(matches!(
+        db.batches()
+            .list_batches(&owner, &Cursor::After("msgbatch_other".to_owned()), 2)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let mut dup = new_batch("msgbatch_dup", None, 2, T0);
+    dup.items[1].custom_id = "item-0".to_owned();
+    assert!(matches!(
+        db.batches().create_batch(&dup).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        db.batches().get_batch("msgbatch_dup").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn claims_keep_each_team_within_its_limit_and_share_slots_fairly(db: &TestDb) {
+    let a = db.create_team("team-a", None).await.unwrap().id;
+    let b = db.create_team("team-b", None).await.unwrap().id;
+    db.batches()
+        .create_batch(&new_batch("msgbatch_a", Some(a), 50, T0))
+        .await
+        .unwrap();
+    db.batches()
+        .create_batch(&new_batch(
+            "msgbatch_b",
+            Some(b),
+            3,
+            T0 + Duration::seconds(1),
+        ))
+        .await
+        .unwrap();
+    let now = T0 + Duration::seconds(2);
+    let first = db.batches().claim_items(&claim(8, 4, now)).await.unwrap();
+    let count = |items: &[ClaimedItem], id: &str| items.iter().filter(|c| c.batch_id == id).count();
+    // Team A has 50 ready items, team B 3: B still gets its share, A stops at its limit.
+    assert_eq!(count(&first, "msgbatch_a"), 4);
+    assert_eq!(count(&first, "msgbatch_b"), 3);
+    assert!(first.iter().all(|c| c.attempt == 1 && !c.maybe_duplicate));
+    assert_eq!(first[0].key_label.as_deref(), Some("rk_test"));
+    // Nothing more for A while its four run.
+    let more = db.batches().claim_items(&claim(8, 4, now)).await.unwrap();
+    assert!(more.is_empty(), "{more:?}");
+    // Two of A's finish: two more of A's are claimable.
+    let finished: Vec<_> = first
+        .iter()
+        .filter(|c| c.batch_id == "msgbatch_a")
+        .take(2)
+        .map(|c| done(c, ok()))
+        .collect();
+    db.batches().complete_items(&finished, now).await.unwrap();
+    let next = db.batches().claim_items(&claim(8, 4, now)).await.unwrap();
+    assert_eq!(count(&next, "msgbatch_a"), 2);
+}
+
+pub async fn a_completion_writes_its_usage_once_and_the_last_one_ends_the_batch(db: &TestDb) {
+    db.batches()
+        .create_batch(&new_batch("msgbatch_c", None, 3, T0))
+        .await
+        .unwrap();
+    let items = db.batches().claim_items(&claim(10, 10, T0)).await.unwrap();
+    assert_eq!(items.len(), 3);
+    let first = db
+        .batches()
+        .complete_items(&[done(&items[0], ok()), done(&items[1], ok())], T0)
+        .await
+        .unwrap();
+    assert_eq!(first.applied, [true, true]);
+    assert!(first.ended.is_empty());
+    let b = db.batches().get_batch("msgbatch_c").await.unwrap();
+    assert_eq!((b.succeeded, b.processing(), b.ended_at), (2, 1, None));
+    // The same completion again is not applied and inserts nothing.
+    let again = db
+        .batches()
+        .complete_items(&[done(&items[0], ok())], T0)
+        .await
+        .unwrap();
+    assert_eq!(again.applied, [false]);
+    let error = Outcome::Errored(r#"{"type":"errored","error":{}}"#.to_owned());
+    let last = db
+        .batches()
+        .complete_items(&[done(&items[2], error)], T0 + Duration::seconds(5))
+        .await
+        .unwrap();
+    assert_eq!(last.ended, ["msgbatch_c"]);
+    let b = db.batches().get_batch("msgbatch_c").await.unwrap();
+    assert_eq!(b.processing_status, "ended");
+    assert_eq!((b.succeeded, b.errored), (2, 1));
+    assert_eq!(b.ended_at, Some(T0 + Duration::seconds(5)));
+    assert_eq!(usage_rows(db).await, 3);
+    let results = db
+        .batches()
+        .batch_results("msgbatch_c", 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r.result.is_some()));
+}
+
+pub async fn a_lapsed_lease_is_reclaimed_as_maybe_duplicate_and_charged_once(db: &TestDb) {
+    db.batches()
+        .create_batch(&new_batch("msgbatch_d", None, 1, T0))
+        .await
+        .unwrap();
+    let first = db.batches().claim_items(&claim(1, 1, T0)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // The claimer "crashes": nobody extends its lease. Before it lapses, nothing to claim.
+    let early = T0 + Duration::seconds(10);
+    assert!(
+        db.batches()
+            .claim_items(&claim(1, 1, early))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let late = T0 + Duration::seconds(31);
+    let second = db.batches().claim_items(&claim(1, 1, late)).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].attempt, 2);
+    assert!(second[0].maybe_duplicate);
+    // Both attempts finish; only the current claim's completion counts.
+    let out = db
+        .batches()
+        .complete_items(&[done(&second[0], ok()), done(&first[0], ok())], late)
+        .await
+        .unwrap();
+    assert_eq!(out.applied, [true, false]);
+    assert_eq!(out.usage_inserted, 1);
+    assert_eq!(usage_rows(db).await, 1);
+    let b = db.batches().get_batch("msgbatch_d").await.unwrap();
+    assert_eq!((b.processing_status.as_str(), b.succeeded), ("ended", 1));
+}
+
+pub async fn retries_end_in_a_dead_letter_that_can_be_replayed(db: &TestDb) {
+    db.batches()
+        .create_batch(&new_batch("msgbatch_e", None, 1, T0))
+        .await
+        .unwrap();
+    let c = db.batches().claim_items(&claim(1, 1, T0)).await.unwrap();
+    let retry = Outcome::Retry {
+        not_before: T0 + Duration::seconds(2),
+        error: "overloaded".to_owned(),
+    };
+    let out = db
+        .batches()
+        .complete_items(&[done(&c[0], retry)], T0)
+        .await
+        .unwrap();
+    assert_eq!(out.applied, [true]);
+    assert_eq!(out.usage_inserted, 0, "a retried attempt is not billed");
+    // Backoff: not claimable before not_before.
+    assert!(
+        db.batches()
+            .claim_items(&claim(1, 1, T0 + Duration::seconds(1)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let c = db
+        .batches()
+        .claim_items(&claim(1, 1, T0 + Duration::seconds(2)))
+        .await
+        .unwrap();
+    assert_eq!(c[0].attempt, 2);
+    let dead = Outcome::DeadLetter {
+        result: r#"{"type":"errored","error":{"type":"error","error":{"type":"overloaded_error","message":"x"}}}"#.to_owned(),
+        status: Some(529),
+        error: r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#.to_owned(),
+    };
+    let out = db
+        .batches()
+        .complete_items(&[done(&c[0], dead)], T0 + Duration::seconds(3))
+        .await
+        .unwrap();
+    assert_eq!(out.ended, ["msgbatch_e"]);
+    let letters = db
+        .batches()
+        .list_dead_letters(&DeadLetterQuery {
+            batch_id: Some("msgbatch_e".to_owned()),
+            limit: 10,
+            ..DeadLetterQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    let dl = &letters[0];
+    assert_eq!((dl.attempts, dl.last_status), (2, Some(529)));
+    assert_eq!(dl.custom_id, "item-0");
+    assert_eq!(db.batches().get_dead_letter(dl.id).await.unwrap(), *dl);
+    // Replay: the item runs again; the batch's count moves from errored to succeeded.
+    let replayed = db
+        .batches()
+        .replay_dead_letter(dl.id, T0 + Duration::seconds(4))
+        .await
+        .unwrap();
+    assert_eq!(replayed.replay_count, 1);
+    assert!(matches!(
+        db.batches()
+            .replay_dead_letter(dl.id, T0 + Duration::seconds(4))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let c = db
+        .batches()
+        .claim_items(&claim(1, 1, T0 + Duration::seconds(5)))
+        .await
+        .unwrap();
+    assert_eq!(c[0].attempt, 1);
+    let mut fin = done(&c[0], ok());
+    fin.usage = None;
+    db.batches()
+        .complete_items(&[fin], T0 + Duration::seconds(5))
+        .await
+        .unwrap();
+    let b = db.batches().get_batch("msgbatch_e").await.unwrap();
+    assert_eq!((b.succeeded, b.errored, b.processing()), (1, 0, 0));
+    assert!(matches!(
+        db.batches().get_dead_letter(Uuid::nil()).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn cancel_stops_unstarted_items_and_expiry_ends_the_rest(db: &TestDb) {
+    db.batches()
+        .create_batch(&new_batch("msgbatch_f", None, 4, T0))
+        .await
+        .unwrap();
+    let running = db.batches().claim_items(&claim(1, 1, T0)).await.unwrap();
+    let b = db.batches().cancel_batch("msgbatch_f", T0).await.unwrap();
+    assert_eq!(b.processing_status, "canceling");
+    assert_eq!((b.canceled, b.processing()), (3, 1));
+    assert!(matches!(
+        db.batches().delete_batch("msgbatch_f").await,
+        Err(StoreError::Invalid(_))
+    ));
+    db.batches()
+        .complete_items(&[done(&running[0], ok())], T0)
+        .await
+        .unwrap();
+    let b = db.batches().get_batch("msgbatch_f").await.unwrap();
+    assert_eq!(b.processing_status, "ended");
+    assert!(b.ended_at.is_some());
+
+    db.batches()
+        .create_batch(&new_batch("msgbatch_g", None, 2, T0))
+        .await
+        .unwrap();
+    assert!(
+        db.batches()
+            .expire_batches(T0 + Duration::hours(23))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ended = db
+        .batches()
+        .expire_batches(T0 + Duration::hours(24))
+        .await
+        .unwrap();
+    assert_eq!(ended, ["msgbatch_g"]);
+    let b = db.batches().get_batch("msgbatch_g").await.unwrap();
+    assert_eq!((b.expired, b.processing_status.as_str()), (2, "ended"));
+    let results = db
+        .batches()
+        .batch_results("msgbatch_g", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(results[0].result.as_deref(), Some(r#"{"type":"expired"}"#));
+
+    // Retention: the results go, the batch stays visible; then it can be deleted.
+    assert_eq!(
+        db.batches()
+            .archive_batches(T0 + Duration::days(30))
+            .await
+            .unwrap(),
+        2
+    );
+    let b = db.batches().get_batch("msgbatch_g").await.unwrap();
+    assert!(b.archived_at.is_some());
+    assert!(
+        db.batches()
+            .batch_results("msgbatch_g", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db.batches().delete_batch("msgbatch_g").await.unwrap();
+    assert!(matches!(
+        db.batches().get_batch("msgbatch_g").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn an_upstream_batch_ends_with_its_usage_in_one_transaction(db: &TestDb) {
+    let mut b = new_batch("msgbatch_up", None, 0, T0);
+    b.mode = BatchMode::Upstream;
+    b.request_count = 2;
+    db.batches().create_batch(&b).await.unwrap();
+    let open = db.batches().open_upstream_batches(10).await.unwrap();
+    assert_eq!(open.len(), 1);
+    let state = UpstreamState {
+        processing_status: "ended".to_owned(),
+        succeeded: 1,
+        errored: 1,
+        canceled: 0,
+        expired: 0,
+        cancel_initiated_at: None,
+    };
+    let records = [usage("msgbatch_up", 0), usage("msgbatch_up", 1)];
+    assert!(
+        db.batches()
+            .end_upstream_batch("msgbatch_up", &state, &records, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.batches()
+            .end_upstream_batch("msgbatch_up", &state, &records, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(usage_rows(db).await, 2);
+    let b = db.batches().get_batch("msgbatch_up").await.unwrap();
+    assert_eq!((b.succeeded, b.errored, b.ended_at), (1, 1, Some(T0)));
+    assert!(
+        db.batches()
+            .open_upstream_batches(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
