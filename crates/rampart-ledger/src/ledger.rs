@@ -7,10 +7,12 @@
 //!   panic) loses nothing. With `fsync = "interval"` (default) a power failure loses at most
 //!   the records of the last `fsync_interval_ms`; with `"always"` nothing (a disk flush per
 //!   request).
-//! - The writer drains the spool into the database every `flush_interval_ms`, up to
-//!   `batch_max` records per transaction, together with the rollups; spool offsets advance only
-//!   after the commit, and records are idempotent by id, so a crash at any point replays without
-//!   double counting.
+//! - The same record is handed to the writer in memory: every `flush_interval_ms` it inserts
+//!   what arrived, up to `batch_max` records per transaction, together with the rollups, and
+//!   only then moves the spool's committed offsets (saved beside the segments after each
+//!   drain). The spool files are read back only for what memory does not hold: after a restart
+//!   (from the saved offsets), or while a lane's memory queue is full. Records are idempotent
+//!   by id, so a crash at any point replays without double counting.
 //! - SIGTERM: after the last request, the writer drains everything before the process exits;
 //!   when the database is unreachable the records stay in the spool for the next start.
 //! - If the spool cannot be written (disk full), records are kept in memory (up to
@@ -25,7 +27,6 @@
 //! (replayed records already stored), `rampart_ledger_corrupt_lines_total`,
 //! `rampart_ledger_dropped_total` (memory fallback full), `rampart_ledger_purged_total`.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ use rampart_store::{Store, UsageRecord};
 use time::OffsetDateTime;
 
 use crate::config::{FsyncPolicy, LedgerConfig};
-use crate::spool::{Batch, Spool};
+use crate::spool::{Batch, Queued, Spool};
 
 /// Records kept in memory when the spool cannot be written.
 pub const FALLBACK_MAX: usize = 100_000;
@@ -122,22 +123,15 @@ impl Ledger {
         let writer = LedgerWriter {
             ledger: ledger.clone(),
             config: config.clone(),
+            held: Queued::default(),
         };
         Ok((ledger, writer))
     }
 
-    /// Append `record` to the spool (one `write`). Never fails: when the spool cannot be
+    /// Append `record` to the spool (one `write`) and queue it for the writer. Never fails: when the spool cannot be
     /// written the record is kept in memory for the writer and the failure is counted.
     pub fn record(&self, record: &UsageRecord) {
-        thread_local! {
-            static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
-        let appended = BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            Spool::encode(record, &mut buf);
-            self.spool.append(&buf)
-        });
-        if let Err(e) = appended {
+        if let Err(e) = self.spool.append(record) {
             metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool")
                 .increment(1);
             tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
@@ -192,6 +186,8 @@ impl Ledger {
 pub struct LedgerWriter {
     ledger: Arc<Ledger>,
     config: LedgerConfig,
+    /// Records taken from memory and not yet committed (kept across failed attempts).
+    held: Queued,
 }
 
 /// What one drain pass did.
@@ -206,7 +202,7 @@ enum Drained {
 impl LedgerWriter {
     /// Drain every `flush_interval_ms` and purge every `purge_interval_secs` until `shutdown`
     /// resolves, then seal the spool and drain what is left (for at most 30 s).
-    pub async fn run(self, store: Store, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, store: Store, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut drain_tick = tokio::time::interval(self.config.flush_interval());
         drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -261,20 +257,66 @@ impl LedgerWriter {
         }
     }
 
-    /// Drain until nothing is waiting; `Err` after a failed database write (logged, counted).
-    async fn drain_all(&self, store: &Store) -> Result<(), ()> {
+    /// Drain until nothing is waiting, then save the spool's committed offsets; `Err` after a
+    /// failed database write (logged, counted).
+    async fn drain_all(&mut self, store: &Store) -> Result<(), ()> {
+        let drained = self.drain_until_empty(store).await;
+        if let Err(e) = self.ledger.spool.save_committed() {
+            tracing::warn!(target: "rampart::ledger", error = %e, "cannot save the spool's committed offsets (a restart replays more)");
+        }
+        self.ledger.publish_gauges();
+        drained
+    }
+
+    async fn drain_until_empty(&mut self, store: &Store) -> Result<(), ()> {
         loop {
-            match self.drain_once(store).await? {
-                Drained::Empty | Drained::Batch { full: false } => {
-                    self.ledger.publish_gauges();
-                    return Ok(());
+            // Memory and the files both, each pass: neither waits behind the other.
+            let memory = self.drain_memory(store).await?;
+            let files = self.drain_files(store).await?;
+            match (memory, files) {
+                (Drained::Batch { full: true }, _) | (_, Drained::Batch { full: true }) => {
+                    tokio::task::yield_now().await;
                 }
-                Drained::Batch { full: true } => tokio::task::yield_now().await,
+                _ => return Ok(()),
             }
         }
     }
 
-    async fn drain_once(&self, store: &Store) -> Result<Drained, ()> {
+    /// Insert one batch of the records handed over in memory (and of the memory fallback).
+    async fn drain_memory(&mut self, store: &Store) -> Result<Drained, ()> {
+        let max = self.config.batch_max;
+        if self.held.is_empty() {
+            self.held = self.ledger.spool.take_queued();
+        }
+        let mut batch = self.held.split_front(max);
+        let fallback = self.ledger.take_fallback(max - batch.len());
+        let total = batch.len() + fallback.len();
+        if total == 0 {
+            return Ok(Drained::Empty);
+        }
+        let n = batch.len();
+        batch.records.extend(fallback);
+        match self.insert(store, &batch.records).await {
+            Ok(()) => {
+                batch.records.truncate(n);
+                self.ledger.spool.commit_queued(&batch);
+                Ok(Drained::Batch {
+                    full: total >= max || !self.held.is_empty(),
+                })
+            }
+            Err(()) => {
+                let fallback = batch.records.split_off(n);
+                self.ledger.restore_fallback(fallback);
+                // Back in front of what is held, in order.
+                batch.append(&mut self.held);
+                self.held = batch;
+                Err(())
+            }
+        }
+    }
+
+    /// Insert one batch read from the spool files (segments whose records are not in memory).
+    async fn drain_files(&self, store: &Store) -> Result<Drained, ()> {
         let max = self.config.batch_max;
         let ledger = self.ledger.clone();
         let read = tokio::task::spawn_blocking(move || ledger.spool.read(max)).await;
@@ -294,34 +336,33 @@ impl LedgerWriter {
         if batch.corrupt > 0 {
             metrics::counter!("rampart_ledger_corrupt_lines_total").increment(batch.corrupt);
         }
-        let room = max.saturating_sub(batch.records.len());
-        let fallback = self.ledger.take_fallback(room);
-        let total = batch.records.len() + fallback.len();
-        if total == 0 {
+        if batch.records.is_empty() {
+            // Also deletes sealed segments drained to their end.
             self.ledger.spool.commit(&batch);
             return Ok(Drained::Empty);
         }
-        let result = if fallback.is_empty() {
-            store.usage().insert_usage(&batch.records).await
-        } else {
-            let mut all = batch.records.clone();
-            all.extend(fallback.iter().cloned());
-            store.usage().insert_usage(&all).await
-        };
-        match result {
+        self.insert(store, &batch.records).await?;
+        self.ledger.spool.commit(&batch);
+        Ok(Drained::Batch {
+            full: batch.records.len() >= max,
+        })
+    }
+
+    /// One transaction: `records` and their rollups, counted.
+    async fn insert(&self, store: &Store, records: &[UsageRecord]) -> Result<(), ()> {
+        match store.usage().insert_usage(records).await {
             Ok(new) => {
-                self.ledger.spool.commit(&batch);
+                let total = records.len() as u64;
                 metrics::histogram!("rampart_ledger_batch_records").record(total as f64);
                 metrics::counter!("rampart_ledger_records_total").increment(new);
                 metrics::counter!("rampart_ledger_duplicates_total")
-                    .increment((total as u64).saturating_sub(new));
-                Ok(Drained::Batch { full: total >= max })
+                    .increment(total.saturating_sub(new));
+                Ok(())
             }
             Err(e) => {
-                self.ledger.restore_fallback(fallback);
                 metrics::counter!("rampart_ledger_write_failures_total", "stage" => "database")
                     .increment(1);
-                tracing::error!(target: "rampart::ledger", error = %e, records = total, "cannot write usage records to the database; they stay spooled and are retried");
+                tracing::error!(target: "rampart::ledger", error = %e, records = records.len(), "cannot write usage records to the database; they stay spooled and are retried");
                 self.ledger.publish_gauges();
                 Err(())
             }

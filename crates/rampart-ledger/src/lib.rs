@@ -8,7 +8,6 @@
 //! - [`config`]: the `[ledger]` settings.
 
 pub mod config;
-mod crc32;
 pub mod ledger;
 pub mod pricing;
 pub mod spool;

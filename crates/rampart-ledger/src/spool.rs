@@ -12,16 +12,28 @@
 //! its own lock, so request threads do not contend. A segment that reaches its size limit is
 //! sealed and a new one started.
 //!
-//! # Reading
-//! The drainer reads a segment only up to the length its writer published after the `write`
-//! returned (never a line still being copied), and advances its offsets only after the database
-//! commit ([`Spool::commit`]). A sealed segment that is read to its end is deleted. After a
-//! restart every segment found is sealed and replayed from its start: the database skips records
-//! it already has (by id), so a replay never counts twice.
+//! # Two ways out: memory, and the files after a crash
+//! A record appended to a lane's segment is also queued in that lane's memory, in file order
+//! ([`Spool::take_queued`]): the writer inserts it from there and never reads the file back.
+//! The segment's committed offset advances as its queued records are committed
+//! ([`Spool::commit_queued`]); a sealed segment committed to its end is deleted. The committed
+//! offsets are saved in `COMMITTED` after each drain (a hint, not synced: a lost or stale hint
+//! only replays more).
+//!
+//! The files are read ([`Spool::read`]) only for segments whose records are not in memory:
+//! segments found at start (a crash or a database that was away), replayed from their saved
+//! committed offset, and segments a lane wrote while its memory queue was full
+//! ([`QUEUE_MAX`], a database too slow or away: the lane then writes to a new segment that is
+//! drained from the file, and goes back to memory once its queue has room). The reader reads a
+//! segment only up to the length its writer published after the `write` returned (never a line
+//! still being copied), and advances the offsets only after the database commit
+//! ([`Spool::commit`]). The database skips records it already has (by id), so a replay never
+//! counts twice.
 //!
 //! The directory is locked (`LOCK`, an advisory file lock) so two processes never share a spool.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -30,11 +42,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rampart_store::UsageRecord;
 
-use crate::crc32::crc32;
-
 const SUFFIX: &str = ".spool";
+/// The committed offsets of the segments (`SEQ OFFSET` lines), saved after each drain.
+const HINT: &str = "COMMITTED";
 /// Bytes read from a segment at a time.
 const READ_STEP: u64 = 256 * 1024;
+/// Records a lane keeps in memory for the writer; past this the lane writes to a segment that is
+/// drained from its file, until its queue is down to half.
+pub const QUEUE_MAX: usize = 32 * 1024;
 
 /// The spool. See the module docs.
 #[derive(Debug)]
@@ -45,6 +60,8 @@ pub struct Spool {
     next_seq: AtomicU64,
     segment_bytes: u64,
     sync_each_write: bool,
+    /// Records a lane queues in memory at most ([`QUEUE_MAX`]).
+    queue_max: usize,
     /// Bytes in segment files not yet deleted.
     bytes: AtomicU64,
     /// Records in the spool not yet committed to the database.
@@ -57,6 +74,8 @@ pub struct Spool {
 #[derive(Debug, Default)]
 struct Lane {
     active: Option<Active>,
+    /// Records appended to memory-mode segments, in file order, not yet taken by the writer.
+    queued: Queued,
 }
 
 #[derive(Debug)]
@@ -64,6 +83,49 @@ struct Active {
     file: File,
     seq: u64,
     published: Arc<AtomicU64>,
+    /// Its records are queued in memory (else drained from the file).
+    in_memory: bool,
+}
+
+/// Records taken from the lanes' memory, with where each ends in its segment.
+#[derive(Debug, Default)]
+pub struct Queued {
+    /// The records, each lane's in file order.
+    pub records: Vec<UsageRecord>,
+    /// `(segment, offset just past the record's line)` of each record.
+    marks: Vec<(u64, u64)>,
+}
+
+impl Queued {
+    /// How many records.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// No records.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Move `other`'s records to the end of these.
+    pub fn append(&mut self, other: &mut Queued) {
+        self.records.append(&mut other.records);
+        self.marks.append(&mut other.marks);
+    }
+
+    /// Split off the first `n` records (all when fewer).
+    #[must_use]
+    pub fn split_front(&mut self, n: usize) -> Queued {
+        let n = n.min(self.len());
+        let rest_records = self.records.split_off(n);
+        let rest_marks = self.marks.split_off(n);
+        Queued {
+            records: std::mem::replace(&mut self.records, rest_records),
+            marks: std::mem::replace(&mut self.marks, rest_marks),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +136,8 @@ struct Segment {
     /// Bytes whose records are committed to the database.
     committed: u64,
     sealed: bool,
+    /// Its records are queued in memory: the reader leaves it alone.
+    in_memory: bool,
 }
 
 /// Records read from the spool, and how far each segment was read.
@@ -124,6 +188,7 @@ impl Spool {
             )),
             std::fs::TryLockError::Error(e) => e,
         })?;
+        let hint = read_hint(dir);
         let mut segments = BTreeMap::new();
         let (mut bytes, mut pending, mut max_seq) = (0u64, 0u64, 0u64);
         for entry in std::fs::read_dir(dir)? {
@@ -140,16 +205,23 @@ impl Spool {
             let mut content = Vec::new();
             File::open(&path)?.read_to_end(&mut content)?;
             let len = content.len() as u64;
+            // The saved committed offset, when it is the end of a line of this segment.
+            let committed = hint
+                .get(&seq)
+                .copied()
+                .filter(|&at| at <= len && (at == 0 || content[(at - 1) as usize] == b'\n'))
+                .unwrap_or(0);
             bytes += len;
-            pending += memchr::memchr_iter(b'\n', &content).count() as u64;
+            pending += memchr::memchr_iter(b'\n', &content[committed as usize..]).count() as u64;
             max_seq = max_seq.max(seq);
             segments.insert(
                 seq,
                 Segment {
                     path,
                     published: Arc::new(AtomicU64::new(len)),
-                    committed: 0,
+                    committed,
                     sealed: true,
+                    in_memory: false,
                 },
             );
         }
@@ -162,6 +234,7 @@ impl Spool {
             next_seq: AtomicU64::new(max_seq + 1),
             segment_bytes,
             sync_each_write,
+            queue_max: QUEUE_MAX,
             bytes: AtomicU64::new(bytes),
             pending: AtomicU64::new(pending),
             scratch: Mutex::new(Vec::new()),
@@ -193,30 +266,52 @@ impl Spool {
         buf.extend_from_slice(b"00000000 ");
         // Serialising plain fields into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *buf, record);
-        let crc = crc32(&buf[9..]);
-        let hex = format!("{crc:08x}");
-        buf[..8].copy_from_slice(hex.as_bytes());
+        let crc = crc32fast::hash(&buf[9..]);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, slot) in buf[..8].iter_mut().enumerate() {
+            *slot = HEX[((crc >> ((7 - i) * 4)) & 0xf) as usize];
+        }
         buf.push(b'\n');
     }
 
-    /// Append one encoded line (see [`Spool::encode`]) to this thread's lane, with one `write`
-    /// (and an `fdatasync` with `fsync = "always"`). On an error the lane's segment is sealed, so
-    /// a partial line never has a good one appended to it.
+    /// Append `record` to this thread's lane as one line (see [`Spool::encode`]), with one
+    /// `write` (and an `fdatasync` with `fsync = "always"`), and queue it in the lane's memory
+    /// for the writer (unless the queue is full: see the module docs). On an error the lane's
+    /// segment is sealed, so a partial line never has a good one appended to it.
     ///
     /// # Errors
     /// When the segment cannot be created or written.
-    pub fn append(&self, line: &[u8]) -> io::Result<()> {
+    pub fn append(&self, record: &UsageRecord) -> io::Result<()> {
+        thread_local! {
+            static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            Self::encode(record, &mut line);
+            self.append_line(&line, record)
+        })
+    }
+
+    fn append_line(&self, line: &[u8], record: &UsageRecord) -> io::Result<()> {
         let lane = &self.lanes[lane_index() % self.lanes.len()];
         let mut lane = lane
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let full = lane
-            .active
-            .as_ref()
-            .is_none_or(|a| a.published.load(Ordering::Relaxed) >= self.segment_bytes);
-        if full {
-            self.rotate(&mut lane)?;
+        let queued = lane.queued.len();
+        let rotate = match &lane.active {
+            None => true,
+            Some(a) => {
+                a.published.load(Ordering::Relaxed) >= self.segment_bytes
+                    // A full queue sends the lane to a file-drained segment, a queue down to
+                    // half brings it back.
+                    || (a.in_memory && queued >= self.queue_max)
+                    || (!a.in_memory && queued <= self.queue_max / 2)
+            }
+        };
+        if rotate {
+            self.rotate(&mut lane, queued < self.queue_max)?;
         }
+        let lane = &mut *lane;
         let Some(active) = lane.active.as_mut() else {
             return Err(io::Error::other("no open spool segment"));
         };
@@ -228,19 +323,53 @@ impl Spool {
             }
         });
         if let Err(e) = written {
-            self.seal(&mut lane);
+            self.seal(lane);
             return Err(e);
         }
-        active
+        let end = active
             .published
-            .fetch_add(line.len() as u64, Ordering::Release);
+            .fetch_add(line.len() as u64, Ordering::Release)
+            + line.len() as u64;
+        if active.in_memory {
+            lane.queued.records.push(record.clone());
+            lane.queued.marks.push((active.seq, end));
+        }
         self.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
         self.pending.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Seal the lane's segment (if any) and open a new one.
-    fn rotate(&self, lane: &mut Lane) -> io::Result<()> {
+    /// Take the records queued in the lanes' memory (see the module docs); they are consumed
+    /// by [`Spool::commit_queued`].
+    #[must_use]
+    pub fn take_queued(&self) -> Queued {
+        let mut all = Queued::default();
+        for lane in &*self.lanes {
+            let mut lane = lane
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if all.is_empty() {
+                std::mem::swap(&mut all, &mut lane.queued);
+            } else {
+                all.append(&mut lane.queued);
+            }
+        }
+        all
+    }
+
+    /// The records of `queued` are in the database: advance their segments' committed offsets
+    /// and delete the sealed segments committed to their end.
+    pub fn commit_queued(&self, queued: &Queued) {
+        let mut ends: HashMap<u64, u64> = HashMap::new();
+        for &(seq, end) in &queued.marks {
+            let e = ends.entry(seq).or_insert(end);
+            *e = (*e).max(end);
+        }
+        self.advance(ends.into_iter(), queued.len() as u64);
+    }
+
+    /// Seal the lane's segment (if any) and open a new one, its records queued in memory or not.
+    fn rotate(&self, lane: &mut Lane, in_memory: bool) -> io::Result<()> {
         self.seal(lane);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{seq:020}{SUFFIX}"));
@@ -256,12 +385,14 @@ impl Spool {
                 published: published.clone(),
                 committed: 0,
                 sealed: false,
+                in_memory,
             },
         );
         lane.active = Some(Active {
             file,
             seq,
             published,
+            in_memory,
         });
         Ok(())
     }
@@ -312,6 +443,7 @@ impl Spool {
     pub fn read(&self, max: usize) -> io::Result<Batch> {
         let plan: Vec<(u64, PathBuf, u64, u64, bool)> = lock(&self.segments)
             .iter()
+            .filter(|(_, s)| !s.in_memory)
             .map(|(seq, s)| {
                 (
                     *seq,
@@ -342,16 +474,24 @@ impl Spool {
     /// The records of `batch` are in the database: advance the offsets and delete the sealed
     /// segments read to their end.
     pub fn commit(&self, batch: &Batch) {
+        self.advance(batch.progress.iter().copied(), batch.lines);
+    }
+
+    /// Move committed offsets to `ends` (`(segment, offset)`), count `lines` as no longer
+    /// pending, and delete every sealed segment committed to its end.
+    fn advance(&self, ends: impl Iterator<Item = (u64, u64)>, lines: u64) {
         let mut deleted = Vec::new();
         {
             let mut segments = lock(&self.segments);
-            for &(seq, end) in &batch.progress {
-                let Some(seg) = segments.get_mut(&seq) else {
-                    continue;
-                };
-                seg.committed = seg.committed.max(end);
+            for (seq, end) in ends {
+                if let Some(seg) = segments.get_mut(&seq) {
+                    seg.committed = seg.committed.max(end);
+                }
+            }
+            // Also segments sealed after their last records were committed.
+            for (seq, seg) in segments.iter() {
                 if seg.sealed && seg.committed >= seg.published.load(Ordering::Acquire) {
-                    deleted.push((seq, seg.path.clone(), seg.committed));
+                    deleted.push((*seq, seg.path.clone(), seg.committed));
                 }
             }
             for (seq, _, _) in &deleted {
@@ -367,9 +507,41 @@ impl Spool {
             self.bytes
                 .fetch_sub(len.min(self.bytes()), Ordering::Relaxed);
         }
-        let n = batch.lines.min(self.pending());
+        let n = lines.min(self.pending());
         self.pending.fetch_sub(n, Ordering::Relaxed);
     }
+
+    /// Save the segments' committed offsets in `COMMITTED` (written aside, then renamed), so a
+    /// restart replays only what follows them.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save_committed(&self) -> io::Result<()> {
+        let mut text = String::new();
+        for (seq, seg) in lock(&self.segments).iter() {
+            if seg.committed > 0 {
+                text.push_str(&format!("{seq} {}\n", seg.committed));
+            }
+        }
+        let tmp = self.dir.join(format!("{HINT}.tmp"));
+        private(OpenOptions::new().create(true).write(true).truncate(true))
+            .open(&tmp)?
+            .write_all(text.as_bytes())?;
+        std::fs::rename(tmp, self.dir.join(HINT))
+    }
+}
+
+/// The committed offsets saved by [`Spool::save_committed`] (none when absent or unreadable).
+fn read_hint(dir: &Path) -> HashMap<u64, u64> {
+    let Ok(text) = std::fs::read_to_string(dir.join(HINT)) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (seq, at) = l.split_once(' ')?;
+            Some((seq.parse().ok()?, at.parse().ok()?))
+        })
+        .collect()
 }
 
 /// `options` creating files with mode 0600 (on Unix).
@@ -461,7 +633,7 @@ fn decode(line: &[u8]) -> Option<UsageRecord> {
         return None;
     }
     let crc = u32::from_str_radix(std::str::from_utf8(crc_hex).ok()?, 16).ok()?;
-    if crc != crc32(json) {
+    if crc != crc32fast::hash(json) {
         return None;
     }
     serde_json::from_slice(json).ok()
@@ -507,9 +679,7 @@ mod tests {
     }
 
     fn append(spool: &Spool, n: u64) {
-        let mut buf = Vec::new();
-        Spool::encode(&record(n), &mut buf);
-        spool.append(&buf).unwrap();
+        spool.append(&record(n)).unwrap();
     }
 
     fn segment_files(dir: &Path) -> usize {
@@ -541,21 +711,21 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_consumed_until_committed_and_drained_segments_go_away() {
+    fn records_go_to_the_writer_in_memory_and_committed_segments_go_away() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 2, 64 * 1024, false).unwrap();
         for n in 0..10 {
             append(&spool, n);
         }
         assert_eq!(spool.pending(), 10);
-        let first = spool.read(4).unwrap();
-        assert_eq!(first.records.len(), 4);
-        // Not committed: read again from the start.
-        let again = spool.read(100).unwrap();
-        assert_eq!(again.records.len(), 10);
-        spool.commit(&again);
-        assert_eq!(spool.pending(), 0);
+        let queued = spool.take_queued();
+        assert_eq!(queued.records, (0..10).map(record).collect::<Vec<_>>());
+        assert!(spool.take_queued().is_empty());
+        // Records in memory are never read back from their files.
         assert!(spool.read(100).unwrap().records.is_empty());
+        spool.commit_queued(&queued);
+        assert_eq!(spool.pending(), 0);
+        assert_eq!(segment_files(dir.path()), 1, "the open segment stays");
         spool.seal_all();
         spool.commit(&spool.read(100).unwrap());
         assert_eq!(segment_files(dir.path()), 0);
@@ -563,32 +733,77 @@ mod tests {
     }
 
     #[test]
-    fn full_segments_rotate_and_a_restart_replays_every_record() {
+    fn a_restart_replays_what_was_not_committed_and_without_the_hint_everything() {
         let dir = tempfile::tempdir().unwrap();
         {
             let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
             for n in 0..500 {
                 append(&spool, n);
             }
-            assert!(segment_files(dir.path()) > 1);
-            // Commit the first 100, then "crash" (drop without sealing).
-            let b = spool.read(100).unwrap();
-            spool.commit(&b);
+            assert!(segment_files(dir.path()) > 1, "full segments rotate");
+            // Commit the first 100, then "crash" (drop without sealing or draining).
+            let mut queued = spool.take_queued();
+            let first = queued.split_front(100);
+            assert_eq!(first.records[99], record(99));
+            assert_eq!(queued.records[0], record(100));
+            spool.commit_queued(&first);
+            spool.save_committed().unwrap();
         }
-        let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
-        assert!(spool.pending() >= 400);
-        let b = spool.read(10_000).unwrap();
-        let ids: std::collections::BTreeSet<u64> =
-            b.records.iter().map(|r| r.input_tokens).collect();
-        assert!(
-            (100..500).all(|n| ids.contains(&n)),
-            "every uncommitted record is replayed"
-        );
+        let replayed = |dir: &Path| {
+            let spool = Spool::open(dir, 1, 64 * 1024, false).unwrap();
+            let pending = spool.pending();
+            let b = spool.read(10_000).unwrap();
+            let ns: Vec<u64> = b.records.iter().map(|r| r.input_tokens).collect();
+            assert_eq!(pending, ns.len() as u64);
+            (spool, b, ns)
+        };
+        // Without the hint (a copy of the segments), every record is replayed.
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(SUFFIX) {
+                std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let (_, _, all) = replayed(copy.path());
+        assert_eq!(all, (0..500).collect::<Vec<_>>());
+        // With it, only the records not committed.
+        let (spool, b, ns) = replayed(dir.path());
+        assert_eq!(ns, (100..500).collect::<Vec<_>>());
         spool.commit(&b);
         assert_eq!(segment_files(dir.path()), 0);
         // A second open of a locked spool is refused.
         let err = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap_err();
         assert!(err.to_string().contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn a_full_queue_sends_the_lane_to_a_file_drained_segment_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1, 64 * 1024 * 1024, false).unwrap();
+        spool.queue_max = 8;
+        for n in 0..20 {
+            append(&spool, n);
+        }
+        // 8 in memory, the next 12 in a second segment read from its file.
+        assert_eq!(segment_files(dir.path()), 2);
+        let queued = spool.take_queued();
+        assert_eq!(queued.records, (0..8).map(record).collect::<Vec<_>>());
+        let from_file = spool.read(100).unwrap();
+        let ns: Vec<u64> = from_file.records.iter().map(|r| r.input_tokens).collect();
+        assert_eq!(ns, (8..20).collect::<Vec<_>>());
+        spool.commit(&from_file);
+        spool.commit_queued(&queued);
+        // The queue is empty again: the next record starts a new segment, in memory.
+        append(&spool, 20);
+        let last = spool.take_queued();
+        assert_eq!(last.records, vec![record(20)]);
+        spool.commit_queued(&last);
+        assert_eq!(
+            segment_files(dir.path()),
+            1,
+            "the first two were sealed and drained"
+        );
     }
 
     #[cfg(unix)]
@@ -609,10 +824,14 @@ mod tests {
     #[test]
     fn batches_cut_a_large_segment_into_consecutive_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1, 64 * 1024 * 1024, false).unwrap();
-        for n in 0..3000 {
-            append(&spool, n);
+        {
+            let spool = Spool::open(dir.path(), 1, 64 * 1024 * 1024, false).unwrap();
+            for n in 0..3000 {
+                append(&spool, n);
+            }
         }
+        // After a restart the segment is read from its file.
+        let spool = Spool::open(dir.path(), 1, 64 * 1024 * 1024, false).unwrap();
         let mut next = 0;
         for max in [1000, 1, 1500, 10_000] {
             let b = spool.read(max).unwrap();

@@ -1,0 +1,134 @@
+//! What the usage ledger costs per record, stage by stage, on this machine (release build):
+//!
+//! ```sh
+//! cargo run --release -p rampart-ledger --example drain_cost [records]
+//! ```
+//!
+//! 1. the request path: encode a record as a spool line, append it (one `write`) and queue it
+//!    for the writer; the writer takes it from memory;
+//! 2. recovery: read the spool back and decode it (what the writer does only after a restart);
+//! 3. the database: insert the records into a fresh SQLite store in batches of 1000 (records and
+//!    rollups, one transaction per batch), first as new records, then the same batches replayed.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use rampart_ledger::spool::Spool;
+use rampart_store::{Store, UsageRecord};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+fn record(n: u64) -> UsageRecord {
+    let id = uuid::Uuid::now_v7();
+    serde_json::from_value(serde_json::json!({
+        "id": id,
+        "at": 1_780_000_000_000_000_i64 + i64::try_from(n).unwrap(),
+        "request_id": format!("req_rmp_{n:032x}"),
+        "key_id": "0196c3a0-0000-7000-8000-000000000001",
+        "team_id": "0196c3a0-0000-7000-8000-000000000002",
+        "user_id": "0196c3a0-0000-7000-8000-000000000003",
+        "key_label": "rk_abcd1",
+        "endpoint": "/v1/messages",
+        "model_requested": "claude-sonnet-4-6",
+        "model_served": "claude-sonnet-4-6",
+        "status": 200,
+        "error_type": null,
+        "input_tokens": 20,
+        "output_tokens": 64,
+        "cache_write_5m_tokens": 0,
+        "cache_write_1h_tokens": 0,
+        "cache_read_tokens": 0,
+        "cost_micro_usd": 1020,
+        "priced": true,
+        "latency_us": 180,
+        "upstream_latency_us": 90,
+        "upstream_attempts": 1,
+        "streamed": false,
+        "cache_hit": false,
+        "client_aborted": false
+    }))
+    .unwrap()
+}
+
+fn per(n: usize, since: Instant) -> String {
+    format!("{:.2} µs", since.elapsed().as_secs_f64() * 1e6 / n as f64)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50_000);
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<UsageRecord> = (0..n as u64).map(record).collect();
+
+    let spool_dir = dir.path().join("spool");
+    let spool = Spool::open(&spool_dir, 1, 64 * 1024 * 1024, false).unwrap();
+    // The writer takes what arrived every 10 000 records (a lane queues at most 32 768).
+    let (mut appending, mut taking) = (Duration::ZERO, Duration::ZERO);
+    for chunk in records.chunks(10_000) {
+        let t = Instant::now();
+        for r in chunk {
+            spool.append(r).unwrap();
+        }
+        appending += t.elapsed();
+        let t = Instant::now();
+        let queued = spool.take_queued();
+        assert_eq!(queued.len(), chunk.len());
+        spool.commit_queued(&queued);
+        drop(queued);
+        taking += t.elapsed();
+    }
+    println!(
+        "append: encode, write, queue in memory (request path): {:.2} µs per record",
+        appending.as_secs_f64() * 1e6 / n as f64
+    );
+    println!(
+        "take from memory + commit offsets (writer): {:.2} µs per record",
+        taking.as_secs_f64() * 1e6 / n as f64
+    );
+    drop(spool);
+
+    // As after a crash: the segment is read back from its file.
+    std::fs::remove_file(spool_dir.join("COMMITTED")).ok();
+    let spool = Spool::open(&spool_dir, 1, 64 * 1024 * 1024, false).unwrap();
+    let t = Instant::now();
+    let mut read = 0;
+    loop {
+        let b = spool.read(1000).unwrap();
+        if b.records.is_empty() {
+            break;
+        }
+        read += b.records.len();
+        spool.commit(&b);
+    }
+    assert_eq!(read, n);
+    println!(
+        "spool read + decode (recovery only): {} per record",
+        per(n, t)
+    );
+
+    let store = Store::open(&rampart_store::sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let t = Instant::now();
+    for chunk in records.chunks(1000) {
+        assert_eq!(
+            store.usage().insert_usage(chunk).await.unwrap(),
+            chunk.len() as u64
+        );
+    }
+    println!(
+        "database insert, new records, batches of 1000: {} per record",
+        per(n, t)
+    );
+    let t = Instant::now();
+    for chunk in records.chunks(1000) {
+        assert_eq!(store.usage().insert_usage(chunk).await.unwrap(), 0);
+    }
+    println!(
+        "database insert, replayed records (all skipped): {} per record",
+        per(n, t)
+    );
+}
