@@ -64,6 +64,8 @@ pub struct AdminSettings {
     pub login_window: Duration,
     /// The environment label in new keys (`rk_<env>_…`).
     pub key_env: String,
+    /// Which team webhook URLs are accepted (`[webhooks]`).
+    pub webhook_policy: rampart_webhooks::UrlPolicy,
 }
 
 impl Default for AdminSettings {
@@ -77,6 +79,7 @@ impl Default for AdminSettings {
             login_failures_per_address: 20,
             login_window: Duration::from_secs(15 * 60),
             key_env: "live".to_owned(),
+            webhook_policy: rampart_webhooks::UrlPolicy::default(),
         }
     }
 }
@@ -170,6 +173,12 @@ impl AdminState {
     pub(crate) fn jwt(&self) -> &JwtKeys {
         &self.0.jwt
     }
+    /// The master keys (shared with the webhook dispatcher, which opens signing secrets).
+    #[must_use]
+    pub fn master_keys(&self) -> Arc<MasterKeys> {
+        self.0.master.clone()
+    }
+
     pub(crate) fn master(&self) -> &MasterKeys {
         &self.0.master
     }

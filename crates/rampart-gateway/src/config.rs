@@ -248,6 +248,8 @@ pub struct Settings {
     pub cache: crate::response_cache::CacheConfig,
     /// The response-cache and breakpoint policies.
     pub cache_settings: crate::response_cache::CacheSettings,
+    /// Webhooks on batch end (`[webhooks]`), with a store.
+    pub webhooks: rampart_webhooks::WebhooksConfig,
 }
 
 /// Where configuration comes from.
@@ -278,6 +280,7 @@ pub struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[&str] = &[
     "server", "upstream", "auth", "log", "admin", "routing", "pricing", "ledger", "limits", "cache",
+    "webhooks",
 ];
 
 /// Load, merge and validate configuration; report every problem at once.
@@ -336,6 +339,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
     let limits: crate::limits_config::LimitsConfig = section(&fig, "limits", &mut problems);
     let cache: crate::response_cache::CacheConfig = section(&fig, "cache", &mut problems);
     let cache_settings = cache.settings(&mut problems);
+    let webhooks: rampart_webhooks::WebhooksConfig = section(&fig, "webhooks", &mut problems);
+    problems.extend(webhooks.problems());
     let limits = crate::limits_config::validate(&limits, sources.use_env, &mut problems);
     problems.extend(ledger.problems());
     let prices = rampart_ledger::pricing::PriceTable::from_config(&pricing).unwrap_or_else(|e| {
@@ -467,6 +472,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             limits: limits.unwrap_or_default(),
             cache,
             cache_settings,
+            webhooks,
         }),
         _ => Err(ConfigErrors(problems)),
     }

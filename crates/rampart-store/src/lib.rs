@@ -23,6 +23,7 @@ pub mod model;
 mod postgres;
 mod sqlite;
 pub mod usage;
+pub mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub use model::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use usage::{UsageGroupBy, UsageQuery, UsageRecord, UsageRepository, UsageRow};
+pub use webhooks::WebhookRepository;
 
 /// The file name of the embedded database inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "rampart.db";
@@ -391,6 +393,14 @@ impl Store {
         }
     }
 
+    /// Team webhooks and their delivery attempts (see [`webhooks`]).
+    pub fn webhooks(&self) -> &dyn WebhookRepository {
+        match &self.inner {
+            Inner::Sqlite(s) => s,
+            Inner::Postgres(p) => p,
+        }
+    }
+
     /// Apply the embedded migrations that have not been applied yet. Idempotent.
     ///
     /// # Errors
@@ -508,6 +518,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 "batches",
                 include_str!("../migrations/sqlite/0007_batches.sql"),
             ),
+            (
+                8,
+                "webhooks",
+                include_str!("../migrations/sqlite/0008_webhooks.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (
@@ -544,6 +559,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 7,
                 "batches",
                 include_str!("../migrations/postgres/0007_batches.sql"),
+            ),
+            (
+                8,
+                "webhooks",
+                include_str!("../migrations/postgres/0008_webhooks.sql"),
             ),
         ],
     };

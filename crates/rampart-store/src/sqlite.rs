@@ -35,6 +35,13 @@ mod usage_repo;
 
 #[allow(
     clippy::duplicate_mod,
+    reason = "webhooks_repo.rs is compiled once per engine on purpose, like repo.rs"
+)]
+#[path = "webhooks_repo.rs"]
+mod webhooks_repo;
+
+#[allow(
+    clippy::duplicate_mod,
     reason = "batches_repo.rs is compiled once per engine on purpose, like repo.rs"
 )]
 #[path = "batches_repo.rs"]

@@ -73,6 +73,7 @@ pub fn admin_settings(settings: &Settings) -> AdminSettings {
         login_failures_per_address: a.login_max_failures_per_address as usize,
         login_window: Duration::from_secs(a.login_window_secs),
         key_env: "live".to_owned(),
+        webhook_policy: settings.webhooks.policy(),
     }
 }
 

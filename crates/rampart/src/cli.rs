@@ -422,6 +422,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Gateway::with_parts(settings, auth, proxy_parts).map_err(anyhow::Error::msg)?;
     let addr = listener.local_addr()?;
     let mut upkeep = None;
+    let mut webhooks = None;
     if let Some((state, store)) = admin_plane {
         gateway = gateway.with_router(rampart_admin::router(state.clone()));
         upkeep = Some(state.spawn_upkeep());
@@ -431,6 +432,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
         crate::admin::bootstrap(&store, &state, &base).await?;
+        webhooks = crate::webhooks::spawn_dispatcher(
+            &gateway.settings().webhooks,
+            &store,
+            state.master_keys(),
+            base,
+        );
     }
     let shutdown = shutdown_signal();
     println!("listening on http://{addr}");
@@ -438,6 +445,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     gateway.serve(listener, shutdown).await?;
     if let Some(u) = upkeep {
         u.abort();
+    }
+    if let Some(w) = webhooks {
+        w.abort();
     }
     if let Some(plane) = store_plane {
         plane.stop().await;

@@ -17,6 +17,7 @@ mod secrets;
 mod team_limits;
 mod upstreams;
 mod usage;
+mod webhooks;
 
 use clap::Parser;
 

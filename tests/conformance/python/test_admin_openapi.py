@@ -24,6 +24,9 @@ DOCUMENTED = {
     ("GET", "/admin/v1/keys/{id}/limits"), ("PUT", "/admin/v1/keys/{id}/limits"),
     ("GET", "/admin/v1/teams/{id}/limits"), ("PUT", "/admin/v1/teams/{id}/limits"),
     ("GET", "/admin/v1/usage"),
+    # Issue 7: a team's webhook on batch end and its deliveries.
+    ("GET", "/admin/v1/teams/{id}/webhook"), ("PUT", "/admin/v1/teams/{id}/webhook"), ("DELETE", "/admin/v1/teams/{id}/webhook"),
+    ("GET", "/admin/v1/teams/{id}/webhook/deliveries"),
 }
 OPEN = {("POST", "/admin/v1/auth/login"), ("POST", "/admin/v1/auth/refresh"), ("POST", "/admin/v1/setup")}
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "trace"}
@@ -96,6 +99,7 @@ def test_documented_success_and_error_statuses(spec: dict[str, Any]) -> None:
         ("POST", "/admin/v1/users"): "201", ("POST", "/admin/v1/teams"): "201", ("POST", "/admin/v1/keys"): "201",
         ("POST", "/admin/v1/keys/{id}/rotate"): "201", ("POST", "/admin/v1/upstreams"): "201", ("POST", "/admin/v1/setup"): "201",
         ("POST", "/admin/v1/auth/logout"): "204", ("POST", "/admin/v1/auth/revoke"): "204",
+        ("DELETE", "/admin/v1/teams/{id}/webhook"): "204",
     }
     for key, op in operations(spec).items():
         codes = set(op["responses"])

@@ -8,6 +8,7 @@ mod teams;
 mod upstreams;
 mod usage;
 mod users;
+mod webhooks;
 
 use axum::Router;
 use axum::routing::any;
@@ -40,6 +41,7 @@ use crate::http::Ctx;
         (name = "upstreams", description = "Encrypted upstream credentials"),
         (name = "audit", description = "Tamper-evident audit log"),
         (name = "usage", description = "Usage and cost from the ledger"),
+        (name = "webhooks", description = "A team's webhook on batch end and its deliveries"),
     )
 )]
 struct ApiDoc;
@@ -84,6 +86,8 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
         .routes(routes!(usage::summary))
+        .routes(routes!(webhooks::get, webhooks::put, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
 }
 
 fn split() -> (Router<AdminState>, utoipa::openapi::OpenApi) {
