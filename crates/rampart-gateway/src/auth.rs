@@ -58,6 +58,8 @@ pub struct Identity {
     /// The rate limits and budgets that apply to the key (its own or its team's defaults, and
     /// its team's); `None` when nothing limits it.
     pub limits: Option<Arc<rampart_limits::Policy>>,
+    /// The key's and its team's caching policies from the store; `None` when neither is set.
+    pub cache: Option<Arc<crate::response_cache::StoredPolicies>>,
 }
 
 impl Identity {
@@ -71,6 +73,7 @@ impl Identity {
             team_id: None,
             user_id: None,
             limits: None,
+            cache: None,
         }
     }
 }

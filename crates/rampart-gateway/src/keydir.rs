@@ -25,12 +25,14 @@ use std::time::Duration;
 use rampart_crypto::apikey::{self, KeyHasher};
 use rampart_limits::{Budget, Period, Policy, Rates, Scope, ScopeKind, ScopeLimits};
 use rampart_store::{
-    AllLimits, ApiKey, BudgetPeriod, LimitSettings, Store, Team, TeamLimitSettings,
+    AllCachePolicies, AllLimits, ApiKey, BudgetPeriod, CachePolicy, LimitSettings, Store, Team,
+    TeamLimitSettings,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::auth::{Authenticator, Denial, Endpoint, Identity, Scopes};
+use crate::response_cache::{PolicyLevel, StoredPolicies};
 use crate::store_plane::Ticks;
 
 /// A full reload happens at least this often, even when the directory version did not move.
@@ -116,7 +118,8 @@ impl KeyDirectory {
             .list_api_keys(rampart_store::ApiKeyFilter::default())
             .await?;
         let limits = store.limits().all_limits().await?;
-        let n = self.install(&teams, keys, &limits);
+        let caching = store.cache_policies().all_cache_policies().await?;
+        let n = self.install(&teams, keys, &limits, &caching);
         self.version.store(version, Ordering::Relaxed);
         Ok(n)
     }
@@ -135,8 +138,16 @@ impl KeyDirectory {
     }
 
     /// Replace the directory with `keys` and their `limits`; returns how many are usable.
-    fn install(&self, teams: &[Team], keys: Vec<ApiKey>, limits: &AllLimits) -> usize {
+    fn install(
+        &self,
+        teams: &[Team],
+        keys: Vec<ApiKey>,
+        limits: &AllLimits,
+        caching: &AllCachePolicies,
+    ) -> usize {
         let own: HashMap<Uuid, LimitSettings> = limits.keys.iter().copied().collect();
+        let key_caching: HashMap<Uuid, CachePolicy> = caching.keys.iter().copied().collect();
+        let team_caching: HashMap<Uuid, CachePolicy> = caching.teams.iter().copied().collect();
         let by_team: HashMap<Uuid, TeamLimitSettings> = limits.teams.iter().copied().collect();
         let disabled_teams: HashSet<Uuid> =
             teams.iter().filter(|t| t.disabled).map(|t| t.id).collect();
@@ -166,7 +177,8 @@ impl KeyDirectory {
             live.insert(k.id);
             let used = uses.entry(k.id).or_default().clone();
             let policy = policy(&k, own.get(&k.id), by_team.get(&k.team_id));
-            next.usable.insert(digest, entry(k, used, policy));
+            let cache = stored_caching(key_caching.get(&k.id), team_caching.get(&k.team_id));
+            next.usable.insert(digest, entry(k, used, policy, cache));
         }
         // A clock whose key is gone is kept until the store has its last use.
         uses.retain(|id, u| live.contains(id) || u.unflushed().is_some());
@@ -277,6 +289,22 @@ impl KeyDirectory {
         }
     }
 
+    /// The limits policy of the usable key `key_id`, if it has one (a scan: for rare callers,
+    /// such as a batch item settling after a restart).
+    #[must_use]
+    pub fn policy_of(&self, key_id: Uuid) -> Option<Arc<rampart_limits::Policy>> {
+        let snapshot = self
+            .snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        snapshot
+            .usable
+            .values()
+            .find(|e| e.identity.key_id == Some(key_id))
+            .and_then(|e| e.identity.limits.clone())
+    }
+
     /// Every budget of the loaded keys and their teams, once each: `(policy group, scope,
     /// budget)`.
     #[must_use]
@@ -365,7 +393,25 @@ fn policy(
     )
 }
 
-fn entry(k: ApiKey, used: Arc<KeyUse>, limits: Option<Arc<Policy>>) -> Entry {
+/// The caching policies a key carries: its own and its team's, when either is stored.
+fn stored_caching(
+    key: Option<&CachePolicy>,
+    team: Option<&CachePolicy>,
+) -> Option<Arc<StoredPolicies>> {
+    (key.is_some() || team.is_some()).then(|| {
+        Arc::new(StoredPolicies {
+            key: key.map(PolicyLevel::stored).unwrap_or_default(),
+            team: team.map(PolicyLevel::stored).unwrap_or_default(),
+        })
+    })
+}
+
+fn entry(
+    k: ApiKey,
+    used: Arc<KeyUse>,
+    limits: Option<Arc<Policy>>,
+    cache: Option<Arc<StoredPolicies>>,
+) -> Entry {
     let scopes = Scopes {
         endpoints: k
             .allowed_endpoints
@@ -382,6 +428,7 @@ fn entry(k: ApiKey, used: Arc<KeyUse>, limits: Option<Arc<Policy>>) -> Entry {
             team_id: Some(k.team_id),
             user_id: k.user_id,
             limits,
+            cache,
         },
         expires_at: k.expires_at,
         used,
@@ -455,7 +502,8 @@ mod tests {
             dir.install(
                 std::slice::from_ref(&t),
                 vec![row.clone()],
-                &AllLimits::default()
+                &AllLimits::default(),
+                &AllCachePolicies::default()
             ),
             1
         );
@@ -484,6 +532,7 @@ mod tests {
             &[live_team, off_team],
             vec![revoked, disabled, of_disabled_team, expired],
             &AllLimits::default(),
+            &AllCachePolicies::default(),
         );
         assert_eq!(n, 1, "only the expiring key is usable (until its expiry)");
         let reason = |k: &str| dir.check_at(k, at(T0)).unwrap_err();
@@ -514,6 +563,7 @@ mod tests {
             std::slice::from_ref(&t),
             vec![row.clone()],
             &AllLimits::default(),
+            &AllCachePolicies::default(),
         );
         (dir, k, t, row)
     }
@@ -530,6 +580,7 @@ mod tests {
             std::slice::from_ref(&t),
             vec![row.clone()],
             &AllLimits::default(),
+            &AllCachePolicies::default(),
         );
         assert_eq!(pending(&dir), vec![(row.id, T0)]);
         dir.check_at(&k, at(T0 + 1)).unwrap();
@@ -546,12 +597,22 @@ mod tests {
     fn a_removed_keys_clock_is_kept_until_flushed() {
         let (dir, k, t, row) = one_key();
         dir.check_at(&k, at(T0)).unwrap();
-        dir.install(std::slice::from_ref(&t), vec![], &AllLimits::default());
+        dir.install(
+            std::slice::from_ref(&t),
+            vec![],
+            &AllLimits::default(),
+            &AllCachePolicies::default(),
+        );
         assert_eq!(pending(&dir), vec![(row.id, T0)]);
         dir.uses.lock().unwrap()[&row.id]
             .flushed
             .store(T0, Ordering::Relaxed);
-        dir.install(std::slice::from_ref(&t), vec![], &AllLimits::default());
+        dir.install(
+            std::slice::from_ref(&t),
+            vec![],
+            &AllLimits::default(),
+            &AllCachePolicies::default(),
+        );
         assert!(dir.uses.lock().unwrap().is_empty());
     }
 }

@@ -72,6 +72,28 @@ pub struct PolicyLevel {
     pub breakpoints: Option<bool>,
 }
 
+impl PolicyLevel {
+    /// A policy stored through the admin API or the CLI.
+    #[must_use]
+    pub fn stored(p: &rampart_store::CachePolicy) -> Self {
+        PolicyLevel {
+            response: p.response_enabled,
+            ttl: p.ttl_secs.map(Duration::from_secs),
+            breakpoints: p.breakpoints_enabled,
+        }
+    }
+}
+
+/// The caching policies a store key carries from the store (admin API, CLI): its own and its
+/// team's. They beat the configuration's at the same level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredPolicies {
+    /// The key's own.
+    pub key: PolicyLevel,
+    /// Its team's.
+    pub team: PolicyLevel,
+}
+
 /// The response-cache and breakpoint settings.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -115,11 +137,15 @@ pub struct Effective {
 }
 
 impl CacheSettings {
-    /// The policy for `identity`: key over team over global.
+    /// The policy for `identity`: key over team over global, and at the key and team levels
+    /// what the store says (admin API, CLI) over the configuration's `[cache]` entries.
     #[must_use]
     pub fn effective(&self, identity: &Identity) -> Effective {
+        let stored = identity.cache.as_deref();
         let levels = [
+            stored.map(|s| &s.key),
             identity.key_id.and_then(|k| self.keys.get(&k)),
+            stored.map(|s| &s.team),
             identity.team_id.and_then(|t| self.teams.get(&t)),
             Some(&self.global),
         ];
@@ -377,6 +403,56 @@ mod tests {
         assert!(!opted_out.response && opted_out.breakpoints);
         let other = s.effective(&identity(Some(Uuid::now_v7()), None));
         assert!(!other.response && !other.breakpoints);
+    }
+
+    #[test]
+    fn a_stored_policy_beats_the_configuration_at_its_level() {
+        let team = Uuid::now_v7();
+        let key = Uuid::now_v7();
+        let mut s = CacheSettings::default();
+        s.teams.insert(
+            team,
+            PolicyLevel {
+                response: Some(true),
+                ttl: Some(Duration::from_secs(60)),
+                breakpoints: Some(true),
+            },
+        );
+        s.keys.insert(
+            key,
+            PolicyLevel {
+                breakpoints: Some(true),
+                ..PolicyLevel::default()
+            },
+        );
+        let mut i = identity(Some(team), Some(key));
+        // The team's stored policy turns the response cache off and shortens the TTL; the key's
+        // stored policy turns breakpoints off; the rest comes from the configuration.
+        i.cache = Some(Arc::new(StoredPolicies {
+            key: PolicyLevel {
+                breakpoints: Some(false),
+                ..PolicyLevel::default()
+            },
+            team: PolicyLevel {
+                response: Some(false),
+                ttl: Some(Duration::from_secs(5)),
+                breakpoints: None,
+            },
+        }));
+        let e = s.effective(&i);
+        assert_eq!(
+            (e.response, e.breakpoints, e.ttl),
+            (false, false, Duration::from_secs(5))
+        );
+        // The configuration's key entry still beats the stored team policy.
+        i.cache = Some(Arc::new(StoredPolicies {
+            key: PolicyLevel::default(),
+            team: PolicyLevel {
+                breakpoints: Some(false),
+                ..PolicyLevel::default()
+            },
+        }));
+        assert!(s.effective(&i).breakpoints);
     }
 
     #[test]

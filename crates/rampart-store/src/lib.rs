@@ -16,6 +16,7 @@
 //! transaction as the change (see [`chain`] for the hash).
 
 pub mod batches;
+pub mod cache_policy;
 pub mod chain;
 pub mod error;
 pub mod limits;
@@ -33,6 +34,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 pub use batches::BatchRepository;
+pub use cache_policy::{AllCachePolicies, CachePolicy, CachePolicyRepository};
 pub use error::{Result, StoreError};
 pub use limits::{
     AllLimits, BudgetPeriod, BudgetSetting, LimitSettings, LimitsRepository, TeamLimitSettings,
@@ -377,6 +379,14 @@ impl Store {
         }
     }
 
+    /// Caching policies per key and team (see [`cache_policy`]).
+    pub fn cache_policies(&self) -> &dyn CachePolicyRepository {
+        match &self.inner {
+            Inner::Sqlite(s) => s,
+            Inner::Postgres(p) => p,
+        }
+    }
+
     /// Limits and budgets per key and team (see [`limits`]).
     pub fn limits(&self) -> &dyn LimitsRepository {
         match &self.inner {
@@ -523,6 +533,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 "webhooks",
                 include_str!("../migrations/sqlite/0008_webhooks.sql"),
             ),
+            (
+                9,
+                "cache_policies",
+                include_str!("../migrations/sqlite/0009_cache_policies.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (
@@ -564,6 +579,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 8,
                 "webhooks",
                 include_str!("../migrations/postgres/0008_webhooks.sql"),
+            ),
+            (
+                9,
+                "cache_policies",
+                include_str!("../migrations/postgres/0009_cache_policies.sql"),
             ),
         ],
     };

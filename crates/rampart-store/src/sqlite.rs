@@ -35,6 +35,13 @@ mod usage_repo;
 
 #[allow(
     clippy::duplicate_mod,
+    reason = "cache_policy_repo.rs is compiled once per engine on purpose, like repo.rs"
+)]
+#[path = "cache_policy_repo.rs"]
+mod cache_policy_repo;
+
+#[allow(
+    clippy::duplicate_mod,
     reason = "webhooks_repo.rs is compiled once per engine on purpose, like repo.rs"
 )]
 #[path = "webhooks_repo.rs"]

@@ -38,6 +38,9 @@ pub enum KeysCommand {
         #[command(flatten)]
         store: MigrateArgs,
     },
+    /// Show a key's caching policy (response cache, TTL, prompt-cache breakpoints), or change
+    /// the fields given (`inherit` unsets one; `--clear` removes them all).
+    CachePolicy(Box<crate::cache_policy::CachePolicyArgs>),
     /// Revoke a key for good.
     Revoke {
         /// The key's id (from `rampart keys list`).
@@ -214,6 +217,10 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             clear,
             store,
         } => key_limits(id, &limits, clear, &store).await,
+        KeysCommand::CachePolicy(args) => {
+            crate::cache_policy::run_key(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         KeysCommand::Revoke { id, store } => revoke(id, &store).await,
         KeysCommand::Rotate {
             id,

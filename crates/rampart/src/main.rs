@@ -7,6 +7,7 @@ mod ask;
 mod audit;
 mod batch;
 mod bootstrap;
+mod cache_policy;
 mod cli;
 mod demo;
 mod keys;

@@ -138,6 +138,9 @@ pub enum TeamsCommand {
     /// Show a team's limits, or replace them: the team's own (shared by all its keys) and its
     /// defaults for keys (`--key-…`); `--clear` removes both.
     Limits(Box<crate::team_limits::TeamLimitsArgs>),
+    /// Show a team's caching policy (response cache, TTL, prompt-cache breakpoints), or change
+    /// the fields given (`inherit` unsets one; `--clear` removes them all).
+    CachePolicy(Box<crate::cache_policy::CachePolicyArgs>),
     /// A team's webhook on batch end: set (prints the signing secret once), show, remove, and
     /// its delivery attempts.
     Webhook {
@@ -403,6 +406,7 @@ pub async fn teams(cmd: TeamsCommand) -> anyhow::Result<ExitCode> {
         TeamsCommand::Disable { team, store } => set_team_disabled(&team, &store, true).await?,
         TeamsCommand::Enable { team, store } => set_team_disabled(&team, &store, false).await?,
         TeamsCommand::Limits(args) => crate::team_limits::run(&args).await?,
+        TeamsCommand::CachePolicy(args) => crate::cache_policy::run_team(&args).await?,
         TeamsCommand::Webhook { command } => return crate::webhooks::run(command).await,
     }
     Ok(ExitCode::SUCCESS)

@@ -189,6 +189,31 @@ def key_action(method: str, suffix: str, body: dict[str, Any] | None) -> Action:
     return act
 
 
+POLICY = {"response_enabled": True, "ttl_secs": 600, "breakpoints_enabled": False}
+
+
+def team_cache_policy(method: str, body: dict[str, Any] | None) -> Action:
+    """GET or PUT /teams/{id}/cache-policy on the caller's own team (A) or another (B)."""
+
+    def act(w: World, role: str, target: str):
+        c = who(w, role)
+        t = team_of(w, target)
+        kw = {"json": body} if body is not None else {}
+        return w.as_(c).request(method, f"/teams/{t['id']}/cache-policy", **kw), Ctx(w, c, target=t, body=body)
+
+    return act
+
+
+def check_cache_policy(r: httpx.Response, ctx: Ctx) -> None:
+    """The answer is the policy; after a PUT the admin reads back what was written."""
+    got = r.json()
+    assert set(got) <= set(POLICY), got
+    if ctx.body:
+        assert got == ctx.body, got
+        kind = "keys" if "key_label" in ctx.target or "prefix" in ctx.target else "teams"
+        assert expect(ctx.world.admin.get(f"/{kind}/{ctx.target['id']}/cache-policy"), 200) == ctx.body
+
+
 def usage_query(param: str | None) -> Action:
     """GET /usage, filtered by nothing, the target's team (`team`) or a key of the target (`key`)."""
 
@@ -424,6 +449,16 @@ MATRIX: list[Row] = [
     ("GET /audit", "-", audit, check_audit, (200, 403, 403, 403, 200)),
     ("GET /audit/verify", "-", audit_verify, check_verify, (200, 403, 403, 403, 200)),
     ("POST /auth/revoke", "-", revoke_jti, check_revoked_jti, (204, 403, 403, 403, 403)),
+    ("GET /keys/{id}/cache-policy", "mine", key_action("GET", "/cache-policy", None), check_cache_policy, (None, 200, 200, 200, None)),
+    ("GET /keys/{id}/cache-policy", "own", key_action("GET", "/cache-policy", None), check_cache_policy, (200, 200, 404, 200, 403)),
+    ("GET /keys/{id}/cache-policy", "other", key_action("GET", "/cache-policy", None), check_cache_policy, (200, 404, 404, 404, 403)),
+    ("PUT /keys/{id}/cache-policy", "mine", key_action("PUT", "/cache-policy", POLICY), check_cache_policy, (None, 200, 403, 403, None)),
+    ("PUT /keys/{id}/cache-policy", "own", key_action("PUT", "/cache-policy", POLICY), check_cache_policy, (200, 200, 404, 403, 403)),
+    ("PUT /keys/{id}/cache-policy", "other", key_action("PUT", "/cache-policy", POLICY), check_cache_policy, (200, 404, 404, 404, 403)),
+    ("GET /teams/{id}/cache-policy", "own", team_cache_policy("GET", None), check_cache_policy, (200, 200, 200, 200, 403)),
+    ("GET /teams/{id}/cache-policy", "other", team_cache_policy("GET", None), check_cache_policy, (200, 404, 404, 404, 403)),
+    ("PUT /teams/{id}/cache-policy", "own", team_cache_policy("PUT", POLICY), check_cache_policy, (200, 200, 403, 403, 403)),
+    ("PUT /teams/{id}/cache-policy", "other", team_cache_policy("PUT", POLICY), check_cache_policy, (200, 404, 404, 404, 403)),
     ("GET /usage", "-", usage_query(None), check_usage, (200, 200, 200, 200, 403)),
     ("GET /usage ?team_id", "own", usage_query("team"), check_usage, (200, 200, 200, 200, 403)),
     ("GET /usage ?team_id", "other", usage_query("team"), check_usage, (200, 404, 404, 404, 403)),

@@ -24,6 +24,9 @@ DOCUMENTED = {
     ("GET", "/admin/v1/keys/{id}/limits"), ("PUT", "/admin/v1/keys/{id}/limits"),
     ("GET", "/admin/v1/teams/{id}/limits"), ("PUT", "/admin/v1/teams/{id}/limits"),
     ("GET", "/admin/v1/usage"),
+    # Issue 6: caching policies per key and team.
+    ("GET", "/admin/v1/keys/{id}/cache-policy"), ("PUT", "/admin/v1/keys/{id}/cache-policy"),
+    ("GET", "/admin/v1/teams/{id}/cache-policy"), ("PUT", "/admin/v1/teams/{id}/cache-policy"),
     # Issue 7: a team's webhook on batch end and its deliveries.
     ("GET", "/admin/v1/teams/{id}/webhook"), ("PUT", "/admin/v1/teams/{id}/webhook"), ("DELETE", "/admin/v1/teams/{id}/webhook"),
     ("GET", "/admin/v1/teams/{id}/webhook/deliveries"),

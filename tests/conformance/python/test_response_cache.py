@@ -17,7 +17,7 @@ import httpx
 import pytest
 from conftest import RampartProcess
 from test_limits import need
-from test_virtual_keys import UPSTREAM_KEY, keys_cli, serve_env, start_serve
+from test_virtual_keys import UPSTREAM_KEY, keys_cli, rampart, serve_env, start_serve
 
 MODEL = "claude-sonnet-4-6"
 
@@ -225,6 +225,44 @@ def test_breakpoints_make_the_next_turn_read_the_upstream_prompt_cache() -> None
         # A short prompt is not rewritten at all.
         short = client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
         assert short.usage.cache_creation_input_tokens in (0, None)
+    finally:
+        for p in procs:
+            assert p.terminate() == 0
+
+
+def test_a_stored_policy_switches_caching_for_a_team_or_a_key_while_serving() -> None:
+    """`rampart teams cache-policy` (CLI, on the store) turns the response cache on for one team
+    while the server runs; a key's own policy beats its team's; an empty policy inherits again."""
+    env, procs = start_env("cache-policy")
+    try:
+        body = question("Policies from the store.")
+        assert env.raw("a", body).headers["x-rampart-cache"] == "bypass"
+        out = rampart(env.data_dir, "teams", "cache-policy", "team-a", "--response", "on", "--ttl", "600")
+        assert out.stdout.strip().endswith("team team-a: response cache on, ttl 600s, breakpoints inherit"), out.stdout
+        deadline = time.monotonic() + 5
+        while env.raw("a", body).headers["x-rampart-cache"] != "miss":
+            assert time.monotonic() < deadline, "the server never applied the team's policy"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert env.raw("a", body).headers["x-rampart-cache"] == "hit"
+        # Team b is untouched.
+        assert env.raw("b", body).headers["x-rampart-cache"] == "bypass"
+        # The key's own policy turns it off again for that key only.
+        key_id = next(line.split()[0] for line in keys_cli(env.data_dir, "list").stdout.splitlines() if "k-a" in line)
+        out = rampart(env.data_dir, "keys", "cache-policy", key_id, "--response", "off")
+        assert "response cache off" in out.stdout, out.stdout
+        deadline = time.monotonic() + 5
+        while env.raw("a", body).headers["x-rampart-cache"] != "bypass":
+            assert time.monotonic() < deadline, "the server never applied the key's policy"
+            time.sleep(0.05)
+        # Bad values are refused with a clear message and change nothing.
+        bad = rampart(env.data_dir, "teams", "cache-policy", "team-a", "--ttl", "0", ok=False)
+        assert bad.returncode != 0 and "--ttl" in bad.stderr, bad.stderr
+        shown = rampart(env.data_dir, "teams", "cache-policy", "team-a")
+        assert "response cache on, ttl 600s" in shown.stdout, shown.stdout
+        rampart(env.data_dir, "keys", "cache-policy", key_id, "--clear")
+        rampart(env.data_dir, "teams", "cache-policy", "team-a", "--clear")
+        assert "response cache inherit, ttl inherit, breakpoints inherit" in rampart(env.data_dir, "teams", "cache-policy", "team-a").stdout
     finally:
         for p in procs:
             assert p.terminate() == 0

@@ -2,6 +2,7 @@
 
 mod audit;
 mod auth;
+mod cache_policy;
 mod keys;
 mod limits;
 mod teams;
@@ -38,6 +39,7 @@ use crate::http::Ctx;
         (name = "teams", description = "Tenants"),
         (name = "keys", description = "Virtual API keys"),
         (name = "limits", description = "Rate limits and budgets of keys and teams"),
+        (name = "caching", description = "Caching policies of keys and teams"),
         (name = "upstreams", description = "Encrypted upstream credentials"),
         (name = "audit", description = "Tamper-evident audit log"),
         (name = "usage", description = "Usage and cost from the ledger"),
@@ -81,6 +83,8 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(keys::rotate))
         .routes(routes!(limits::get_key, limits::put_key))
         .routes(routes!(limits::get_team, limits::put_team))
+        .routes(routes!(cache_policy::get_key, cache_policy::put_key))
+        .routes(routes!(cache_policy::get_team, cache_policy::put_team))
         .routes(routes!(upstreams::list, upstreams::create))
         .routes(routes!(upstreams::get, upstreams::delete))
         .routes(routes!(audit::list))

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on purpose
 
 mod batches;
+mod cache_policy;
 mod harness;
 mod limits;
 mod suite;
@@ -79,6 +80,8 @@ on_both_engines!(
     bad_limits_and_missing_owners_are_refused_without_writing,
     a_rotated_key_keeps_its_limits,
     the_directory_version_moves_with_key_team_and_limit_writes_only,
+    cache_policies_round_trip_per_key_and_team_and_move_the_directory,
+    a_bad_cache_policy_or_a_missing_owner_writes_nothing,
     inserting_usage_twice_counts_it_once,
     usage_groups_by_key_team_model_and_day_from_the_rollups,
     usage_filters_by_user,

@@ -42,7 +42,7 @@ fn rec(
         cache_hit: false,
         client_aborted: false,
         // Signed: breakpoints that only wrote the cache saved a negative amount.
-        saved_micro_usd: if n % 2 == 0 { 500 } else { -100 },
+        saved_micro_usd: if n.is_multiple_of(2) { 500 } else { -100 },
     }
 }
 
