@@ -1,5 +1,7 @@
 //! Admission control on the proxy path (`POST /v1/messages` with a store key that has limits or
 //! a budget): reserve before the upstream call, settle when the response is done.
+//! `POST /v1/messages/count_tokens` counts as one request against the request limits
+//! ([`count_request`]); it draws no tokens, concurrency or budget.
 //!
 //! - **Reserve** ([`admit`]): one request, the input tokens estimated from the body
 //!   ([`rampart_api::tokens`], only when a token limit or a budget needs them), `max_tokens` of
@@ -172,14 +174,62 @@ pub(crate) async fn check_budget(limits: &Limits, policy: &Policy) -> Result<(),
         cost_micros: 1,
         ..Demand::default()
     };
-    match limits.limiter.admit(&budgets_only, probe).await {
+    admit_and_release(limits, &budgets_only, probe)
+        .await
+        .map(|_| ())
+}
+
+/// Count a `count_tokens` request against the request limits (`rpm`) of the key and its team:
+/// it counts as a request, not as tokens, and costs nothing, so token limits, concurrency and
+/// budgets are not drawn on. Returns the limits' state for the response headers (`None` when
+/// the key has no request limit).
+///
+/// # Errors
+/// 429 ([`ProxyError::RateLimited`]) or 503 ([`ProxyError::LimitsUnavailable`]).
+pub(crate) async fn count_request(
+    limits: &Limits,
+    policy: &Policy,
+) -> Result<Option<Status>, ProxyError> {
+    let requests_only = Policy::new(
+        policy.group,
+        policy
+            .scopes
+            .iter()
+            .filter(|s| s.rates.rpm.is_some())
+            .map(|s| rampart_limits::ScopeLimits {
+                rates: rampart_limits::Rates {
+                    rpm: s.rates.rpm,
+                    ..rampart_limits::Rates::default()
+                },
+                budget: None,
+                ..*s
+            }),
+    );
+    match requests_only {
+        Some(p) => admit_and_release(limits, &p, Demand::default()).await,
+        None => Ok(None),
+    }
+}
+
+/// Admit `demand` under `policy` and give it back at once (what was drawn on stays counted, as
+/// a settlement with no usage does); the limits' state after it, `None` when unchecked.
+async fn admit_and_release(
+    limits: &Limits,
+    policy: &Arc<Policy>,
+    demand: Demand,
+) -> Result<Option<Status>, ProxyError> {
+    match limits.limiter.admit(policy, demand).await {
         Admission::Admitted(t) => {
+            let status = *t.status();
             t.settle(Used::default());
-            Ok(())
+            Ok(Some(status))
         }
-        Admission::Unchecked => Ok(()),
+        Admission::Unchecked => Ok(None),
         Admission::Unavailable => Err(ProxyError::LimitsUnavailable),
-        Admission::Rejected(r) => Err(ProxyError::OverBudget(Box::new(r))),
+        Admission::Rejected(r) if r.reason == Reason::Budget => {
+            Err(ProxyError::OverBudget(Box::new(r)))
+        }
+        Admission::Rejected(r) => Err(ProxyError::RateLimited(Box::new(r))),
     }
 }
 

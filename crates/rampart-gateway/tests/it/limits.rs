@@ -464,3 +464,57 @@ async fn a_spent_budget_also_stops_new_batches() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "billing_error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_tokens_counts_as_a_request_against_the_rpm_but_draws_no_tokens_or_budget() {
+    let f = fixture(false).await.unwrap();
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                rpm: Some(3),
+                itpm: Some(1),
+                budget: Some(BudgetSetting {
+                    micros: 1,
+                    period: BudgetPeriod::Month,
+                }),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    let count = |model: &str| serde_json::json!({"model": model, "messages": [{"role": "user", "content": "How many tokens is this?"}]});
+    // An input-token limit of 1 and a budget of one micro-dollar do not stop count_tokens.
+    for left in ["2", "1"] {
+        let r =
+            f.gw.send(
+                "/v1/messages/count_tokens",
+                &key,
+                &count("claude-sonnet-4-6"),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "anthropic-ratelimit-requests-remaining").as_deref(),
+            Some(left)
+        );
+    }
+    // The Messages request that follows draws on the same request limit: the third of three.
+    let r = f.post(&key, &message("claude-haiku-4-5")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-requests-remaining").as_deref(),
+        Some("0")
+    );
+    let r =
+        f.gw.send(
+            "/v1/messages/count_tokens",
+            &key,
+            &count("claude-sonnet-4-6"),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("limit of 3 requests per minute"), "{msg}");
+}
