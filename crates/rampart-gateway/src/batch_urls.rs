@@ -48,7 +48,7 @@ pub async fn rewrite(resp: Response, base: &Option<String>, request_id: &str) ->
     Response::from_parts(parts, Body::from(out))
 }
 
-fn fix(obj: &mut Value, base: &str) {
+pub(crate) fn fix(obj: &mut Value, base: &str) {
     let Some(id) = obj.get("id").and_then(Value::as_str).map(str::to_owned) else {
         return;
     };

@@ -250,6 +250,8 @@ pub struct Settings {
     pub cache_settings: crate::response_cache::CacheSettings,
     /// Webhooks on batch end (`[webhooks]`), with a store.
     pub webhooks: rampart_webhooks::WebhooksConfig,
+    /// Message batches with a store (`[batches]`).
+    pub batches: crate::batches::BatchSettings,
 }
 
 /// Where configuration comes from.
@@ -279,8 +281,8 @@ pub struct Sources {
 pub struct ConfigErrors(pub Vec<String>);
 
 const SECTIONS: &[&str] = &[
-    "server", "upstream", "auth", "log", "admin", "routing", "pricing", "ledger", "limits", "cache",
-    "webhooks",
+    "server", "upstream", "auth", "log", "admin", "routing", "pricing", "ledger", "limits",
+    "cache", "batches", "webhooks",
 ];
 
 /// Load, merge and validate configuration; report every problem at once.
@@ -341,6 +343,8 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
     let cache_settings = cache.settings(&mut problems);
     let webhooks: rampart_webhooks::WebhooksConfig = section(&fig, "webhooks", &mut problems);
     problems.extend(webhooks.problems());
+    let batches: crate::batches::BatchesConfig = section(&fig, "batches", &mut problems);
+    let batches = batches.settings(&mut problems);
     let limits = crate::limits_config::validate(&limits, sources.use_env, &mut problems);
     problems.extend(ledger.problems());
     let prices = rampart_ledger::pricing::PriceTable::from_config(&pricing).unwrap_or_else(|e| {
@@ -473,6 +477,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             cache,
             cache_settings,
             webhooks,
+            batches,
         }),
         _ => Err(ConfigErrors(problems)),
     }

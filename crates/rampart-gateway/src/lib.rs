@@ -6,6 +6,7 @@
 //! - [`denials`]: audit rows for refused key uses, off the hot path and rate-limited;
 //! - [`peek`]: one-pass body check that borrows only `model`, `stream` and `max_tokens`;
 //! - [`proxy`]: the forwarding engine and per-request accounting;
+//! - [`batches`]: message batches with a store (upstream and local modes, the durable queue);
 //! - [`admission`]: rate limits and budgets around the upstream call (reserve, then settle;
 //!   [`limits_config`] configures where their state lives);
 //! - [`exchange`]: the upstream call — pick, attempt, classify, retry, fall back, hold back a stream;
@@ -22,6 +23,7 @@ pub mod accounting;
 pub mod admission;
 pub mod auth;
 pub mod batch_urls;
+pub mod batches;
 pub mod breaker;
 pub mod classify;
 pub mod config;

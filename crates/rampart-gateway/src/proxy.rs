@@ -63,6 +63,8 @@ pub struct AppState {
     pub limits: Option<crate::admission::Limits>,
     /// The response cache and breakpoint policies: see [`crate::response_cache`].
     pub cache: crate::response_cache::ResponseCache,
+    /// Message batches with a store (see [`crate::batches`]); without, they are passed through.
+    pub batches: Option<Arc<crate::batches::Batches>>,
     /// Set when SIGTERM arrived.
     pub shutting_down: AtomicBool,
 }
@@ -81,6 +83,8 @@ pub struct ProxyParts {
     pub ledger: Option<Arc<Ledger>>,
     /// Enforce the store's rate limits and budgets: see [`crate::admission`].
     pub limits: Option<crate::admission::Limits>,
+    /// Serve message batches from the store: see [`crate::batches`].
+    pub batches: Option<Arc<crate::batches::Batches>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -122,6 +126,7 @@ impl AppState {
             denials: parts.denials,
             ledger: parts.ledger,
             limits: parts.limits,
+            batches: parts.batches,
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -376,6 +381,13 @@ where
             build_response(upstream, done, sent_at, headers_at, cache)
         }
         Ok(Forwarded::Cached(hit)) => cached_response(hit, done),
+        Ok(Forwarded::Local(resp)) => {
+            // Served by Rampart's own batches (crate::batches): nothing to rewrite.
+            let mut done = done;
+            done.status = resp.status().as_u16();
+            done.client_aborted = false;
+            return resp;
+        }
         Err(e) => return error_response(e, done),
     };
     match public_base {
@@ -387,7 +399,7 @@ where
 }
 
 /// The base URL clients reach Rampart at: configured, else from `Host` (and `x-forwarded-proto`).
-fn public_base(settings: &Settings, headers: &HeaderMap) -> Option<String> {
+pub(crate) fn public_base(settings: &Settings, headers: &HeaderMap) -> Option<String> {
     if let Some(base) = &settings.public_base_url {
         return Some(base.clone());
     }
@@ -464,6 +476,8 @@ enum Forwarded {
     Upstream(Box<Answered>),
     /// From the response cache.
     Cached(CacheHit),
+    /// By Rampart itself (batches with a store).
+    Local(Response),
 }
 
 /// An upstream answer and when it was sent and its headers arrived.
@@ -591,11 +605,27 @@ where
     {
         crate::admission::check_budget(limits, policy).await?;
     }
-    // count_tokens counts as a request (not tokens) against the request limits.
-    if let (Some(limits), Some(policy), Route::CountTokens, true) =
-        (&state.limits, &policy, done.route, is_post)
+    // Batches with a store are Rampart's own: scoped, in either execution mode (crate::batches).
+    if let Some(batches) = &state.batches
+        && matches!(
+            done.route,
+            Route::Batches | Route::Batch | Route::BatchCancel | Route::BatchResults
+        )
     {
-        done.limit_status = crate::admission::count_request(limits, policy).await?;
+        let req = crate::batches::api::Request {
+            route: done.route,
+            method: &parts.method,
+            parts: &parts,
+            identity: &identity,
+            body: body_bytes,
+            request_id: &done.request_id,
+        };
+        let resp = crate::batches::api::handle(state, batches, req).await;
+        if !resp.status().is_success() {
+            done.error_type =
+                Some(rampart_api::ErrorType::from_status(resp.status().as_u16()).as_str());
+        }
+        return Ok(Forwarded::Local(resp));
     }
     // Rate limits and budgets: reserve now, settle when the response is done.
     if let (Some(limits), Some(policy), Route::Messages, true) =
@@ -815,7 +845,7 @@ fn strip_request_headers(headers: &mut HeaderMap) {
 
 /// The client's headers as sent upstream: hop-by-hop ones and its credential removed, the
 /// request id added, identity encoding asked for. The target's key is added per attempt.
-fn upstream_headers(mut headers: HeaderMap, request_id: &str) -> HeaderMap {
+pub(crate) fn upstream_headers(mut headers: HeaderMap, request_id: &str) -> HeaderMap {
     strip_request_headers(&mut headers);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID.clone(), v);

@@ -81,6 +81,32 @@ impl Gateway {
         self
     }
 
+    /// Start the batch workers when batches are served from a store: the local queue's runner
+    /// ([`crate::batches::runner`]) and the upstream mode's poller
+    /// ([`crate::batches::upstream`]). They stop, after settling the items in flight, once
+    /// `stop` turns true.
+    #[must_use]
+    pub fn spawn_batch_workers(
+        &self,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(batches) = self.state.batches.clone() else {
+            return Vec::new();
+        };
+        let signal = || {
+            let mut rx = stop.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let runner = crate::batches::runner::Runner::new(self.state.clone(), batches.clone());
+        let syncer = crate::batches::upstream::Syncer::new(self.state.clone(), batches);
+        vec![
+            tokio::spawn(runner.run(signal())),
+            tokio::spawn(syncer.run(signal())),
+        ]
+    }
+
     /// The settings in force.
     #[must_use]
     pub fn settings(&self) -> &Settings {

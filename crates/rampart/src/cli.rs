@@ -415,6 +415,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(anyhow::Error::msg)?;
         limits_health = Some(health);
+        // Message batches from the store: scoped, upstream or local mode, the durable queue.
+        proxy_parts.batches = Some(rampart_gateway::batches::Batches::new(
+            limits_store.clone(),
+            settings.batches.clone(),
+            Some(limits.clone()),
+            Some(directory.clone()),
+        ));
         proxy_parts.limits = Some(limits);
     }
     let auth = Arc::new(rampart_gateway::auth::AnyOf(auth));
@@ -440,9 +447,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let shutdown = shutdown_signal();
+    let (stop_batches, batches_stopped) = tokio::sync::watch::channel(false);
+    let batch_workers = gateway.spawn_batch_workers(&batches_stopped);
     println!("listening on http://{addr}");
     tracing::info!(%addr, "gateway listening");
     gateway.serve(listener, shutdown).await?;
+    // The batch workers settle the items in flight before the ledger and the store stop.
+    let _ = stop_batches.send(true);
+    for task in batch_workers {
+        let _ = task.await;
+    }
     if let Some(u) = upkeep {
         u.abort();
     }

@@ -161,6 +161,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .map_err(anyhow::Error::msg)?;
+    parts.batches = Some(rampart_gateway::batches::Batches::new(
+        store.clone(),
+        settings.batches.clone(),
+        Some(limits.clone()),
+        Some(directory.clone()),
+    ));
     parts.limits = Some(limits);
     let auth: Vec<Arc<dyn Authenticator>> = vec![Arc::new(settings.keys.clone()), directory];
     let gateway = Gateway::with_parts(settings, Arc::new(AnyOf(auth)), parts)
@@ -184,6 +190,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         sim_cfg,
         stopped(stop_rx.clone()),
     ));
+    let (stop_batches, batches_stopped) = watch::channel(false);
+    let batch_workers = gateway.spawn_batch_workers(&batches_stopped);
     let gw_task = tokio::spawn(gateway.serve(gw_listener, stopped(stop_rx)));
 
     let shutdown = cli::shutdown_signal();
@@ -207,6 +215,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = stop_tx.send(true);
     // The gateway drains first (its streams still need the simulator), then the simulator.
     gw_task.await.context("gateway task")??;
+    let _ = stop_batches.send(true);
+    for task in batch_workers {
+        let _ = task.await;
+    }
     sim_task.await.context("simulator task")??;
     plane.stop().await;
     upkeep.abort();

@@ -9,5 +9,6 @@ mod harness;
 mod keydir;
 mod ledger;
 mod limits;
+mod local_batches;
 mod resilience;
 mod upstreams;
