@@ -205,7 +205,7 @@ impl WebhookRepository for EngineStore {
              b.request_count, b.succeeded_count, b.errored_count, b.canceled_count, \
              b.expired_count, b.created_at, b.expires_at, b.ended_at, b.cancel_initiated_at, \
              b.archived_at, w.url, w.secret_ciphertext, w.secret_nonce, w.secret_key_id, \
-             COALESCE(MAX(d.attempt), 0) AS last_attempt \
+             CAST(COALESCE(MAX(d.attempt), 0) AS BIGINT) AS last_attempt \
              FROM message_batches b \
              JOIN team_webhooks w ON w.team_id = b.team_id \
              LEFT JOIN webhook_deliveries d ON d.team_id = b.team_id AND d.batch_id = b.id \

@@ -10,6 +10,7 @@ mod harness;
 mod limits;
 mod suite;
 mod usage;
+mod webhooks;
 
 /// Instantiate every named `suite` function once per engine: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! on_both_engines {
@@ -95,4 +96,7 @@ on_both_engines!(
     retries_end_in_a_dead_letter_that_can_be_replayed,
     cancel_stops_unstarted_items_and_expiry_ends_the_rest,
     an_upstream_batch_ends_with_its_usage_in_one_transaction,
+    team_webhooks_round_trip_and_keep_their_secret,
+    an_ended_batch_is_due_until_delivered_and_each_attempt_is_claimed_once,
+    retries_stop_at_max_attempts_and_disabled_or_later_webhooks_send_nothing,
 );

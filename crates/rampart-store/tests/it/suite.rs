@@ -12,6 +12,7 @@ pub use crate::cache_policy::*;
 use crate::harness::TestDb;
 pub use crate::limits::*;
 pub use crate::usage::*;
+pub use crate::webhooks::*;
 
 const T0: OffsetDateTime = datetime!(2026-06-01 12:00:00.123456 UTC);
 
