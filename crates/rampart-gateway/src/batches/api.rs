@@ -702,6 +702,12 @@ async fn upstream(
                 batches.budgets.release(&b.id);
                 repo.delete_batch(&b.id).await
             }
+            (Route::Batch, _) if b.processing_status != "ended" && upstream_ended(&body) => {
+                // The client is told it ended: settle it now (usage, counts, ended_at), so what
+                // Rampart lists and bills agrees with what the client saw.
+                super::upstream::sync_one(state, batches, &b).await;
+                Ok(())
+            }
             _ => Ok(()),
         };
         if let Err(e) = done {
@@ -709,6 +715,13 @@ async fn upstream(
         }
     }
     pass_on(status, &headers, body, base, rid)
+}
+
+/// Whether an upstream batch object says `ended`.
+fn upstream_ended(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v["processing_status"] == "ended")
 }
 
 #[cfg(test)]

@@ -1,0 +1,249 @@
+"""Message batches served by Rampart from its store, through the official Python SDK
+(`client.messages.batches.*` unchanged): both execution modes with mixed good and bad items,
+scoping between teams, and crash safety of the local queue — a 1,000-item local batch through
+several `kill -9` / restart cycles of the real `rampart serve` ends with every item's result,
+none lost, and exactly one usage record per item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from conftest import MODEL, Demo, RampartProcess, text_of, wait_until
+from test_virtual_keys import UPSTREAM_KEY, rampart, serve_env, start_serve
+
+MODE_HEADER = "x-rampart-batch-mode"
+
+
+def good(custom_id: str, text: str) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "params": {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": f"echo: {text}"}]},
+    }
+
+
+def bad(custom_id: str) -> dict[str, Any]:
+    # No max_tokens: params are checked when the item runs, so this becomes an errored result.
+    return {"custom_id": custom_id, "params": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}}
+
+
+def wait_ended(client: anthropic.Anthropic, batch_id: str, timeout: float = 60.0) -> Any:
+    return wait_until(
+        lambda: (b := client.messages.batches.retrieve(batch_id)).processing_status == "ended" and b,
+        timeout=timeout,
+        interval=0.2,
+        what=f"batch {batch_id} to end",
+    )
+
+
+def item_request_id(batch_id: str, idx: int) -> str:
+    """The request id of a local item's usage record (rampart_store::batches::item_usage_id)."""
+    d = bytearray(hashlib.sha256(b"rampart-batch-item\0" + batch_id.encode() + b"\0" + idx.to_bytes(8, "big")).digest()[:16])
+    d[6] = (d[6] & 0x0F) | 0x80
+    d[8] = (d[8] & 0x3F) | 0x80
+    return "req_batch_" + d.hex()
+
+
+def db_rows(data_dir: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(Path(data_dir) / "rampart.db", timeout=30) as db:
+        return db.execute(sql, params).fetchall()
+
+
+@pytest.mark.parametrize("mode", ["local", "upstream"])
+def test_sdk_batches_work_unchanged_in_both_modes_with_good_and_bad_items(demo: Demo, mode: str) -> None:
+    client = anthropic.Anthropic(
+        base_url=demo.base_url, api_key=demo.api_key, max_retries=0, default_headers={MODE_HEADER: mode}
+    )
+    requests = [good(f"good-{i}", f"{mode} item {i}") for i in range(5)] + [bad("bad-1"), bad("bad-2")]
+    created = client.messages.batches.create(requests=requests)
+    assert created.id.startswith("msgbatch_")
+    assert created.type == "message_batch"
+    assert created.processing_status == "in_progress"
+    assert created.request_counts.processing == 7
+    assert created.results_url is None
+
+    ended = wait_ended(client, created.id)
+    c = ended.request_counts
+    assert (c.succeeded, c.errored, c.processing, c.canceled, c.expired) == (5, 2, 0, 0, 0)
+    assert ended.ended_at is not None
+    assert ended.results_url == f"{demo.base_url}/v1/messages/batches/{created.id}/results"
+
+    results = {r.custom_id: r.result for r in client.messages.batches.results(created.id)}
+    assert set(results) == {r["custom_id"] for r in requests}
+    for i in range(5):
+        assert results[f"good-{i}"].type == "succeeded"
+        assert text_of(results[f"good-{i}"].message) == f"{mode} item {i}"
+    for b in ("bad-1", "bad-2"):
+        assert results[b].type == "errored"
+        assert results[b].error.type == "error"
+        assert results[b].error.error.type == "invalid_request_error"
+
+    listed = [b.id for b in client.messages.batches.list(limit=50)]
+    assert created.id in listed
+    page = client.messages.batches.list(limit=1)
+    assert len(page.data) == 1
+
+    # Rampart's own rows: ended_at set in both modes, one usage record per item that ran.
+    rows = db_rows(demo.data_dir, "SELECT mode, processing_status, ended_at FROM message_batches WHERE id = ?", created.id)
+    assert rows and rows[0][0] == mode and rows[0][1] == "ended" and rows[0][2] is not None
+    if mode == "local":
+        ids = [item_request_id(created.id, i) for i in range(len(requests))]
+        marks = ",".join("?" * len(ids))
+        n = db_rows(demo.data_dir, f"SELECT COUNT(*) FROM usage_records WHERE request_id IN ({marks})", *ids)[0][0]
+    else:
+        n = db_rows(demo.data_dir, "SELECT COUNT(*) FROM usage_records WHERE request_id LIKE ?", f"{created.id}:%")[0][0]
+    assert n == 7
+
+    deleted = client.messages.batches.delete(created.id)
+    assert deleted.id == created.id and deleted.type == "message_batch_deleted"
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.batches.retrieve(created.id)
+
+
+def test_sdk_cancel_of_a_local_batch_ends_it_with_canceled_items(demo: Demo) -> None:
+    client = anthropic.Anthropic(
+        base_url=demo.base_url, api_key=demo.api_key, max_retries=0, default_headers={MODE_HEADER: "local"}
+    )
+    created = client.messages.batches.create(requests=[good(f"c{i}", "x") for i in range(300)])
+    canceled = client.messages.batches.cancel(created.id)
+    assert canceled.processing_status in ("canceling", "ended")
+    assert canceled.cancel_initiated_at is not None
+    ended = wait_ended(client, created.id)
+    c = ended.request_counts
+    assert c.canceled + c.succeeded == 300
+    kinds = {r.result.type for r in client.messages.batches.results(created.id)}
+    assert kinds <= {"canceled", "succeeded"}
+
+
+def test_bad_requests_get_the_api_error_envelope(demo: Demo) -> None:
+    client = anthropic.Anthropic(
+        base_url=demo.base_url, api_key=demo.api_key, max_retries=0, default_headers={MODE_HEADER: "local"}
+    )
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.batches.create(requests=[good("same", "a"), good("same", "b")])
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+    assert "repeated" in e.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.create(requests=[])
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.batches.retrieve("msgbatch_nope")
+    created = client.messages.batches.create(requests=[good("slow", "x")])
+    # Results before the end, and delete before the end, are 400 (unless it already ended).
+    try:
+        client.messages.batches.delete(created.id)
+    except anthropic.BadRequestError as err:
+        assert "still processing" in err.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.list(limit=0)
+
+
+# --- a real `rampart serve` with a store: scoping, and kill -9 -----------------------------------
+
+
+def team_key(data_dir: str, team: str) -> str:
+    rampart(data_dir, "teams", "create", team)
+    out = rampart(data_dir, "keys", "create", "--name", f"{team}-key", "--team", team).stdout
+    return out.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def slow_sim() -> Any:
+    """A simulator of its own with 20 ms per call, so a kill lands while items are in flight."""
+    proc = RampartProcess(["sim", "--listen", "127.0.0.1:0", "--latency-ms", "20"], name="sim-batches")
+    url = proc.listening_url()
+    yield url
+    proc.terminate()
+
+
+def serve(data_dir: str, sim_url: str, name: str) -> tuple[RampartProcess, str]:
+    env = serve_env(
+        sim_url,
+        RAMPART_UPSTREAM_API_KEY=UPSTREAM_KEY,
+        RAMPART_BATCHES__MODE="local",
+        RAMPART_BATCHES__LEASE_SECS="1",
+        RAMPART_BATCHES__WORKERS="16",
+        RAMPART_BATCHES__CLAIM_INTERVAL_MS="20",
+        RAMPART_LOG="warn",
+    )
+    return start_serve(data_dir, env, name)
+
+
+def test_one_teams_batches_are_invisible_to_another_team(slow_sim: str) -> None:
+    data_dir = tempfile.mkdtemp(prefix="rampart-batch-scope-")
+    a, b = team_key(data_dir, "team-a"), team_key(data_dir, "team-b")
+    proc, url = serve(data_dir, slow_sim, "serve-batch-scope")
+    try:
+        alice = anthropic.Anthropic(base_url=url, api_key=a, max_retries=0)
+        bob = anthropic.Anthropic(base_url=url, api_key=b, max_retries=0)
+        created = alice.messages.batches.create(requests=[good("x", "mine")])
+        wait_ended(alice, created.id)
+        for call in (
+            lambda: bob.messages.batches.retrieve(created.id),
+            lambda: bob.messages.batches.cancel(created.id),
+            lambda: bob.messages.batches.delete(created.id),
+            lambda: list(bob.messages.batches.results(created.id)),
+        ):
+            with pytest.raises(anthropic.NotFoundError):
+                call()
+        assert [x.id for x in bob.messages.batches.list()] == []
+        assert [x.id for x in alice.messages.batches.list()] == [created.id]
+    finally:
+        assert proc.terminate() == 0
+
+
+def test_kill_9_during_a_1000_item_local_batch_loses_nothing_and_bills_each_item_once(slow_sim: str) -> None:
+    data_dir = tempfile.mkdtemp(prefix="rampart-batch-kill-")
+    key = team_key(data_dir, "crashers")
+    n = 1000
+    proc, url = serve(data_dir, slow_sim, "serve-batch-kill-0")
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=2)
+    created = client.messages.batches.create(requests=[good(f"item-{i:04d}", f"n{i}") for i in range(n)])
+    rng = random.Random(7)
+    kills = 0
+    for cycle in range(1, 5):
+        time.sleep(rng.uniform(0.3, 0.9))
+        done = db_rows(data_dir, "SELECT COUNT(*) FROM batch_items WHERE batch_id = ? AND state = 'succeeded'", created.id)[0][0]
+        if done >= n:
+            break
+        proc.proc.kill()  # SIGKILL: no drain, leases left behind
+        proc.proc.wait()
+        kills += 1
+        proc, url = serve(data_dir, slow_sim, f"serve-batch-kill-{cycle}")
+    assert kills >= 3, f"the batch finished before three kills (only {kills})"
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=2)
+    ended = wait_ended(client, created.id, timeout=120)
+    try:
+        c = ended.request_counts
+        assert (c.succeeded, c.errored, c.canceled, c.expired, c.processing) == (n, 0, 0, 0, 0)
+        results = list(client.messages.batches.results(created.id))
+        assert len(results) == n
+        assert {r.custom_id for r in results} == {f"item-{i:04d}" for i in range(n)}
+        assert all(r.result.type == "succeeded" for r in results)
+        by_id = {r.custom_id: r for r in results}
+        assert text_of(by_id["item-0123"].result.message) == "n123"
+        # Exactly one usage record per item, however often the process died.
+        records = db_rows(
+            data_dir,
+            "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM usage_records WHERE request_id LIKE 'req_batch_%'",
+        )[0]
+        assert records == (n, n), records
+        rollup = db_rows(
+            data_dir,
+            "SELECT SUM(requests) FROM usage_rollups WHERE period = 'day'",
+        )[0][0]
+        assert rollup >= n
+        flagged = db_rows(data_dir, "SELECT COUNT(*) FROM batch_items WHERE maybe_duplicate = 1")[0][0]
+        ended_at = db_rows(data_dir, "SELECT ended_at FROM message_batches WHERE id = ?", created.id)[0][0]
+        assert ended_at is not None
+        print(f"\n{kills} kill -9 cycles; {flagged} item(s) flagged maybe_duplicate (re-run after a lapsed lease, billed once)")
+    finally:
+        assert proc.terminate() == 0
