@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::batches::Batch;
 use crate::error::Result;
 use crate::model::NewAuditEvent;
 
@@ -105,42 +106,13 @@ pub struct WebhookDelivery {
     pub delivered: bool,
 }
 
-/// A batch as it ended, for the webhook's body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndedBatch {
-    /// `msgbatch_…`.
-    pub id: String,
-    /// `ended` (or whatever the row says).
-    pub processing_status: String,
-    /// Requests in the batch.
-    pub request_count: u64,
-    /// Finished with a message.
-    pub succeeded: u64,
-    /// Finished with an error.
-    pub errored: u64,
-    /// Canceled.
-    pub canceled: u64,
-    /// Expired.
-    pub expired: u64,
-    /// Times.
-    pub created_at: OffsetDateTime,
-    /// Creation + 24 h.
-    pub expires_at: OffsetDateTime,
-    /// When it ended.
-    pub ended_at: OffsetDateTime,
-    /// When cancel was asked for.
-    pub cancel_initiated_at: Option<OffsetDateTime>,
-    /// When results were archived.
-    pub archived_at: Option<OffsetDateTime>,
-}
-
 /// An ended batch to announce, with the team's webhook and the attempt number to claim.
 #[derive(Debug, Clone)]
 pub struct DueWebhook {
     /// The team.
     pub team_id: Uuid,
-    /// The batch.
-    pub batch: EndedBatch,
+    /// The batch, as stored (ended: `ended_at` is set).
+    pub batch: Batch,
     /// The webhook's URL.
     pub url: String,
     /// Its sealed secret.

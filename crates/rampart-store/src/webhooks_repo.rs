@@ -5,13 +5,14 @@ use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::batches_repo::batch;
 use super::repo::finish;
 use super::{Db, EngineStore};
 use crate::error::{Result, StoreError};
 use crate::model::NewAuditEvent;
 use crate::webhooks::{
-    AttemptOutcome, DueWebhook, EndedBatch, SealedSecret, TeamWebhook, WebhookDelivery,
-    WebhookRepository, WebhookWrite,
+    AttemptOutcome, DueWebhook, SealedSecret, TeamWebhook, WebhookDelivery, WebhookRepository,
+    WebhookWrite,
 };
 use crate::{DbTime, now, truncate};
 
@@ -37,10 +38,6 @@ fn time(row: &DbRow, col: &str) -> Result<OffsetDateTime> {
 
 fn opt_time(row: &DbRow, col: &str) -> Result<Option<OffsetDateTime>> {
     Ok(row.try_get::<Option<DbTime>, _>(col)?.map(|t| t.0))
-}
-
-fn count(row: &DbRow, col: &str) -> Result<u64> {
-    Ok(u64::try_from(row.try_get::<i64, _>(col)?).unwrap_or(0))
 }
 
 fn sealed(row: &DbRow) -> Result<SealedSecret> {
@@ -200,21 +197,30 @@ impl WebhookRepository for EngineStore {
         max_attempts: u32,
         limit: u32,
     ) -> Result<Vec<DueWebhook>> {
+        // The batches (all their columns, for `batches_repo::batch`) joined to what is due:
+        // the due part's columns are named apart from message_batches' own.
         let rows = sqlx::query(
-            "SELECT b.id AS batch_id, b.team_id AS team_id, b.processing_status, \
-             b.request_count, b.succeeded_count, b.errored_count, b.canceled_count, \
-             b.expired_count, b.created_at, b.expires_at, b.ended_at, b.cancel_initiated_at, \
-             b.archived_at, w.url, w.secret_ciphertext, w.secret_nonce, w.secret_key_id, \
-             CAST(COALESCE(MAX(d.attempt), 0) AS BIGINT) AS last_attempt \
-             FROM message_batches b \
-             JOIN team_webhooks w ON w.team_id = b.team_id \
-             LEFT JOIN webhook_deliveries d ON d.team_id = b.team_id AND d.batch_id = b.id \
-             WHERE w.enabled = $1 AND b.ended_at IS NOT NULL AND b.ended_at >= w.created_at \
-             GROUP BY b.id, w.team_id \
-             HAVING COUNT(CASE WHEN d.delivered = $1 THEN 1 END) = 0 \
-             AND COALESCE(MAX(d.attempt), 0) < $2 \
-             AND (COUNT(d.id) = 0 OR MAX(d.next_attempt_at) <= $3) \
-             ORDER BY b.ended_at, b.id LIMIT $4",
+            "SELECT id, owner, team_id, key_id, user_id, key_label, mode, processing_status, \
+             request_count, succeeded_count, errored_count, canceled_count, expired_count, \
+             reserved_micro_usd, created_at, expires_at, ended_at, cancel_initiated_at, \
+             archived_at, results_until, \
+             due.hook_team, due.hook_url, due.hook_ciphertext, due.hook_nonce, due.hook_key_id, \
+             due.last_attempt \
+             FROM message_batches JOIN ( \
+               SELECT b.id AS due_batch, w.team_id AS hook_team, w.url AS hook_url, \
+               w.secret_ciphertext AS hook_ciphertext, w.secret_nonce AS hook_nonce, \
+               w.secret_key_id AS hook_key_id, \
+               CAST(COALESCE(MAX(d.attempt), 0) AS BIGINT) AS last_attempt \
+               FROM message_batches b \
+               JOIN team_webhooks w ON w.team_id = b.team_id \
+               LEFT JOIN webhook_deliveries d ON d.team_id = b.team_id AND d.batch_id = b.id \
+               WHERE w.enabled = $1 AND b.ended_at IS NOT NULL AND b.ended_at >= w.created_at \
+               GROUP BY b.id, w.team_id \
+               HAVING COUNT(CASE WHEN d.delivered = $1 THEN 1 END) = 0 \
+               AND COALESCE(MAX(d.attempt), 0) < $2 \
+               AND (COUNT(d.id) = 0 OR MAX(d.next_attempt_at) <= $3) \
+             ) due ON due.due_batch = message_batches.id \
+             ORDER BY ended_at, id LIMIT $4",
         )
         .bind(true)
         .bind(i64::from(max_attempts))
@@ -226,23 +232,14 @@ impl WebhookRepository for EngineStore {
             .map(|row| {
                 let last: i64 = row.try_get("last_attempt")?;
                 Ok(DueWebhook {
-                    team_id: row.try_get("team_id")?,
-                    batch: EndedBatch {
-                        id: row.try_get("batch_id")?,
-                        processing_status: row.try_get("processing_status")?,
-                        request_count: count(row, "request_count")?,
-                        succeeded: count(row, "succeeded_count")?,
-                        errored: count(row, "errored_count")?,
-                        canceled: count(row, "canceled_count")?,
-                        expired: count(row, "expired_count")?,
-                        created_at: time(row, "created_at")?,
-                        expires_at: time(row, "expires_at")?,
-                        ended_at: time(row, "ended_at")?,
-                        cancel_initiated_at: opt_time(row, "cancel_initiated_at")?,
-                        archived_at: opt_time(row, "archived_at")?,
+                    team_id: row.try_get("hook_team")?,
+                    batch: batch(row)?,
+                    url: row.try_get("hook_url")?,
+                    secret: SealedSecret {
+                        ciphertext: row.try_get("hook_ciphertext")?,
+                        nonce: row.try_get("hook_nonce")?,
+                        key_id: row.try_get("hook_key_id")?,
                     },
-                    url: row.try_get("url")?,
-                    secret: sealed(row)?,
                     attempt: u32::try_from(last + 1).unwrap_or(u32::MAX),
                 })
             })

@@ -20,7 +20,8 @@ use hyper_util::rt::TokioExecutor;
 use rampart_crypto::envelope::{MasterKeys, Sealed};
 use rampart_crypto::webhook;
 use rampart_store::Store;
-use rampart_store::webhooks::{AttemptOutcome, DueWebhook, EndedBatch, team_webhook_aad};
+use rampart_store::batches::Batch;
+use rampart_store::webhooks::{AttemptOutcome, DueWebhook, team_webhook_aad};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -117,14 +118,13 @@ fn rfc3339(t: OffsetDateTime) -> Value {
 
 /// The Anthropic batch object of an ended batch (`results_url` under `base_url`).
 #[must_use]
-pub fn batch_object(batch: &EndedBatch, base_url: &str) -> Value {
-    let done = batch.succeeded + batch.errored + batch.canceled + batch.expired;
+pub fn batch_object(batch: &Batch, base_url: &str) -> Value {
     json!({
         "id": batch.id,
         "type": "message_batch",
         "processing_status": batch.processing_status,
         "request_counts": {
-            "processing": batch.request_count.saturating_sub(done),
+            "processing": batch.processing(),
             "succeeded": batch.succeeded,
             "errored": batch.errored,
             "canceled": batch.canceled,
@@ -132,7 +132,7 @@ pub fn batch_object(batch: &EndedBatch, base_url: &str) -> Value {
         },
         "created_at": rfc3339(batch.created_at),
         "expires_at": rfc3339(batch.expires_at),
-        "ended_at": rfc3339(batch.ended_at),
+        "ended_at": batch.ended_at.map_or(Value::Null, rfc3339),
         "cancel_initiated_at": batch.cancel_initiated_at.map_or(Value::Null, rfc3339),
         "archived_at": batch.archived_at.map_or(Value::Null, rfc3339),
         "results_url": format!(
@@ -145,7 +145,7 @@ pub fn batch_object(batch: &EndedBatch, base_url: &str) -> Value {
 
 /// The body of a delivery: `{"type":"message_batch.ended","batch":{…}}`.
 #[must_use]
-pub fn event_body(batch: &EndedBatch, base_url: &str) -> Vec<u8> {
+pub fn event_body(batch: &Batch, base_url: &str) -> Vec<u8> {
     let event = json!({ "type": "message_batch.ended", "batch": batch_object(batch, base_url) });
     serde_json::to_vec(&event).unwrap_or_default()
 }
@@ -350,11 +350,19 @@ impl Dispatcher {
 mod tests {
     use super::*;
 
-    fn ended() -> EndedBatch {
+    fn ended() -> Batch {
         let t = OffsetDateTime::from_unix_timestamp(1_700_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        EndedBatch {
+        Batch {
             id: "msgbatch_01abc".to_owned(),
+            owner: "team:x".to_owned(),
+            team_id: None,
+            key_id: None,
+            user_id: None,
+            key_label: None,
+            mode: rampart_store::batches::BatchMode::Local,
+            reserved_micro_usd: 0,
+            results_until: t + time::Duration::days(29),
             processing_status: "ended".to_owned(),
             request_count: 4,
             succeeded: 2,
@@ -363,7 +371,7 @@ mod tests {
             expired: 0,
             created_at: t,
             expires_at: t + time::Duration::hours(24),
-            ended_at: t + time::Duration::minutes(5),
+            ended_at: Some(t + time::Duration::minutes(5)),
             cancel_initiated_at: None,
             archived_at: None,
         }
