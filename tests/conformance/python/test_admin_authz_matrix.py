@@ -254,6 +254,37 @@ def revoke_jti(w: World, role: str, target: str):
     return w.as_(c).post("/auth/revoke", json={"jti": jti}), Ctx(w, c, target=victim)
 
 
+WEBHOOK_URL = "https://192.0.2.10/rampart-hook"  # TEST-NET-1: public by the URL policy, never answers
+WEBHOOK_FIELDS = {"team_id", "url", "enabled", "secret", "created_at", "updated_at"}
+
+
+def team_webhook(method: str, suffix: str = "") -> Action:
+    """GET, PUT or DELETE /teams/{id}/webhook{suffix} on team A (own) or B (other); the team has
+    a webhook before the call (set by the admin), so every cell stands alone."""
+
+    def act(w: World, role: str, target: str):
+        c = who(w, role)
+        t = team_of(w, target)
+        expect(w.admin.request("PUT", f"/teams/{t['id']}/webhook", json={"url": WEBHOOK_URL}), {200, 201})
+        kw = {"json": {"url": WEBHOOK_URL, "rotate_secret": True}} if method == "PUT" else {}
+        return w.as_(c).request(method, f"/teams/{t['id']}/webhook{suffix}", **kw), Ctx(w, c, target=t, body=method + suffix)
+
+    return act
+
+
+def check_webhook(r: httpx.Response, ctx: Ctx) -> None:
+    if r.status_code == 204:
+        assert ctx.world.admin.get(f"/teams/{ctx.target['id']}/webhook").status_code == 404
+        return
+    body = r.json()
+    if ctx.body == "GET/deliveries":
+        assert set(body) == {"data"}, body
+        return
+    assert set(body) <= WEBHOOK_FIELDS and body["team_id"] == ctx.target["id"], body
+    # The secret only in the answer that made it (here: a rotation), never on a read.
+    assert ("secret" in body) == (ctx.body == "PUT"), body
+
+
 # --- success checks ----------------------------------------------------------------------------
 
 
@@ -465,6 +496,14 @@ MATRIX: list[Row] = [
     ("GET /usage ?key_id", "mine", usage_query("key"), check_usage, (None, 200, 200, 200, None)),
     ("GET /usage ?key_id", "own", usage_query("key"), check_usage, (200, 200, 404, 200, 403)),
     ("GET /usage ?key_id", "other", usage_query("key"), check_usage, (200, 404, 404, 404, 403)),
+    ("GET /teams/{id}/webhook", "own", team_webhook("GET"), check_webhook, (200, 200, 403, 403, 403)),
+    ("GET /teams/{id}/webhook", "other", team_webhook("GET"), check_webhook, (200, 404, 404, 404, 403)),
+    ("PUT /teams/{id}/webhook", "own", team_webhook("PUT"), check_webhook, (200, 200, 403, 403, 403)),
+    ("PUT /teams/{id}/webhook", "other", team_webhook("PUT"), check_webhook, (200, 404, 404, 404, 403)),
+    ("DELETE /teams/{id}/webhook", "own", team_webhook("DELETE"), check_webhook, (204, 204, 403, 403, 403)),
+    ("DELETE /teams/{id}/webhook", "other", team_webhook("DELETE"), check_webhook, (204, 404, 404, 404, 403)),
+    ("GET /teams/{id}/webhook/deliveries", "own", team_webhook("GET", "/deliveries"), check_webhook, (200, 200, 403, 403, 403)),
+    ("GET /teams/{id}/webhook/deliveries", "other", team_webhook("GET", "/deliveries"), check_webhook, (200, 404, 404, 404, 403)),
 ]
 
 
