@@ -299,6 +299,10 @@ async fn the_openapi_document_is_3_1_and_documents_every_operation_and_error() {
         ("/admin/v1/audit", "get"),
         ("/admin/v1/audit/verify", "get"),
         ("/admin/v1/usage", "get"),
+        ("/admin/v1/teams/{id}/webhook", "get"),
+        ("/admin/v1/teams/{id}/webhook", "put"),
+        ("/admin/v1/teams/{id}/webhook", "delete"),
+        ("/admin/v1/teams/{id}/webhook/deliveries", "get"),
     ];
     let mut count = 0;
     for (path, ops) in paths {
