@@ -415,12 +415,17 @@ pub trait BatchRepository: Send + Sync {
     /// [`crate::StoreError::NotFound`].
     async fn get_dead_letter(&self, id: Uuid) -> Result<DeadLetter>;
     /// Queue a dead letter's item again (attempts start over); its batch keeps counting it as
-    /// errored until it finishes again.
+    /// errored until it finishes again. `audit`, when given, is appended in the same transaction.
     ///
     /// # Errors
     /// [`crate::StoreError::NotFound`] (also when the batch or item is gone),
     /// [`crate::StoreError::Invalid`] when the item is not `errored`.
-    async fn replay_dead_letter(&self, id: Uuid, now: OffsetDateTime) -> Result<DeadLetter>;
+    async fn replay_dead_letter(
+        &self,
+        id: Uuid,
+        now: OffsetDateTime,
+        audit: Option<&crate::model::NewAuditEvent>,
+    ) -> Result<DeadLetter>;
 }
 
 /// The usage-record id of a batch item: derived from the batch id and the item position, so one

@@ -11,7 +11,7 @@ use sqlx::{QueryBuilder, Row, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::repo::{ts, ts_opt};
+use super::repo::{finish, ts, ts_opt};
 use super::{CLAIM_SKIP_LOCKED, Db, EngineStore, lock_claims};
 use crate::DbTime;
 use crate::batches::{
@@ -19,6 +19,7 @@ use crate::batches::{
     Cursor, DeadLetter, DeadLetterQuery, ItemResult, NewBatch, Outcome, UpstreamState,
 };
 use crate::error::{Result, StoreError};
+use crate::model::NewAuditEvent;
 use crate::usage::UsageRecord;
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -813,7 +814,12 @@ impl BatchRepository for EngineStore {
         dead_letter_by_id(&self.pool, id).await
     }
 
-    async fn replay_dead_letter(&self, id: Uuid, now: OffsetDateTime) -> Result<DeadLetter> {
+    async fn replay_dead_letter(
+        &self,
+        id: Uuid,
+        now: OffsetDateTime,
+        audit: Option<&NewAuditEvent>,
+    ) -> Result<DeadLetter> {
         let mut tx = self.begin_write().await?;
         let dl = dead_letter_by_id(&mut *tx, id).await?;
         let queued = sqlx::query(
@@ -849,7 +855,6 @@ impl BatchRepository for EngineStore {
         .execute(&mut *tx)
         .await?;
         let dl = dead_letter_by_id(&mut *tx, id).await?;
-        tx.commit().await?;
-        Ok(dl)
+        finish(tx, audit, dl).await
     }
 }

@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::upstreams::UpstreamsCommand,
     },
+    /// Dead letters of the local batch queue: list, show, replay.
+    Dlq {
+        #[command(subcommand)]
+        command: crate::dlq::DlqCommand,
+    },
     /// Re-encrypt stored upstream keys under the current (first) RAMPART_MASTER_KEY entry.
     RotateMasterKey(MigrateArgs),
     /// Print a fresh random key for RAMPART_MASTER_KEY or RAMPART_JWT_SECRET (32 bytes, base64).
@@ -153,6 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init(args).await,
         Command::Keys { command } => crate::keys::run(command).await,
         Command::Upstreams { command } => crate::upstreams::run(command).await,
+        Command::Dlq { command } => crate::dlq::run(command).await,
         Command::RotateMasterKey(args) => crate::master_key::rotate(&args).await,
         Command::Users { command } => crate::people::users(command).await,
         Command::Teams { command } => crate::people::teams(command).await,
@@ -461,7 +467,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         u.abort();
     }
     if let Some(w) = webhooks {
-        w.abort();
+        w.stop().await;
     }
     if let Some(plane) = store_plane {
         plane.stop().await;

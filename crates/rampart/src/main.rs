@@ -10,6 +10,7 @@ mod bootstrap;
 mod cache_policy;
 mod cli;
 mod demo;
+mod dlq;
 mod keys;
 mod master_key;
 mod people;

@@ -49,7 +49,17 @@ PW_WRONG = frozenset({400, 401, 403})
 
 @pytest.fixture(scope="module")
 def world():
-    s = start_admin_server("admin-authz")
+    # Local batches that give up after one attempt, so dead letters are quick to make.
+    s = start_admin_server(
+        "admin-authz",
+        extra_env={
+            "RAMPART_BATCHES__MODE": "local",
+            "RAMPART_BATCHES__MAX_ATTEMPTS": "1",
+            "RAMPART_BATCHES__CLAIM_INTERVAL_MS": "20",
+            "RAMPART_UPSTREAM__BREAKER__ENABLED": "false",
+            "RAMPART_UPSTREAM__RETRY__MAX_ATTEMPTS": "1",
+        },
+    )
     w = build_world(s)
     w.mate = w.create_user("developer", w.team_a["id"])  # type: ignore[attr-defined]
     w.stranger = w.create_user("developer", w.team_b["id"])  # type: ignore[attr-defined]
@@ -285,6 +295,64 @@ def check_webhook(r: httpx.Response, ctx: Ctx) -> None:
     assert ("secret" in body) == (ctx.body == "PUT"), body
 
 
+DEAD_LETTER_FIELDS = {
+    "id", "batch_id", "item_index", "custom_id", "team_id", "key_id", "attempts", "last_status",
+    "last_error", "created_at", "replayed_at", "replay_count",
+}
+DOOMED_MODEL = "claude-opus-4-8"  # the simulator answers 503 for it in this module
+
+
+def dead_letter(w: World, target: str) -> dict[str, Any]:
+    """A fresh dead letter in the caller's own team (A) or another (B): a one-item local batch
+    whose only attempt gets a 503."""
+    sim = w.server.sim_url
+    if not getattr(w, "doomed", False):
+        r = httpx.post(f"{sim}/_sim/faults", json={"kind": "status", "status": 503, "count": 100000, "model": DOOMED_MODEL})
+        assert r.status_code < 300, r.text
+        w.doomed = True  # type: ignore[attr-defined]
+    key = w.create_key(team_of(w, target)["id"])["key"]
+    body = {"requests": [{"custom_id": "doomed", "params": {"model": DOOMED_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}}]}
+    r = httpx.post(f"{w.server.url}/v1/messages/batches", json=body, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}, timeout=30)
+    assert r.status_code == 200, r.text
+    batch = r.json()["id"]
+    page = wait_for(lambda: expect(w.admin.get("/dead-letters", params={"batch_id": batch}), 200)["data"], timeout=30, what="a dead letter")
+    return page[0]
+
+
+def dead_letter_action(method: str, suffix: str) -> Action:
+    """GET or POST /dead-letters/{id}{suffix} on a fresh dead letter of team A or B."""
+
+    def act(w: World, role: str, target: str):
+        c = who(w, role)
+        d = dead_letter(w, target)
+        return w.as_(c).request(method, f"/dead-letters/{d['id']}{suffix}"), Ctx(w, c, target=d, body=suffix)
+
+    return act
+
+
+def dead_letter_list(w: World, role: str, target: str):
+    c = who(w, role)
+    params = {} if target == "-" else {"team_id": team_of(w, target)["id"]}
+    return w.as_(c).get("/dead-letters", params=params), Ctx(w, c, body=params)
+
+
+def check_dead_letter(r: httpx.Response, ctx: Ctx) -> None:
+    d = r.json()
+    assert set(d) == DEAD_LETTER_FIELDS, d
+    assert d["id"] == ctx.target["id"] and d["last_status"] == 503 and d["last_error"]["type"] == "error"
+    if ctx.body == "/replay":
+        assert d["replay_count"] == 1 and d["replayed_at"] is not None, d
+
+
+def check_dead_letters(r: httpx.Response, ctx: Ctx) -> None:
+    body = r.json()
+    assert set(body) == {"data", "has_more", "last_id"}, body
+    for d in body["data"]:
+        assert set(d) == DEAD_LETTER_FIELDS, d
+        if ctx.body.get("team_id"):
+            assert d["team_id"] == ctx.body["team_id"], d
+
+
 # --- success checks ----------------------------------------------------------------------------
 
 
@@ -504,6 +572,13 @@ MATRIX: list[Row] = [
     ("DELETE /teams/{id}/webhook", "other", team_webhook("DELETE"), check_webhook, (204, 404, 404, 404, 403)),
     ("GET /teams/{id}/webhook/deliveries", "own", team_webhook("GET", "/deliveries"), check_webhook, (200, 200, 403, 403, 403)),
     ("GET /teams/{id}/webhook/deliveries", "other", team_webhook("GET", "/deliveries"), check_webhook, (200, 404, 404, 404, 403)),
+    ("GET /dead-letters", "-", dead_letter_list, check_dead_letters, (200, 200, 403, 403, 403)),
+    ("GET /dead-letters ?team_id", "own", dead_letter_list, check_dead_letters, (200, 200, 403, 403, 403)),
+    ("GET /dead-letters ?team_id", "other", dead_letter_list, check_dead_letters, (200, 404, 403, 403, 403)),
+    ("GET /dead-letters/{id}", "own", dead_letter_action("GET", ""), check_dead_letter, (200, 200, 403, 403, 403)),
+    ("GET /dead-letters/{id}", "other", dead_letter_action("GET", ""), check_dead_letter, (200, 404, 403, 403, 403)),
+    ("POST /dead-letters/{id}/replay", "own", dead_letter_action("POST", "/replay"), check_dead_letter, (200, 200, 403, 403, 403)),
+    ("POST /dead-letters/{id}/replay", "other", dead_letter_action("POST", "/replay"), check_dead_letter, (200, 404, 403, 403, 403)),
 ]
 
 

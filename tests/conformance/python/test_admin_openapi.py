@@ -30,6 +30,8 @@ DOCUMENTED = {
     # Issue 7: a team's webhook on batch end and its deliveries.
     ("GET", "/admin/v1/teams/{id}/webhook"), ("PUT", "/admin/v1/teams/{id}/webhook"), ("DELETE", "/admin/v1/teams/{id}/webhook"),
     ("GET", "/admin/v1/teams/{id}/webhook/deliveries"),
+    # Issue 7: dead letters of the local batch queue.
+    ("GET", "/admin/v1/dead-letters"), ("GET", "/admin/v1/dead-letters/{id}"), ("POST", "/admin/v1/dead-letters/{id}/replay"),
 }
 OPEN = {("POST", "/admin/v1/auth/login"), ("POST", "/admin/v1/auth/refresh"), ("POST", "/admin/v1/setup")}
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "trace"}

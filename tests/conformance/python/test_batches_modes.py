@@ -247,3 +247,57 @@ def test_kill_9_during_a_1000_item_local_batch_loses_nothing_and_bills_each_item
         print(f"\n{kills} kill -9 cycles; {flagged} item(s) flagged maybe_duplicate (re-run after a lapsed lease, billed once)")
     finally:
         assert proc.terminate() == 0
+
+
+def test_dead_letters_are_listed_shown_and_replayed_with_the_cli(slow_sim: str) -> None:
+    import httpx
+
+    data_dir = tempfile.mkdtemp(prefix="rampart-batch-dlq-")
+    key = team_key(data_dir, "unlucky")
+    env = serve_env(
+        slow_sim,
+        RAMPART_UPSTREAM_API_KEY=UPSTREAM_KEY,
+        RAMPART_BATCHES__MODE="local",
+        RAMPART_BATCHES__MAX_ATTEMPTS="2",
+        RAMPART_BATCHES__BACKOFF_BASE_MS="10",
+        RAMPART_BATCHES__CLAIM_INTERVAL_MS="20",
+        RAMPART_UPSTREAM__BREAKER__ENABLED="false",
+        RAMPART_UPSTREAM__RETRY__MAX_ATTEMPTS="1",
+    )
+    proc, url = start_serve(data_dir, env, "serve-batch-dlq")
+    try:
+        fault = {"kind": "status", "status": 529, "count": 1000, "model": "claude-opus-4-8"}
+        assert httpx.post(f"{slow_sim}/_sim/faults", json=fault).status_code < 300
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+        doomed = good("doomed", "again")
+        doomed["params"]["model"] = "claude-opus-4-8"
+        created = client.messages.batches.create(requests=[good("fine", "ok"), doomed])
+        ended = wait_ended(client, created.id)
+        assert (ended.request_counts.succeeded, ended.request_counts.errored) == (1, 1)
+        results = {r.custom_id: r.result for r in client.messages.batches.results(created.id)}
+        assert results["doomed"].type == "errored"
+        assert results["doomed"].error.error.type == "overloaded_error"
+
+        lines = rampart(data_dir, "dlq", "list", "--batch", created.id).stdout.strip().splitlines()
+        assert len(lines) == 1 and "doomed" in lines[0] and "attempts=2" in lines[0] and "status=529" in lines[0], lines
+        dl_id = lines[0].split()[0]
+        shown = rampart(data_dir, "dlq", "show", dl_id).stdout
+        assert '"overloaded_error"' in shown and created.id in shown
+        assert rampart(data_dir, "dlq", "show", str(uuid.uuid4()), ok=False).returncode != 0
+
+        assert httpx.delete(f"{slow_sim}/_sim/faults").status_code < 300
+        out = rampart(data_dir, "dlq", "replay", dl_id).stdout
+        assert "queued again" in out
+        wait_until(
+            lambda: client.messages.batches.retrieve(created.id).request_counts.succeeded == 2,
+            timeout=30,
+            what="the replayed item to succeed",
+        )
+        results = {r.custom_id: r.result for r in client.messages.batches.results(created.id)}
+        assert results["doomed"].type == "succeeded"
+        again = rampart(data_dir, "dlq", "replay", dl_id, ok=False)
+        assert again.returncode != 0 and "not errored" in again.stderr
+        audit = db_rows(data_dir, "SELECT actor, action FROM audit_log WHERE action = 'dead_letter.replay'")
+        assert len(audit) == 1 and audit[0][0].startswith("cli:")
+    finally:
+        assert proc.terminate() == 0

@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod cache_policy;
+mod dead_letters;
 mod keys;
 mod limits;
 mod teams;
@@ -44,6 +45,7 @@ use crate::http::Ctx;
         (name = "audit", description = "Tamper-evident audit log"),
         (name = "usage", description = "Usage and cost from the ledger"),
         (name = "webhooks", description = "A team's webhook on batch end and its deliveries"),
+        (name = "batches", description = "Dead letters of the local batch queue"),
     )
 )]
 struct ApiDoc;
@@ -92,6 +94,9 @@ fn api_router() -> OpenApiRouter<AdminState> {
         .routes(routes!(usage::summary))
         .routes(routes!(webhooks::get, webhooks::put, webhooks::delete))
         .routes(routes!(webhooks::deliveries))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::get))
+        .routes(routes!(dead_letters::replay))
 }
 
 fn split() -> (Router<AdminState>, utoipa::openapi::OpenApi) {

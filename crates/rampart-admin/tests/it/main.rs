@@ -303,6 +303,9 @@ async fn the_openapi_document_is_3_1_and_documents_every_operation_and_error() {
         ("/admin/v1/teams/{id}/webhook", "put"),
         ("/admin/v1/teams/{id}/webhook", "delete"),
         ("/admin/v1/teams/{id}/webhook/deliveries", "get"),
+        ("/admin/v1/dead-letters", "get"),
+        ("/admin/v1/dead-letters/{id}", "get"),
+        ("/admin/v1/dead-letters/{id}/replay", "post"),
     ];
     let mut count = 0;
     for (path, ops) in paths {

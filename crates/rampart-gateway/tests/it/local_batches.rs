@@ -369,7 +369,7 @@ async fn retryable_failures_are_retried_and_then_dead_lettered() {
         .await
         .unwrap();
     f.db.batches()
-        .replay_dead_letter(letters[0].id, time::OffsetDateTime::now_utc())
+        .replay_dead_letter(letters[0].id, time::OffsetDateTime::now_utc(), None)
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -341,13 +341,13 @@ pub async fn retries_end_in_a_dead_letter_that_can_be_replayed(db: &TestDb) {
     // Replay: the item runs again; the batch's count moves from errored to succeeded.
     let replayed = db
         .batches()
-        .replay_dead_letter(dl.id, T0 + Duration::seconds(4))
+        .replay_dead_letter(dl.id, T0 + Duration::seconds(4), None)
         .await
         .unwrap();
     assert_eq!(replayed.replay_count, 1);
     assert!(matches!(
         db.batches()
-            .replay_dead_letter(dl.id, T0 + Duration::seconds(4))
+            .replay_dead_letter(dl.id, T0 + Duration::seconds(4), None)
             .await,
         Err(StoreError::Invalid(_))
     ));
