@@ -195,19 +195,16 @@ impl Dispatcher {
         }
     }
 
-    /// Poll every `poll_interval_ms` until `shutdown` resolves (an attempt in flight then is
-    /// dropped; its lease runs out and the next poll, here or elsewhere, tries again).
+    /// Poll every `poll_interval_ms` until `shutdown` resolves. A poll under way when it does
+    /// is finished first (its attempts are bounded by `timeout_ms`), so no claimed attempt is
+    /// left to run out its lease.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let every = Duration::from_millis(self.config.poll_interval_ms);
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                n = self.tick() => {
-                    if n > 0 {
-                        tracing::debug!(attempts = n, "webhook attempts made");
-                    }
-                }
+            let n = self.tick().await;
+            if n > 0 {
+                tracing::debug!(attempts = n, "webhook attempts made");
             }
             tokio::select! {
                 () = &mut shutdown => return,

@@ -432,16 +432,26 @@ async fn wait_until_ended(
                 return Err(e.into());
             }
         };
-        interval = if next.request_counts == batch.request_counts {
-            max_poll.min(interval.mul_f64(1.5))
-        } else {
-            FIRST_POLL
-        };
+        interval = next_poll(
+            interval,
+            next.request_counts != batch.request_counts,
+            max_poll,
+        );
         batch = next;
         progress.update(&batch);
     }
     progress.finish();
     Ok(batch)
+}
+
+/// The wait before the next poll: back to 0.5 s when the counts moved, else 1.5 times the last
+/// wait, at most `max`.
+fn next_poll(last: Duration, moved: bool, max: Duration) -> Duration {
+    if moved {
+        FIRST_POLL.min(max)
+    } else {
+        max.min(last.mul_f64(1.5))
+    }
 }
 
 fn total(b: &MessageBatch) -> u64 {
@@ -793,6 +803,19 @@ mod tests {
     #[test]
     fn an_empty_file_is_refused() {
         assert_eq!(problems("\n \n")[0].line, 0);
+    }
+
+    #[test]
+    fn polling_backs_off_while_nothing_moves_and_resets_when_it_does() {
+        let max = Duration::from_secs(10);
+        let mut waits = vec![FIRST_POLL];
+        for _ in 0..10 {
+            waits.push(next_poll(*waits.last().unwrap_or(&FIRST_POLL), false, max));
+        }
+        assert_eq!(waits[1], Duration::from_millis(750));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(waits[10], max);
+        assert_eq!(next_poll(max, true, max), FIRST_POLL);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -161,8 +162,7 @@ pub async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
         WebhookCommand::Remove { team, store } => {
             let store = opened(&store).await?;
             let team = find_team(&store, &team).await?;
-            let e =
-                NewAuditEvent::new(actor(), "team.webhook.delete", format!("team:{}", team.id));
+            let e = NewAuditEvent::new(actor(), "team.webhook.delete", format!("team:{}", team.id));
             store
                 .webhooks()
                 .delete_team_webhook(team.id, Some(&e))
@@ -205,6 +205,28 @@ pub async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The running dispatcher of `rampart serve`.
+#[derive(Debug)]
+pub struct DispatcherTask {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    grace: Duration,
+}
+
+impl DispatcherTask {
+    /// Stop polling; a poll under way finishes (within the per-attempt timeout) first.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(self.grace, &mut task).await.is_err() {
+            tracing::warn!(
+                "webhook dispatcher did not stop in time; its attempts' leases will run out"
+            );
+            task.abort();
+        }
+    }
+}
+
 /// Start the webhook dispatcher of `rampart serve` (when `[webhooks] enabled`); `base_url` is
 /// where clients reach this gateway (results URLs in the events).
 pub fn spawn_dispatcher(
@@ -212,10 +234,18 @@ pub fn spawn_dispatcher(
     store: &Store,
     master: Arc<MasterKeys>,
     base_url: String,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<DispatcherTask> {
     if !config.enabled {
         return None;
     }
     let dispatcher = Dispatcher::new(store.clone(), master, config.clone(), base_url);
-    Some(tokio::spawn(dispatcher.run(std::future::pending::<()>())))
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(dispatcher.run(async {
+        let _ = stopped.await;
+    }));
+    Some(DispatcherTask {
+        task,
+        stop,
+        grace: Duration::from_millis(config.timeout_ms) + Duration::from_secs(1),
+    })
 }

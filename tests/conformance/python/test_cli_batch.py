@@ -161,3 +161,38 @@ def test_errors_are_printed_clearly_and_never_the_key(demo: Demo, tmp_path: Path
     missing = failed(batch(demo, "submit", str(tmp_path / "absent.jsonl")))
     assert "cannot read" in missing and "absent.jsonl" in missing
     assert os.path.exists(rampart_bin())
+
+
+def test_wait_draws_a_progress_bar_on_a_terminal(demo: Demo, tmp_path: Path) -> None:
+    import pty
+    import select
+
+    requests = write(tmp_path, [line(f"tty-{i}", f"t{i}") for i in range(3)])
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [rampart_bin(), "batch", "submit", requests, "--wait", "--max-poll-secs", "1"],
+        stdout=subprocess.PIPE, stderr=slave, env=env_for(demo),
+    )
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    assert out.decode().splitlines()[-1].endswith("ended: 3 request(s): succeeded 3, errored 0, canceled 0, expired 0")
+    text = drawn.decode(errors="replace")
+    # The bar redraws in place (carriage returns / escape sequences), with counts, rate and ETA.
+    assert "\r" in text or "\x1b[" in text, text
+    assert "processing 3" in text and "succeeded 3" in text and "/s" in text, text
+    assert "3/3" in text, text
+    assert not re.search(r"msgbatch_\w+: \d+/3 done", text), "no plain progress lines on a terminal"
