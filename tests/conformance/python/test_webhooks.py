@@ -3,8 +3,9 @@ once, URL policy enforced), a `rampart serve` whose dispatcher finds an ended ba
 signed event to a local receiver (verified with the README's snippet), a failing receiver retried
 with backoff and every attempt recorded, and the CLI (`rampart teams webhook …`).
 
-Ended batches are written straight into `message_batches` (the table of migration 0007), as the
-batch queue would when a batch ends, so the dispatcher is tested on its own contract.
+One test sends a real batch through the gateway (local mode) and waits for its webhook; the
+others write ended batches straight into `message_batches` (the table of migration 0007), as the
+batch queue does when a batch ends, to test the dispatcher on its own contract.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from admin_support import AdminServer, World, build_world, expect, start_admin_server, store_args
 from conftest import rampart_bin, wait_until
@@ -73,6 +75,9 @@ WEBHOOK_ENV = {
     "RAMPART_WEBHOOKS__MAX_BACKOFF_MS": "600",
     "RAMPART_WEBHOOKS__MAX_ATTEMPTS": "4",
     "RAMPART_WEBHOOKS__TIMEOUT_MS": "3000",
+    # Batches run in Rampart's own queue, so one ends within a second of its items.
+    "RAMPART_BATCHES__MODE": "local",
+    "RAMPART_BATCHES__CLAIM_INTERVAL_MS": "20",
 }
 
 
@@ -138,6 +143,35 @@ def test_an_ended_batch_is_delivered_signed_to_the_teams_webhook(world: World) -
         assert rows[0]["delivered"] is True and rows[0]["status_code"] == 200 and rows[0]["next_attempt_at"] is None
         time.sleep(1)
         assert len(receiver.calls) == 1, "a delivered batch is not sent again"
+    finally:
+        receiver.close()
+
+
+def test_a_batch_sent_through_the_gateway_announces_its_end(world: World) -> None:
+    receiver = Receiver([200])
+    try:
+        team = world.create_team()["id"]
+        secret = expect(world.admin.request("PUT", f"/teams/{team}/webhook", json={"url": receiver.url}), 201)["secret"]
+        key = world.create_key(team)["key"]
+        items = [
+            {"custom_id": f"item-{i}", "params": {"model": "claude-sonnet-4-6", "max_tokens": 20, "messages": [{"role": "user", "content": f"echo: n{i}"}]}}
+            for i in range(2)
+        ]
+        r = httpx.post(f"{world.server.url}/v1/messages/batches", json={"requests": items},
+                       headers={"x-api-key": key, "anthropic-version": "2023-06-01"}, timeout=30)
+        assert r.status_code == 200, r.text
+        batch_id = r.json()["id"]
+        wait_until(lambda: receiver.calls, timeout=30, what="the webhook of a gateway batch")
+        headers, body = receiver.calls[0]
+        assert verify_rampart_webhook(secret, headers, body)
+        event = json.loads(body)
+        assert event["batch"]["id"] == batch_id
+        assert event["batch"]["request_counts"]["succeeded"] == 2
+        # The batch object is the one the API serves for this batch.
+        served = httpx.get(f"{world.server.url}/v1/messages/batches/{batch_id}",
+                           headers={"x-api-key": key, "anthropic-version": "2023-06-01"}, timeout=30).json()
+        for field in ("id", "type", "processing_status", "request_counts", "results_url", "created_at", "expires_at", "ended_at", "cancel_initiated_at", "archived_at"):
+            assert event["batch"][field] == served[field], (field, event["batch"][field], served[field])
     finally:
         receiver.close()
 
