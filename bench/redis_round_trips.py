@@ -1,5 +1,6 @@
-"""Read a gateway's Prometheus text on stdin; print one bench result line with the Redis round
-trips per proxied Messages request (`rampart_limits_redis_round_trips_total` over
+"""Read a gateway's Prometheus text on stdin; print one bench result line, for the target named
+by the first argument (default limits-redis), with the Redis round trips per proxied Messages
+request (`rampart_limits_redis_round_trips_total` over
 `rampart_http_requests_total{route="/v1/messages"}`)."""
 import json
 import re
@@ -14,4 +15,5 @@ def total(name, label):
 
 trips = total("rampart_limits_redis_round_trips_total", 'op="(?:admit|settle)"')
 requests = total("rampart_http_requests_total", 'route="/v1/messages"')
-print(json.dumps({"target": "limits-redis", "mode": "redis_round_trips", "per_request": trips / max(requests, 1), "requests": requests}))
+target = sys.argv[1] if len(sys.argv) > 1 else "limits-redis"
+print(json.dumps({"target": target, "mode": "redis_round_trips", "per_request": trips / max(requests, 1), "requests": requests}))

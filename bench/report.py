@@ -31,14 +31,19 @@ def get(target, mode, conns=None):
     raise SystemExit(f"missing result {target} {mode} {conns}")
 
 
-#: Configurations with limits and a budget switched on (JSON only), with their targets against the
-#: floor of the same run: (added p50 at 1 conn at most, throughput at 32 conns at least); None:
-#: reported only.
-LIMIT_TARGETS = {"limits": (1.5, 0.7), "limits-redis": (None, None)}
+#: Configurations with limits and a budget switched on (`limits*`: JSON only, ledger off; `all*`:
+#: everything on, JSON and SSE), with their targets against the floor of the same run: (added
+#: p50 at 1 conn at most, throughput at 32 conns at least); None: reported only.
+LIMIT_TARGETS = {
+    "limits": (1.5, 0.7),
+    "limits-redis": (None, None),
+    "all": (1.5, 0.7),
+    "all-redis": (None, None),
+}
 
 
-def measured(target):
-    return any(r["target"] == target for r in rows)
+def measured(target, mode=None):
+    return any(r["target"] == target and (mode is None or r["mode"] == mode) for r in rows)
 
 
 def rps(r):
@@ -58,8 +63,7 @@ for mode in ("json", "sse"):
     for conns in (1, 32):
         d = get("direct", mode, conns)
         targets = ("direct", "floor", "rampart", "rampart-store", "rampart-ledger") if mode == "json" else ("direct", "floor", "rampart", "rampart-ledger")
-        if mode == "json":
-            targets = (*targets, *(t for t in LIMIT_TARGETS if measured(t)))
+        targets = (*targets, *(t for t in LIMIT_TARGETS if measured(t, mode)))
         for t in targets:
             r = get(t, mode, conns)
             w = r["wrk"]
@@ -94,18 +98,19 @@ for mode in ("json", "sse"):
         else:
             ratio = rps(lg) / rps(f)
             verdicts.append((f"{mode}: throughput at 32 conns, ledger on / floor", ratio, ">= 0.7", ratio >= 0.7))
-for t, (p50_max, rps_min) in LIMIT_TARGETS.items():
-    if not measured(t):
-        continue
-    for conns in (1, 32):
-        d, f, x = (get(n, "json", conns) for n in ("direct", "floor", t))
-        if conns == 1:
-            fa = max(f["wrk"]["p50_us"] - d["wrk"]["p50_us"], 1)
-            v = (x["wrk"]["p50_us"] - d["wrk"]["p50_us"]) / fa
-            verdicts.append((f"json: added p50 at 1 conn, {t} / floor", v, f"<= {p50_max}" if p50_max else "(reported)", v <= p50_max if p50_max else None))
-        else:
-            v = rps(x) / rps(f)
-            verdicts.append((f"json: throughput at 32 conns, {t} / floor", v, f">= {rps_min}" if rps_min else "(reported)", v >= rps_min if rps_min else None))
+for mode in ("json", "sse"):
+    for t, (p50_max, rps_min) in LIMIT_TARGETS.items():
+        if not measured(t, mode):
+            continue
+        for conns in (1, 32):
+            d, f, x = (get(n, mode, conns) for n in ("direct", "floor", t))
+            if conns == 1:
+                fa = max(f["wrk"]["p50_us"] - d["wrk"]["p50_us"], 1)
+                v = (x["wrk"]["p50_us"] - d["wrk"]["p50_us"]) / fa
+                verdicts.append((f"{mode}: added p50 at 1 conn, {t} / floor", v, f"<= {p50_max}" if p50_max else "(reported)", v <= p50_max if p50_max else None))
+            else:
+                v = rps(x) / rps(f)
+                verdicts.append((f"{mode}: throughput at 32 conns, {t} / floor", v, f">= {rps_min}" if rps_min else "(reported)", v >= rps_min if rps_min else None))
 out.append("")
 out.append("| SSE time to first byte (300 sequential curl requests each, interleaved) | p50 ms | p99 ms |")
 out.append("|---|---|---|")
@@ -119,16 +124,39 @@ out.append("| ratio | value | target | met |")
 out.append("|---|---|---|---|")
 for name, v, target, ok in verdicts:
     out.append(f"| {name} | {v:.2f} | {target} | {'' if ok is None else 'yes' if ok else 'NO'} |")
-trips = [r for r in rows if r["mode"] == "redis_round_trips"]
-if trips:
+for trip in (r for r in rows if r["mode"] == "redis_round_trips"):
     out.append("")
     out.append(
-        f"Redis round trips per request (limits-redis, its own metrics over {trips[0]['requests']:,.0f} requests): "
-        f"{trips[0]['per_request']:.2f} (one admission and one settlement each)"
+        f"Redis round trips per request ({trip['target']}, its own metrics over {trip['requests']:,.0f} requests): "
+        f"{trip['per_request']:.2f} (one admission and one settlement each)"
     )
+cpu = [r for r in rows if r["mode"] == "cpu_by_thread"]
+if cpu:
+    #: Thread names (as the kernel shows them, 15 characters) by role.
+    roles = (
+        ("request workers", ("rampart-worker-",)),
+        ("ledger writer: batches (runtime)", ("tokio-rt-worker",)),
+        ("ledger writer: SQLite", ("sqlx-sqlite-wor",)),
+        ("accounting", ("rampart-account",)),
+        ("log writer", ("rampart-log",)),
+    )
+    out.append("")
+    out.append("CPU per request by thread (µs; JSON at 32 conns, one more run per gateway, its /proc task stats):")
+    out.append("")
+    out.append("| gateway | " + " | ".join(name for name, _ in roles) + " | other | total |")
+    out.append("|---|" + "---|" * (len(roles) + 2))
+    for r in cpu:
+        us = r["us_per_request"]
+        cells = [sum(v for k, v in us.items() if k in names) for _, names in roles]
+        other = sum(us.values()) - sum(cells)
+        out.append(f"| {r['target']} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {other:.1f} | {sum(us.values()):.1f} |")
 out.append("")
 out.append(f"Rampart peak RSS during the run: {rss_kb/1024:.1f} MiB")
 if ledger_rows is not None:
     out.append("")
     out.append(f"Usage records the ledger gateway wrote (checked after its SIGTERM drain): {ledger_rows:,}")
+for r in (r for r in rows if r["mode"] == "ledger_rows"):
+    same = "exactly one each" if r["rows"] == r["served"] else "MISMATCH"
+    out.append("")
+    out.append(f"{r['target']}: {r['served']:,} Messages requests served (its metrics), {r['rows']:,} usage records after its SIGTERM drain ({same})")
 print("\n".join(out))

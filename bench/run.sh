@@ -2,7 +2,7 @@
 # Rampart benchmark: the simulator directly, the floor proxy in front of it, and Rampart in front
 # of it, measured in one run with wrk. Figures are reported as ratios to the floor.
 #
-#   bench/run.sh                 # full run (about 5 minutes)
+#   bench/run.sh                 # full run (about 12 minutes)
 #   BENCH_DURATION=3s BENCH_ROUNDS=1 bench/run.sh   # quick look
 #
 # Each configuration is measured BENCH_ROUNDS times (default 3), the three targets interleaved
@@ -83,6 +83,20 @@ GWLR=$(export "${LIMITS_ENV[@]}" RAMPART_LIMITS__BACKEND=redis RAMPART_REDIS_URL
   start gateway-limits-redis "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/limits")
 echo "with limits and a budget: in process $GWLIM, in Redis $GWLR"
 
+# Everything on: a store key with rate limits, a concurrency limit and a budget (as above), the
+# usage ledger on (SQLite, the default with a store) and the metrics, `all` with the limits in
+# process and `all-redis` in the same redis-server; each gateway has its own data directory
+# (one spool per process).
+ALL_ENV=("${STORE_ENV[@]}" RAMPART_ADMIN__ENABLED=false RAMPART_KEY_PEPPER="pepper-bench-$KEY")
+ALL_KEY=$(env "${ALL_ENV[@]}" "$BIN/rampart" keys create --name bench-all --model 'claude-*' \
+  --rpm 1000000000 --itpm 1000000000 --otpm 1000000000 --concurrency 100000 \
+  --budget-usd 1000000000 --budget-period month --data-dir "$WORK/all" | tail -n 1)
+cp -r "$WORK/all" "$WORK/all-redis"
+GWA=$(export "${ALL_ENV[@]}"; start gateway-all "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all")
+GWAR=$(export "${ALL_ENV[@]}" RAMPART_LIMITS__BACKEND=redis RAMPART_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  start gateway-all-redis "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all-redis")
+echo "everything on: in process $GWA, in Redis $GWAR"
+
 cat >"$WORK/json.json" <<'J'
 {"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
 J
@@ -96,7 +110,7 @@ run() { # target addr mode conns round
   [ "$conns" -gt 1 ] && threads=2
   [ "$target" = rampart-store ] && key=$STORE_KEY
   [ "$target" = rampart-ledger ] && key=$LEDGER_KEY
-  case "$target" in limits | limits-redis) key=$LIMITS_KEY ;; esac
+  case "$target" in limits | limits-redis) key=$LIMITS_KEY ;; all | all-redis) key=$ALL_KEY ;; esac
   # warm-up, then the measured run
   BODY_FILE="$WORK/$mode.json" API_KEY="$key" wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
   local line
@@ -138,14 +152,48 @@ for mode in json sse; do
         run limits-redis "$GWLR" "$mode" "$conns" "$round"
       fi
       run rampart-ledger "$GWL" "$mode" "$conns" "$round"
+      run all "$GWA" "$mode" "$conns" "$round"
+      run all-redis "$GWAR" "$mode" "$conns" "$round"
     done
   done
 done
 echo "== SSE time to first byte (curl, 300 sequential requests per target, interleaved)"
 ttfb
 
-# Redis round trips per request of the Redis-backed gateway, from its own metrics.
-curl -s "http://$GWLR/metrics" | python3 bench/redis_round_trips.py >>"$RESULTS"
+# Redis round trips per request of the Redis-backed gateways, from their own metrics.
+curl -s "http://$GWLR/metrics" | python3 bench/redis_round_trips.py limits-redis >>"$RESULTS"
+curl -s "http://$GWAR/metrics" | python3 bench/redis_round_trips.py all-redis >>"$RESULTS"
+
+# Where the CPU goes: each gateway's CPU time per request by thread (its /proc task stats around
+# one more JSON run at 32 connections): request workers, the ledger writer (the runtime task
+# that builds the batches and the SQLite connection thread), accounting and the log writer.
+echo "== CPU per request by thread (JSON, 32 conns, $DURATION)"
+threads_cpu() { for t in /proc/"$1"/task/*; do
+  printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"; done; }
+for t in rampart:gateway rampart-store:gateway-store limits:gateway-limits rampart-ledger:gateway-ledger all:gateway-all all-redis:gateway-all-redis; do
+  target=${t%%:*}; pid=$(cat "$WORK/${t#*:}.pid")
+  addr=$(grep -m1 "^listening on http://" "$WORK/${t#*:}.out" | sed 's#listening on http://##')
+  key=$KEY
+  case "$target" in rampart-store) key=$STORE_KEY ;; rampart-ledger) key=$LEDGER_KEY ;; limits) key=$LIMITS_KEY ;; all | all-redis) key=$ALL_KEY ;; esac
+  threads_cpu "$pid" >"$WORK/cpu0"
+  line=$(BODY_FILE="$WORK/json.json" API_KEY="$key" wrk -t2 -c32 -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
+  sleep 0.5 # the ledger writer's next drain (every 200 ms) is part of the cost
+  threads_cpu "$pid" >"$WORK/cpu1"
+  python3 - "$target" "$line" "$(getconf CLK_TCK)" "$WORK/cpu0" "$WORK/cpu1" >>"$RESULTS" <<'PY'
+import collections, json, sys
+target, wrk, tck = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+def read(path):
+    d = collections.Counter()
+    for line in open(path):
+        name, ticks = line.rsplit(" ", 1)
+        d[name] += int(ticks)
+    return d
+a, b = read(sys.argv[4]), read(sys.argv[5])
+us = {k: (b[k] - a[k]) * 1e6 / tck / max(wrk["requests"], 1) for k in b}
+print(json.dumps({"target": target, "mode": "cpu_by_thread", "requests": wrk["requests"], "us_per_request": us}))
+PY
+  echo "  $target: $(tail -n 1 "$RESULTS")"
+done
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
 # The ledger gateway must have recorded every request it answered (after its SIGTERM drain).
@@ -153,5 +201,18 @@ GWL_PID=$(cat "$WORK/gateway-ledger.pid")
 kill -TERM "$GWL_PID"; while kill -0 "$GWL_PID" 2>/dev/null; do sleep 0.1; done
 LEDGER_ROWS=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM usage_records').fetchone()[0])" "$WORK/ledger/rampart.db")
 echo "usage records written by the ledger gateway: $LEDGER_ROWS"
+# Everything on: every request the gateway counted has exactly one usage record after its
+# SIGTERM drain (the metrics count /v1/messages requests, the ledger records them).
+for t in all:gateway-all all-redis:gateway-all-redis; do
+  name=${t#*:}; pid=$(cat "$WORK/$name.pid")
+  addr=$(grep -m1 "^listening on http://" "$WORK/$name.out" | sed 's#listening on http://##')
+  served=$(curl -s "http://$addr/metrics" | python3 -c 'import re, sys
+text = sys.stdin.read()
+print(int(sum(float(v) for v in re.findall(r"^rampart_http_requests_total\{[^}]*route=\"/v1/messages\"[^}]*\} (\S+)$", text, re.M))))')
+  kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rows=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM usage_records').fetchone()[0])" "$WORK/${t%%:*}/rampart.db")
+  echo "{\"target\": \"${t%%:*}\", \"mode\": \"ledger_rows\", \"served\": $served, \"rows\": $rows}" >>"$RESULTS"
+  echo "${t%%:*}: $served requests served, $rows usage records"
+done
 python3 bench/report.py "$RESULTS" "$RSS_KB" "$DURATION" "$ROUNDS" "$LEDGER_ROWS" | tee "$OUT/latest.md"
 echo "(written to $OUT/latest.md)"
