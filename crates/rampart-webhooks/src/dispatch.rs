@@ -265,6 +265,13 @@ impl Dispatcher {
                     rand::random::<f64>(),
                 )
         });
+        let outcome_label = match (delivered, next_attempt_at.is_some()) {
+            (true, _) => "delivered",
+            (false, true) => "failed",
+            (false, false) => "gave_up",
+        };
+        metrics::counter!("rampart_webhook_attempts_total", "outcome" => outcome_label)
+            .increment(1);
         if delivered {
             tracing::info!(batch = %due.batch.id, team = %due.team_id, attempt = due.attempt, status, "webhook delivered");
         } else {

@@ -8,7 +8,8 @@
 //!   link-local addresses unless configured), checked when a webhook is set and again, against
 //!   every resolved address, when it is called.
 //! - [`backoff`]: the wait before the next attempt.
-//! - [`Dispatcher`]: the background task of `rampart serve`.
+//! - [`Dispatcher`]: the background task of `rampart serve`; it counts attempts in
+//!   `rampart_webhook_attempts_total{outcome}` (`delivered`, `failed` = retried later, `gave_up`).
 
 mod dispatch;
 mod policy;
