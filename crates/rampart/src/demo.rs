@@ -137,6 +137,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Arc::new(master),
     );
     let upkeep = admin.spawn_upkeep();
+    // Webhooks on batch end, as `rampart serve` sends them.
+    let webhooks = crate::webhooks::spawn_dispatcher(
+        &settings.webhooks,
+        &store,
+        admin.master_keys(),
+        format!("http://{gw_addr}"),
+    );
     // Key reloads, last-use flushes and denial audit rows, as `rampart serve` runs them.
     let (mut plane, mut parts) = StorePlane::start(
         store.clone(),
@@ -220,6 +227,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let _ = task.await;
     }
     sim_task.await.context("simulator task")??;
+    if let Some(w) = webhooks {
+        w.stop().await;
+    }
     plane.stop().await;
     upkeep.abort();
     store.close().await;
