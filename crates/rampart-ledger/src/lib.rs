@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod ledger;
+mod line;
 pub mod pricing;
 pub mod spool;
 

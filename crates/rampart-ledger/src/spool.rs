@@ -264,8 +264,7 @@ impl Spool {
     pub fn encode(record: &UsageRecord, buf: &mut Vec<u8>) {
         buf.clear();
         buf.extend_from_slice(b"00000000 ");
-        // Serialising plain fields into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *buf, record);
+        crate::line::write_json(record, buf);
         let crc = crc32fast::hash(&buf[9..]);
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for (i, slot) in buf[..8].iter_mut().enumerate() {
