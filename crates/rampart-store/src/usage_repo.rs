@@ -1,10 +1,12 @@
 //! [`UsageRepository`] for one engine: compiled once per engine like `repo.rs` (a `#[path]`
 //! module of `sqlite.rs` and `postgres.rs`), with the same SQL text and binds on both.
 //!
-//! A batch is checked for ids already stored (one `SELECT … WHERE id IN (…)` per chunk, which
-//! finds nothing unless a spool is being replayed), the new records are inserted with multi-row
-//! `INSERT`s, and only those are summed (in memory, one row per rollup key) and upserted into
-//! `usage_rollups` with `ON CONFLICT … DO UPDATE SET x = x + excluded.x`, all in one transaction.
+//! A batch is cut into statements of a few fixed sizes, so the prepared-statement cache serves
+//! them ([`fixed_chunks`]), and checked for ids already stored (one `SELECT … WHERE id IN (…)`
+//! per chunk, which finds nothing unless a spool is being replayed); the new records are
+//! inserted with multi-row `INSERT`s, and only those are summed (in memory, one row per rollup
+//! key) and upserted into `usage_rollups` with `ON CONFLICT … DO UPDATE SET x = x + excluded.x`,
+//! all in one transaction.
 
 use std::collections::{HashMap, HashSet};
 
@@ -34,6 +36,24 @@ macro_rules! record_cols {
 const RECORD_CHUNK: usize = 400;
 /// Rollup rows per upsert statement (15 binds each).
 const ROLLUP_CHUNK: usize = 1000;
+/// The row counts of a statement below its chunk size: a batch is cut into statements of these
+/// sizes only, so their text repeats and the connection's prepared-statement cache serves them
+/// (parsing a statement of a new size cost more than inserting its rows).
+const SMALLER_CHUNKS: [usize; 4] = [100, 25, 5, 1];
+
+/// `items` cut into runs of `largest` items, then of [`SMALLER_CHUNKS`] sizes (largest first).
+fn fixed_chunks<T>(mut items: &[T], largest: usize) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    for size in std::iter::once(largest).chain(SMALLER_CHUNKS.into_iter().filter(|&s| s < largest))
+    {
+        while items.len() >= size {
+            let (chunk, rest) = items.split_at(size);
+            chunks.push(chunk);
+            items = rest;
+        }
+    }
+    chunks
+}
 /// Largest page of raw records.
 const MAX_RECORD_PAGE: u32 = 10_000;
 
@@ -148,7 +168,7 @@ impl EngineStore {
         let mut seen = HashSet::with_capacity(records.len());
         let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id)).collect();
         let mut inserted: Vec<&UsageRecord> = Vec::with_capacity(unique.len());
-        for chunk in unique.chunks(RECORD_CHUNK) {
+        for chunk in fixed_chunks(&unique, RECORD_CHUNK) {
             let mut check = QueryBuilder::<Db>::new("SELECT id FROM usage_records WHERE id IN (");
             let mut ids = check.separated(", ");
             for r in chunk {
@@ -209,7 +229,7 @@ impl EngineStore {
         let deltas: Vec<(RollupKey, Sums)> = rollup_deltas(inserted.iter().copied())
             .into_iter()
             .collect();
-        for chunk in deltas.chunks(ROLLUP_CHUNK) {
+        for chunk in fixed_chunks(&deltas, ROLLUP_CHUNK) {
             let mut qb = QueryBuilder::<Db>::new(
                 "INSERT INTO usage_rollups (period, bucket, key_id, team_id, user_id, model, \
                  requests, errors, input_tokens, output_tokens, cache_write_5m_tokens, \
@@ -460,6 +480,17 @@ fn usage_record(row: &DbRow) -> Result<UsageRecord> {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn batches_are_cut_into_statements_of_a_few_fixed_sizes() {
+        let items: Vec<usize> = (0..1234).collect();
+        let chunks = fixed_chunks(&items, 400);
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [400, 400, 400, 25, 5, 1, 1, 1, 1]);
+        assert_eq!(chunks.concat(), items, "every item once, in order");
+        assert_eq!(fixed_chunks(&items[..3], 1000).len(), 3);
+        assert!(fixed_chunks::<usize>(&[], 400).is_empty());
+    }
 
     #[test]
     fn ranges_split_into_hours_and_whole_days() {
