@@ -405,10 +405,10 @@ impl BatchRepository for EngineStore {
         .iter()
         .map(|r| Ok((r.try_get("team_key")?, r.try_get::<i64, _>("n")?)))
         .collect::<Result<_>>()?;
+        // Teams with work: those with a lapsed lease (few rows: running ones), and those with
+        // queued items, found by index seeks (one per team) rather than a scan of the queue.
         let mut teams: Vec<String> = sqlx::query(
-            "SELECT DISTINCT team_key FROM batch_items WHERE state = 'queued' AND not_before <= $1 \
-             UNION SELECT DISTINCT team_key FROM batch_items \
-             WHERE state = 'running' AND lease_until <= $1",
+            "SELECT DISTINCT team_key FROM batch_items WHERE state = 'running' AND lease_until <= $1",
         )
         .bind(now)
         .fetch_all(&mut *tx)
@@ -416,6 +416,25 @@ impl BatchRepository for EngineStore {
         .iter()
         .map(|r| r.try_get::<String, _>("team_key"))
         .collect::<std::result::Result<_, _>>()?;
+        let mut after: Option<String> = None;
+        loop {
+            let mut qb = QueryBuilder::<Db>::new(
+                "SELECT MIN(team_key) AS t FROM batch_items WHERE state = 'queued'",
+            );
+            if let Some(a) = &after {
+                qb.push(" AND team_key > ").push_bind(a.clone());
+            }
+            let next: Option<String> = qb.build().fetch_one(&mut *tx).await?.try_get("t")?;
+            match next {
+                Some(t) => {
+                    if !teams.contains(&t) {
+                        teams.push(t.clone());
+                    }
+                    after = Some(t);
+                }
+                None => break,
+            }
+        }
         teams.sort();
         // Round robin: the teams after the last one served come first.
         if let Some(after) = &o.after_team {
@@ -449,41 +468,55 @@ impl BatchRepository for EngineStore {
             if q == 0 {
                 continue;
             }
-            let mut qb = QueryBuilder::<Db>::new(
-                "UPDATE batch_items SET state = 'running', attempts = attempts + 1, lease_until = ",
-            );
-            qb.push_bind(lease_until)
-                .push(
-                    ", maybe_duplicate = CASE WHEN state = 'running' THEN TRUE ELSE maybe_duplicate END \
-                     WHERE (batch_id, idx) IN (SELECT batch_id, idx FROM batch_items WHERE team_key = ",
-                )
-                .push_bind(teams[i].clone())
-                .push(" AND ((state = 'queued' AND not_before <= ")
-                .push_bind(now)
-                .push(") OR (state = 'running' AND lease_until <= ")
-                .push_bind(now)
-                .push(")) ORDER BY not_before, batch_id, idx LIMIT ")
-                .push_bind(q)
-                .push(CLAIM_SKIP_LOCKED)
-                .push(
-                    ") RETURNING batch_id, idx, custom_id, team_key, params, attempts, \
-                     maybe_duplicate, worst_micro_usd",
+            // Lapsed leases first (their items may have run: flagged), then queued items in
+            // arrival order; each an index range of the team.
+            let mut left = q;
+            for lapsed in [true, false] {
+                if left <= 0 {
+                    break;
+                }
+                let mut qb = QueryBuilder::<Db>::new(
+                    "UPDATE batch_items SET state = 'running', attempts = attempts + 1, \
+                     lease_until = ",
                 );
-            for row in qb.build().fetch_all(&mut *tx).await? {
-                claimed.push(ClaimedItem {
-                    batch_id: row.try_get("batch_id")?,
-                    idx: uint(row.try_get("idx")?),
-                    custom_id: row.try_get("custom_id")?,
-                    team_key: row.try_get("team_key")?,
-                    params: row.try_get("params")?,
-                    attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-                    maybe_duplicate: row.try_get("maybe_duplicate")?,
-                    worst_micro_usd: uint(row.try_get("worst_micro_usd")?),
-                    team_id: None,
-                    key_id: None,
-                    user_id: None,
-                    key_label: None,
+                qb.push_bind(lease_until).push(if lapsed {
+                    ", maybe_duplicate = TRUE WHERE (batch_id, idx) IN (SELECT batch_id, idx \
+                     FROM batch_items WHERE state = 'running' AND team_key = "
+                } else {
+                    " WHERE (batch_id, idx) IN (SELECT batch_id, idx FROM batch_items \
+                     WHERE state = 'queued' AND team_key = "
                 });
+                qb.push_bind(teams[i].clone());
+                if lapsed {
+                    qb.push(" AND lease_until <= ").push_bind(now);
+                } else {
+                    qb.push(" AND not_before <= ").push_bind(now);
+                }
+                qb.push(" ORDER BY not_before LIMIT ")
+                    .push_bind(left)
+                    .push(CLAIM_SKIP_LOCKED)
+                    .push(
+                        ") RETURNING batch_id, idx, custom_id, team_key, params, attempts, \
+                         maybe_duplicate, worst_micro_usd",
+                    );
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    left -= 1;
+                    claimed.push(ClaimedItem {
+                        batch_id: row.try_get("batch_id")?,
+                        idx: uint(row.try_get("idx")?),
+                        custom_id: row.try_get("custom_id")?,
+                        team_key: row.try_get("team_key")?,
+                        params: row.try_get("params")?,
+                        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?)
+                            .unwrap_or(u32::MAX),
+                        maybe_duplicate: row.try_get("maybe_duplicate")?,
+                        worst_micro_usd: uint(row.try_get("worst_micro_usd")?),
+                        team_id: None,
+                        key_id: None,
+                        user_id: None,
+                        key_label: None,
+                    });
+                }
             }
         }
         if !claimed.is_empty() {
@@ -554,22 +587,8 @@ impl BatchRepository for EngineStore {
         let mut tx = self.begin_write().await?;
         let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
         let mut records: Vec<UsageRecord> = Vec::new();
+        let mut finished: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for c in done {
-            let counted: Option<Option<String>> = sqlx::query(
-                "SELECT counted_as FROM batch_items WHERE batch_id = $1 AND idx = $2 \
-                 AND state = 'running' AND attempts = $3",
-            )
-            .bind(c.batch_id.clone())
-            .bind(int(c.idx))
-            .bind(i64::from(c.attempt))
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get::<Option<String>, _>("counted_as"))
-            .transpose()?;
-            let Some(counted) = counted else {
-                out.applied.push(false);
-                continue;
-            };
             let (state, result, error, not_before) = match &c.outcome {
                 Outcome::Succeeded(r) => ("succeeded", Some(r.clone()), None, None),
                 Outcome::Errored(r) => ("errored", Some(r.clone()), None, None),
@@ -580,8 +599,10 @@ impl BatchRepository for EngineStore {
                     ("queued", None, Some(error.clone()), Some(*not_before))
                 }
             };
-            let applied = if state == "queued" {
-                sqlx::query(
+            // The claim is the fence: only the attempt that holds it may settle the item. A
+            // finished item's earlier count (a replayed dead letter's) comes back unchanged.
+            let counted: Option<Option<String>> = if state == "queued" {
+                let n = sqlx::query(
                     "UPDATE batch_items SET state = 'queued', lease_until = NULL, not_before = $1, \
                      last_error = $2 WHERE batch_id = $3 AND idx = $4 AND state = 'running' \
                      AND attempts = $5",
@@ -593,12 +614,14 @@ impl BatchRepository for EngineStore {
                 .bind(i64::from(c.attempt))
                 .execute(&mut *tx)
                 .await?
+                .rows_affected();
+                (n > 0).then_some(None)
             } else {
                 sqlx::query(
-                    "UPDATE batch_items SET state = $1, result = $2, counted_as = $1, \
-                     lease_until = NULL, completed_at = $3, \
-                     last_error = COALESCE($4, last_error) \
-                     WHERE batch_id = $5 AND idx = $6 AND state = 'running' AND attempts = $7",
+                    "UPDATE batch_items SET state = $1, result = $2, lease_until = NULL, \
+                     completed_at = $3, last_error = COALESCE($4, last_error) \
+                     WHERE batch_id = $5 AND idx = $6 AND state = 'running' AND attempts = $7 \
+                     RETURNING counted_as",
                 )
                 .bind(state)
                 .bind(result)
@@ -607,17 +630,20 @@ impl BatchRepository for EngineStore {
                 .bind(c.batch_id.clone())
                 .bind(int(c.idx))
                 .bind(i64::from(c.attempt))
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?
+                .map(|r| r.try_get::<Option<String>, _>("counted_as"))
+                .transpose()?
             };
-            if applied.rows_affected() == 0 {
+            let Some(counted) = counted else {
                 out.applied.push(false);
                 continue;
-            }
+            };
             out.applied.push(true);
             if state == "queued" {
                 continue;
             }
+            finished.entry(c.batch_id.clone()).or_default().push(c.idx);
             let d = deltas.entry(c.batch_id.clone()).or_default();
             d.add(state, 1);
             if let Some(old) = counted {
@@ -643,6 +669,21 @@ impl BatchRepository for EngineStore {
             }
             if let Some(r) = &c.usage {
                 records.push(r.clone());
+            }
+        }
+        // Each finished item now counts under its state (one statement per batch).
+        for (batch_id, idxs) in &finished {
+            for chunk in idxs.chunks(ITEM_CHUNK) {
+                let mut qb = QueryBuilder::<Db>::new(
+                    "UPDATE batch_items SET counted_as = state WHERE batch_id = ",
+                );
+                qb.push_bind(batch_id.clone()).push(" AND idx IN (");
+                let mut list = qb.separated(", ");
+                for idx in chunk {
+                    list.push_bind(int(*idx));
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
             }
         }
         out.usage_inserted = EngineStore::insert_usage_in(&mut tx, &records).await?;

@@ -43,6 +43,8 @@ use crate::routes::Route;
 
 /// Most completions settled in one transaction.
 const SETTLE_GROUP: usize = 512;
+/// How long finished items wait for others to share their settling transaction.
+const GATHER: Duration = Duration::from_millis(2);
 /// The endpoint usage records of batch items carry.
 pub const ITEM_ENDPOINT: &str = "/v1/messages/batches";
 
@@ -74,6 +76,7 @@ impl Runner {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let settings = self.batches.settings.clone();
         let workers = settings.workers as usize;
+        let bite = (workers / 4).max(1);
         let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
         let mut in_flight: HashMap<(String, u64), u32> = HashMap::new();
         let mut pending: Vec<Finished> = Vec::new();
@@ -89,9 +92,12 @@ impl Runner {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut stop_at: Option<Instant> = None;
         loop {
-            if stop_at.is_none() && claim_due && in_flight.len() < workers {
+            // Claim in bites of at least a quarter of the slots (fewer, larger transactions),
+            // unless nothing is in flight.
+            let room = workers.saturating_sub(in_flight.len());
+            if stop_at.is_none() && claim_due && room > 0 && (room >= bite || in_flight.is_empty())
+            {
                 claim_due = false;
-                let room = workers - in_flight.len();
                 let options = ClaimOptions {
                     limit: u32::try_from(room).unwrap_or(u32::MAX),
                     per_team: settings.team_concurrency,
@@ -136,10 +142,12 @@ impl Runner {
             tokio::select! {
                 Some(first) = rx.recv() => {
                     pending.push(first);
-                    while pending.len() < SETTLE_GROUP {
-                        match rx.try_recv() {
-                            Ok(f) => pending.push(f),
-                            Err(_) => break,
+                    // Gather what finishes within a moment: one transaction settles them all.
+                    let gather = Instant::now() + GATHER;
+                    while pending.len() < SETTLE_GROUP.min(bite.max(1) * 2) {
+                        match tokio::time::timeout_at(gather, rx.recv()).await {
+                            Ok(Some(f)) => pending.push(f),
+                            _ => break,
                         }
                     }
                     if self.settle(&mut pending, &mut in_flight).await {
