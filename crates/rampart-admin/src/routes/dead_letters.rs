@@ -3,7 +3,7 @@
 //! (another team's is 404, as if it did not exist); other roles are refused. A replay queues the
 //! item again with its attempts starting over, audited in the same transaction.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use rampart_store::Role;
 use rampart_store::batches::{DeadLetter, DeadLetterQuery};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{audited, event};
 use crate::AdminState;
 use crate::error::{ApiError, Errors};
-use crate::http::{Ctx, Id};
+use crate::http::{Ctx, Id, Query};
 use crate::session::Caller;
 
 /// One dead letter.
