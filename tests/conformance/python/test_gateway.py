@@ -198,7 +198,11 @@ def test_count_tokens_models_and_batches_routes_are_forwarded(gateway_target: Ta
     client = gateway_target.client()
     client.messages.count_tokens(model=MODEL, messages=PROMPT)
     client.models.list()
-    client.messages.batches.list()
+    # With a store (the demo has one) batches are Rampart's own; in the default upstream mode a
+    # creation is still sent upstream (listing is answered from Rampart's store).
+    client.messages.batches.create(
+        requests=[{"custom_id": "fwd", "params": {"model": MODEL, "max_tokens": 5, "messages": PROMPT}}]
+    )
     after = sim.counters()["routes"]
     for route in ("count_tokens", "models", "batches"):
         assert after.get(route, 0) > before.get(route, 0), (route, before, after)
