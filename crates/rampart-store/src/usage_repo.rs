@@ -9,9 +9,10 @@
 //! all in one transaction.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
-use sqlx::{QueryBuilder, Row};
+use sqlx::{Arguments as _, QueryBuilder, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -40,6 +41,109 @@ const ROLLUP_CHUNK: usize = 1000;
 /// sizes only, so their text repeats and the connection's prepared-statement cache serves them
 /// (parsing a statement of a new size cost more than inserting its rows).
 const SMALLER_CHUNKS: [usize; 4] = [100, 25, 5, 1];
+
+/// Bound values per usage record, and per rollup row.
+const RECORD_BINDS: usize = 26;
+const ROLLUP_BINDS: usize = 15;
+
+type Args = <Db as sqlx::Database>::Arguments;
+/// Statement texts by row count (a few: the sizes of [`fixed_chunks`]), built once.
+type SqlCache = Mutex<Vec<(usize, &'static str)>>;
+static CHECK_SQL: SqlCache = Mutex::new(Vec::new());
+static INSERT_SQL: SqlCache = Mutex::new(Vec::new());
+static ROLLUP_SQL: SqlCache = Mutex::new(Vec::new());
+
+/// The text of `cache`'s statement over `rows` rows, built by `build` the first time and kept for
+/// the life of the process (binding into ready text instead of a `QueryBuilder` per batch saves
+/// formatting a separator and a placeholder per bound value).
+fn statement(cache: &SqlCache, rows: usize, build: impl FnOnce(usize) -> String) -> &'static str {
+    let mut texts = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, sql)) = texts.iter().find(|(n, _)| *n == rows) {
+        return sql;
+    }
+    let sql: &'static str = Box::leak(build(rows).into_boxed_str());
+    texts.push((rows, sql));
+    sql
+}
+
+/// `prefix VALUES (…), (…) suffix` with `rows` rows of `cols` placeholders in the engine's style.
+fn values_sql(prefix: &str, rows: usize, cols: usize, suffix: &str) -> String {
+    let mut qb = QueryBuilder::<Db>::new(prefix);
+    qb.push_values(0..rows, |mut row, _| {
+        for _ in 0..cols {
+            row.push_bind(0_i64);
+        }
+    });
+    qb.push(suffix);
+    qb.into_string()
+}
+
+/// `prefix` + `n` placeholders separated by commas + `suffix`, in the engine's style.
+fn in_list_sql(prefix: &str, n: usize, suffix: &str) -> String {
+    let mut qb = QueryBuilder::<Db>::new(prefix);
+    let mut list = qb.separated(", ");
+    for _ in 0..n {
+        list.push_bind(0_i64);
+    }
+    qb.push(suffix);
+    qb.into_string()
+}
+
+/// Bind a usage record's [`RECORD_BINDS`] values, in `record_cols!` order.
+fn add_record(
+    args: &mut Args,
+    r: &UsageRecord,
+) -> std::result::Result<(), sqlx::error::BoxDynError> {
+    args.add(r.id)?;
+    args.add(DbTime(r.at))?;
+    args.add(r.request_id.clone())?;
+    args.add(r.key_id)?;
+    args.add(r.team_id)?;
+    args.add(r.user_id)?;
+    args.add(r.key_label.clone())?;
+    args.add(r.endpoint.clone())?;
+    args.add(r.model_requested.clone())?;
+    args.add(r.model_served.clone())?;
+    args.add(i32::from(r.status))?;
+    args.add(r.error_type.clone())?;
+    args.add(int(r.input_tokens))?;
+    args.add(int(r.output_tokens))?;
+    args.add(int(r.cache_write_5m_tokens))?;
+    args.add(int(r.cache_write_1h_tokens))?;
+    args.add(int(r.cache_read_tokens))?;
+    args.add(int(r.cost_micro_usd))?;
+    args.add(r.priced)?;
+    args.add(int(r.latency_us))?;
+    args.add(r.upstream_latency_us.map(int))?;
+    args.add(i32::try_from(r.upstream_attempts).unwrap_or(i32::MAX))?;
+    args.add(r.streamed)?;
+    args.add(r.cache_hit)?;
+    args.add(r.client_aborted)?;
+    args.add(r.saved_micro_usd)
+}
+
+/// Bind a rollup row's [`ROLLUP_BINDS`] values.
+fn add_rollup(
+    args: &mut Args,
+    k: &RollupKey,
+    s: &Sums,
+) -> std::result::Result<(), sqlx::error::BoxDynError> {
+    args.add(k.period)?;
+    args.add(k.bucket)?;
+    args.add(k.key_id)?;
+    args.add(k.team_id)?;
+    args.add(k.user_id)?;
+    args.add(k.model.clone())?;
+    args.add(s.requests)?;
+    args.add(s.errors)?;
+    args.add(s.input_tokens)?;
+    args.add(s.output_tokens)?;
+    args.add(s.cache_write_5m_tokens)?;
+    args.add(s.cache_write_1h_tokens)?;
+    args.add(s.cache_read_tokens)?;
+    args.add(s.cost_micro_usd)?;
+    args.add(s.saved_micro_usd)
+}
 
 /// `items` cut into runs of `largest` items, then of [`SMALLER_CHUNKS`] sizes (largest first).
 fn fixed_chunks<T>(mut items: &[T], largest: usize) -> Vec<&[T]> {
@@ -169,14 +273,14 @@ impl EngineStore {
         let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id)).collect();
         let mut inserted: Vec<&UsageRecord> = Vec::with_capacity(unique.len());
         for chunk in fixed_chunks(&unique, RECORD_CHUNK) {
-            let mut check = QueryBuilder::<Db>::new("SELECT id FROM usage_records WHERE id IN (");
-            let mut ids = check.separated(", ");
+            let mut ids = Args::default();
             for r in chunk {
-                ids.push_bind(r.id);
+                ids.add(r.id).map_err(sqlx::Error::Encode)?;
             }
-            check.push(")");
-            let stored: HashSet<Uuid> = check
-                .build()
+            let sql = statement(&CHECK_SQL, chunk.len(), |n| {
+                in_list_sql("SELECT id FROM usage_records WHERE id IN (", n, ")")
+            });
+            let stored: HashSet<Uuid> = sqlx::query_with(sql, ids)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
@@ -187,84 +291,51 @@ impl EngineStore {
                 .copied()
                 .filter(|r| !stored.contains(&r.id))
                 .collect();
-            if fresh.is_empty() {
-                continue;
+            for part in fixed_chunks(&fresh, RECORD_CHUNK) {
+                let mut args = Args::default();
+                for r in part {
+                    add_record(&mut args, r).map_err(sqlx::Error::Encode)?;
+                }
+                let sql = statement(&INSERT_SQL, part.len(), |n| {
+                    values_sql(
+                        concat!("INSERT INTO usage_records (", record_cols!(), ") "),
+                        n,
+                        RECORD_BINDS,
+                        "",
+                    )
+                });
+                sqlx::query_with(sql, args).execute(&mut *tx).await?;
             }
-            let mut qb = QueryBuilder::<Db>::new(concat!(
-                "INSERT INTO usage_records (",
-                record_cols!(),
-                ") "
-            ));
-            qb.push_values(&fresh, |mut row, r| {
-                row.push_bind(r.id)
-                    .push_bind(DbTime(r.at))
-                    .push_bind(r.request_id.clone())
-                    .push_bind(r.key_id)
-                    .push_bind(r.team_id)
-                    .push_bind(r.user_id)
-                    .push_bind(r.key_label.clone())
-                    .push_bind(r.endpoint.clone())
-                    .push_bind(r.model_requested.clone())
-                    .push_bind(r.model_served.clone())
-                    .push_bind(i32::from(r.status))
-                    .push_bind(r.error_type.clone())
-                    .push_bind(int(r.input_tokens))
-                    .push_bind(int(r.output_tokens))
-                    .push_bind(int(r.cache_write_5m_tokens))
-                    .push_bind(int(r.cache_write_1h_tokens))
-                    .push_bind(int(r.cache_read_tokens))
-                    .push_bind(int(r.cost_micro_usd))
-                    .push_bind(r.priced)
-                    .push_bind(int(r.latency_us))
-                    .push_bind(r.upstream_latency_us.map(int))
-                    .push_bind(i32::try_from(r.upstream_attempts).unwrap_or(i32::MAX))
-                    .push_bind(r.streamed)
-                    .push_bind(r.cache_hit)
-                    .push_bind(r.client_aborted)
-                    .push_bind(r.saved_micro_usd);
-            });
-            qb.build().execute(&mut *tx).await?;
             inserted.extend(fresh);
         }
         let deltas: Vec<(RollupKey, Sums)> = rollup_deltas(inserted.iter().copied())
             .into_iter()
             .collect();
         for chunk in fixed_chunks(&deltas, ROLLUP_CHUNK) {
-            let mut qb = QueryBuilder::<Db>::new(
-                "INSERT INTO usage_rollups (period, bucket, key_id, team_id, user_id, model, \
-                 requests, errors, input_tokens, output_tokens, cache_write_5m_tokens, \
-                 cache_write_1h_tokens, cache_read_tokens, cost_micro_usd, saved_micro_usd) ",
-            );
-            qb.push_values(chunk, |mut row, (k, s)| {
-                row.push_bind(k.period)
-                    .push_bind(k.bucket)
-                    .push_bind(k.key_id)
-                    .push_bind(k.team_id)
-                    .push_bind(k.user_id)
-                    .push_bind(k.model.clone())
-                    .push_bind(s.requests)
-                    .push_bind(s.errors)
-                    .push_bind(s.input_tokens)
-                    .push_bind(s.output_tokens)
-                    .push_bind(s.cache_write_5m_tokens)
-                    .push_bind(s.cache_write_1h_tokens)
-                    .push_bind(s.cache_read_tokens)
-                    .push_bind(s.cost_micro_usd)
-                    .push_bind(s.saved_micro_usd);
+            let mut args = Args::default();
+            for (k, s) in chunk {
+                add_rollup(&mut args, k, s).map_err(sqlx::Error::Encode)?;
+            }
+            let sql = statement(&ROLLUP_SQL, chunk.len(), |n| {
+                values_sql(
+                    "INSERT INTO usage_rollups (period, bucket, key_id, team_id, user_id, model, \
+                     requests, errors, input_tokens, output_tokens, cache_write_5m_tokens, \
+                     cache_write_1h_tokens, cache_read_tokens, cost_micro_usd, saved_micro_usd) ",
+                    n,
+                    ROLLUP_BINDS,
+                    " ON CONFLICT (period, bucket, key_id, team_id, user_id, model) DO UPDATE SET \
+                     requests = usage_rollups.requests + excluded.requests, \
+                     errors = usage_rollups.errors + excluded.errors, \
+                     input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
+                     output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
+                     cache_write_5m_tokens = usage_rollups.cache_write_5m_tokens + excluded.cache_write_5m_tokens, \
+                     cache_write_1h_tokens = usage_rollups.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
+                     cache_read_tokens = usage_rollups.cache_read_tokens + excluded.cache_read_tokens, \
+                     cost_micro_usd = usage_rollups.cost_micro_usd + excluded.cost_micro_usd, \
+                     saved_micro_usd = usage_rollups.saved_micro_usd + excluded.saved_micro_usd",
+                )
             });
-            qb.push(
-                " ON CONFLICT (period, bucket, key_id, team_id, user_id, model) DO UPDATE SET \
-                 requests = usage_rollups.requests + excluded.requests, \
-                 errors = usage_rollups.errors + excluded.errors, \
-                 input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
-                 output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
-                 cache_write_5m_tokens = usage_rollups.cache_write_5m_tokens + excluded.cache_write_5m_tokens, \
-                 cache_write_1h_tokens = usage_rollups.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
-                 cache_read_tokens = usage_rollups.cache_read_tokens + excluded.cache_read_tokens, \
-                 cost_micro_usd = usage_rollups.cost_micro_usd + excluded.cost_micro_usd, \
-                 saved_micro_usd = usage_rollups.saved_micro_usd + excluded.saved_micro_usd",
-            );
-            qb.build().execute(&mut *tx).await?;
+            sqlx::query_with(sql, args).execute(&mut *tx).await?;
         }
         Ok(inserted.len() as u64)
     }
