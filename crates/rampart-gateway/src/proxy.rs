@@ -627,6 +627,12 @@ where
         }
         return Ok(Forwarded::Local(resp));
     }
+    // count_tokens counts as a request (not tokens) against the request limits.
+    if let (Some(limits), Some(policy), Route::CountTokens, true) =
+        (&state.limits, &policy, done.route, is_post)
+    {
+        done.limit_status = crate::admission::count_request(limits, policy).await?;
+    }
     // Rate limits and budgets: reserve now, settle when the response is done.
     if let (Some(limits), Some(policy), Route::Messages, true) =
         (&state.limits, &policy, done.route, is_post)
