@@ -8,7 +8,9 @@
 //!    for the writer; the writer takes it from memory;
 //! 2. recovery: read the spool back and decode it (what the writer does only after a restart);
 //! 3. the database: insert the records into a fresh SQLite store in batches of 1000 (records and
-//!    rollups, one transaction per batch), first as new records, then the same batches replayed.
+//!    rollups, one transaction per batch): checked for stored ids as a spool replay is, then into
+//!    another store unchecked as the writer's records from memory are, then the same batches
+//!    replayed.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use rampart_ledger::spool::Spool;
@@ -62,8 +64,10 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let records: Vec<UsageRecord> = (0..n as u64).map(record).collect();
 
-    // DB_ONLY=1: the database stage alone (for a profiler).
+    // DB_ONLY=1: the database stage alone (for a profiler); DB_ONLY=checked or DB_ONLY=memory:
+    // only that insert of new records (for instruction counts of one path).
     let db_only = std::env::var_os("DB_ONLY").is_some();
+    let db_stage = std::env::var("DB_ONLY").unwrap_or_default();
     let spool_dir = dir.path().join("spool");
     if !db_only {
         let spool = Spool::open(&spool_dir, 1, 64 * 1024 * 1024, false).unwrap();
@@ -122,27 +126,56 @@ async fn main() {
         );
     }
 
-    let store = Store::open(&rampart_store::sqlite_url(dir.path()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let t = Instant::now();
-    for chunk in records.chunks(1000) {
-        assert_eq!(
-            store.usage().insert_usage(chunk).await.unwrap(),
-            chunk.len() as u64
+    // The records of a replayed spool into a fresh store: checked for stored ids first.
+    if db_stage != "memory" {
+        let store = fresh_store(&dir.path().join("checked")).await;
+        println!(
+            "database insert, new records checked for stored ids (spool replay), batches of 1000: {} per record",
+            per(n, insert_all(&store, &records, false, true).await)
         );
     }
+    if db_stage == "checked" {
+        return;
+    }
+    // The writer's records from memory: new by construction, no check.
+    let store = fresh_store(dir.path()).await;
     println!(
-        "database insert, new records, batches of 1000: {} per record",
-        per(n, t)
+        "database insert, new records from memory, batches of 1000: {} per record",
+        per(n, insert_all(&store, &records, true, true).await)
     );
-    let t = Instant::now();
-    for chunk in records.chunks(1000) {
-        assert_eq!(store.usage().insert_usage(chunk).await.unwrap(), 0);
+    if db_stage == "memory" {
+        return;
     }
     println!(
         "database insert, replayed records (all skipped): {} per record",
-        per(n, t)
+        per(n, insert_all(&store, &records, false, false).await)
     );
+}
+
+/// A migrated SQLite store in `dir`.
+async fn fresh_store(dir: &std::path::Path) -> Store {
+    std::fs::create_dir_all(dir).unwrap();
+    let store = Store::open(&rampart_store::sqlite_url(dir)).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// `records` inserted in batches of 1000 (unchecked as from memory, or checked); all of them new
+/// or none. Returns when it started.
+async fn insert_all(
+    store: &Store,
+    records: &[UsageRecord],
+    from_memory: bool,
+    new: bool,
+) -> Instant {
+    let t = Instant::now();
+    for chunk in records.chunks(1000) {
+        let inserted = if from_memory {
+            store.usage().insert_new_usage(chunk).await
+        } else {
+            store.usage().insert_usage(chunk).await
+        };
+        assert_eq!(inserted.unwrap(), if new { chunk.len() as u64 } else { 0 });
+    }
+    t
 }

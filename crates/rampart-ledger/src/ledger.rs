@@ -296,7 +296,7 @@ impl LedgerWriter {
         }
         let n = batch.len();
         batch.records.extend(fallback);
-        match self.insert(store, &batch.records).await {
+        match self.insert(store, &batch.records, true).await {
             Ok(()) => {
                 batch.records.truncate(n);
                 self.ledger.spool.commit_queued(&batch);
@@ -341,16 +341,29 @@ impl LedgerWriter {
             self.ledger.spool.commit(&batch);
             return Ok(Drained::Empty);
         }
-        self.insert(store, &batch.records).await?;
+        self.insert(store, &batch.records, false).await?;
         self.ledger.spool.commit(&batch);
         Ok(Drained::Batch {
             full: batch.records.len() >= max,
         })
     }
 
-    /// One transaction: `records` and their rollups, counted.
-    async fn insert(&self, store: &Store, records: &[UsageRecord]) -> Result<(), ()> {
-        match store.usage().insert_usage(records).await {
+    /// One transaction: `records` and their rollups, counted. `from_memory`: records handed over
+    /// in memory, new by construction, inserted without first querying for stored ids (the
+    /// store falls back to the checked insert should one be stored after all); records read
+    /// back from the spool may have been stored before a crash and are checked.
+    async fn insert(
+        &self,
+        store: &Store,
+        records: &[UsageRecord],
+        from_memory: bool,
+    ) -> Result<(), ()> {
+        let inserted = if from_memory {
+            store.usage().insert_new_usage(records).await
+        } else {
+            store.usage().insert_usage(records).await
+        };
+        match inserted {
             Ok(new) => {
                 let total = records.len() as u64;
                 metrics::histogram!("rampart_ledger_batch_records").record(total as f64);

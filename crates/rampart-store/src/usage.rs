@@ -151,6 +151,18 @@ pub trait UsageRepository: Send + Sync + std::fmt::Debug {
     /// [`crate::StoreError::Backend`]; nothing is written then.
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<u64>;
 
+    /// [`Self::insert_usage`] for records that are new by construction (handed to the ledger's
+    /// writer in memory, never read back from a spool): no query for stored ids first. Should one
+    /// be stored after all, or be in `records` twice, the insert fails on the id's uniqueness,
+    /// nothing of it is kept, and the batch is inserted again as by [`Self::insert_usage`], so a
+    /// record is never counted twice. Returns how many records were new.
+    ///
+    /// # Errors
+    /// As [`Self::insert_usage`].
+    async fn insert_new_usage(&self, records: &[UsageRecord]) -> Result<u64> {
+        self.insert_usage(records).await
+    }
+
     /// Sums from the rollups (never the raw rows), grouped as asked, ordered by the grouped
     /// dimensions.
     ///

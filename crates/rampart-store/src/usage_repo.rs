@@ -291,23 +291,41 @@ impl EngineStore {
                 .copied()
                 .filter(|r| !stored.contains(&r.id))
                 .collect();
-            for part in fixed_chunks(&fresh, RECORD_CHUNK) {
-                let mut args = Args::default();
-                for r in part {
-                    add_record(&mut args, r).map_err(sqlx::Error::Encode)?;
-                }
-                let sql = statement(&INSERT_SQL, part.len(), |n| {
-                    values_sql(
-                        concat!("INSERT INTO usage_records (", record_cols!(), ") "),
-                        n,
-                        RECORD_BINDS,
-                        "",
-                    )
-                });
-                sqlx::query_with(sql, args).execute(&mut *tx).await?;
-            }
+            Self::insert_records(tx, &fresh).await?;
             inserted.extend(fresh);
         }
+        Self::add_rollups(tx, &inserted).await?;
+        Ok(inserted.len() as u64)
+    }
+
+    /// `records` inserted as they are (a stored id fails the statement on its uniqueness).
+    async fn insert_records(
+        tx: &mut <Db as sqlx::Database>::Connection,
+        records: &[&UsageRecord],
+    ) -> Result<()> {
+        for part in fixed_chunks(records, RECORD_CHUNK) {
+            let mut args = Args::default();
+            for r in part {
+                add_record(&mut args, r).map_err(sqlx::Error::Encode)?;
+            }
+            let sql = statement(&INSERT_SQL, part.len(), |n| {
+                values_sql(
+                    concat!("INSERT INTO usage_records (", record_cols!(), ") "),
+                    n,
+                    RECORD_BINDS,
+                    "",
+                )
+            });
+            sqlx::query_with(sql, args).execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// The rollups of `inserted` (records just inserted, each once) added to `usage_rollups`.
+    async fn add_rollups(
+        tx: &mut <Db as sqlx::Database>::Connection,
+        inserted: &[&UsageRecord],
+    ) -> Result<()> {
         let deltas: Vec<(RollupKey, Sums)> = rollup_deltas(inserted.iter().copied())
             .into_iter()
             .collect();
@@ -337,7 +355,23 @@ impl EngineStore {
             });
             sqlx::query_with(sql, args).execute(&mut *tx).await?;
         }
-        Ok(inserted.len() as u64)
+        Ok(())
+    }
+
+    /// [`UsageRepository::insert_new_usage`]: no check for stored ids; `None` when one of
+    /// `records` is stored already (or there twice), and then nothing is written.
+    async fn insert_new_usage_once(&self, records: &[UsageRecord]) -> Result<Option<u64>> {
+        let mut tx = self.begin_write().await?;
+        let refs: Vec<&UsageRecord> = records.iter().collect();
+        match Self::insert_records(&mut tx, &refs).await {
+            Ok(()) => {}
+            // The only unique rule of usage_records is its id.
+            Err(StoreError::Conflict { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        Self::add_rollups(&mut tx, &refs).await?;
+        tx.commit().await?;
+        Ok(Some(refs.len() as u64))
     }
 }
 
@@ -348,6 +382,17 @@ impl UsageRepository for EngineStore {
         let n = Self::insert_usage_in(&mut tx, records).await?;
         tx.commit().await?;
         Ok(n)
+    }
+
+    async fn insert_new_usage(&self, records: &[UsageRecord]) -> Result<u64> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        match self.insert_new_usage_once(records).await? {
+            Some(n) => Ok(n),
+            // Not all new after all: the checked insert skips what is stored.
+            None => self.insert_usage(records).await,
+        }
     }
 
     async fn usage_summary(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {

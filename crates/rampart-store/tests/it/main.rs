@@ -84,6 +84,7 @@ on_both_engines!(
     cache_policies_round_trip_per_key_and_team_and_move_the_directory,
     a_bad_cache_policy_or_a_missing_owner_writes_nothing,
     inserting_usage_twice_counts_it_once,
+    inserting_new_usage_never_counts_a_stored_record_twice,
     usage_groups_by_key_team_model_and_day_from_the_rollups,
     usage_filters_by_user,
     a_large_batch_is_inserted_in_one_call,

@@ -64,6 +64,62 @@ async fn total(db: &TestDb, q: &UsageQuery) -> UsageRow {
     rows.into_iter().next().unwrap()
 }
 
+/// The writer's unchecked insert of records from memory: a record stored already, or twice in
+/// the batch, fails the fast insert and the batch is redone checked, so it still counts once.
+pub async fn inserting_new_usage_never_counts_a_stored_record_twice(db: &TestDb) {
+    let key = Uuid::now_v7();
+    let r = |n: u128, minute: i64| {
+        rec(
+            n,
+            DAY1 + Duration::minutes(minute),
+            Some(key),
+            None,
+            "claude-sonnet-4-6",
+        )
+    };
+    assert_eq!(db.usage().insert_new_usage(&[]).await.unwrap(), 0);
+    assert_eq!(
+        db.usage()
+            .insert_new_usage(&[r(1, 1), r(2, 2)])
+            .await
+            .unwrap(),
+        2
+    );
+    // One stored already (a batch whose commit was reported failed, retried from memory).
+    assert_eq!(
+        db.usage()
+            .insert_new_usage(&[r(3, 3), r(2, 2), r(4, 4)])
+            .await
+            .unwrap(),
+        2
+    );
+    // The same record twice in one batch.
+    assert_eq!(
+        db.usage()
+            .insert_new_usage(&[r(5, 5), r(5, 5)])
+            .await
+            .unwrap(),
+        1
+    );
+    // A replay of everything.
+    let all: Vec<UsageRecord> = (1..=5).map(|n| r(n, n as i64)).collect();
+    assert_eq!(db.usage().insert_new_usage(&all).await.unwrap(), 0);
+    assert_eq!(db.usage().insert_usage(&all).await.unwrap(), 0);
+    let t = total(
+        db,
+        &query(DAY1, DAY1 + Duration::DAY, UsageGroupBy::default()),
+    )
+    .await;
+    assert_eq!(t.requests, 5);
+    assert_eq!(t.cost_micro_usd, 5000);
+    let raw = db
+        .usage()
+        .list_usage_records(DAY1, DAY1 + Duration::DAY, 100)
+        .await
+        .unwrap();
+    assert_eq!(raw, all);
+}
+
 pub async fn inserting_usage_twice_counts_it_once(db: &TestDb) {
     let key = Uuid::now_v7();
     let team = Uuid::now_v7();
