@@ -89,23 +89,24 @@ fn in_list_sql(prefix: &str, n: usize, suffix: &str) -> String {
     qb.into_string()
 }
 
-/// Bind a usage record's [`RECORD_BINDS`] values, in `record_cols!` order.
+/// Bind a usage record's [`RECORD_BINDS`] values, in `record_cols!` order (texts by reference:
+/// the engine copies them once, where a cloned `String` cost an allocation more).
 fn add_record(
     args: &mut Args,
     r: &UsageRecord,
 ) -> std::result::Result<(), sqlx::error::BoxDynError> {
     args.add(r.id)?;
     args.add(DbTime(r.at))?;
-    args.add(r.request_id.clone())?;
+    args.add(r.request_id.as_str())?;
     args.add(r.key_id)?;
     args.add(r.team_id)?;
     args.add(r.user_id)?;
-    args.add(r.key_label.clone())?;
-    args.add(r.endpoint.clone())?;
-    args.add(r.model_requested.clone())?;
-    args.add(r.model_served.clone())?;
+    args.add(r.key_label.as_deref())?;
+    args.add(r.endpoint.as_str())?;
+    args.add(r.model_requested.as_deref())?;
+    args.add(r.model_served.as_deref())?;
     args.add(i32::from(r.status))?;
-    args.add(r.error_type.clone())?;
+    args.add(r.error_type.as_deref())?;
     args.add(int(r.input_tokens))?;
     args.add(int(r.output_tokens))?;
     args.add(int(r.cache_write_5m_tokens))?;
@@ -125,7 +126,7 @@ fn add_record(
 /// Bind a rollup row's [`ROLLUP_BINDS`] values.
 fn add_rollup(
     args: &mut Args,
-    k: &RollupKey,
+    k: &RollupKey<'_>,
     s: &Sums,
 ) -> std::result::Result<(), sqlx::error::BoxDynError> {
     args.add(k.period)?;
@@ -133,7 +134,7 @@ fn add_rollup(
     args.add(k.key_id)?;
     args.add(k.team_id)?;
     args.add(k.user_id)?;
-    args.add(k.model.clone())?;
+    args.add(k.model)?;
     args.add(s.requests)?;
     args.add(s.errors)?;
     args.add(s.input_tokens)?;
@@ -174,14 +175,14 @@ fn uint(v: i64) -> u64 {
 }
 
 /// The rollup dimensions of one record in one period.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RollupKey {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RollupKey<'a> {
     period: &'static str,
     bucket: i64,
     key_id: Uuid,
     team_id: Uuid,
     user_id: Uuid,
-    model: String,
+    model: &'a str,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -215,27 +216,49 @@ impl Sums {
     }
 }
 
-/// The hourly and daily rollup deltas of `records`, one entry per rollup key.
-fn rollup_deltas<'a>(records: impl Iterator<Item = &'a UsageRecord>) -> HashMap<RollupKey, Sums> {
-    let mut deltas: HashMap<RollupKey, Sums> = HashMap::new();
+/// The hourly and daily rollup deltas of `records`, one entry per rollup key, in the order the
+/// keys first appear. A record of the same key, team, user, model and hour as the one before (the
+/// usual case in a batch) is added to the same two entries without hashing a key.
+fn rollup_deltas<'a>(records: impl Iterator<Item = &'a UsageRecord>) -> Vec<(RollupKey<'a>, Sums)> {
+    let mut deltas: Vec<(RollupKey<'a>, Sums)> = Vec::new();
+    let mut index: HashMap<RollupKey<'a>, usize> = HashMap::new();
+    // The previous record's hour key and its hour and day entries.
+    let mut last: Option<(RollupKey<'a>, usize, usize)> = None;
     for r in records {
         let t = r.at.unix_timestamp();
-        let model = r
-            .model_served
-            .as_deref()
-            .or(r.model_requested.as_deref())
-            .unwrap_or_default();
-        for (period, len) in [("hour", HOUR), ("day", DAY)] {
-            let key = RollupKey {
-                period,
-                bucket: t.div_euclid(len) * len,
-                key_id: r.key_id.unwrap_or(Uuid::nil()),
-                team_id: r.team_id.unwrap_or(Uuid::nil()),
-                user_id: r.user_id.unwrap_or(Uuid::nil()),
-                model: model.to_owned(),
-            };
-            deltas.entry(key).or_default().add(r);
-        }
+        let hour = RollupKey {
+            period: "hour",
+            bucket: t.div_euclid(HOUR) * HOUR,
+            key_id: r.key_id.unwrap_or(Uuid::nil()),
+            team_id: r.team_id.unwrap_or(Uuid::nil()),
+            user_id: r.user_id.unwrap_or(Uuid::nil()),
+            model: r
+                .model_served
+                .as_deref()
+                .or(r.model_requested.as_deref())
+                .unwrap_or_default(),
+        };
+        let (h, d) = match last {
+            Some((key, h, d)) if key == hour => (h, d),
+            _ => {
+                let day = RollupKey {
+                    period: "day",
+                    bucket: t.div_euclid(DAY) * DAY,
+                    ..hour
+                };
+                let mut entry = |key: RollupKey<'a>| {
+                    *index.entry(key).or_insert_with(|| {
+                        deltas.push((key, Sums::default()));
+                        deltas.len() - 1
+                    })
+                };
+                let entries = (entry(hour), entry(day));
+                last = Some((hour, entries.0, entries.1));
+                entries
+            }
+        };
+        deltas[h].1.add(r);
+        deltas[d].1.add(r);
     }
     deltas
 }
@@ -326,9 +349,7 @@ impl EngineStore {
         tx: &mut <Db as sqlx::Database>::Connection,
         inserted: &[&UsageRecord],
     ) -> Result<()> {
-        let deltas: Vec<(RollupKey, Sums)> = rollup_deltas(inserted.iter().copied())
-            .into_iter()
-            .collect();
+        let deltas = rollup_deltas(inserted.iter().copied());
         for chunk in fixed_chunks(&deltas, ROLLUP_CHUNK) {
             let mut args = Args::default();
             for (k, s) in chunk {
@@ -606,6 +627,67 @@ mod tests {
         assert_eq!(chunks.concat(), items, "every item once, in order");
         assert_eq!(fixed_chunks(&items[..3], 1000).len(), 3);
         assert!(fixed_chunks::<usize>(&[], 400).is_empty());
+    }
+
+    #[test]
+    fn rollup_deltas_sum_each_key_once_whatever_the_order() {
+        let rec = |minute: i64, key: u128, model: &str| -> UsageRecord {
+            let at = datetime!(2026-06-01 22:00 UTC) + time::Duration::minutes(minute);
+            serde_json::from_value(serde_json::json!({
+                "id": Uuid::from_u128(minute as u128), "at": at.unix_timestamp() * 1_000_000,
+                "request_id": "", "key_id": Uuid::from_u128(key), "team_id": null,
+                "user_id": null, "key_label": null, "endpoint": "",
+                "model_requested": "asked", "model_served": model, "status": 200,
+                "error_type": null, "input_tokens": 1, "output_tokens": 2,
+                "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0, "cache_read_tokens": 0,
+                "cost_micro_usd": 10, "priced": true, "latency_us": 0,
+                "upstream_latency_us": null, "upstream_attempts": 1, "streamed": false,
+                "cache_hit": false, "client_aborted": false, "saved_micro_usd": 0
+            }))
+            .expect("a usage record")
+        };
+        // Runs of one key, interleaved keys and models, an hour and a day boundary.
+        let records = [
+            rec(0, 1, "a"),
+            rec(1, 1, "a"),
+            rec(2, 2, "a"),
+            rec(3, 1, "a"),
+            rec(4, 1, "b"),
+            rec(61, 1, "a"),
+            rec(121, 1, "a"),
+            rec(122, 1, "a"),
+        ];
+        let deltas = rollup_deltas(records.iter());
+        let keys: HashSet<RollupKey<'_>> = deltas.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys.len(), deltas.len(), "one entry per key");
+        let sum = |period: &str, hour: i64, key: u128, model: &str| {
+            deltas
+                .iter()
+                .find(|(k, _)| {
+                    k.period == period
+                        && k.bucket == hour
+                        && k.key_id == Uuid::from_u128(key)
+                        && k.model == model
+                })
+                .map(|(_, s)| (s.requests, s.input_tokens, s.cost_micro_usd))
+        };
+        let h = |dt: OffsetDateTime| dt.unix_timestamp();
+        let h22 = h(datetime!(2026-06-01 22:00 UTC));
+        let h23 = h(datetime!(2026-06-01 23:00 UTC));
+        let h00 = h(datetime!(2026-06-02 00:00 UTC));
+        assert_eq!(sum("hour", h22, 1, "a"), Some((3, 3, 30)));
+        assert_eq!(sum("hour", h22, 2, "a"), Some((1, 1, 10)));
+        assert_eq!(sum("hour", h22, 1, "b"), Some((1, 1, 10)));
+        assert_eq!(sum("hour", h23, 1, "a"), Some((1, 1, 10)));
+        assert_eq!(sum("hour", h00, 1, "a"), Some((2, 2, 20)));
+        assert_eq!(
+            sum("day", h(datetime!(2026-06-01 00:00 UTC)), 1, "a"),
+            Some((4, 4, 40))
+        );
+        assert_eq!(sum("day", h00, 1, "a"), Some((2, 2, 20)));
+        assert_eq!(deltas.len(), 5 + 4);
+        let total: i64 = deltas.iter().map(|(_, s)| s.requests).sum();
+        assert_eq!(total, 2 * records.len() as i64);
     }
 
     #[test]
