@@ -264,24 +264,21 @@ pub(crate) async fn admit(
 /// for keys whose limits need it; a body it cannot read (the upstream refuses it anyway) counts
 /// a token per four bytes.
 fn demand(prices: &PriceTable, priced: bool, body: &[u8]) -> Demand {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+    // One borrowed pass over the body (no `serde_json::Value` built): the shared estimate,
+    // `max_tokens` and `model`.
+    let Some(e) = rampart_api::tokens::estimate_request(body) else {
         return Demand {
             input_tokens: (body.len() as u64).div_ceil(4),
             ..Demand::default()
         };
     };
-    let input_tokens = rampart_api::tokens::estimate_input_tokens(&v);
-    let output_tokens = v
-        .get("max_tokens")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
-    let cost_micros = match v.get("model").and_then(serde_json::Value::as_str) {
-        Some(model) if priced => prices.worst_case(model, input_tokens, output_tokens, false),
+    let cost_micros = match e.model.as_deref() {
+        Some(model) if priced => prices.worst_case(model, e.input_tokens, e.max_tokens, false),
         _ => 0,
     };
     Demand {
-        input_tokens,
-        output_tokens,
+        input_tokens: e.input_tokens,
+        output_tokens: e.max_tokens,
         cost_micros,
     }
 }
@@ -355,11 +352,11 @@ pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
     ];
     headers.reserve(12);
     let mut written = 0;
-    for (names, w) in HEADERS.iter().zip(windows) {
+    for (i, (names, w)) in HEADERS.iter().zip(windows).enumerate() {
         match w {
             // Inserting replaces the upstream's value of the same name.
             Some(w) => {
-                put_window(headers, names, &w);
+                put_window(headers, i, names, &w);
                 written += names.len();
             }
             None => names.iter().for_each(|n| {
@@ -383,10 +380,33 @@ pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
     }
 }
 
-fn put_window(headers: &mut HeaderMap, names: &[HeaderName; 3], w: &Window) {
-    headers.insert(names[0].clone(), HeaderValue::from(w.limit));
+fn put_window(headers: &mut HeaderMap, i: usize, names: &[HeaderName; 3], w: &Window) {
+    headers.insert(names[0].clone(), limit_value(i, w.limit));
     headers.insert(names[1].clone(), HeaderValue::from(w.remaining));
     headers.insert(names[2].clone(), reset_value(w.reset_at_ms));
+}
+
+/// The limit of window `i` (of [`HEADERS`]) as a header value, formatted again only when it
+/// changes (a key's limits rarely do): a cached value is a reference-count increment.
+fn limit_value(i: usize, limit: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<[Option<(u64, HeaderValue)>; 4]> =
+            const { std::cell::RefCell::new([None, None, None, None]) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let Some(slot) = last.get_mut(i) else {
+            return HeaderValue::from(limit);
+        };
+        if let Some((l, v)) = &*slot
+            && *l == limit
+        {
+            return v.clone();
+        }
+        let v = HeaderValue::from(limit);
+        *slot = Some((limit, v.clone()));
+        v
+    })
 }
 
 /// [`rfc3339`] of a reset time as a header value, formatted once per second per thread.
