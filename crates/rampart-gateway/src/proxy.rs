@@ -261,10 +261,11 @@ impl Completion {
         let (w5, w1) = tokens.cache_writes();
         let elapsed = self.start.elapsed();
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let shown = |m: &str| m.chars().take(MAX_MODEL_CHARS).collect::<String>();
+        let shown = |m: &str| shown_model(m).to_owned();
+        let now = time::OffsetDateTime::now_utc();
         ledger.record(&UsageRecord {
-            id: ledger_id(),
-            at: time::OffsetDateTime::now_utc() - elapsed,
+            id: ledger_id(now),
+            at: now - elapsed,
             request_id: self.request_id.clone(),
             key_id: self.key_id,
             team_id: self.team_id,
@@ -299,10 +300,21 @@ impl Completion {
 /// Longest model name kept in a usage record.
 const MAX_MODEL_CHARS: usize = 200;
 
-/// A fresh UUIDv7 for a usage record (time-ordered, from the thread's random generator rather
-/// than a `getrandom` call per request).
-fn ledger_id() -> uuid::Uuid {
-    let now = time::OffsetDateTime::now_utc();
+/// The first [`MAX_MODEL_CHARS`] characters of `model` (a slice: no copy char by char; a name
+/// of at most that many bytes is whole).
+fn shown_model(model: &str) -> &str {
+    if model.len() <= MAX_MODEL_CHARS {
+        return model;
+    }
+    model
+        .char_indices()
+        .nth(MAX_MODEL_CHARS)
+        .map_or(model, |(i, _)| &model[..i])
+}
+
+/// A fresh UUIDv7 for a usage record made at `now` (time-ordered, from the thread's random
+/// generator rather than a `getrandom` call per request).
+fn ledger_id(now: time::OffsetDateTime) -> uuid::Uuid {
     let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     let random: [u8; 10] = rand::random();
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
@@ -1107,5 +1119,21 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("close, x-custom"));
         let listed = connection_listed(&h);
         assert!(listed.contains(&HeaderName::from_static("x-custom")));
+    }
+
+    #[test]
+    fn shown_models_keep_the_first_characters() {
+        let old = |m: &str| m.chars().take(MAX_MODEL_CHARS).collect::<String>();
+        for m in [
+            String::new(),
+            "claude-sonnet-4-6".to_owned(),
+            "x".repeat(MAX_MODEL_CHARS),
+            "y".repeat(MAX_MODEL_CHARS + 1),
+            "é".repeat(MAX_MODEL_CHARS),
+            "é".repeat(MAX_MODEL_CHARS + 3),
+            format!("{}😀tail", "a".repeat(MAX_MODEL_CHARS - 1)),
+        ] {
+            assert_eq!(shown_model(&m), old(&m));
+        }
     }
 }
