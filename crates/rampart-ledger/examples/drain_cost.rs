@@ -160,7 +160,7 @@ async fn fresh_store(dir: &std::path::Path) -> Store {
     store
 }
 
-/// `records` inserted in batches of 1000 (unchecked as from memory, or checked); all of them new
+/// `records` inserted in batches of 1000 or `BATCH` (unchecked as from memory, or checked); all of them new
 /// or none. Returns when it started.
 async fn insert_all(
     store: &Store,
@@ -168,8 +168,13 @@ async fn insert_all(
     from_memory: bool,
     new: bool,
 ) -> Instant {
+    // BATCH=n: records per transaction (the writer's `batch_max`; 1000 unless set).
+    let batch = std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1000);
     let t = Instant::now();
-    for chunk in records.chunks(1000) {
+    for chunk in records.chunks(batch) {
         let inserted = if from_memory {
             store.usage().insert_new_usage(chunk).await
         } else {
