@@ -4,6 +4,7 @@
 #
 #   bench/run.sh                 # full run (about 12 minutes)
 #   BENCH_DURATION=3s BENCH_ROUNDS=1 bench/run.sh   # quick look
+#   BENCH_TARGETS="direct floor rampart all all-redis" bench/run.sh   # only these wrk targets
 #
 # Each configuration is measured BENCH_ROUNDS times (default 3), the three targets interleaved
 # round by round so drift on a shared machine hits them alike; the report takes the median round.
@@ -139,21 +140,25 @@ for t, xs in v.items():
     print(json.dumps({'target': t, 'mode': 'sse_ttfb', 'p50_us': statistics.median(xs), 'p99_us': xs[int(len(xs) * 0.99) - 1]}))" >>"$RESULTS"
 }
 
+# BENCH_TARGETS (space-separated) limits the wrk runs and the CPU breakdown to those targets.
+want() { [ -z "${BENCH_TARGETS:-}" ] || [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
+runif() { if want "$1"; then run "$@"; fi; }
+
 echo "== wrk, $DURATION per run, $ROUNDS round(s)"
 for mode in json sse; do
   for conns in 1 32; do
     for round in $(seq 1 "$ROUNDS"); do
-      run direct "$SIM" "$mode" "$conns" "$round"
-      run floor "$FLOOR" "$mode" "$conns" "$round"
-      run rampart "$GW" "$mode" "$conns" "$round"
-      [ "$mode" = json ] && run rampart-store "$GWS" "$mode" "$conns" "$round"
+      runif direct "$SIM" "$mode" "$conns" "$round"
+      runif floor "$FLOOR" "$mode" "$conns" "$round"
+      runif rampart "$GW" "$mode" "$conns" "$round"
       if [ "$mode" = json ]; then
-        run limits "$GWLIM" "$mode" "$conns" "$round"
-        run limits-redis "$GWLR" "$mode" "$conns" "$round"
+        runif rampart-store "$GWS" "$mode" "$conns" "$round"
+        runif limits "$GWLIM" "$mode" "$conns" "$round"
+        runif limits-redis "$GWLR" "$mode" "$conns" "$round"
       fi
-      run rampart-ledger "$GWL" "$mode" "$conns" "$round"
-      run all "$GWA" "$mode" "$conns" "$round"
-      run all-redis "$GWAR" "$mode" "$conns" "$round"
+      runif rampart-ledger "$GWL" "$mode" "$conns" "$round"
+      runif all "$GWA" "$mode" "$conns" "$round"
+      runif all-redis "$GWAR" "$mode" "$conns" "$round"
     done
   done
 done
@@ -172,6 +177,7 @@ threads_cpu() { for t in /proc/"$1"/task/*; do
   printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"; done; }
 for t in rampart:gateway rampart-store:gateway-store limits:gateway-limits rampart-ledger:gateway-ledger all:gateway-all all-redis:gateway-all-redis; do
   target=${t%%:*}; pid=$(cat "$WORK/${t#*:}.pid")
+  want "$target" || continue
   addr=$(grep -m1 "^listening on http://" "$WORK/${t#*:}.out" | sed 's#listening on http://##')
   key=$KEY
   case "$target" in rampart-store) key=$STORE_KEY ;; rampart-ledger) key=$LEDGER_KEY ;; limits) key=$LIMITS_KEY ;; all | all-redis) key=$ALL_KEY ;; esac
