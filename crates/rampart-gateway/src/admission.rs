@@ -343,7 +343,65 @@ static HEADERS: [[HeaderName; 3]; 4] = [
 ];
 
 /// Replace any `anthropic-ratelimit-*` headers by Rampart's `status`.
+///
+/// Usually the upstream sent one of each of the same names (or none): their values are then
+/// overwritten in place in one pass over the headers, without hashing the twelve names again
+/// (~4k instructions under callgrind); anything else (a repeated or foreign
+/// `anthropic-ratelimit-*` header, or one Rampart has no window for) takes [`write_status_by_name`].
 pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
+    let windows = [
+        status.requests,
+        status.input_tokens,
+        status.output_tokens,
+        status.tokens(),
+    ];
+    let mut seen = 0u16;
+    let mut in_place = true;
+    for (name, value) in headers.iter_mut() {
+        let n = name.as_str();
+        if !n.starts_with(HEADER_PREFIX) {
+            continue;
+        }
+        let Some(i) = HEADERS.iter().flatten().position(|k| k.as_str() == n) else {
+            in_place = false;
+            break;
+        };
+        let Some(w) = windows[i / 3] else {
+            in_place = false;
+            break;
+        };
+        if seen & (1 << i) != 0 {
+            in_place = false;
+            break;
+        }
+        seen |= 1 << i;
+        *value = window_value(i, &w);
+    }
+    if !in_place {
+        write_status_by_name(status, headers);
+        return;
+    }
+    for (i, name) in HEADERS.iter().flatten().enumerate() {
+        if seen & (1 << i) == 0
+            && let Some(w) = windows[i / 3]
+        {
+            headers.insert(name.clone(), window_value(i, &w));
+        }
+    }
+}
+
+/// Value `i % 3` (limit, remaining, reset) of window `w`, the `i / 3`th of [`HEADERS`].
+fn window_value(i: usize, w: &Window) -> HeaderValue {
+    match i % 3 {
+        0 => limit_value(i / 3, w.limit),
+        1 => HeaderValue::from(w.remaining),
+        _ => reset_value(w.reset_at_ms),
+    }
+}
+
+/// [`write_status`] by inserting each name (replacing all values of it) and removing the other
+/// `anthropic-ratelimit-*` headers.
+fn write_status_by_name(status: &Status, headers: &mut HeaderMap) {
     let windows = [
         status.requests,
         status.input_tokens,
@@ -554,6 +612,67 @@ mod tests {
         );
         assert!(h.get("anthropic-ratelimit-tokens-remaining").is_none());
         assert_eq!(h["request-id"], "req_1");
+    }
+
+    #[test]
+    fn status_headers_in_place_match_the_by_name_path() {
+        let w = |limit, remaining| Window {
+            limit,
+            remaining,
+            reset_at_ms: 1_780_315_201_000,
+            scope: ScopeKind::Key,
+        };
+        let statuses = [
+            Status::default(),
+            Status {
+                requests: Some(w(60, 59)),
+                ..Status::default()
+            },
+            Status {
+                requests: Some(w(60, 59)),
+                input_tokens: Some(w(1000, 10)),
+                output_tokens: Some(w(500, 1)),
+            },
+        ];
+        let upstream: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("request-id", "r")],
+            HEADERS
+                .iter()
+                .flatten()
+                .map(|n| (n.as_str(), "7"))
+                .chain([("content-type", "application/json")])
+                .collect(),
+            vec![
+                ("anthropic-ratelimit-requests-limit", "1"),
+                ("anthropic-ratelimit-requests-limit", "2"),
+            ],
+            vec![("anthropic-ratelimit-other", "1"), ("x", "y")],
+            vec![("anthropic-ratelimit-tokens-reset", "z")],
+        ];
+        for status in &statuses {
+            for hs in &upstream {
+                let mut a = HeaderMap::new();
+                for (k, v) in hs {
+                    a.append(
+                        HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        HeaderValue::from_str(v).unwrap(),
+                    );
+                }
+                let mut b = a.clone();
+                write_status(status, &mut a);
+                write_status_by_name(status, &mut b);
+                let list = |h: &HeaderMap| {
+                    let mut v: Vec<(String, String)> = h
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                        .collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(list(&a), list(&b), "{status:?} {hs:?}");
+            }
+        }
     }
 
     #[test]
