@@ -126,7 +126,7 @@ out.append("| ratio | value | target | met |")
 out.append("|---|---|---|---|")
 for name, v, target, ok in verdicts:
     out.append(f"| {name} | {v:.2f} | {target} | {'' if ok is None else 'yes' if ok else 'NO'} |")
-for trip in (r for r in rows if r["mode"] == "redis_round_trips"):
+for trip in (r for r in rows if r["mode"] == "redis_round_trips" and r["requests"]):
     out.append("")
     out.append(
         f"Redis round trips per request ({trip['target']}, its own metrics over {trip['requests']:,.0f} requests): "
@@ -154,7 +154,7 @@ if cpu:
         out.append(f"| {r['target']} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {other:.1f} | {sum(us.values()):.1f} |")
 out.append("")
 out.append(f"Rampart peak RSS during the run: {rss_kb/1024:.1f} MiB")
-if ledger_rows is not None:
+if ledger_rows is not None and measured("rampart-ledger"):
     out.append("")
     out.append(f"Usage records the ledger gateway wrote (checked after its SIGTERM drain): {ledger_rows:,}")
 for r in (r for r in rows if r["mode"] == "ledger_rows"):
