@@ -25,20 +25,8 @@ echo "== building the release binary"
 cargo build --release --locked -p rampart 2>&1 | tail -1
 BIN=${RAMPART_BIN:-$ROOT/target/release/rampart}
 
-# start NAME CMD... ; waits for "listening on http://ADDR" on stdout and echoes ADDR
-start() {
-  local name=$1; shift
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  echo $! >"$WORK/$name.pid"
-  for _ in $(seq 1 400); do
-    if grep -q "^listening on http://" "$WORK/$name.out" 2>/dev/null; then
-      grep -m1 "^listening on http://" "$WORK/$name.out" | sed 's#listening on http://##'
-      return 0
-    fi
-    sleep 0.05
-  done
-  echo "$name did not start" >&2; cat "$WORK/$name.err" >&2; exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 SIM=$(start sim "$BIN" sim --listen 127.0.0.1:0 --latency-ms 0 --tokens-per-sec 0)
 ENV=(RAMPART_UPSTREAM__BASE_URL="http://$SIM" RAMPART_UPSTREAM_API_KEY=sk-ant-bench

@@ -33,20 +33,8 @@ echo "== building release binaries"
 cargo build --release --locked -p rampart -p rampart-bench-floor 2>&1 | tail -1
 BIN=$ROOT/target/release
 
-# start CMD... ; waits for "listening on http://ADDR" on stdout and echoes ADDR
-start() {
-  local name=$1; shift
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  echo $! >"$WORK/$name.pid"
-  for _ in $(seq 1 200); do
-    if grep -q "^listening on http://" "$WORK/$name.out" 2>/dev/null; then
-      grep -m1 "^listening on http://" "$WORK/$name.out" | sed 's#listening on http://##'
-      return 0
-    fi
-    sleep 0.05
-  done
-  echo "$name did not start" >&2; cat "$WORK/$name.err" >&2; exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 KEY="rk_bench_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 SIM=$(start sim "$BIN/rampart" sim --listen 127.0.0.1:0 --latency-ms 0 --tokens-per-sec 0)
