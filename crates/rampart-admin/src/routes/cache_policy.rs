@@ -95,31 +95,7 @@ pub(crate) async fn put_key(
     Json(req): Json<CachePolicyView>,
 ) -> Result<axum::Json<CachePolicyView>, ApiError> {
     let key = super::keys::visible(&state, &caller, id).await?;
-    let target = format!("key:{id}");
-    let allowed = may_change(
-        &caller,
-        key.team_id,
-        "only admins and the key's team admins may change its caching policy",
-    );
-    audited(
-        &state,
-        &ctx,
-        &caller.actor(),
-        "key.cache_policy",
-        target.clone(),
-        allowed,
-    )
-    .await?;
-    let policy = to_policy(&req)?;
-    let mut e = event(&ctx, &caller.actor(), "key.cache_policy", target);
-    e.details = serde_json::json!({ "cache_policy": policy });
-    let saved = state
-        .store()
-        .cache_policies()
-        .set_key_cache_policy(id, &policy, Some(&e))
-        .await?;
-    state.invalidate().await;
-    Ok(axum::Json(saved.into()))
+    replace(&state, &ctx, &caller, Owner::Key(key.id), key.team_id, &req).await
 }
 
 /// A team's caching policy (unset fields inherit from the server's configuration).
@@ -154,29 +130,69 @@ pub(crate) async fn put_team(
     Json(req): Json<CachePolicyView>,
 ) -> Result<axum::Json<CachePolicyView>, ApiError> {
     let team = super::teams::visible(&state, &caller, id).await?;
-    let target = format!("team:{}", team.id);
-    let allowed = may_change(
-        &caller,
-        team.id,
-        "only admins and the team's team admins may change its caching policy",
-    );
+    replace(&state, &ctx, &caller, Owner::Team(team.id), team.id, &req).await
+}
+
+/// Whose policy a write replaces.
+#[derive(Clone, Copy)]
+enum Owner {
+    Key(Uuid),
+    Team(Uuid),
+}
+
+impl Owner {
+    fn action(self) -> &'static str {
+        match self {
+            Owner::Key(_) => "key.cache_policy",
+            Owner::Team(_) => "team.cache_policy",
+        }
+    }
+
+    fn target(self) -> String {
+        match self {
+            Owner::Key(id) => format!("key:{id}"),
+            Owner::Team(id) => format!("team:{id}"),
+        }
+    }
+
+    fn refusal(self) -> &'static str {
+        match self {
+            Owner::Key(_) => "only admins and the key's team admins may change its caching policy",
+            Owner::Team(_) => {
+                "only admins and the team's team admins may change its caching policy"
+            }
+        }
+    }
+}
+
+/// Replace `owner`'s policy (it belongs to `team`): the caller's right is checked and audited,
+/// the write carries its audit event, and the key directory reloads before the answer.
+async fn replace(
+    state: &AdminState,
+    ctx: &Ctx,
+    caller: &Caller,
+    owner: Owner,
+    team: Uuid,
+    req: &CachePolicyView,
+) -> Result<axum::Json<CachePolicyView>, ApiError> {
+    let allowed = may_change(caller, team, owner.refusal());
     audited(
-        &state,
-        &ctx,
+        state,
+        ctx,
         &caller.actor(),
-        "team.cache_policy",
-        target.clone(),
+        owner.action(),
+        owner.target(),
         allowed,
     )
     .await?;
-    let policy = to_policy(&req)?;
-    let mut e = event(&ctx, &caller.actor(), "team.cache_policy", target);
+    let policy = to_policy(req)?;
+    let mut e = event(ctx, &caller.actor(), owner.action(), owner.target());
     e.details = serde_json::json!({ "cache_policy": policy });
-    let saved = state
-        .store()
-        .cache_policies()
-        .set_team_cache_policy(team.id, &policy, Some(&e))
-        .await?;
+    let repo = state.store().cache_policies();
+    let saved = match owner {
+        Owner::Key(id) => repo.set_key_cache_policy(id, &policy, Some(&e)).await?,
+        Owner::Team(id) => repo.set_team_cache_policy(id, &policy, Some(&e)).await?,
+    };
     state.invalidate().await;
     Ok(axum::Json(saved.into()))
 }
