@@ -249,50 +249,125 @@ pub trait Authenticator: Send + Sync + 'static {
 /// Keys from configuration, held as digests.
 ///
 /// Checking a key costs a SHA-256 (about a microsecond on CPUs without SHA extensions); the
-/// [`VerifiedCache`] in front of it remembers credentials that already verified, so the hot path
+/// [`CredentialCache`] in front of it remembers credentials that already verified, so the hot path
 /// is a keyed 64-bit hash lookup plus a constant-time comparison.
 #[derive(Debug, Clone, Default)]
 pub struct StaticKeys {
     /// Digest and its log label, computed once.
     keys: Vec<(ApiKeyHash, Arc<str>)>,
-    verified: Arc<VerifiedCache>,
+    verified: Arc<CredentialCache<Identity>>,
 }
 
-/// Credentials that already verified, keyed by a randomly seeded 64-bit hash. Entries hold the
-/// credential as a [`Secret`] (zeroed on drop) and are compared in constant time; only successes
-/// are cached, so failed guesses cannot fill it. Bounded: when full it is cleared.
-#[derive(Debug, Default)]
-pub struct VerifiedCache {
+/// Credentials that already verified, with what their verification gave (`V`: a configuration
+/// key's identity, a store key's peppered digest), so the next presentation skips the hash
+/// (SHA-256 or HMAC-SHA-256). Keyed by a randomly seeded 64-bit hash of the credential; an entry
+/// holds the credential itself as a [`Secret`] (zeroed on drop) and is only used after a
+/// constant-time comparison with the whole presented credential, so a hash collision can never
+/// stand in for a key. Callers cache successes only, so failed guesses cannot fill it.
+///
+/// Memory trade-off: at most [`CREDENTIAL_CACHE_MAX`] entries of roughly 150 bytes each (the key
+/// string, the value, the map slot), ~1.5 MB at the bound; when full it is cleared and refills as
+/// keys are presented again (one hash each).
+#[derive(Debug)]
+pub(crate) struct CredentialCache<V> {
     state: std::hash::RandomState,
-    map: std::sync::RwLock<std::collections::HashMap<u64, (Secret, Identity)>>,
+    pub(crate) map: std::sync::RwLock<std::collections::HashMap<u64, (Secret, V), Spread>>,
 }
 
-const VERIFIED_CACHE_MAX: usize = 10_000;
+impl<V> Default for CredentialCache<V> {
+    fn default() -> Self {
+        Self {
+            state: std::hash::RandomState::default(),
+            map: std::sync::RwLock::default(),
+        }
+    }
+}
 
-impl VerifiedCache {
-    fn slot(&self, credential: &str) -> u64 {
+/// Bound of [`CredentialCache`].
+const CREDENTIAL_CACHE_MAX: usize = 10_000;
+
+impl<V: Clone> CredentialCache<V> {
+    /// The credential's slot (a randomly seeded SipHash).
+    pub(crate) fn slot(&self, credential: &str) -> u64 {
         use std::hash::BuildHasher;
         self.state.hash_one(credential)
     }
 
-    fn get(&self, credential: &str) -> Option<Identity> {
-        let slot = self.slot(credential);
-        let map = self.map.read().ok()?;
-        let (secret, identity) = map.get(&slot)?;
+    /// The value cached for exactly `credential` (at `slot`).
+    pub(crate) fn get(&self, slot: u64, credential: &str) -> Option<V> {
+        let map = self
+            .map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (secret, value) = map.get(&slot)?;
         let stored = secret.expose().as_bytes();
-        (stored.len() == credential.len() && bool::from(stored.ct_eq(credential.as_bytes())))
-            .then(|| identity.clone())
+        (stored.len() == credential.len() && ct_eq_words(stored, credential.as_bytes()))
+            .then(|| value.clone())
     }
 
-    fn put(&self, credential: &str, identity: &Identity) {
-        let slot = self.slot(credential);
-        if let Ok(mut map) = self.map.write() {
-            if map.len() >= VERIFIED_CACHE_MAX {
-                map.clear();
-            }
-            map.insert(slot, (Secret::new(credential.to_owned()), identity.clone()));
+    /// Remember that `credential` (at `slot`) verified to `value`.
+    pub(crate) fn put(&self, slot: u64, credential: &str, value: V) {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= CREDENTIAL_CACHE_MAX && !map.contains_key(&slot) {
+            map.clear();
+        }
+        map.insert(slot, (Secret::new(credential.to_owned()), value));
+    }
+}
+
+/// Whether `a == b` (equal lengths), in constant time: 8 bytes at a time (subtle's byte slices
+/// cost a barrier per byte), every word compared whatever the earlier ones gave.
+fn ct_eq_words(a: &[u8], b: &[u8]) -> bool {
+    debug_assert_eq!(a.len(), b.len());
+    let word = |c: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        u64::from_le_bytes(w)
+    };
+    let mut eq = subtle::Choice::from(1);
+    for (x, y) in a.chunks(8).zip(b.chunks(8)) {
+        eq &= word(x).ct_eq(&word(y));
+    }
+    bool::from(eq)
+}
+
+/// The hasher of maps whose keys are already uniformly spread secrets: peppered digests (HMAC
+/// outputs) and [`CredentialCache`] slots (a randomly seeded SipHash). Hashing them again with
+/// SipHash (~250 instructions a lookup) buys nothing: their bits are folded as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Spread;
+
+impl std::hash::BuildHasher for Spread {
+    type Hasher = SpreadHasher;
+    fn build_hasher(&self) -> SpreadHasher {
+        SpreadHasher(0)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SpreadHasher(u64);
+
+impl std::hash::Hasher for SpreadHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(17) ^ u64::from_le_bytes(b);
         }
     }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(17) ^ n;
+    }
+
+    fn write_usize(&mut self, _length_prefix: usize) {}
 }
 
 impl StaticKeys {
@@ -331,7 +406,8 @@ impl Authenticator for StaticKeys {
         if self.keys.is_empty() {
             return None;
         }
-        if let Some(identity) = self.verified.get(credential) {
+        let slot = self.verified.slot(credential);
+        if let Some(identity) = self.verified.get(slot, credential) {
             return Some(identity);
         }
         let candidate = ApiKeyHash::of(credential);
@@ -343,7 +419,7 @@ impl Authenticator for StaticKeys {
             }
         }
         let identity = found.map(|label| Identity::unscoped(label.clone()))?;
-        self.verified.put(credential, &identity);
+        self.verified.put(slot, credential, identity.clone());
         Some(identity)
     }
 }
@@ -389,6 +465,20 @@ mod tests {
         assert!(k.authenticate("rk_beta_0123456789").is_some());
         assert!(k.authenticate("rk_beta_012345678").is_none());
         assert!(k.authenticate("").is_none());
+    }
+
+    #[test]
+    fn word_comparison_is_exact() {
+        for (a, b, eq) in [
+            ("", "", true),
+            ("abc", "abc", true),
+            ("abc", "abd", false),
+            ("0123456789abcdefX", "0123456789abcdefX", true),
+            ("0123456789abcdefX", "0123456789abcdefY", false),
+            ("X123456789abcdef0", "Y123456789abcdef0", false),
+        ] {
+            assert_eq!(ct_eq_words(a.as_bytes(), b.as_bytes()), eq, "{a} {b}");
+        }
     }
 
     #[test]

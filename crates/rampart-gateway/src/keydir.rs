@@ -31,9 +31,8 @@ use rampart_store::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::auth::{Authenticator, Denial, Endpoint, Identity, Scopes};
+use crate::auth::{Authenticator, CredentialCache, Denial, Endpoint, Identity, Scopes, Spread};
 use crate::response_cache::{PolicyLevel, StoredPolicies};
-use crate::secret::Secret;
 use crate::store_plane::Ticks;
 
 /// A full reload happens at least this often, even when the directory version did not move.
@@ -77,110 +76,12 @@ impl KeyUse {
     }
 }
 
-/// The hasher of maps whose keys are already uniformly spread secrets: peppered digests (HMAC
-/// outputs) and [`DigestCache`] slots (a randomly seeded SipHash). Hashing them again with SipHash
-/// (~250 instructions a lookup) buys nothing: their bits are folded as they are.
-#[derive(Debug, Clone, Copy, Default)]
-struct Spread;
-
-impl std::hash::BuildHasher for Spread {
-    type Hasher = SpreadHasher;
-    fn build_hasher(&self) -> SpreadHasher {
-        SpreadHasher(0)
-    }
-}
-
-#[derive(Debug, Default)]
-struct SpreadHasher(u64);
-
-impl std::hash::Hasher for SpreadHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(17) ^ u64::from_le_bytes(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = self.0.rotate_left(17) ^ n;
-    }
-
-    fn write_usize(&mut self, _length_prefix: usize) {}
-}
-
-/// Presented credentials whose peppered digest was found in the directory, so the next
-/// presentation skips the HMAC-SHA-256 (~15k instructions under callgrind, most of the cost of a
-/// store-key check). Keyed by a randomly seeded 64-bit hash of the credential; an entry holds the
-/// credential itself (a [`Secret`], zeroed on drop) and its digest, and is only used after a
-/// constant-time comparison with the full presented credential, so a hash collision can never
-/// stand in for the key. The cache only saves the digest computation: the digest is looked up in
-/// the current directory snapshot on every request, so revocation, disabling, expiry and a
-/// disabled team apply exactly as without it. Only credentials whose digest was in the directory
-/// are cached (failed guesses cannot fill it).
-///
-/// Memory trade-off: at most [`DIGEST_CACHE_MAX`] entries of roughly 150 bytes each (the key
-/// string, its 32-byte digest, the map slot), ~1.5 MB at the bound; when full it is cleared and
-/// refills as keys are presented again (one HMAC each).
-#[derive(Debug, Default)]
-struct DigestCache {
-    state: std::hash::RandomState,
-    map: RwLock<HashMap<u64, (Secret, [u8; 32]), Spread>>,
-}
-
-/// Whether `a == b` (equal lengths), in constant time: 8 bytes at a time (subtle's byte slices
-/// cost a barrier per byte), every word compared whatever the earlier ones gave.
-fn ct_eq_words(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    debug_assert_eq!(a.len(), b.len());
-    let word = |c: &[u8]| {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        u64::from_le_bytes(w)
-    };
-    let mut eq = subtle::Choice::from(1);
-    for (x, y) in a.chunks(8).zip(b.chunks(8)) {
-        eq &= word(x).ct_eq(&word(y));
-    }
-    bool::from(eq)
-}
-
-/// Bound of [`DigestCache`].
-const DIGEST_CACHE_MAX: usize = 10_000;
-
-impl DigestCache {
-    fn slot(&self, credential: &str) -> u64 {
-        use std::hash::BuildHasher;
-        self.state.hash_one(credential)
-    }
-
-    fn get(&self, slot: u64, credential: &str) -> Option<[u8; 32]> {
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        let (secret, digest) = map.get(&slot)?;
-        let stored = secret.expose().as_bytes();
-        (stored.len() == credential.len() && ct_eq_words(stored, credential.as_bytes()))
-            .then_some(*digest)
-    }
-
-    fn put(&self, slot: u64, credential: &str, digest: [u8; 32]) {
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= DIGEST_CACHE_MAX && !map.contains_key(&slot) {
-            map.clear();
-        }
-        map.insert(slot, (Secret::new(credential.to_owned()), digest));
-    }
-}
-
 /// The in-memory directory of store keys.
 #[derive(Debug)]
 pub struct KeyDirectory {
     hasher: KeyHasher,
-    /// Verified credential -> digest, in front of the HMAC (see [`DigestCache`]).
-    digests: DigestCache,
+    /// Verified credential -> digest, in front of the HMAC (see [`CredentialCache`]).
+    digests: CredentialCache<[u8; 32]>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Use clocks by key id; they outlive reloads so no use is lost to one.
     uses: Mutex<HashMap<Uuid, Arc<KeyUse>>>,
@@ -197,7 +98,7 @@ impl KeyDirectory {
     pub fn new(hasher: KeyHasher) -> Self {
         Self {
             hasher,
-            digests: DigestCache::default(),
+            digests: CredentialCache::default(),
             snapshot: RwLock::new(Arc::default()),
             uses: Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
@@ -558,6 +459,7 @@ impl Authenticator for KeyDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     const T0: i64 = 1_800_000_000;
 
@@ -778,19 +680,5 @@ mod tests {
             &AllCachePolicies::default(),
         );
         assert_eq!(dir.check_at(&k, at(T0)).unwrap_err(), Denial::Unknown);
-    }
-
-    #[test]
-    fn word_comparison_is_exact() {
-        for (a, b, eq) in [
-            ("", "", true),
-            ("abc", "abc", true),
-            ("abc", "abd", false),
-            ("0123456789abcdefX", "0123456789abcdefX", true),
-            ("0123456789abcdefX", "0123456789abcdefY", false),
-            ("X123456789abcdef0", "Y123456789abcdef0", false),
-        ] {
-            assert_eq!(ct_eq_words(a.as_bytes(), b.as_bytes()), eq, "{a} {b}");
-        }
     }
 }
