@@ -263,7 +263,7 @@ impl Completion {
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let shown = |m: &str| shown_model(m).to_owned();
         let now = time::OffsetDateTime::now_utc();
-        ledger.record(&UsageRecord {
+        ledger.record(UsageRecord {
             id: ledger_id(now),
             at: now - elapsed,
             request_id: self.request_id.clone(),

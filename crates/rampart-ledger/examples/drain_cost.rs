@@ -13,7 +13,7 @@
 //!    replayed.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use rampart_ledger::spool::Spool;
+use rampart_ledger::spool::{Queued, Spool};
 use rampart_store::{Store, UsageRecord};
 use std::time::Duration;
 
@@ -73,17 +73,20 @@ async fn main() {
         let spool = Spool::open(&spool_dir, 1, 64 * 1024 * 1024, false).unwrap();
         // The writer takes what arrived every 10 000 records (a lane queues at most 32 768).
         let (mut appending, mut taking) = (Duration::ZERO, Duration::ZERO);
+        let mut spare = Queued::default();
         for chunk in records.chunks(10_000) {
             let t = Instant::now();
             for r in chunk {
-                spool.append(r).unwrap();
+                // The clone stands for the record the request path builds (and hands over).
+                spool.append(r.clone()).map_err(|u| u.error).unwrap();
             }
             appending += t.elapsed();
             let t = Instant::now();
-            let queued = spool.take_queued();
+            let queued = spool.take_queued(spare);
             assert_eq!(queued.len(), chunk.len());
-            spool.commit_queued(&queued);
-            drop(queued);
+            spool.commit_queued(queued.slice(0, queued.len()));
+            spare = queued;
+            spare.clear();
             taking += t.elapsed();
         }
         println!(
@@ -102,10 +105,10 @@ async fn main() {
             let spool = Spool::open(&crashed, 1, 1024 * 1024 * 1024, false).unwrap();
             for chunk in records.chunks(10_000) {
                 for r in chunk {
-                    spool.append(r).unwrap();
+                    spool.append(r.clone()).map_err(|u| u.error).unwrap();
                 }
                 // Dropped, as a crash loses memory.
-                drop(spool.take_queued());
+                drop(spool.take_queued(Queued::default()));
             }
         }
         let spool = Spool::open(&crashed, 1, 1024 * 1024 * 1024, false).unwrap();

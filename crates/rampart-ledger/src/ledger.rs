@@ -124,14 +124,16 @@ impl Ledger {
             ledger: ledger.clone(),
             config: config.clone(),
             held: Queued::default(),
+            held_pos: 0,
         };
         Ok((ledger, writer))
     }
 
     /// Append `record` to the spool (one `write`) and queue it for the writer. Never fails: when the spool cannot be
     /// written the record is kept in memory for the writer and the failure is counted.
-    pub fn record(&self, record: &UsageRecord) {
-        if let Err(e) = self.spool.append(record) {
+    pub fn record(&self, record: UsageRecord) {
+        if let Err(unwritten) = self.spool.append(record) {
+            let crate::spool::Unwritten { error: e, record } = *unwritten;
             metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool")
                 .increment(1);
             tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
@@ -140,7 +142,7 @@ impl Ledger {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if fallback.len() < FALLBACK_MAX {
-                fallback.push(record.clone());
+                fallback.push(record);
             } else {
                 metrics::counter!("rampart_ledger_dropped_total").increment(1);
             }
@@ -186,8 +188,10 @@ impl Ledger {
 pub struct LedgerWriter {
     ledger: Arc<Ledger>,
     config: LedgerConfig,
-    /// Records taken from memory and not yet committed (kept across failed attempts).
+    /// Records taken from memory; those from `held_pos` on are not yet committed (kept across
+    /// failed attempts).
     held: Queued,
+    held_pos: usize,
 }
 
 /// What one drain pass did.
@@ -283,33 +287,41 @@ impl LedgerWriter {
     }
 
     /// Insert one batch of the records handed over in memory (and of the memory fallback).
+    /// The records taken from the spool are walked in place (`held` from `held_pos`), not
+    /// split off batch by batch (a copy of what is left each time).
     async fn drain_memory(&mut self, store: &Store) -> Result<Drained, ()> {
         let max = self.config.batch_max;
-        if self.held.is_empty() {
-            self.held = self.ledger.spool.take_queued();
+        if self.held_pos >= self.held.len() {
+            let spare = std::mem::take(&mut self.held);
+            self.held = self.ledger.spool.take_queued(spare);
+            self.held_pos = 0;
         }
-        let mut batch = self.held.split_front(max);
-        let fallback = self.ledger.take_fallback(max - batch.len());
-        let total = batch.len() + fallback.len();
+        let (from, to) = (self.held_pos, (self.held_pos + max).min(self.held.len()));
+        let fallback = self.ledger.take_fallback(max - (to - from));
+        let total = (to - from) + fallback.len();
         if total == 0 {
             return Ok(Drained::Empty);
         }
-        let n = batch.len();
-        batch.records.extend(fallback);
-        match self.insert(store, &batch.records, true).await {
+        let batch = self.held.slice(from, to);
+        let inserted = if fallback.is_empty() {
+            self.insert(store, batch.records, true).await
+        } else {
+            // Only after the spool could not be written (rare): one list of both.
+            let mut both = batch.records.to_vec();
+            both.extend_from_slice(&fallback);
+            self.insert(store, &both, true).await
+        };
+        match inserted {
             Ok(()) => {
-                batch.records.truncate(n);
-                self.ledger.spool.commit_queued(&batch);
+                self.ledger.spool.commit_queued(batch);
+                self.held_pos = to;
                 Ok(Drained::Batch {
-                    full: total >= max || !self.held.is_empty(),
+                    full: total >= max || self.held_pos < self.held.len(),
                 })
             }
             Err(()) => {
-                let fallback = batch.records.split_off(n);
+                // The held records stay where they are, to be tried again first.
                 self.ledger.restore_fallback(fallback);
-                // Back in front of what is held, in order.
-                batch.append(&mut self.held);
-                self.held = batch;
                 Err(())
             }
         }

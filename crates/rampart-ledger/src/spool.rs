@@ -115,17 +115,38 @@ impl Queued {
         self.marks.append(&mut other.marks);
     }
 
-    /// Split off the first `n` records (all when fewer).
+    /// The records `from..to` with their marks (a batch of these, committed by
+    /// [`Spool::commit_queued`]).
     #[must_use]
-    pub fn split_front(&mut self, n: usize) -> Queued {
-        let n = n.min(self.len());
-        let rest_records = self.records.split_off(n);
-        let rest_marks = self.marks.split_off(n);
-        Queued {
-            records: std::mem::replace(&mut self.records, rest_records),
-            marks: std::mem::replace(&mut self.marks, rest_marks),
+    pub fn slice(&self, from: usize, to: usize) -> QueuedSlice<'_> {
+        QueuedSlice {
+            records: &self.records[from..to],
+            marks: &self.marks[from..to],
         }
     }
+
+    /// Drop the records and keep the room (to be handed back by [`Spool::take_queued`]).
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.marks.clear();
+    }
+}
+
+/// Some of a [`Queued`]'s records, with their marks.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuedSlice<'a> {
+    /// The records.
+    pub records: &'a [UsageRecord],
+    marks: &'a [(u64, u64)],
+}
+
+/// A record the spool could not take, and why (it goes back to the caller).
+#[derive(Debug)]
+pub struct Unwritten {
+    /// Why.
+    pub error: io::Error,
+    /// The record.
+    pub record: UsageRecord,
 }
 
 #[derive(Debug)]
@@ -279,19 +300,20 @@ impl Spool {
     /// segment is sealed, so a partial line never has a good one appended to it.
     ///
     /// # Errors
-    /// When the segment cannot be created or written.
-    pub fn append(&self, record: &UsageRecord) -> io::Result<()> {
+    /// When the segment cannot be created or written; the record comes back in the error.
+    pub fn append(&self, record: UsageRecord) -> Result<(), Box<Unwritten>> {
         thread_local! {
             static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
         LINE.with(|line| {
             let mut line = line.borrow_mut();
-            Self::encode(record, &mut line);
+            Self::encode(&record, &mut line);
             self.append_line(&line, record)
         })
     }
 
-    fn append_line(&self, line: &[u8], record: &UsageRecord) -> io::Result<()> {
+    /// The record moves into the lane's memory queue (no copy); it comes back with an error.
+    fn append_line(&self, line: &[u8], record: UsageRecord) -> Result<(), Box<Unwritten>> {
         let lane = &self.lanes[lane_index() % self.lanes.len()];
         let mut lane = lane
             .lock()
@@ -307,12 +329,15 @@ impl Spool {
                     || (!a.in_memory && queued <= self.queue_max / 2)
             }
         };
-        if rotate {
-            self.rotate(&mut lane, queued < self.queue_max)?;
+        if rotate && let Err(e) = self.rotate(&mut lane, queued < self.queue_max) {
+            return Err(Box::new(Unwritten { error: e, record }));
         }
         let lane = &mut *lane;
         let Some(active) = lane.active.as_mut() else {
-            return Err(io::Error::other("no open spool segment"));
+            return Err(Box::new(Unwritten {
+                error: io::Error::other("no open spool segment"),
+                record,
+            }));
         };
         let written = active.file.write_all(line).and_then(|()| {
             if self.sync_each_write {
@@ -323,14 +348,14 @@ impl Spool {
         });
         if let Err(e) = written {
             self.seal(lane);
-            return Err(e);
+            return Err(Box::new(Unwritten { error: e, record }));
         }
         let end = active
             .published
             .fetch_add(line.len() as u64, Ordering::Release)
             + line.len() as u64;
         if active.in_memory {
-            lane.queued.records.push(record.clone());
+            lane.queued.records.push(record);
             lane.queued.marks.push((active.seq, end));
         }
         self.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
@@ -339,16 +364,21 @@ impl Spool {
     }
 
     /// Take the records queued in the lanes' memory (see the module docs); they are consumed
-    /// by [`Spool::commit_queued`].
+    /// by [`Spool::commit_queued`]. `spare` (emptied, its room kept) becomes the first lane's
+    /// queue, and the other lanes keep their room, so the lanes do not grow their queues again
+    /// from nothing (a copy of every record per doubling) after each drain.
     #[must_use]
-    pub fn take_queued(&self) -> Queued {
-        let mut all = Queued::default();
+    pub fn take_queued(&self, spare: Queued) -> Queued {
+        let mut all = spare;
+        all.clear();
+        let mut first = true;
         for lane in &*self.lanes {
             let mut lane = lane
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if all.is_empty() {
+            if first {
                 std::mem::swap(&mut all, &mut lane.queued);
+                first = false;
             } else {
                 all.append(&mut lane.queued);
             }
@@ -358,13 +388,13 @@ impl Spool {
 
     /// The records of `queued` are in the database: advance their segments' committed offsets
     /// and delete the sealed segments committed to their end.
-    pub fn commit_queued(&self, queued: &Queued) {
+    pub fn commit_queued(&self, queued: QueuedSlice<'_>) {
         let mut ends: HashMap<u64, u64> = HashMap::new();
-        for &(seq, end) in &queued.marks {
+        for &(seq, end) in queued.marks {
             let e = ends.entry(seq).or_insert(end);
             *e = (*e).max(end);
         }
-        self.advance(ends.into_iter(), queued.len() as u64);
+        self.advance(ends.into_iter(), queued.records.len() as u64);
     }
 
     /// Seal the lane's segment (if any) and open a new one, its records queued in memory or not.
@@ -678,7 +708,7 @@ mod tests {
     }
 
     fn append(spool: &Spool, n: u64) {
-        spool.append(&record(n)).unwrap();
+        spool.append(record(n)).map_err(|u| u.error).unwrap();
     }
 
     fn segment_files(dir: &Path) -> usize {
@@ -717,12 +747,19 @@ mod tests {
             append(&spool, n);
         }
         assert_eq!(spool.pending(), 10);
-        let queued = spool.take_queued();
+        let queued = spool.take_queued(Queued::default());
         assert_eq!(queued.records, (0..10).map(record).collect::<Vec<_>>());
-        assert!(spool.take_queued().is_empty());
+        assert!(spool.take_queued(Queued::default()).is_empty());
         // Records in memory are never read back from their files.
         assert!(spool.read(100).unwrap().records.is_empty());
-        spool.commit_queued(&queued);
+        spool.commit_queued(queued.slice(0, queued.len()));
+        // The emptied queue goes back to a lane with its room, and holds what comes next.
+        let room = queued.records.capacity();
+        append(&spool, 10);
+        let again = spool.take_queued(queued);
+        assert_eq!(again.records, vec![record(10)]);
+        assert!(spool.take_queued(Queued::default()).records.capacity() >= room);
+        spool.commit_queued(again.slice(0, 1));
         assert_eq!(spool.pending(), 0);
         assert_eq!(segment_files(dir.path()), 1, "the open segment stays");
         spool.seal_all();
@@ -741,11 +778,11 @@ mod tests {
             }
             assert!(segment_files(dir.path()) > 1, "full segments rotate");
             // Commit the first 100, then "crash" (drop without sealing or draining).
-            let mut queued = spool.take_queued();
-            let first = queued.split_front(100);
+            let queued = spool.take_queued(Queued::default());
+            let first = queued.slice(0, 100);
             assert_eq!(first.records[99], record(99));
-            assert_eq!(queued.records[0], record(100));
-            spool.commit_queued(&first);
+            assert_eq!(queued.records[100], record(100));
+            spool.commit_queued(first);
             spool.save_committed().unwrap();
         }
         let replayed = |dir: &Path| {
@@ -786,18 +823,18 @@ mod tests {
         }
         // 8 in memory, the next 12 in a second segment read from its file.
         assert_eq!(segment_files(dir.path()), 2);
-        let queued = spool.take_queued();
+        let queued = spool.take_queued(Queued::default());
         assert_eq!(queued.records, (0..8).map(record).collect::<Vec<_>>());
         let from_file = spool.read(100).unwrap();
         let ns: Vec<u64> = from_file.records.iter().map(|r| r.input_tokens).collect();
         assert_eq!(ns, (8..20).collect::<Vec<_>>());
         spool.commit(&from_file);
-        spool.commit_queued(&queued);
+        spool.commit_queued(queued.slice(0, queued.len()));
         // The queue is empty again: the next record starts a new segment, in memory.
         append(&spool, 20);
-        let last = spool.take_queued();
+        let last = spool.take_queued(queued);
         assert_eq!(last.records, vec![record(20)]);
-        spool.commit_queued(&last);
+        spool.commit_queued(last.slice(0, 1));
         assert_eq!(
             segment_files(dir.path()),
             1,
