@@ -208,5 +208,6 @@ print(int(sum(float(v) for v in re.findall(r"^rampart_http_requests_total\{[^}]*
   echo "{\"target\": \"${t%%:*}\", \"mode\": \"ledger_rows\", \"served\": $served, \"rows\": $rows}" >>"$RESULTS"
   echo "${t%%:*}: $served requests served, $rows usage records"
 done
+cp "$RESULTS" "$OUT/latest.jsonl" # the raw results: `python3 bench/report.py` can be rerun on them
 python3 bench/report.py "$RESULTS" "$RSS_KB" "$DURATION" "$ROUNDS" "$LEDGER_ROWS" | tee "$OUT/latest.md"
-echo "(written to $OUT/latest.md)"
+echo "(written to $OUT/latest.md and latest.jsonl)"
