@@ -10,20 +10,6 @@ rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 ledger_rows = int(sys.argv[5]) if len(sys.argv) > 5 else None
 
 
-def round_ratio(mode, conns, rnd):
-    """The figure a round is ranked by: the rampart/floor ratio that round measured."""
-    by = {r["target"]: r for r in rows if r["mode"] == mode and r.get("conns") == conns and r.get("round", 1) == rnd}
-    d, f, g = by["direct"]["wrk"], by["floor"]["wrk"], by["rampart"]["wrk"]
-    if conns == 1:
-        return (g["p50_us"] - d["p50_us"]) / max(f["p50_us"] - d["p50_us"], 1)
-    return (g["requests"] / g["duration_us"]) / (f["requests"] / f["duration_us"])
-
-
-def median_round(mode, conns):
-    ranked = sorted(range(1, rounds + 1), key=lambda rnd: round_ratio(mode, conns, rnd))
-    return ranked[len(ranked) // 2]
-
-
 def ratio_in(rnd, mode, conns, num, den="floor"):
     """`num` against `den` in one round: added p50 over `den`'s at 1 conn, throughput otherwise."""
     by = {r["target"]: r["wrk"] for r in rows if r["mode"] == mode and r.get("conns") == conns and r.get("round", 1) == rnd}
@@ -46,6 +32,12 @@ def verdict(name, values, bound, at_most):
     ok = None if bound is None else (v <= bound if at_most else v >= bound)
     target = "(reported)" if bound is None else f"{'<=' if at_most else '>='} {bound}"
     return (name, v, target, ok, values)
+
+
+def median_round(mode, conns):
+    """The round the big table shows: the one where rampart / floor was the median."""
+    ranked = sorted(range(1, rounds + 1), key=lambda rnd: ratio_in(rnd, mode, conns, "rampart"))
+    return ranked[len(ranked) // 2]
 
 
 def get(target, mode, conns=None):

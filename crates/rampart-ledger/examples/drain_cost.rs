@@ -85,8 +85,7 @@ async fn main() {
             let queued = spool.take_queued(spare);
             assert_eq!(queued.len(), chunk.len());
             spool.commit_queued(queued.slice(0, queued.len()));
-            spare = queued;
-            spare.clear();
+            spare = queued; // emptied by the next take_queued, its room kept
             taking += t.elapsed();
         }
         println!(
