@@ -24,6 +24,7 @@ pub mod model;
 mod postgres;
 mod sqlite;
 pub mod usage;
+mod usage_rows;
 pub mod webhooks;
 
 use std::path::Path;

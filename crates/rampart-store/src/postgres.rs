@@ -7,6 +7,7 @@ use sqlx::postgres::{PgArgumentBuffer, PgPoolOptions, PgTypeInfo, PgValueRef};
 use sqlx::{Decode, Encode, Postgres, Transaction, Type};
 use time::OffsetDateTime;
 
+use crate::usage::UsageRecord;
 use crate::{DbTime, Engine, MigrationReport, Result};
 
 #[allow(
@@ -113,6 +114,15 @@ impl PgStore {
     /// A write transaction (READ COMMITTED; row locks and constraints do the rest).
     async fn begin_write(&self) -> Result<Transaction<'static, Db>> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// PostgreSQL has no direct usage writer (see SQLite's): the repository's statements run.
+    #[allow(
+        clippy::unused_async,
+        reason = "the same call as SQLite's, which awaits its writer thread"
+    )]
+    async fn insert_usage_direct(&self, _records: &[UsageRecord]) -> Result<Option<u64>> {
+        Ok(None)
     }
 }
 

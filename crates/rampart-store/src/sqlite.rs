@@ -2,6 +2,7 @@
 //! The repository methods themselves are in `repo.rs`, compiled here with SQLite's types.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -10,7 +11,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, Encode, Sqlite, Transaction, Type};
 
+use crate::usage::UsageRecord;
 use crate::{DbTime, Engine, MigrationReport, Result, StoreError};
+use usage_writer::UsageWriter;
 
 #[allow(
     clippy::duplicate_mod,
@@ -54,6 +57,8 @@ mod webhooks_repo;
 #[path = "batches_repo.rs"]
 mod batches_repo;
 
+mod usage_writer;
+
 type Db = Sqlite;
 type EngineStore = SqliteStore;
 
@@ -64,6 +69,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    /// The usage ledger's own connection (a database file only; see [`usage_writer`]).
+    usage_writer: Option<Arc<UsageWriter>>,
 }
 
 impl SqliteStore {
@@ -79,12 +86,32 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        // sqlx names an in-memory database `file:sqlx-in-memory-N`, private to its pool.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let usage_writer =
+            (!in_memory).then(|| Arc::new(UsageWriter::new(options.get_filename().to_owned())));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, usage_writer })
+    }
+
+    /// Usage records through the ledger's own connection ([`usage_writer`]): `None` for an
+    /// in-memory database, where the repository's statements insert them instead.
+    async fn insert_usage_direct(&self, records: &[UsageRecord]) -> Result<Option<u64>> {
+        let Some(writer) = &self.usage_writer else {
+            return Ok(None);
+        };
+        if records.is_empty() {
+            return Ok(Some(0));
+        }
+        let (writer, records) = (writer.clone(), records.to_vec());
+        tokio::task::spawn_blocking(move || writer.write(&records))
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?
+            .map(Some)
     }
 
     /// Apply pending migrations.
@@ -97,6 +124,9 @@ impl SqliteStore {
 
     /// Close the pool.
     pub async fn close(&self) {
+        if let Some(writer) = &self.usage_writer {
+            writer.close();
+        }
         self.pool.close().await;
     }
 

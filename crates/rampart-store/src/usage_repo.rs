@@ -8,7 +8,7 @@
 //! key) and upserted into `usage_rollups` with `ON CONFLICT … DO UPDATE SET x = x + excluded.x`,
 //! all in one transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -20,18 +20,12 @@ use super::{Db, EngineStore};
 use crate::DbTime;
 use crate::error::{Result, StoreError};
 use crate::usage::{UsageGroupBy, UsageQuery, UsageRecord, UsageRepository, UsageRow};
+use crate::usage_rows::{
+    DAY, HOUR, RECORD_BINDS, ROLLUP_BINDS, ROLLUP_INSERT, ROLLUP_UPSERT, RollupKey, Sums, int,
+    record_cols, rollup_deltas,
+};
 
 type DbRow = <Db as sqlx::Database>::Row;
-
-macro_rules! record_cols {
-    () => {
-        "id, at, request_id, key_id, team_id, user_id, key_label, endpoint, model_requested, \
-         model_served, status, error_type, input_tokens, output_tokens, cache_write_5m_tokens, \
-         cache_write_1h_tokens, cache_read_tokens, cost_micro_usd, priced, latency_us, \
-         upstream_latency_us, upstream_attempts, streamed, cache_hit, client_aborted, \
-         saved_micro_usd"
-    };
-}
 
 /// Records per INSERT statement (26 binds each, well under both engines' bind limits).
 const RECORD_CHUNK: usize = 400;
@@ -41,10 +35,6 @@ const ROLLUP_CHUNK: usize = 1000;
 /// sizes only, so their text repeats and the connection's prepared-statement cache serves them
 /// (parsing a statement of a new size cost more than inserting its rows).
 const SMALLER_CHUNKS: [usize; 4] = [100, 25, 5, 1];
-
-/// Bound values per usage record, and per rollup row.
-const RECORD_BINDS: usize = 26;
-const ROLLUP_BINDS: usize = 15;
 
 type Args = <Db as sqlx::Database>::Arguments;
 /// Statement texts by row count (a few: the sizes of [`fixed_chunks`]), built once.
@@ -162,105 +152,8 @@ fn fixed_chunks<T>(mut items: &[T], largest: usize) -> Vec<&[T]> {
 /// Largest page of raw records.
 const MAX_RECORD_PAGE: u32 = 10_000;
 
-const HOUR: i64 = 3600;
-const DAY: i64 = 86_400;
-
-/// A stored integer for a count the store keeps signed.
-fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn uint(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-/// The rollup dimensions of one record in one period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct RollupKey<'a> {
-    period: &'static str,
-    bucket: i64,
-    key_id: Uuid,
-    team_id: Uuid,
-    user_id: Uuid,
-    model: &'a str,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Sums {
-    requests: i64,
-    errors: i64,
-    input_tokens: i64,
-    output_tokens: i64,
-    cache_write_5m_tokens: i64,
-    cache_write_1h_tokens: i64,
-    cache_read_tokens: i64,
-    cost_micro_usd: i64,
-    saved_micro_usd: i64,
-}
-
-impl Sums {
-    fn add(&mut self, r: &UsageRecord) {
-        self.requests = self.requests.saturating_add(1);
-        self.errors = self.errors.saturating_add(i64::from(r.status >= 400));
-        for (sum, v) in [
-            (&mut self.input_tokens, r.input_tokens),
-            (&mut self.output_tokens, r.output_tokens),
-            (&mut self.cache_write_5m_tokens, r.cache_write_5m_tokens),
-            (&mut self.cache_write_1h_tokens, r.cache_write_1h_tokens),
-            (&mut self.cache_read_tokens, r.cache_read_tokens),
-            (&mut self.cost_micro_usd, r.cost_micro_usd),
-        ] {
-            *sum = sum.saturating_add(int(v));
-        }
-        self.saved_micro_usd = self.saved_micro_usd.saturating_add(r.saved_micro_usd);
-    }
-}
-
-/// The hourly and daily rollup deltas of `records`, one entry per rollup key, in the order the
-/// keys first appear. A record of the same key, team, user, model and hour as the one before (the
-/// usual case in a batch) is added to the same two entries without hashing a key.
-fn rollup_deltas<'a>(records: impl Iterator<Item = &'a UsageRecord>) -> Vec<(RollupKey<'a>, Sums)> {
-    let mut deltas: Vec<(RollupKey<'a>, Sums)> = Vec::new();
-    let mut index: HashMap<RollupKey<'a>, usize> = HashMap::new();
-    // The previous record's hour key and its hour and day entries.
-    let mut last: Option<(RollupKey<'a>, usize, usize)> = None;
-    for r in records {
-        let t = r.at.unix_timestamp();
-        let hour = RollupKey {
-            period: "hour",
-            bucket: t.div_euclid(HOUR) * HOUR,
-            key_id: r.key_id.unwrap_or(Uuid::nil()),
-            team_id: r.team_id.unwrap_or(Uuid::nil()),
-            user_id: r.user_id.unwrap_or(Uuid::nil()),
-            model: r
-                .model_served
-                .as_deref()
-                .or(r.model_requested.as_deref())
-                .unwrap_or_default(),
-        };
-        let (h, d) = match last {
-            Some((key, h, d)) if key == hour => (h, d),
-            _ => {
-                let day = RollupKey {
-                    period: "day",
-                    bucket: t.div_euclid(DAY) * DAY,
-                    ..hour
-                };
-                let mut entry = |key: RollupKey<'a>| {
-                    *index.entry(key).or_insert_with(|| {
-                        deltas.push((key, Sums::default()));
-                        deltas.len() - 1
-                    })
-                };
-                let entries = (entry(hour), entry(day));
-                last = Some((hour, entries.0, entries.1));
-                entries
-            }
-        };
-        deltas[h].1.add(r);
-        deltas[d].1.add(r);
-    }
-    deltas
 }
 
 /// `[from, to)` widened to whole hours and split into hourly and daily parts:
@@ -356,23 +249,7 @@ impl EngineStore {
                 add_rollup(&mut args, k, s).map_err(sqlx::Error::Encode)?;
             }
             let sql = statement(&ROLLUP_SQL, chunk.len(), |n| {
-                values_sql(
-                    "INSERT INTO usage_rollups (period, bucket, key_id, team_id, user_id, model, \
-                     requests, errors, input_tokens, output_tokens, cache_write_5m_tokens, \
-                     cache_write_1h_tokens, cache_read_tokens, cost_micro_usd, saved_micro_usd) ",
-                    n,
-                    ROLLUP_BINDS,
-                    " ON CONFLICT (period, bucket, key_id, team_id, user_id, model) DO UPDATE SET \
-                     requests = usage_rollups.requests + excluded.requests, \
-                     errors = usage_rollups.errors + excluded.errors, \
-                     input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
-                     output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
-                     cache_write_5m_tokens = usage_rollups.cache_write_5m_tokens + excluded.cache_write_5m_tokens, \
-                     cache_write_1h_tokens = usage_rollups.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
-                     cache_read_tokens = usage_rollups.cache_read_tokens + excluded.cache_read_tokens, \
-                     cost_micro_usd = usage_rollups.cost_micro_usd + excluded.cost_micro_usd, \
-                     saved_micro_usd = usage_rollups.saved_micro_usd + excluded.saved_micro_usd",
-                )
+                values_sql(ROLLUP_INSERT, n, ROLLUP_BINDS, ROLLUP_UPSERT)
             });
             sqlx::query_with(sql, args).execute(&mut *tx).await?;
         }
@@ -399,6 +276,9 @@ impl EngineStore {
 #[async_trait]
 impl UsageRepository for EngineStore {
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<u64> {
+        if let Some(n) = self.insert_usage_direct(records).await? {
+            return Ok(n);
+        }
         let mut tx = self.begin_write().await?;
         let n = Self::insert_usage_in(&mut tx, records).await?;
         tx.commit().await?;
@@ -408,6 +288,9 @@ impl UsageRepository for EngineStore {
     async fn insert_new_usage(&self, records: &[UsageRecord]) -> Result<u64> {
         if records.is_empty() {
             return Ok(0);
+        }
+        if let Some(n) = self.insert_usage_direct(records).await? {
+            return Ok(n);
         }
         match self.insert_new_usage_once(records).await? {
             Some(n) => Ok(n),
@@ -627,67 +510,6 @@ mod tests {
         assert_eq!(chunks.concat(), items, "every item once, in order");
         assert_eq!(fixed_chunks(&items[..3], 1000).len(), 3);
         assert!(fixed_chunks::<usize>(&[], 400).is_empty());
-    }
-
-    #[test]
-    fn rollup_deltas_sum_each_key_once_whatever_the_order() {
-        let rec = |minute: i64, key: u128, model: &str| -> UsageRecord {
-            let at = datetime!(2026-06-01 22:00 UTC) + time::Duration::minutes(minute);
-            serde_json::from_value(serde_json::json!({
-                "id": Uuid::from_u128(minute as u128), "at": at.unix_timestamp() * 1_000_000,
-                "request_id": "", "key_id": Uuid::from_u128(key), "team_id": null,
-                "user_id": null, "key_label": null, "endpoint": "",
-                "model_requested": "asked", "model_served": model, "status": 200,
-                "error_type": null, "input_tokens": 1, "output_tokens": 2,
-                "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0, "cache_read_tokens": 0,
-                "cost_micro_usd": 10, "priced": true, "latency_us": 0,
-                "upstream_latency_us": null, "upstream_attempts": 1, "streamed": false,
-                "cache_hit": false, "client_aborted": false, "saved_micro_usd": 0
-            }))
-            .expect("a usage record")
-        };
-        // Runs of one key, interleaved keys and models, an hour and a day boundary.
-        let records = [
-            rec(0, 1, "a"),
-            rec(1, 1, "a"),
-            rec(2, 2, "a"),
-            rec(3, 1, "a"),
-            rec(4, 1, "b"),
-            rec(61, 1, "a"),
-            rec(121, 1, "a"),
-            rec(122, 1, "a"),
-        ];
-        let deltas = rollup_deltas(records.iter());
-        let keys: HashSet<RollupKey<'_>> = deltas.iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys.len(), deltas.len(), "one entry per key");
-        let sum = |period: &str, hour: i64, key: u128, model: &str| {
-            deltas
-                .iter()
-                .find(|(k, _)| {
-                    k.period == period
-                        && k.bucket == hour
-                        && k.key_id == Uuid::from_u128(key)
-                        && k.model == model
-                })
-                .map(|(_, s)| (s.requests, s.input_tokens, s.cost_micro_usd))
-        };
-        let h = |dt: OffsetDateTime| dt.unix_timestamp();
-        let h22 = h(datetime!(2026-06-01 22:00 UTC));
-        let h23 = h(datetime!(2026-06-01 23:00 UTC));
-        let h00 = h(datetime!(2026-06-02 00:00 UTC));
-        assert_eq!(sum("hour", h22, 1, "a"), Some((3, 3, 30)));
-        assert_eq!(sum("hour", h22, 2, "a"), Some((1, 1, 10)));
-        assert_eq!(sum("hour", h22, 1, "b"), Some((1, 1, 10)));
-        assert_eq!(sum("hour", h23, 1, "a"), Some((1, 1, 10)));
-        assert_eq!(sum("hour", h00, 1, "a"), Some((2, 2, 20)));
-        assert_eq!(
-            sum("day", h(datetime!(2026-06-01 00:00 UTC)), 1, "a"),
-            Some((4, 4, 40))
-        );
-        assert_eq!(sum("day", h00, 1, "a"), Some((2, 2, 20)));
-        assert_eq!(deltas.len(), 5 + 4);
-        let total: i64 = deltas.iter().map(|(_, s)| s.requests).sum();
-        assert_eq!(total, 2 * records.len() as i64);
     }
 
     #[test]
