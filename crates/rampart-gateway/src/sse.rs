@@ -147,7 +147,11 @@ impl UsageSummary {
     }
 
     fn from_json_serde(body: &[u8]) -> Option<Self> {
-        let m: MessageFields = serde_json::from_slice(body).ok()?;
+        serde_json::from_slice(body).ok().map(Self::from_message)
+    }
+
+    /// The summary of a whole (non-streamed) message.
+    fn from_message(m: MessageFields) -> Self {
         let mut s = Self {
             model: m.model,
             stop_reason: m.stop_reason,
@@ -157,14 +161,16 @@ impl UsageSummary {
         if let Some(u) = &m.usage {
             s.apply_usage(u);
         }
-        Some(s)
+        s
     }
 }
 
 /// A top-level walker for trusted upstream JSON: finds the value of each top-level key and skips
 /// the rest by scanning bytes (strings with `memchr2`, containers by depth).
 mod fast_json {
-    use super::{CacheCreationFields, UsageFields, UsageSummary};
+    use super::{
+        CacheCreationFields, DeltaBody, DeltaEvent, MessageFields, UsageFields, UsageSummary,
+    };
 
     fn ws(b: &[u8], mut i: usize) -> usize {
         while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
@@ -287,52 +293,102 @@ mod fast_json {
         ))
     }
 
-    pub(super) fn summary(b: &[u8]) -> Option<UsageSummary> {
-        let mut s = UsageSummary {
-            completed: true,
-            ..UsageSummary::default()
-        };
-        let end = walk_object(b, 0, |key, raw| {
-            match key {
-                b"model" => s.model = string(raw)?,
-                b"stop_reason" => s.stop_reason = string(raw)?,
-                b"usage" if raw != b"null" => {
-                    let mut u = UsageFields::default();
-                    walk_object(raw, 0, |k, v| {
+    /// The `usage` object of a message or a `message_delta` event.
+    fn usage(raw: &[u8]) -> Option<UsageFields> {
+        let mut u = UsageFields::default();
+        walk_object(raw, 0, |k, v| {
+            match k {
+                b"input_tokens" => u.input_tokens = uint(v)?,
+                b"output_tokens" => u.output_tokens = uint(v)?,
+                b"cache_creation_input_tokens" => u.cache_creation_input_tokens = uint(v)?,
+                b"cache_read_input_tokens" => u.cache_read_input_tokens = uint(v)?,
+                b"cache_creation" if v != b"null" => {
+                    let mut c = CacheCreationFields::default();
+                    walk_object(v, 0, |k, v| {
                         match k {
-                            b"input_tokens" => u.input_tokens = uint(v)?,
-                            b"output_tokens" => u.output_tokens = uint(v)?,
-                            b"cache_creation_input_tokens" => {
-                                u.cache_creation_input_tokens = uint(v)?;
+                            b"ephemeral_5m_input_tokens" => {
+                                c.ephemeral_5m_input_tokens = uint(v)?;
                             }
-                            b"cache_read_input_tokens" => u.cache_read_input_tokens = uint(v)?,
-                            b"cache_creation" if v != b"null" => {
-                                let mut c = CacheCreationFields::default();
-                                walk_object(v, 0, |k, v| {
-                                    match k {
-                                        b"ephemeral_5m_input_tokens" => {
-                                            c.ephemeral_5m_input_tokens = uint(v)?;
-                                        }
-                                        b"ephemeral_1h_input_tokens" => {
-                                            c.ephemeral_1h_input_tokens = uint(v)?;
-                                        }
-                                        _ => {}
-                                    }
-                                    Some(())
-                                })?;
-                                u.cache_creation = Some(c);
+                            b"ephemeral_1h_input_tokens" => {
+                                c.ephemeral_1h_input_tokens = uint(v)?;
                             }
                             _ => {}
                         }
                         Some(())
                     })?;
-                    s.apply_usage(&u);
+                    u.cache_creation = Some(c);
                 }
                 _ => {}
             }
             Some(())
         })?;
-        (ws(b, end) == b.len()).then_some(s)
+        Some(u)
+    }
+
+    /// A whole JSON value: the walk ended at the last byte but for whitespace.
+    fn whole<T>(b: &[u8], end: usize, value: T) -> Option<T> {
+        (ws(b, end) == b.len()).then_some(value)
+    }
+
+    /// A message object (a response body, or a `message_start` event's `message`).
+    fn message(b: &[u8]) -> Option<MessageFields> {
+        let mut m = MessageFields {
+            model: None,
+            stop_reason: None,
+            usage: None,
+        };
+        let end = walk_object(b, 0, |key, raw| {
+            match key {
+                b"model" => m.model = string(raw)?,
+                b"stop_reason" => m.stop_reason = string(raw)?,
+                b"usage" if raw != b"null" => m.usage = Some(usage(raw)?),
+                _ => {}
+            }
+            Some(())
+        })?;
+        whole(b, end, m)
+    }
+
+    pub(super) fn summary(b: &[u8]) -> Option<UsageSummary> {
+        message(b).map(UsageSummary::from_message)
+    }
+
+    /// The data of a `message_start` event: its `message`.
+    pub(super) fn start_event(b: &[u8]) -> Option<MessageFields> {
+        let mut message_fields = None;
+        let end = walk_object(b, 0, |key, raw| {
+            if key == b"message" {
+                message_fields = Some(message(raw)?);
+            }
+            Some(())
+        })?;
+        whole(b, end, message_fields?)
+    }
+
+    /// The data of a `message_delta` event.
+    pub(super) fn delta_event(b: &[u8]) -> Option<DeltaEvent> {
+        let mut ev = DeltaEvent {
+            delta: None,
+            usage: None,
+        };
+        let end = walk_object(b, 0, |key, raw| {
+            match key {
+                b"delta" if raw != b"null" => {
+                    let mut d = DeltaBody { stop_reason: None };
+                    walk_object(raw, 0, |k, v| {
+                        if k == b"stop_reason" {
+                            d.stop_reason = string(v)?;
+                        }
+                        Some(())
+                    })?;
+                    ev.delta = Some(d);
+                }
+                b"usage" if raw != b"null" => ev.usage = Some(usage(raw)?),
+                _ => {}
+            }
+            Some(())
+        })?;
+        whole(b, end, ev)
     }
 }
 
@@ -395,6 +451,16 @@ impl UsageScanner {
         if self.skipping_line {
             return;
         }
+        // The data of an event named but not wanted (the text deltas, most of a stream) is
+        // dropped unseen instead of copied line by line.
+        if self.line.is_empty()
+            && self.event_named
+            && self.event.is_none()
+            && part.starts_with(b"data:")
+        {
+            self.skipping_line = true;
+            return;
+        }
         if self.line.len() + part.len() > MAX_LINE {
             self.skipping_line = true;
             self.line.clear();
@@ -453,18 +519,26 @@ impl UsageScanner {
             (None, false) => sniff_type(&data),
         };
         match kind {
+            // The byte walker first (it skips the content), serde for what it cannot walk.
             Some(Wanted::Start) => {
-                if let Ok(ev) = serde_json::from_slice::<StartEvent>(&data) {
-                    if ev.message.model.is_some() {
-                        self.summary.model = ev.message.model;
+                let message = fast_json::start_event(&data).or_else(|| {
+                    serde_json::from_slice::<StartEvent>(&data)
+                        .ok()
+                        .map(|ev| ev.message)
+                });
+                if let Some(message) = message {
+                    if message.model.is_some() {
+                        self.summary.model = message.model;
                     }
-                    if let Some(u) = &ev.message.usage {
+                    if let Some(u) = &message.usage {
                         self.summary.apply_usage(u);
                     }
                 }
             }
             Some(Wanted::Delta) => {
-                if let Ok(ev) = serde_json::from_slice::<DeltaEvent>(&data) {
+                let delta = fast_json::delta_event(&data)
+                    .or_else(|| serde_json::from_slice::<DeltaEvent>(&data).ok());
+                if let Some(ev) = delta {
                     if let Some(d) = ev.delta
                         && d.stop_reason.is_some()
                     {
@@ -631,6 +705,60 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(decoy.model.as_deref(), Some("claude-x"));
     }
 
+    /// What the fast event walkers and serde each read from a `message_start` / `message_delta`.
+    fn start_both(b: &[u8]) -> (Option<UsageSummary>, Option<UsageSummary>) {
+        (
+            fast_json::start_event(b).map(UsageSummary::from_message),
+            serde_json::from_slice::<StartEvent>(b)
+                .ok()
+                .map(|e| UsageSummary::from_message(e.message)),
+        )
+    }
+
+    fn delta_both(b: &[u8]) -> (Option<UsageSummary>, Option<UsageSummary>) {
+        let summary = |ev: DeltaEvent| {
+            let mut s = UsageSummary {
+                stop_reason: ev.delta.and_then(|d| d.stop_reason),
+                ..UsageSummary::default()
+            };
+            if let Some(u) = &ev.usage {
+                s.apply_usage(u);
+            }
+            s
+        };
+        (
+            fast_json::delta_event(b).map(summary),
+            serde_json::from_slice::<DeltaEvent>(b).ok().map(summary),
+        )
+    }
+
+    #[test]
+    fn event_walk_agrees_with_serde_even_with_decoys() {
+        let starts: [&[u8]; 4] = [
+            br#"{"type":"message_start","message":{"id":"m","content":[{"type":"text","text":"\"usage\":{\"input_tokens\":9}"}],"model":"claude-\u0078","usage":{"input_tokens":5,"output_tokens":1,"cache_creation":{"ephemeral_1h_input_tokens":2}}}}"#,
+            br#" {"message" : {"model":null,"usage":null} , "type":"message_start"} "#,
+            br#"{"type":"message_start","usage":{"input_tokens":3},"message":{"model":"m"}}"#,
+            br#"{"type":"message_start"}"#,
+        ];
+        for b in starts {
+            let (fast, serde) = start_both(b);
+            assert_eq!(fast, serde, "{}", String::from_utf8_lossy(b));
+        }
+        assert_eq!(start_both(starts[0]).0.unwrap().input_tokens, 5);
+        assert_eq!(start_both(starts[3]).0, None, "no message: nothing read");
+        let deltas: [&[u8]; 4] = [
+            br#"{"type":"message_delta","delta":{"stop_reason":"max_tokens","stop_sequence":null},"usage":{"output_tokens":15,"input_tokens":null}}"#,
+            br#"{"type":"message_delta","delta":null,"usage":null}"#,
+            br#"{"type":"message_delta","delta":{"x":{"stop_reason":"decoy"}},"usage":{"output_tokens":2}}"#,
+            br#"{"type":"message_delta","usage":{"output_tokens":-1}}"#,
+        ];
+        for b in deltas {
+            let (fast, serde) = delta_both(b);
+            assert_eq!(fast, serde, "{}", String::from_utf8_lossy(b));
+        }
+        assert_eq!(delta_both(deltas[0]).0.unwrap().output_tokens, 15);
+    }
+
     proptest! {
         #[test]
         fn fast_walk_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -645,6 +773,24 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
                 "usage": {"input_tokens": n, "output_tokens": n / 2}
             }).to_string();
             prop_assert_eq!(fast_json::summary(body.as_bytes()), UsageSummary::from_json_serde(body.as_bytes()));
+        }
+
+        #[test]
+        fn event_walk_matches_serde_on_generated_events(model in "\\PC{0,20}", text in "\\PC{0,40}", n in 0u64..100_000, stop in proptest::option::of("\\PC{0,12}")) {
+            let start = serde_json::json!({
+                "type": "message_start",
+                "message": {"id": "msg_x", "content": [{"type": "text", "text": text}],
+                    "model": model, "usage": {"input_tokens": n, "output_tokens": 1}}
+            }).to_string();
+            let (fast, serde) = start_both(start.as_bytes());
+            prop_assert_eq!(fast, serde);
+            let delta = serde_json::json!({
+                "type": "message_delta", "delta": {"stop_reason": stop, "text": text},
+                "usage": {"output_tokens": n}
+            }).to_string();
+            let (fast, serde) = delta_both(delta.as_bytes());
+            prop_assert!(fast.is_some());
+            prop_assert_eq!(fast, serde);
         }
 
         #[test]
