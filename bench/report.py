@@ -128,8 +128,9 @@ if cpu:
     #: Thread names (as the kernel shows them, 15 characters) by role.
     roles = (
         ("request workers", ("rampart-worker-",)),
-        ("ledger writer: batches (runtime)", ("tokio-rt-worker",)),
-        ("ledger writer: SQLite", ("sqlx-sqlite-wor",)),
+        # The writer's task and its SQLite connection both run on the main runtime's threads
+        # (the batch on a blocking thread); sqlx's connection threads serve the rest.
+        ("ledger writer (runtime + SQLite)", ("tokio-rt-worker", "sqlx-sqlite-wor")),
         ("accounting", ("rampart-account",)),
         ("log writer", ("rampart-log",)),
     )

@@ -158,8 +158,8 @@ curl -s "http://$GWLR/metrics" | python3 bench/redis_round_trips.py limits-redis
 curl -s "http://$GWAR/metrics" | python3 bench/redis_round_trips.py all-redis >>"$RESULTS"
 
 # Where the CPU goes: each gateway's CPU time per request by thread (its /proc task stats around
-# one more JSON run at 32 connections): request workers, the ledger writer (the runtime task
-# that builds the batches and the SQLite connection thread), accounting and the log writer.
+# one more JSON run at 32 connections): request workers, the ledger writer (its task on the main
+# runtime and the batch's SQLite transaction on a blocking thread), accounting and the log writer.
 echo "== CPU per request by thread (JSON, 32 conns, $DURATION)"
 threads_cpu() { for t in /proc/"$1"/task/*; do
   printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"; done; }
