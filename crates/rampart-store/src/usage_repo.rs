@@ -7,6 +7,11 @@
 //! inserted with multi-row `INSERT`s, and only those are summed (in memory, one row per rollup
 //! key) and upserted into `usage_rollups` with `ON CONFLICT … DO UPDATE SET x = x + excluded.x`,
 //! all in one transaction.
+//!
+//! A SQLite database file takes the ledger's batches through its own connection instead
+//! (`sqlite/usage_writer.rs`, same result): these statements then serve PostgreSQL, an
+//! in-memory SQLite database, and a batch item's record written in the transaction that settles
+//! the item (`insert_usage_in`).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};

@@ -427,3 +427,31 @@ pub async fn an_empty_or_inverted_usage_range_is_invalid(db: &TestDb) {
         Err(StoreError::Invalid(_))
     ));
 }
+
+/// An in-memory SQLite database is private to sqlx's pool, so the ledger's batches go through the
+/// repository's statements there, with the same result as through the file's own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_sqlite_database_takes_usage_through_the_pool() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let key = Uuid::now_v7();
+    let r = |n: u128| {
+        rec(
+            n,
+            DAY1 + Duration::minutes(n as i64),
+            Some(key),
+            None,
+            "claude-sonnet-4-6",
+        )
+    };
+    let usage = store.usage();
+    assert_eq!(usage.insert_new_usage(&[r(1), r(2)]).await.unwrap(), 2);
+    assert_eq!(usage.insert_new_usage(&[r(2), r(3)]).await.unwrap(), 1);
+    assert_eq!(usage.insert_usage(&[r(1), r(3), r(4)]).await.unwrap(), 1);
+    let rows = usage
+        .usage_summary(&query(DAY1, DAY1 + Duration::DAY, UsageGroupBy::default()))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].requests, rows[0].cost_micro_usd), (4, 4000));
+}
