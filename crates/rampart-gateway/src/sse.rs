@@ -231,12 +231,15 @@ mod fast_json {
         }
     }
 
-    /// Calls `f(key, raw_value)` for each member of the object starting at `b[i]`; returns the
-    /// index just past it, or `None` when the bytes are not an object it can walk.
+    /// Calls `f(key, b, start)` for each member of the object starting at `b[i]`, where the
+    /// member's value starts at `b[start]`: `f` reads the value (or [`skip_value`]s it) and
+    /// returns the index just past it, so a nested object is read where it is instead of skipped
+    /// and walked again. Returns the index just past the object, or `None` when the bytes are not
+    /// an object it can walk.
     fn walk_object(
         b: &[u8],
         i: usize,
-        mut f: impl FnMut(&[u8], &[u8]) -> Option<()>,
+        mut f: impl FnMut(&[u8], &[u8], usize) -> Option<usize>,
     ) -> Option<usize> {
         let mut i = ws(b, i);
         if b.get(i) != Some(&b'{') {
@@ -257,8 +260,7 @@ mod fast_json {
                 return None;
             }
             i = ws(b, i + 1);
-            let end = skip_value(b, i)?;
-            f(key, &b[i..end])?;
+            let end = f(key, b, i)?;
             i = ws(b, end);
             match b.get(i) {
                 Some(b',') => i = ws(b, i + 1),
@@ -266,6 +268,17 @@ mod fast_json {
                 _ => return None,
             }
         }
+    }
+
+    /// The value at `b[i]` read by `read` from its raw bytes; the index just past it.
+    fn scalar<T>(b: &[u8], i: usize, read: impl FnOnce(&[u8]) -> Option<T>) -> Option<(T, usize)> {
+        let end = skip_value(b, i)?;
+        Some((read(&b[i..end])?, end))
+    }
+
+    /// Whether the value at `b[i]` is `null` (and not some other bare word starting so).
+    fn is_null(b: &[u8], i: usize) -> bool {
+        b.get(i..i + 4) == Some(b"null") && skip_value(b, i) == Some(i + 4)
     }
 
     /// A JSON string or null; plain strings are sliced, escaped ones decoded by serde.
@@ -293,36 +306,38 @@ mod fast_json {
         ))
     }
 
-    /// The `usage` object of a message or a `message_delta` event.
-    fn usage(raw: &[u8]) -> Option<UsageFields> {
+    /// The `usage` object at `b[i]` (of a message or a `message_delta` event); the index just
+    /// past it.
+    fn usage_at(b: &[u8], i: usize) -> Option<(UsageFields, usize)> {
         let mut u = UsageFields::default();
-        walk_object(raw, 0, |k, v| {
-            match k {
-                b"input_tokens" => u.input_tokens = uint(v)?,
-                b"output_tokens" => u.output_tokens = uint(v)?,
-                b"cache_creation_input_tokens" => u.cache_creation_input_tokens = uint(v)?,
-                b"cache_read_input_tokens" => u.cache_read_input_tokens = uint(v)?,
-                b"cache_creation" if v != b"null" => {
+        let end = walk_object(b, i, |k, b, i| {
+            let field = match k {
+                b"input_tokens" => &mut u.input_tokens,
+                b"output_tokens" => &mut u.output_tokens,
+                b"cache_creation_input_tokens" => &mut u.cache_creation_input_tokens,
+                b"cache_read_input_tokens" => &mut u.cache_read_input_tokens,
+                b"cache_creation" if !is_null(b, i) => {
                     let mut c = CacheCreationFields::default();
-                    walk_object(v, 0, |k, v| {
-                        match k {
-                            b"ephemeral_5m_input_tokens" => {
-                                c.ephemeral_5m_input_tokens = uint(v)?;
-                            }
-                            b"ephemeral_1h_input_tokens" => {
-                                c.ephemeral_1h_input_tokens = uint(v)?;
-                            }
-                            _ => {}
-                        }
-                        Some(())
+                    let end = walk_object(b, i, |k, b, i| {
+                        let field = match k {
+                            b"ephemeral_5m_input_tokens" => &mut c.ephemeral_5m_input_tokens,
+                            b"ephemeral_1h_input_tokens" => &mut c.ephemeral_1h_input_tokens,
+                            _ => return skip_value(b, i),
+                        };
+                        let (v, end) = scalar(b, i, uint)?;
+                        *field = v;
+                        Some(end)
                     })?;
                     u.cache_creation = Some(c);
+                    return Some(end);
                 }
-                _ => {}
-            }
-            Some(())
+                _ => return skip_value(b, i),
+            };
+            let (v, end) = scalar(b, i, uint)?;
+            *field = v;
+            Some(end)
         })?;
-        Some(u)
+        Some((u, end))
     }
 
     /// A whole JSON value: the walk ended at the last byte but for whitespace.
@@ -330,37 +345,47 @@ mod fast_json {
         (ws(b, end) == b.len()).then_some(value)
     }
 
-    /// A message object (a response body, or a `message_start` event's `message`).
-    fn message(b: &[u8]) -> Option<MessageFields> {
+    /// The message object at `b[i]` (a response body, or a `message_start` event's `message`);
+    /// the index just past it.
+    fn message_at(b: &[u8], i: usize) -> Option<(MessageFields, usize)> {
         let mut m = MessageFields {
             model: None,
             stop_reason: None,
             usage: None,
         };
-        let end = walk_object(b, 0, |key, raw| {
-            match key {
-                b"model" => m.model = string(raw)?,
-                b"stop_reason" => m.stop_reason = string(raw)?,
-                b"usage" if raw != b"null" => m.usage = Some(usage(raw)?),
-                _ => {}
-            }
-            Some(())
+        let end = walk_object(b, i, |key, b, i| match key {
+            b"model" => scalar(b, i, string).map(|(v, end)| {
+                m.model = v;
+                end
+            }),
+            b"stop_reason" => scalar(b, i, string).map(|(v, end)| {
+                m.stop_reason = v;
+                end
+            }),
+            b"usage" if !is_null(b, i) => usage_at(b, i).map(|(u, end)| {
+                m.usage = Some(u);
+                end
+            }),
+            _ => skip_value(b, i),
         })?;
-        whole(b, end, m)
+        Some((m, end))
     }
 
     pub(super) fn summary(b: &[u8]) -> Option<UsageSummary> {
-        message(b).map(UsageSummary::from_message)
+        let (m, end) = message_at(b, 0)?;
+        whole(b, end, m).map(UsageSummary::from_message)
     }
 
     /// The data of a `message_start` event: its `message`.
     pub(super) fn start_event(b: &[u8]) -> Option<MessageFields> {
         let mut message_fields = None;
-        let end = walk_object(b, 0, |key, raw| {
-            if key == b"message" {
-                message_fields = Some(message(raw)?);
+        let end = walk_object(b, 0, |key, b, i| {
+            if key != b"message" {
+                return skip_value(b, i);
             }
-            Some(())
+            let (m, end) = message_at(b, i)?;
+            message_fields = Some(m);
+            Some(end)
         })?;
         whole(b, end, message_fields?)
     }
@@ -371,22 +396,25 @@ mod fast_json {
             delta: None,
             usage: None,
         };
-        let end = walk_object(b, 0, |key, raw| {
-            match key {
-                b"delta" if raw != b"null" => {
-                    let mut d = DeltaBody { stop_reason: None };
-                    walk_object(raw, 0, |k, v| {
-                        if k == b"stop_reason" {
-                            d.stop_reason = string(v)?;
-                        }
-                        Some(())
-                    })?;
-                    ev.delta = Some(d);
-                }
-                b"usage" if raw != b"null" => ev.usage = Some(usage(raw)?),
-                _ => {}
+        let end = walk_object(b, 0, |key, b, i| match key {
+            b"delta" if !is_null(b, i) => {
+                let mut d = DeltaBody { stop_reason: None };
+                let end = walk_object(b, i, |k, b, i| {
+                    if k != b"stop_reason" {
+                        return skip_value(b, i);
+                    }
+                    let (v, end) = scalar(b, i, string)?;
+                    d.stop_reason = v;
+                    Some(end)
+                })?;
+                ev.delta = Some(d);
+                Some(end)
             }
-            Some(())
+            b"usage" if !is_null(b, i) => usage_at(b, i).map(|(u, end)| {
+                ev.usage = Some(u);
+                end
+            }),
+            _ => skip_value(b, i),
         })?;
         whole(b, end, ev)
     }
@@ -686,11 +714,13 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
     #[test]
     fn fast_walk_agrees_with_serde_even_with_decoys_in_content() {
-        let bodies: [&[u8]; 4] = [
+        let bodies: [&[u8]; 6] = [
             br#"{"id":"msg_1","content":[{"type":"tool_use","input":{"usage":{"input_tokens":999},"model":"decoy","s":"a\"}{b"}}],"model":"claude-x","stop_reason":"tool_use","usage":{"input_tokens":3,"output_tokens":4,"cache_creation_input_tokens":1,"cache_read_input_tokens":2,"cache_creation":{"ephemeral_5m_input_tokens":1,"ephemeral_1h_input_tokens":0}}}"#,
             br#" { "model" : null , "usage" : null } "#,
             br#"{}"#,
             br#"{"usage":{"output_tokens":7},"extra":[1,2,{"a":[true,false,null]}],"n":-1.5e3}"#,
+            br#"{"model":"m","usage":nullx}"#,
+            br#"{"usage":{"cache_creation":null,"input_tokens":2},"stop_reason":null}"#,
         ];
         for body in bodies {
             assert_eq!(
