@@ -1,7 +1,7 @@
 //! A usage record as the JSON of a spool line, written field by field: the same bytes as
 //! `serde_json::to_writer` (a test holds them equal), at a fraction of its cost (no generic
-//! serializer; strings that need no escaping, the usual case, are copied as they are; UUIDs and
-//! integers are formatted in place). Read back with serde ([`crate::spool`]'s decoder).
+//! serializer; strings that need no escaping, the usual case, are copied as they are; UUIDs are
+//! formatted in place, integers by `itoa` as serde_json does). Read back with serde ([`crate::spool`]'s decoder).
 
 use rampart_store::UsageRecord;
 
@@ -11,7 +11,11 @@ pub(crate) fn write_json(record: &UsageRecord, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"{\"id\":");
     uuid(buf, Some(&r.id));
     buf.extend_from_slice(b",\"at\":");
-    int(buf, r.at.unix_timestamp_nanos() / 1_000);
+    // Microseconds: `time` stops at year ±9999, well inside an i64.
+    int(
+        buf,
+        i64::try_from(r.at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX),
+    );
     buf.extend_from_slice(b",\"request_id\":");
     string(buf, Some(&r.request_id));
     buf.extend_from_slice(b",\"key_id\":");
@@ -29,7 +33,7 @@ pub(crate) fn write_json(record: &UsageRecord, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b",\"model_served\":");
     string(buf, r.model_served.as_deref());
     buf.extend_from_slice(b",\"status\":");
-    int(buf, r.status.into());
+    uint(buf, r.status.into());
     buf.extend_from_slice(b",\"error_type\":");
     string(buf, r.error_type.as_deref());
     for (name, v) in [
@@ -41,19 +45,19 @@ pub(crate) fn write_json(record: &UsageRecord, buf: &mut Vec<u8>) {
         (b",\"cost_micro_usd\":", r.cost_micro_usd),
     ] {
         buf.extend_from_slice(name);
-        int(buf, v.into());
+        uint(buf, v);
     }
     buf.extend_from_slice(b",\"priced\":");
     boolean(buf, r.priced);
     buf.extend_from_slice(b",\"latency_us\":");
-    int(buf, r.latency_us.into());
+    uint(buf, r.latency_us);
     buf.extend_from_slice(b",\"upstream_latency_us\":");
     match r.upstream_latency_us {
-        Some(v) => int(buf, v.into()),
+        Some(v) => uint(buf, v),
         None => buf.extend_from_slice(b"null"),
     }
     buf.extend_from_slice(b",\"upstream_attempts\":");
-    int(buf, r.upstream_attempts.into());
+    uint(buf, r.upstream_attempts.into());
     buf.extend_from_slice(b",\"streamed\":");
     boolean(buf, r.streamed);
     buf.extend_from_slice(b",\"cache_hit\":");
@@ -61,7 +65,7 @@ pub(crate) fn write_json(record: &UsageRecord, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b",\"client_aborted\":");
     boolean(buf, r.client_aborted);
     buf.extend_from_slice(b",\"saved_micro_usd\":");
-    int(buf, r.saved_micro_usd.into());
+    int(buf, r.saved_micro_usd);
     buf.push(b'}');
 }
 
@@ -100,23 +104,12 @@ fn boolean(buf: &mut Vec<u8>, v: bool) {
     buf.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
-fn int(buf: &mut Vec<u8>, v: i128) {
-    let mut digits = [0u8; 40];
-    let mut at = digits.len();
-    let mut n = v.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if v < 0 {
-        at -= 1;
-        digits[at] = b'-';
-    }
-    buf.extend_from_slice(&digits[at..]);
+fn int(buf: &mut Vec<u8>, v: i64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+fn uint(buf: &mut Vec<u8>, v: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 #[cfg(test)]
