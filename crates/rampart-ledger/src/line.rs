@@ -33,7 +33,7 @@ pub(crate) fn write_json(record: &UsageRecord, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b",\"model_served\":");
     string(buf, r.model_served.as_deref());
     buf.extend_from_slice(b",\"status\":");
-    uint(buf, r.status.into());
+    int(buf, r.status);
     buf.extend_from_slice(b",\"error_type\":");
     string(buf, r.error_type.as_deref());
     for (name, v) in [
@@ -45,19 +45,19 @@ pub(crate) fn write_json(record: &UsageRecord, buf: &mut Vec<u8>) {
         (b",\"cost_micro_usd\":", r.cost_micro_usd),
     ] {
         buf.extend_from_slice(name);
-        uint(buf, v);
+        int(buf, v);
     }
     buf.extend_from_slice(b",\"priced\":");
     boolean(buf, r.priced);
     buf.extend_from_slice(b",\"latency_us\":");
-    uint(buf, r.latency_us);
+    int(buf, r.latency_us);
     buf.extend_from_slice(b",\"upstream_latency_us\":");
     match r.upstream_latency_us {
-        Some(v) => uint(buf, v),
+        Some(v) => int(buf, v),
         None => buf.extend_from_slice(b"null"),
     }
     buf.extend_from_slice(b",\"upstream_attempts\":");
-    uint(buf, r.upstream_attempts.into());
+    int(buf, r.upstream_attempts);
     buf.extend_from_slice(b",\"streamed\":");
     boolean(buf, r.streamed);
     buf.extend_from_slice(b",\"cache_hit\":");
@@ -104,11 +104,7 @@ fn boolean(buf: &mut Vec<u8>, v: bool) {
     buf.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
-fn int(buf: &mut Vec<u8>, v: i64) {
-    buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-}
-
-fn uint(buf: &mut Vec<u8>, v: u64) {
+fn int(buf: &mut Vec<u8>, v: impl itoa::Integer) {
     buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 

@@ -61,8 +61,9 @@ fn statement(cache: &SqlCache, rows: usize, build: impl FnOnce(usize) -> String)
     sql
 }
 
-/// `prefix VALUES (…), (…) suffix` with `rows` rows of `cols` placeholders in the engine's style.
-fn values_sql(prefix: &str, rows: usize, cols: usize, suffix: &str) -> String {
+/// `prefix VALUES (…), (…) suffix` with `rows` rows of `cols` placeholders in the engine's style
+/// (also SQLite's direct usage writer's single-row statements).
+pub(super) fn values_sql(prefix: &str, rows: usize, cols: usize, suffix: &str) -> String {
     let mut qb = QueryBuilder::<Db>::new(prefix);
     qb.push_values(0..rows, |mut row, _| {
         for _ in 0..cols {

@@ -22,6 +22,7 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use super::BUSY_TIMEOUT;
+use super::usage_repo::values_sql;
 use crate::DbTime;
 use crate::error::{Result, StoreError};
 use crate::usage::UsageRecord;
@@ -29,22 +30,17 @@ use crate::usage_rows::{
     RECORD_BINDS, ROLLUP_BINDS, ROLLUP_INSERT, ROLLUP_UPSERT, int, record_cols, rollup_deltas,
 };
 
-/// `prefix VALUES (?1, …, ?n) suffix`.
-fn one_row_sql(prefix: &str, n: usize, suffix: &str) -> String {
-    let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
-    format!("{prefix}VALUES ({}){suffix}", marks.join(", "))
-}
-
 static INSERT_RECORD: LazyLock<String> = LazyLock::new(|| {
-    one_row_sql(
+    values_sql(
         concat!("INSERT INTO usage_records (", record_cols!(), ") "),
+        1,
         RECORD_BINDS,
         " ON CONFLICT (id) DO NOTHING",
     )
 });
 
 static UPSERT_ROLLUP: LazyLock<String> =
-    LazyLock::new(|| one_row_sql(ROLLUP_INSERT, ROLLUP_BINDS, ROLLUP_UPSERT));
+    LazyLock::new(|| values_sql(ROLLUP_INSERT, 1, ROLLUP_BINDS, ROLLUP_UPSERT));
 
 /// The ledger's connection to the database file at `path`, opened at its first batch and again
 /// after a failed one.
@@ -100,9 +96,6 @@ impl UsageWriter {
 }
 
 fn write_batch(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<u64> {
-    if records.is_empty() {
-        return Ok(0);
-    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut inserted: Vec<&UsageRecord> = Vec::with_capacity(records.len());
     {
