@@ -461,6 +461,15 @@ impl UsageScanner {
     /// Feed the next chunk of the stream.
     pub fn feed(&mut self, mut chunk: &[u8]) {
         while !chunk.is_empty() {
+            // Between events, an unwanted event of the usual shape whole in this chunk (most of
+            // a stream: the text deltas) is stepped over with one search for its end instead of
+            // being read line by line.
+            if self.between_events()
+                && let Some(len) = unwanted_event_len(chunk)
+            {
+                chunk = &chunk[len..];
+                continue;
+            }
             match memchr::memchr(b'\n', chunk) {
                 Some(i) => {
                     self.push_line_part(&chunk[..i]);
@@ -473,6 +482,15 @@ impl UsageScanner {
                 }
             }
         }
+    }
+
+    /// At the start of a line with nothing of an event read yet.
+    fn between_events(&self) -> bool {
+        self.line.is_empty()
+            && !self.skipping_line
+            && !self.event_named
+            && self.event.is_none()
+            && self.data.is_empty()
     }
 
     fn push_line_part(&mut self, part: &[u8]) {
@@ -591,6 +609,34 @@ impl UsageScanner {
         data.clear();
         self.data = data;
     }
+}
+
+/// The length of the event `b` starts with when it is `event: NAME\ndata: …\n\n`, whole, and
+/// NAME is a name the scanner does not want: reading it line by line would change
+/// nothing (the data line is skipped, the blank line dispatches nothing). `None` for anything
+/// else, which is read line by line.
+fn unwanted_event_len(b: &[u8]) -> Option<usize> {
+    const PREFIX: &[u8] = b"event: ";
+    let rest = b.strip_prefix(PREFIX)?;
+    let name_len = memchr::memchr(b'\n', rest)?;
+    let name = &rest[..name_len];
+    // Read line by line, the name is trimmed; one that needs no trimming is compared as is.
+    if name.first().is_none_or(u8::is_ascii_whitespace)
+        || name.last().is_none_or(u8::is_ascii_whitespace)
+        || matches!(
+            name,
+            b"message_start" | b"message_delta" | b"message_stop" | b"error"
+        )
+    {
+        return None;
+    }
+    let data_at = PREFIX.len() + name_len + 1;
+    let data = &b[data_at..];
+    if !data.starts_with(b"data:") {
+        return None;
+    }
+    let line_end = memchr::memchr(b'\n', data)?;
+    (data.get(line_end + 1) == Some(&b'\n')).then_some(data_at + line_end + 2)
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -789,6 +835,67 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(delta_both(deltas[0]).0.unwrap().output_tokens, 15);
     }
 
+    /// One event of many shapes: mostly the usual `event: NAME` + `data:` + blank line, and
+    /// the variations the scanner must read the same way (no space, CRLF, no event line, a
+    /// second event line, more data lines, other fields).
+    fn event_text() -> impl Strategy<Value = String> {
+        const EVENTS: [(&str, &str); 9] = [
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"model":"m1","usage":{"input_tokens":7,"output_tokens":1}}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+            ),
+            ("message_stop", r#"{"type":"message_stop"}"#),
+            (
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi\n\n"}}"#,
+            ),
+            ("ping", r#"{"type": "ping"}"#),
+            (
+                "message_delta\t",
+                r#"{"type":"message_delta","usage":{"output_tokens":4}}"#,
+            ),
+            ("Odd-Name", "not json"),
+            ("", ""),
+        ];
+        let usual = prop::sample::select(EVENTS.to_vec())
+            .prop_map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"));
+        let pick = || prop::sample::select(EVENTS.to_vec());
+        let varied = (
+            prop::sample::select(vec!["event: ", "event:", "event:  ", ""]),
+            pick(),
+            proptest::option::of(pick()),
+            proptest::collection::vec(pick(), 0..3),
+            proptest::option::of(prop::sample::select(vec!["id: 1", ": comment", "retry: 5"])),
+            prop::sample::select(vec!["\n", "\r\n"]),
+        )
+            .prop_map(|(event_line, (name, _), second, datas, other, end)| {
+                let mut t = String::new();
+                if !event_line.is_empty() {
+                    t.push_str(&format!("{event_line}{name}{end}"));
+                }
+                if let Some((second, _)) = second {
+                    t.push_str(&format!("event: {second}{end}"));
+                }
+                for (_, d) in datas {
+                    t.push_str(&format!("data: {d}{end}"));
+                }
+                if let Some(other) = other {
+                    t.push_str(&format!("{other}{end}"));
+                }
+                t.push_str(end);
+                t
+            });
+        prop_oneof![2 => usual, 1 => varied]
+    }
+
     proptest! {
         #[test]
         fn fast_walk_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -836,6 +943,19 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             }
             s.feed(&bytes[prev..]);
             prop_assert_eq!(s.into_summary(), expected());
+        }
+
+        #[test]
+        fn whole_events_read_as_line_by_line(events in proptest::collection::vec(event_text(), 0..12)) {
+            // Fed byte by byte no event is ever whole in a chunk: every line takes the slow path.
+            let stream = events.concat();
+            let mut whole = UsageScanner::new();
+            whole.feed(stream.as_bytes());
+            let mut bytes = UsageScanner::new();
+            for b in stream.as_bytes() {
+                bytes.feed(std::slice::from_ref(b));
+            }
+            prop_assert_eq!(whole.into_summary(), bytes.into_summary());
         }
 
         #[test]
