@@ -664,7 +664,7 @@ where
         let plan = rc::plan(
             effective,
             mode,
-            &rc::tenant(&identity),
+            || rc::tenant(&identity),
             &parts.headers,
             &body_bytes,
         );

@@ -184,12 +184,12 @@ pub enum Plan {
     Refresh(CacheKey, Duration),
 }
 
-/// Decide the plan for a messages request.
+/// Decide the plan for a messages request; `tenant` is asked only when the cache is on.
 #[must_use]
 pub fn plan(
     effective: Effective,
     mode: Mode,
-    tenant: &str,
+    tenant: impl FnOnce() -> String,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Plan {
@@ -206,7 +206,7 @@ pub fn plan(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    match rampart_cache::cache_key(tenant, &betas, body) {
+    match rampart_cache::cache_key(&tenant(), &betas, body) {
         Ok(key) if mode == Mode::Refresh => Plan::Refresh(key, effective.ttl),
         Ok(key) => Plan::Lookup(key, effective.ttl),
         Err(_) => Plan::Bypass,
@@ -476,20 +476,26 @@ mod tests {
         };
         let body = br#"{"model":"m","max_tokens":1,"messages":[]}"#;
         let none = HeaderMap::new();
-        assert_eq!(plan(off, Mode::Policy, "t", &none, body), Plan::Bypass);
+        assert_eq!(
+            plan(off, Mode::Policy, || "t".into(), &none, body),
+            Plan::Bypass
+        );
         assert!(matches!(
-            plan(off, Mode::Use, "t", &none, body),
+            plan(off, Mode::Use, || "t".into(), &none, body),
             Plan::Lookup(..)
         ));
         assert!(matches!(
-            plan(off, Mode::Refresh, "t", &none, body),
+            plan(off, Mode::Refresh, || "t".into(), &none, body),
             Plan::Refresh(..)
         ));
         let on = Effective {
             response: true,
             ..off
         };
-        assert_eq!(plan(on, Mode::Bypass, "t", &none, body), Plan::Bypass);
+        assert_eq!(
+            plan(on, Mode::Bypass, || "t".into(), &none, body),
+            Plan::Bypass
+        );
     }
 
     #[test]
