@@ -539,6 +539,11 @@ fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
                 "cache_policies",
                 include_str!("../migrations/sqlite/0009_cache_policies.sql"),
             ),
+            (
+                10,
+                "usage_records_by_time",
+                include_str!("../migrations/sqlite/0010_usage_records_by_time.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (

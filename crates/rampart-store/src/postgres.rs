@@ -64,6 +64,8 @@ const CLAIM_LOCK_KEY: i64 = 0x7261_6d70_636c_616d;
 
 /// What a claim's item selection appends: rows another transaction holds are skipped.
 const CLAIM_SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+/// `usage_records` is keyed by `id` (with an index on `at`): the stored-record check looks ids up.
+const USAGE_KEYED_BY_TIME: bool = false;
 
 /// Serialise batch claims across instances until the transaction ends.
 async fn lock_claims(tx: &mut Transaction<'static, Db>) -> Result<()> {

@@ -140,6 +140,8 @@ impl SqliteStore {
 /// What a claim's item selection appends: nothing, the write transaction holds SQLite's only
 /// write lock.
 const CLAIM_SKIP_LOCKED: &str = "";
+/// `usage_records` is keyed by `(at, id)` (migration 0010): the stored-record check looks pairs up.
+const USAGE_KEYED_BY_TIME: bool = true;
 
 /// Serialise batch claims. Nothing to do, as for [`lock_audit_chain`].
 async fn lock_claims(_tx: &mut Transaction<'static, Db>) -> Result<()> {

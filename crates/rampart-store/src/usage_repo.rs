@@ -195,14 +195,28 @@ impl EngineStore {
         let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id)).collect();
         let mut inserted: Vec<&UsageRecord> = Vec::with_capacity(unique.len());
         for chunk in fixed_chunks(&unique, RECORD_CHUNK) {
-            let mut ids = Args::default();
+            let mut keys = Args::default();
             for r in chunk {
-                ids.add(r.id).map_err(sqlx::Error::Encode)?;
+                if super::USAGE_KEYED_BY_TIME {
+                    keys.add(DbTime(r.at)).map_err(sqlx::Error::Encode)?;
+                }
+                keys.add(r.id).map_err(sqlx::Error::Encode)?;
             }
             let sql = statement(&CHECK_SQL, chunk.len(), |n| {
-                in_list_sql("SELECT id FROM usage_records WHERE id IN (", n, ")")
+                if super::USAGE_KEYED_BY_TIME {
+                    // Pairs first, each looked up by the key (an `IN` of row values scans).
+                    values_sql(
+                        "SELECT u.id FROM (",
+                        n,
+                        2,
+                        ") AS v CROSS JOIN usage_records AS u \
+                         ON u.at = v.column1 AND u.id = v.column2",
+                    )
+                } else {
+                    in_list_sql("SELECT id FROM usage_records WHERE id IN (", n, ")")
+                }
             });
-            let stored: HashSet<Uuid> = sqlx::query_with(sql, ids)
+            let stored: HashSet<Uuid> = sqlx::query_with(sql, keys)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
@@ -269,7 +283,7 @@ impl EngineStore {
         let refs: Vec<&UsageRecord> = records.iter().collect();
         match Self::insert_records(&mut tx, &refs).await {
             Ok(()) => {}
-            // The only unique rule of usage_records is its id.
+            // The only unique rule of usage_records is its key (id; (at, id) in SQLite).
             Err(StoreError::Conflict { .. }) => return Ok(None),
             Err(e) => return Err(e),
         }

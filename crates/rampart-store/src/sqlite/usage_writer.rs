@@ -1,5 +1,5 @@
 //! SQLite's ledger writer: the usage ledger's batches inserted through a connection of their own,
-//! with one prepared single-row `INSERT … ON CONFLICT (id) DO NOTHING` run per record and one
+//! with one prepared single-row `INSERT … ON CONFLICT (at, id) DO NOTHING` run per record and one
 //! prepared rollup upsert per rollup row, in one `BEGIN IMMEDIATE` transaction.
 //!
 //! Every proxied request writes a record, so this is the embedded database's busiest write. Through
@@ -9,8 +9,9 @@
 //! costs under 2 µs, and on the two cores that also run the clients that is throughput for the
 //! whole gateway (see the README's benchmark).
 //!
-//! The insert's conflict clause makes it idempotent by id, exactly like the checked insert of
-//! the repository: a record already stored (a spool replayed after a crash) or twice in a batch
+//! The insert's conflict clause makes it idempotent by the table's key `(at, id)` (a record
+//! written again has both the same), exactly like the checked insert of the repository: a
+//! record already stored (a spool replayed after a crash) or twice in a batch
 //! is skipped, and only the rows that were inserted are added to the rollups.
 //!
 //! Only for a database file: an in-memory database is private to sqlx's pool, so there the
@@ -35,7 +36,7 @@ static INSERT_RECORD: LazyLock<String> = LazyLock::new(|| {
         concat!("INSERT INTO usage_records (", record_cols!(), ") "),
         1,
         RECORD_BINDS,
-        " ON CONFLICT (id) DO NOTHING",
+        " ON CONFLICT (at, id) DO NOTHING",
     )
 });
 
