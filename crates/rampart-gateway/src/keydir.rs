@@ -11,6 +11,12 @@
 //! - **Refusal reasons.** Revoked, disabled and team-disabled keys are kept by digest beside the
 //!   usable ones, so a refusal can be audited with its reason ([`Denial`]); clients always see the
 //!   same 401.
+//! - **A key created elsewhere works at its first use.** A credential the directory does not know
+//!   makes the proxy ask [`MissRefresh`] to read the store's directory version (one row) and
+//!   reload when it moved, then check again: a key made a moment ago by the CLI or on another
+//!   instance is not refused until the next poll. One such read at a time and none within
+//!   [`MISS_GAP`] of the last, so unknown credentials cost the store at most one small read per
+//!   gap however many arrive.
 //! - **`last_used_at` without a write per request.** Each usable key has an in-memory clock (unix
 //!   seconds) that a successful authentication moves forward, at most one write per key per
 //!   second; the clocks survive reloads. [`KeyDirectory::run_last_used_flusher`] writes the
@@ -40,6 +46,43 @@ pub const FULL_RELOAD_EVERY: Duration = Duration::from_secs(30);
 
 /// Default interval of [`KeyDirectory::run_last_used_flusher`].
 pub const LAST_USED_FLUSH_EVERY: Duration = Duration::from_secs(15);
+/// The least time between two store reads for unknown credentials ([`MissRefresh`]).
+pub const MISS_GAP: Duration = Duration::from_millis(10);
+
+/// Reloads the directory when a credential is unknown and the store moved since the last
+/// reload (see the module docs).
+#[derive(Debug)]
+pub struct MissRefresh {
+    directory: Arc<KeyDirectory>,
+    store: Store,
+    /// When the last read for an unknown credential ended; held while one runs.
+    last: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl MissRefresh {
+    /// Refresh `directory` from `store` on misses.
+    #[must_use]
+    pub fn new(directory: Arc<KeyDirectory>, store: Store) -> Self {
+        Self {
+            directory,
+            store,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reload the directory if the store's directory version moved; whether it reloaded (and
+    /// an unknown credential is worth checking again). `false` without reading the store within
+    /// [`MISS_GAP`] of the last read, and on a store error (logged by the background reload).
+    pub async fn refresh(&self) -> bool {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|t| t.elapsed() < MISS_GAP) {
+            return false;
+        }
+        let reloaded = self.directory.refresh_if_changed(&self.store).await;
+        *last = Some(tokio::time::Instant::now());
+        matches!(reloaded, Ok(true))
+    }
+}
 
 #[derive(Debug)]
 struct Entry {

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::auth::{self, AuthFailure, Authenticator, Scopes};
+use crate::auth::{self, AuthFailure, Authenticator, Denial, Scopes};
 use crate::config::Settings;
 use crate::denials::{DenialAudit, Denied};
 use crate::error::ProxyError;
@@ -65,6 +65,8 @@ pub struct AppState {
     pub cache: crate::response_cache::ResponseCache,
     /// Message batches with a store (see [`crate::batches`]); without, they are passed through.
     pub batches: Option<Arc<crate::batches::Batches>>,
+    /// Reloads the key directory when a credential is unknown (only with a store).
+    pub key_misses: Option<Arc<crate::keydir::MissRefresh>>,
     /// Set when SIGTERM arrived.
     pub shutting_down: AtomicBool,
 }
@@ -85,6 +87,8 @@ pub struct ProxyParts {
     pub limits: Option<crate::admission::Limits>,
     /// Serve message batches from the store: see [`crate::batches`].
     pub batches: Option<Arc<crate::batches::Batches>>,
+    /// Look an unknown credential up in the store: see [`crate::keydir::MissRefresh`].
+    pub key_misses: Option<Arc<crate::keydir::MissRefresh>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -127,6 +131,7 @@ impl AppState {
             ledger: parts.ledger,
             limits: parts.limits,
             batches: parts.batches,
+            key_misses: parts.key_misses,
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -545,7 +550,15 @@ where
             return Err(ProxyError::InvalidKey);
         }
     };
-    let identity = match state.auth.check(credential) {
+    let mut checked = state.auth.check(credential);
+    // A key created a moment ago (the CLI, another instance) is looked up before it is refused.
+    if matches!(checked, Err(Denial::Unknown))
+        && let Some(misses) = &state.key_misses
+        && misses.refresh().await
+    {
+        checked = state.auth.check(credential);
+    }
+    let identity = match checked {
         Ok(identity) => identity,
         Err(denial) => {
             let r = refused(401, denial.as_str(), Some(credential));

@@ -166,7 +166,7 @@ impl StorePlane {
             ),
             (
                 "last-use flush",
-                tokio::spawn(directory.run_last_used_flusher(
+                tokio::spawn(directory.clone().run_last_used_flusher(
                     store.clone(),
                     options.last_used_flush_every,
                     signal(),
@@ -178,6 +178,10 @@ impl StorePlane {
             upstream_key: upstream.as_ref().map(|up| up.key()),
             ledger: None,
             limits: None,
+            key_misses: Some(Arc::new(crate::keydir::MissRefresh::new(
+                directory.clone(),
+                store.clone(),
+            ))),
             ..ProxyParts::default()
         };
         parts.target_keys = target_keys;

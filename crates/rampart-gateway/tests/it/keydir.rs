@@ -110,3 +110,53 @@ async fn a_refresh_after_a_write_applies_it_even_while_background_reloads_run() 
     }
     background.abort();
 }
+
+/// A key created in the store after the gateway started (by the CLI, or on another instance)
+/// works at its first request, though the background poll would only see it in an hour; an
+/// unknown key is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_after_start_works_at_its_first_request() {
+    use rampart_gateway::Gateway;
+    use rampart_gateway::store_plane::{StorePlane, StorePlaneOptions};
+
+    use crate::harness::{message, serve, settings, sim};
+
+    let db = TestStore::new().await;
+    let team = db.team("t").await;
+    let upstream = sim(Some("sk-ant-up")).await;
+    let directory = Arc::new(KeyDirectory::new(hasher()));
+    let (plane, parts) = StorePlane::start(
+        db.store(),
+        directory.clone(),
+        None,
+        StorePlaneOptions {
+            key_poll_every: Duration::from_secs(3600),
+            ..StorePlaneOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let gw = serve(
+        Gateway::with_parts(
+            settings(&upstream.url, Some("sk-ant-up")),
+            directory.clone(),
+            parts,
+        )
+        .unwrap(),
+    )
+    .await;
+
+    let (key, _) = db.key(&team, &[]).await;
+    let resp = gw
+        .send("/v1/messages", &key, &message("claude-sonnet-4-6"))
+        .await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    let unknown = format!("{}x", &key[..key.len() - 1]);
+    let resp = gw
+        .send("/v1/messages", &unknown, &message("claude-sonnet-4-6"))
+        .await;
+    assert_eq!(resp.status(), 401);
+    gw.stop().await;
+    plane.stop().await;
+}
