@@ -12,7 +12,7 @@
 //!   only then moves the spool's committed offsets (saved beside the segments after each
 //!   drain). The spool files are read back only for what memory does not hold: after a restart
 //!   (from the saved offsets), or while a lane's memory queue is full. Records are idempotent
-//!   by id, so a crash at any point replays without double counting.
+//!   (by id and time), so a crash at any point replays without double counting.
 //! - SIGTERM: after the last request, the writer drains everything before the process exits;
 //!   when the database is unreachable the records stay in the spool for the next start.
 //! - If the spool cannot be written (disk full), records are kept in memory (up to

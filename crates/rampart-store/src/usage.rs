@@ -143,9 +143,9 @@ pub struct UsageRow {
 /// The ledger's persistence, on both engines.
 #[async_trait]
 pub trait UsageRepository: Send + Sync + std::fmt::Debug {
-    /// Insert `records` (any number; a record whose id is already stored is skipped) and add the
-    /// inserted ones to the hourly and daily rollups, all in one transaction. Returns how many
-    /// records were new.
+    /// Insert `records` (any number; a record already stored, same id and time, is skipped) and
+    /// add the inserted ones to the hourly and daily rollups, all in one transaction. Returns how
+    /// many records were new.
     ///
     /// # Errors
     /// [`crate::StoreError::Backend`]; nothing is written then.
@@ -153,7 +153,7 @@ pub trait UsageRepository: Send + Sync + std::fmt::Debug {
 
     /// [`Self::insert_usage`] for records that are new by construction (handed to the ledger's
     /// writer in memory, never read back from a spool): no query for stored ids first. Should one
-    /// be stored after all, or be in `records` twice, the insert fails on the id's uniqueness,
+    /// be stored after all, or be in `records` twice, the insert fails on the key's uniqueness,
     /// nothing of it is kept, and the batch is inserted again as by [`Self::insert_usage`], so a
     /// record is never counted twice. Returns how many records were new.
     ///
