@@ -179,3 +179,78 @@ impl<'r> Decode<'r, Sqlite> for DbTime {
         Ok(DbTime::from_micros(micros)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::UsageRepository;
+
+    /// Migration 0010 rebuilds `usage_records` keyed by `(at, id)`: the records an older release
+    /// wrote are all there after it, still count once, and new ones go in beside them.
+    #[tokio::test]
+    async fn usage_records_written_before_migration_10_survive_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        crate::migrator_up_to(Engine::Sqlite, 9)
+            .run(&store.pool)
+            .await
+            .unwrap();
+        let at = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap();
+        let old = |n: u128| UsageRecord {
+            id: uuid::Uuid::from_u128(n),
+            at: at + time::Duration::seconds(n as i64),
+            request_id: format!("req_{n}"),
+            key_id: Some(uuid::Uuid::from_u128(7)),
+            team_id: None,
+            user_id: None,
+            key_label: Some("k".to_owned()),
+            endpoint: "/v1/messages".to_owned(),
+            model_requested: Some("claude-sonnet-4-6".to_owned()),
+            model_served: Some("claude-sonnet-4-6".to_owned()),
+            status: 200,
+            error_type: None,
+            input_tokens: 10,
+            output_tokens: 20,
+            cache_write_5m_tokens: 0,
+            cache_write_1h_tokens: 0,
+            cache_read_tokens: 0,
+            cost_micro_usd: 30,
+            priced: true,
+            latency_us: 1000,
+            upstream_latency_us: Some(900),
+            upstream_attempts: 1,
+            streamed: false,
+            cache_hit: false,
+            client_aborted: false,
+            saved_micro_usd: 0,
+        };
+        // As the older release inserted them: the checked insert of the repository.
+        let mut tx = store.pool.begin().await.unwrap();
+        assert_eq!(
+            SqliteStore::insert_usage_in(&mut tx, &[old(1), old(2)])
+                .await
+                .unwrap(),
+            2
+        );
+        tx.commit().await.unwrap();
+
+        store.migrate().await.unwrap();
+        let kept = store
+            .list_usage_records(at, at + time::Duration::HOUR, 10)
+            .await
+            .unwrap();
+        assert_eq!(kept, vec![old(1), old(2)]);
+        // A replay counts nothing again; a new record goes in.
+        assert_eq!(store.insert_usage(&[old(2), old(3)]).await.unwrap(), 1);
+        let key: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT pk, name FROM pragma_table_info('usage_records') WHERE pk > 0 ORDER BY pk",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(key, vec![(1, "at".to_owned()), (2, "id".to_owned())]);
+        store.close().await;
+    }
+}
