@@ -358,11 +358,10 @@ pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
     let mut seen = 0u16;
     let mut in_place = true;
     for (name, value) in headers.iter_mut() {
-        let n = name.as_str();
-        if !n.starts_with(HEADER_PREFIX) {
+        let Some(rest) = name.as_str().strip_prefix(HEADER_PREFIX) else {
             continue;
-        }
-        let Some(i) = HEADERS.iter().flatten().position(|k| k.as_str() == n) else {
+        };
+        let Some(i) = header_index(rest) else {
             in_place = false;
             break;
         };
@@ -388,6 +387,25 @@ pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
             headers.insert(name.clone(), window_value(i, &w));
         }
     }
+}
+
+/// The index in [`HEADERS`] (flattened) of `anthropic-ratelimit-{rest}`, if it is one of them.
+fn header_index(rest: &str) -> Option<usize> {
+    Some(match rest {
+        "requests-limit" => 0,
+        "requests-remaining" => 1,
+        "requests-reset" => 2,
+        "input-tokens-limit" => 3,
+        "input-tokens-remaining" => 4,
+        "input-tokens-reset" => 5,
+        "output-tokens-limit" => 6,
+        "output-tokens-remaining" => 7,
+        "output-tokens-reset" => 8,
+        "tokens-limit" => 9,
+        "tokens-remaining" => 10,
+        "tokens-reset" => 11,
+        _ => return None,
+    })
 }
 
 /// Value `i % 3` (limit, remaining, reset) of window `w`, the `i / 3`th of [`HEADERS`].
@@ -569,6 +587,22 @@ fn dollars(micros: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_index_names_each_header_by_its_place() {
+        for (i, name) in HEADERS.iter().flatten().enumerate() {
+            let rest = name.as_str().strip_prefix(HEADER_PREFIX).unwrap();
+            assert_eq!(header_index(rest), Some(i), "{name}");
+        }
+        for other in [
+            "",
+            "requests",
+            "tokens-limit-x",
+            "priority-input-tokens-limit",
+        ] {
+            assert_eq!(header_index(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn dollars_keep_cents_and_only_needed_digits() {
