@@ -84,10 +84,7 @@ fn uuid(buf: &mut Vec<u8>, id: Option<&uuid::Uuid>) {
 fn string(buf: &mut Vec<u8>, s: Option<&str>) {
     match s {
         // Nothing to escape: copied as it is (what serde_json writes for it too).
-        Some(s)
-            if s.bytes()
-                .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f) =>
-        {
+        Some(s) if plain(s) => {
             buf.push(b'"');
             buf.extend_from_slice(s.as_bytes());
             buf.push(b'"');
@@ -98,6 +95,14 @@ fn string(buf: &mut Vec<u8>, s: Option<&str>) {
         }
         None => buf.extend_from_slice(b"null"),
     }
+}
+
+/// Whether `s` has nothing JSON would escape (checked without branching per byte, so the
+/// compiler can check many bytes at a time).
+fn plain(s: &str) -> bool {
+    s.bytes().fold(true, |ok, b| {
+        ok & (b >= 0x20) & (b != b'"') & (b != b'\\') & (b != 0x7f)
+    })
 }
 
 fn boolean(buf: &mut Vec<u8>, v: bool) {
