@@ -172,18 +172,28 @@ pub struct RequestEstimate<'a> {
 /// is not JSON.
 #[must_use]
 pub fn estimate_request(body: &[u8]) -> Option<RequestEstimate<'_>> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    match borrowed::Top
-        .deserialize(&mut de)
-        .and_then(|e| de.end().map(|()| e))
-    {
+    // A body checked as UTF-8 once (one fast pass) is read as text: its strings are then not
+    // checked again one by one. Anything else is read as bytes, as it always was.
+    let read = match std::str::from_utf8(body) {
+        Ok(text) => estimate_with(&mut serde_json::Deserializer::from_str(text)),
+        Err(_) => estimate_with(&mut serde_json::Deserializer::from_slice(body)),
+    };
+    match read {
         Ok(e) => Some(e),
         Err(e) if e.to_string().starts_with(borrowed::REPEATED) => {
             estimate_request_from_value(body)
         }
         Err(_) => None,
     }
+}
+
+fn estimate_with<'de, R: serde_json::de::Read<'de>>(
+    de: &mut serde_json::Deserializer<R>,
+) -> serde_json::Result<RequestEstimate<'de>> {
+    use serde::de::DeserializeSeed;
+    borrowed::Top
+        .deserialize(&mut *de)
+        .and_then(|e| de.end().map(|()| e))
 }
 
 /// [`estimate_request`] through a [`Value`] (the reference it is held equal to).
@@ -912,6 +922,20 @@ mod tests {
             }
             other => out.push_str(&other.to_string()),
         }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_read_as_bytes_as_before() {
+        // Text is read without checking strings again; bytes that are not UTF-8 take the byte
+        // reader, which checks the strings it reads and skips the ones it ignores.
+        let ignored_bad = b"{\"metadata\":\"\xff\",\"max_tokens\":5,\"model\":\"m\"}";
+        let e = estimate_request(ignored_bad).expect("an ignored string is only skipped");
+        assert_eq!((e.max_tokens, e.model.as_deref()), (5, Some("m")));
+        assert_eq!(estimate_request(b"{\"model\":\"\xff\"}"), None);
+        assert_eq!(
+            estimate_request(b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}"),
+            None
+        );
     }
 
     proptest! {
