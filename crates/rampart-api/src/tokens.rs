@@ -196,6 +196,40 @@ fn estimate_with<'de, R: serde_json::de::Read<'de>>(
         .and_then(|e| de.end().map(|()| e))
 }
 
+/// `model`, `stream` and `max_tokens` of a body as written (JSON text, `null` included), read by
+/// [`estimate_request_peeking`] for a caller that checks them itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawFields<'a> {
+    /// `model`.
+    pub model: Option<&'a serde_json::value::RawValue>,
+    /// `stream`.
+    pub stream: Option<&'a serde_json::value::RawValue>,
+    /// `max_tokens`.
+    pub max_tokens: Option<&'a serde_json::value::RawValue>,
+}
+
+/// [`estimate_request`] and the [`RawFields`] of a JSON object in one pass, for a caller that
+/// needs both (a proxy that checks the body and then reserves for it).
+///
+/// `None` whenever the one pass cannot stand for the two separate reads, which the caller then
+/// makes instead: the text is not one JSON object, `model`, `stream` or `max_tokens` is repeated
+/// (a caller reading them with serde's derive refuses that), an object deeper down repeats a key
+/// (the estimate takes the [`Value`] path), or it nests deeper than serde_json reads. Otherwise the
+/// answer is exactly the separate reads' (a property test holds it so).
+#[must_use]
+pub fn estimate_request_peeking(text: &str) -> Option<(RequestEstimate<'_>, RawFields<'_>)> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let (mut estimate, raw) = borrowed::PeekTop
+        .deserialize(&mut de)
+        .and_then(|e| de.end().map(|()| e))
+        .ok()?;
+    // Read from the kept values by the same seeds as `estimate_request`'s.
+    estimate.max_tokens = raw.max_tokens.map_or(Some(0), borrowed::max_tokens_of)?;
+    estimate.model = raw.model.map_or(Some(None), borrowed::model_of)?;
+    Some((estimate, raw))
+}
+
 /// [`estimate_request`] through a [`Value`] (the reference it is held equal to).
 #[must_use]
 pub fn estimate_request_from_value(body: &[u8]) -> Option<RequestEstimate<'_>> {
@@ -220,8 +254,11 @@ mod borrowed {
         DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor,
     };
 
+    use serde_json::value::RawValue;
+
     use super::{
-        BLOCK_OVERHEAD, IMAGE_TOKENS, MESSAGE_OVERHEAD, PDF_TOKENS, RequestEstimate, TOOL_OVERHEAD,
+        BLOCK_OVERHEAD, IMAGE_TOKENS, MESSAGE_OVERHEAD, PDF_TOKENS, RawFields, RequestEstimate,
+        TOOL_OVERHEAD,
     };
 
     /// The error message prefix of an object with a repeated key (or a key-hash collision).
@@ -606,18 +643,11 @@ mod borrowed {
             while let Some(key) = map.next_key_seed(TopKey)? {
                 match key {
                     TopField::Tools => tools = map.next_value_seed(Tools)?,
-                    TopField::System => {
-                        let s = map.next_value_seed(Any)?;
-                        system = match s.kind {
-                            Kind::Str(c, _) => BLOCK_OVERHEAD + quarter(c),
-                            Kind::Arr(blocks) => blocks,
-                            _ => 0,
-                        };
-                    }
+                    TopField::System => system = system_tokens(map.next_value_seed(Any)?),
                     TopField::Messages => messages = map.next_value_seed(Messages)?,
                     TopField::MaxTokens => out.max_tokens = map.next_value_seed(MaxTokens)?,
                     TopField::Model => out.model = map.next_value_seed(Model)?,
-                    TopField::Other => {
+                    TopField::Stream | TopField::Other => {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
@@ -627,12 +657,84 @@ mod borrowed {
         }
     }
 
+    /// [`MaxTokens`] of a value kept as written.
+    pub(super) fn max_tokens_of(v: &RawValue) -> Option<u64> {
+        MaxTokens
+            .deserialize(&mut serde_json::Deserializer::from_str(v.get()))
+            .ok()
+    }
+
+    /// [`Model`] of a value kept as written (borrowed from the body unless it had escapes).
+    pub(super) fn model_of<'de>(v: &'de RawValue) -> Option<Option<Cow<'de, str>>> {
+        Model
+            .deserialize(&mut serde_json::Deserializer::from_str(v.get()))
+            .ok()
+    }
+
+    /// What `system` counts: a string as one block, an array as its blocks.
+    fn system_tokens(s: Sum) -> u64 {
+        match s.kind {
+            Kind::Str(c, _) => BLOCK_OVERHEAD + quarter(c),
+            Kind::Arr(blocks) => blocks,
+            _ => 0,
+        }
+    }
+
+    /// [`Top`] for [`super::estimate_request_peeking`]: `model`, `stream` and `max_tokens` kept as
+    /// written, each at most once; only an object.
+    pub(super) struct PeekTop;
+
+    impl<'de> DeserializeSeed<'de> for PeekTop {
+        type Value = (RequestEstimate<'de>, RawFields<'de>);
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for PeekTop {
+        type Value = (RequestEstimate<'de>, RawFields<'de>);
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut tools, mut system, mut messages) = (0, 0, 0);
+            let mut raw = RawFields::default();
+            let once = |slot: &mut Option<&'de RawValue>, name: &'static str, map: &mut A| {
+                if slot.is_some() {
+                    return Err(A::Error::duplicate_field(name));
+                }
+                *slot = Some(map.next_value::<&'de RawValue>()?);
+                Ok(())
+            };
+            while let Some(key) = map.next_key_seed(TopKey)? {
+                match key {
+                    TopField::Tools => tools = map.next_value_seed(Tools)?,
+                    TopField::System => system = system_tokens(map.next_value_seed(Any)?),
+                    TopField::Messages => messages = map.next_value_seed(Messages)?,
+                    TopField::MaxTokens => once(&mut raw.max_tokens, "max_tokens", &mut map)?,
+                    TopField::Model => once(&mut raw.model, "model", &mut map)?,
+                    TopField::Stream => once(&mut raw.stream, "stream", &mut map)?,
+                    TopField::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            let mut out = zero();
+            out.input_tokens = tools + system + messages;
+            Ok((out, raw))
+        }
+    }
+
     enum TopField {
         Tools,
         System,
         Messages,
         MaxTokens,
         Model,
+        /// Read by [`PeekTop`] only.
+        Stream,
         Other,
     }
 
@@ -659,6 +761,7 @@ mod borrowed {
                 "messages" => TopField::Messages,
                 "max_tokens" => TopField::MaxTokens,
                 "model" => TopField::Model,
+                "stream" => TopField::Stream,
                 _ => TopField::Other,
             })
         }
@@ -971,6 +1074,91 @@ mod tests {
             if !dup {
                 // Without repeated keys the borrowed pass answers on its own.
                 prop_assert_eq!(borrowed_only(&s), slow, "{}", s);
+            }
+        }
+    }
+    /// How a caller reads the three fields without the one pass (serde's derive, as the gateway's
+    /// request check does).
+    #[derive(serde::Deserialize)]
+    struct DerivedFields<'a> {
+        #[serde(borrow, default)]
+        model: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow, default)]
+        stream: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow, default)]
+        max_tokens: Option<&'a serde_json::value::RawValue>,
+    }
+
+    /// A kept value as the derive reads it: `null` is absent.
+    fn text(v: Option<&serde_json::value::RawValue>) -> Option<&str> {
+        v.map(|v| v.get()).filter(|t| *t != "null")
+    }
+
+    #[test]
+    fn the_peeking_pass_refuses_what_the_two_reads_would_not_agree_on() {
+        let once = r#"{"model":"claude-x","stream":true,"max_tokens":7,"messages":[{"role":"user","content":"hi"}]}"#;
+        let (e, raw) = estimate_request_peeking(once).unwrap();
+        assert_eq!(Some(e), estimate_request(once.as_bytes()));
+        assert_eq!(
+            (text(raw.model), text(raw.stream), text(raw.max_tokens)),
+            (Some("\"claude-x\""), Some("true"), Some("7"))
+        );
+        for refused in [
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"stream":true,"stream":false}"#,
+            r#"{"max_tokens":1,"max_tokens":null}"#,
+            r#"{"messages":[{"role":"user","role":"user","content":"x"}]}"#,
+            r#"[{"model":"a"}]"#,
+            r#"{"model":"a"} x"#,
+            r#"{"model":"a""#,
+        ] {
+            assert!(estimate_request_peeking(refused).is_none(), "{refused}");
+        }
+        let deep = format!(r#"{{"messages":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert!(estimate_request_peeking(&deep).is_none());
+        // A repeated key the derive does not read is no reason to refuse.
+        let other = r#"{"metadata":{},"metadata":{},"model":"m"}"#;
+        assert_eq!(
+            estimate_request_peeking(other).map(|(e, _)| e),
+            estimate_request(other.as_bytes())
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_peeking_pass_matches_the_two_reads(
+            fields in prop::collection::vec(prop::option::of(value()), 7),
+            messages in prop::option::of(prop::collection::vec(value(), 0..4)),
+            rotate in 0usize..7,
+            dup in any::<bool>(),
+        ) {
+            let names = ["tools", "system", "messages", "max_tokens", "model", "stream", "metadata"];
+            let mut body = serde_json::Map::new();
+            for i in 0..names.len() {
+                let at = (i + rotate) % names.len();
+                let v = if names[at] == "messages" {
+                    messages.clone().map(Value::Array)
+                } else {
+                    fields[at].clone()
+                };
+                if let Some(v) = v {
+                    body.insert(names[at].to_owned(), v);
+                }
+            }
+            let mut s = String::new();
+            render(&Value::Object(body), dup, &mut s);
+            let derived = serde_json::from_str::<DerivedFields<'_>>(&s);
+            match estimate_request_peeking(&s) {
+                Some((e, raw)) => {
+                    prop_assert_eq!(Some(e), estimate_request(s.as_bytes()), "{}", s);
+                    let d = derived.expect("the derive reads what the one pass read");
+                    prop_assert_eq!(text(raw.model), text(d.model), "{}", s);
+                    prop_assert_eq!(text(raw.stream), text(d.stream), "{}", s);
+                    prop_assert_eq!(text(raw.max_tokens), text(d.max_tokens), "{}", s);
+                }
+                // Only repeated keys send a caller back to the two reads.
+                None => prop_assert!(dup, "{}", s),
             }
         }
     }
