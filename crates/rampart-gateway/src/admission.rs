@@ -29,6 +29,7 @@ use rampart_limits::{
 };
 
 use crate::error::ProxyError;
+use crate::peek::Estimate;
 use crate::sse::UsageSummary;
 
 /// The limiter and the prices budgets are charged at.
@@ -242,9 +243,13 @@ pub(crate) async fn admit(
     limits: &Limits,
     policy: &Arc<Policy>,
     body: &[u8],
+    known: Option<(Estimate, Option<&str>)>,
 ) -> Result<Option<Ticket>, ProxyError> {
     let demand = if policy.limits_tokens() || policy.has_budget() {
-        demand(&limits.prices, policy.has_budget(), body)
+        match known {
+            Some((e, model)) => priced_demand(&limits.prices, policy.has_budget(), e, model),
+            None => demand(&limits.prices, policy.has_budget(), body),
+        }
     } else {
         Demand::default()
     };
@@ -272,7 +277,17 @@ fn demand(prices: &PriceTable, priced: bool, body: &[u8]) -> Demand {
             ..Demand::default()
         };
     };
-    let cost_micros = match e.model.as_deref() {
+    let estimate = Estimate {
+        input_tokens: e.input_tokens,
+        max_tokens: e.max_tokens,
+    };
+    priced_demand(prices, priced, estimate, e.model.as_deref())
+}
+
+/// [`demand`] from an estimate already made ([`crate::peek::peek_estimating`]) and the body's
+/// `model` (when a string).
+fn priced_demand(prices: &PriceTable, priced: bool, e: Estimate, model: Option<&str>) -> Demand {
+    let cost_micros = match model {
         Some(model) if priced => prices.worst_case(model, e.input_tokens, e.max_tokens, false),
         _ => 0,
     };

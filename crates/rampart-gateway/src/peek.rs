@@ -52,20 +52,64 @@ pub fn peek(body: &[u8]) -> Result<Peeked, ProxyError> {
     }
     let f: Fields<'_> =
         serde_json::from_str(text).map_err(|e| ProxyError::MalformedJson(position(&e)))?;
-    let model = f
-        .model
-        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+    Ok(peeked(text, f.model, f.stream, f.max_tokens))
+}
+
+/// [`Peeked`] from the three values as written in `text` (`null` reads as absent).
+fn peeked(
+    text: &str,
+    model: Option<&RawValue>,
+    stream: Option<&RawValue>,
+    max_tokens: Option<&RawValue>,
+) -> Peeked {
+    let model_raw = model;
+    let model = model_raw.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
     // The raw value borrows from `text`: its offset is the distance between the two.
-    let model_span = f.model.filter(|_| model.is_some()).map(|raw| {
+    let model_span = model_raw.filter(|_| model.is_some()).map(|raw| {
         let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
         start..start + raw.get().len()
     });
-    Ok(Peeked {
+    Peeked {
         model,
         model_span,
-        stream: f.stream.is_some_and(|raw| raw.get() == "true"),
-        max_tokens: f.max_tokens.and_then(|raw| raw.get().parse::<u64>().ok()),
-    })
+        stream: stream.is_some_and(|raw| raw.get() == "true"),
+        max_tokens: max_tokens.and_then(|raw| raw.get().parse::<u64>().ok()),
+    }
+}
+
+/// [`peek`] and the body's token estimate for a reservation ([`Estimate`]), in one pass over the
+/// body when that pass can stand for the two reads
+/// ([`rampart_api::tokens::estimate_request_peeking`]); otherwise [`peek`] alone (the estimate is
+/// then made when it is needed, as without this).
+///
+/// # Errors
+/// As [`peek`].
+pub fn peek_estimating(body: &[u8]) -> Result<(Peeked, Option<Estimate>), ProxyError> {
+    if let Ok(text) = std::str::from_utf8(body)
+        && text.trim_start().starts_with('{')
+        && let Some((e, raw)) = rampart_api::tokens::estimate_request_peeking(text)
+    {
+        let estimate = Estimate {
+            input_tokens: e.input_tokens,
+            max_tokens: e.max_tokens,
+        };
+        return Ok((
+            peeked(text, raw.model, raw.stream, raw.max_tokens),
+            Some(estimate),
+        ));
+    }
+    peek(body).map(|p| (p, None))
+}
+
+/// What a Messages body reserves before pricing: the shared input-token estimate and
+/// `max_tokens` (0 when absent or not a non-negative integer), as
+/// [`rampart_api::tokens::estimate_request`] reads them. Its model is [`Peeked::model`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// `max_tokens`, or 0.
+    pub max_tokens: u64,
 }
 
 /// A batch request a key may not run: its `custom_id` and its model, both cut short for display
@@ -171,6 +215,66 @@ fn position(e: &serde_json::Error) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// `peek_estimating` answers what `peek` and the separate estimate answer, in one pass or not.
+    fn same_as_two_reads(body: &[u8]) {
+        let shown = String::from_utf8_lossy(body);
+        let (one, estimate) = match peek_estimating(body) {
+            Ok(v) => v,
+            Err(e) => {
+                assert_eq!(Err(e), peek(body), "{shown}");
+                return;
+            }
+        };
+        assert_eq!(Ok(&one), peek(body).as_ref(), "{shown}");
+        if let Some(e) = estimate {
+            let two = rampart_api::tokens::estimate_request(body).expect("an estimate");
+            assert_eq!(
+                (e.input_tokens, e.max_tokens),
+                (two.input_tokens, two.max_tokens)
+            );
+            assert_eq!(one.model.as_deref(), two.model.as_deref(), "{shown}");
+        }
+    }
+
+    #[test]
+    fn peek_estimating_answers_as_the_two_reads() {
+        let bodies: &[&[u8]] = &[
+            br#"{"model":"claude-sonnet-4-6","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Summarise it."}]}"#,
+            br#"  {"model":"claude\u002dx","max_tokens":null,"stream":"true","system":"be brief","messages":[]}"#,
+            br#"{"model":null,"stream":false,"max_tokens":-1,"tools":[{"name":"t","input_schema":{"type":"object"}}]}"#,
+            br#"{"model":5,"max_tokens":1e3}"#,
+            br#"{"model":"a","model":"b"}"#,
+            br#"{"stream":true,"stream":true}"#,
+            br#"{"messages":[{"role":"user","role":"user","content":"x"}],"model":"m"}"#,
+            br#"{"metadata":1,"metadata":2,"model":"m","max_tokens":3}"#,
+            b"{\"model\":\"\xff\"}",
+            br#"[{"model":"a"}]"#,
+            br#""model""#,
+            br#"{"model":"a"} trailing"#,
+            br#"{"model":"a","#,
+            b"",
+        ];
+        for body in bodies {
+            same_as_two_reads(body);
+        }
+        let deep = format!(
+            r#"{{"model":"m","messages":{}{}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        same_as_two_reads(deep.as_bytes());
+        let (p, e) = peek_estimating(bodies[0]).unwrap();
+        assert_eq!(
+            (p.model.as_deref(), p.stream, p.max_tokens),
+            (Some("claude-sonnet-4-6"), true, Some(64))
+        );
+        assert_eq!(e.map(|e| e.max_tokens), Some(64), "read in one pass");
+        assert!(
+            peek_estimating(bodies[4]).is_err(),
+            "a repeated model is refused"
+        );
+    }
 
     #[test]
     fn reads_model_stream_and_max_tokens_and_skips_the_rest() {

@@ -586,7 +586,7 @@ where
     }
 
     let is_post = parts.method == Method::POST;
-    let (mut model_span, mut max_tokens) = (None, None);
+    let (mut model_span, mut max_tokens, mut estimate) = (None, None, None);
     let body_bytes = if parts.method == Method::GET || parts.method == Method::DELETE {
         Bytes::new()
     } else {
@@ -598,7 +598,20 @@ where
         read_body(&parts.headers, body, limit).await?
     };
     if done.route.has_json_body(is_post) {
-        let peeked = peek::peek(&body_bytes)?;
+        // A Messages request whose key reserves tokens or spend is checked and estimated in one
+        // pass over the body.
+        let reserves = done.route == Route::Messages
+            && state.limits.is_some()
+            && policy
+                .as_ref()
+                .is_some_and(|p| p.limits_tokens() || p.has_budget());
+        let peeked = if reserves {
+            let (peeked, e) = peek::peek_estimating(&body_bytes)?;
+            estimate = e;
+            peeked
+        } else {
+            peek::peek(&body_bytes)?
+        };
         // Routing may serve another model than the one named: scopes apply to that one (an
         // alias's model here; `auto`'s choice and fallbacks in the upstream call).
         let scoped = peeked
@@ -661,7 +674,13 @@ where
     // Rate limits and budgets: reserve now, settle when the response is done.
     if let (Some(limits), Some(policy), Route::Messages, true) =
         (&state.limits, &policy, done.route, is_post)
-        && let Some(ticket) = crate::admission::admit(limits, policy, &body_bytes).await?
+        && let Some(ticket) = crate::admission::admit(
+            limits,
+            policy,
+            &body_bytes,
+            estimate.map(|e| (e, done.model.as_deref())),
+        )
+        .await?
     {
         done.limit_status = Some(*ticket.status());
         done.ticket = Some((ticket, limits.prices.clone()));
