@@ -58,11 +58,10 @@ pub fn peek(body: &[u8]) -> Result<Peeked, ProxyError> {
 /// [`Peeked`] from the three values as written in `text` (`null` reads as absent).
 fn peeked(
     text: &str,
-    model: Option<&RawValue>,
+    model_raw: Option<&RawValue>,
     stream: Option<&RawValue>,
     max_tokens: Option<&RawValue>,
 ) -> Peeked {
-    let model_raw = model;
     let model = model_raw.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
     // The raw value borrows from `text`: its offset is the distance between the two.
     let model_span = model_raw.filter(|_| model.is_some()).map(|raw| {
