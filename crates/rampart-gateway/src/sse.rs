@@ -293,6 +293,25 @@ mod fast_json {
         std::str::from_utf8(inner).ok().map(|s| Some(s.to_owned()))
     }
 
+    /// [`scalar`]`(b, i, uint)` in one scan: the digits are read as they are stepped over.
+    fn uint_at(b: &[u8], i: usize) -> Option<(Option<u64>, usize)> {
+        let mut j = i;
+        let mut n = 0u64;
+        while let Some(d) = b.get(j).filter(|d| d.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            j += 1;
+        }
+        if j == i {
+            // Not a digit: `null`, or anything else `uint` refuses.
+            return scalar(b, i, uint);
+        }
+        let ends = matches!(
+            b.get(j),
+            None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+        );
+        (ends && j - i <= 19).then_some((Some(n), j))
+    }
+
     /// A non-negative integer, or null (as `None`).
     fn uint(raw: &[u8]) -> Option<Option<u64>> {
         if raw == b"null" {
@@ -324,7 +343,7 @@ mod fast_json {
                             b"ephemeral_1h_input_tokens" => &mut c.ephemeral_1h_input_tokens,
                             _ => return skip_value(b, i),
                         };
-                        let (v, end) = scalar(b, i, uint)?;
+                        let (v, end) = uint_at(b, i)?;
                         *field = v;
                         Some(end)
                     })?;
@@ -333,7 +352,7 @@ mod fast_json {
                 }
                 _ => return skip_value(b, i),
             };
-            let (v, end) = scalar(b, i, uint)?;
+            let (v, end) = uint_at(b, i)?;
             *field = v;
             Some(end)
         })?;
@@ -417,6 +436,26 @@ mod fast_json {
             _ => skip_value(b, i),
         })?;
         whole(b, end, ev)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn uint_at_reads_what_scalar_uint_reads(
+                b in proptest::collection::vec(
+                    prop_oneof![
+                        8 => b'0'..=b'9',
+                        1 => proptest::sample::select(b",}] \n\r\t-.enul\"x".to_vec()),
+                    ],
+                    0..24,
+                ),
+            ) {
+                prop_assert_eq!(super::uint_at(&b, 0), super::scalar(&b, 0, super::uint));
+            }
+        }
     }
 }
 
