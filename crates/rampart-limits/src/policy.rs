@@ -80,6 +80,29 @@ impl Period {
     /// milliseconds: `start <= now_ms < end`.
     #[must_use]
     pub fn window(self, now_ms: i64) -> (i64, i64) {
+        // The calendar arithmetic runs once per period per thread; every other request of the
+        // day or month reuses its answer.
+        thread_local! {
+            static LAST: std::cell::Cell<[(i64, i64); 2]> = const { std::cell::Cell::new([(0, 0); 2]) };
+        }
+        let slot = match self {
+            Self::Day => 0,
+            Self::Month => 1,
+        };
+        let last = LAST.get()[slot];
+        if last.0 <= now_ms && now_ms < last.1 {
+            return last;
+        }
+        let window = self.compute_window(now_ms);
+        LAST.with(|cell| {
+            let mut all = cell.get();
+            all[slot] = window;
+            cell.set(all);
+        });
+        window
+    }
+
+    fn compute_window(self, now_ms: i64) -> (i64, i64) {
         let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let date = now.date();
@@ -288,6 +311,26 @@ mod tests {
             Period::Day.window(ms("2026-06-01T00:00:00Z")).0,
             ms("2026-06-01T00:00:00Z")
         );
+    }
+
+    #[test]
+    fn a_remembered_window_is_reused_only_inside_it() {
+        // Across midnight, a month's end and back in time, each answer is the calendar's.
+        let times = [
+            "2026-01-31T23:59:59.999Z",
+            "2026-02-01T00:00:00Z",
+            "2026-02-01T00:00:00.001Z",
+            "2026-02-28T23:59:59.999Z",
+            "2026-03-01T00:00:00Z",
+            "2026-01-15T12:00:00Z",
+            "2026-01-15T12:00:00Z",
+            "1970-01-01T00:00:00Z",
+        ];
+        for t in times {
+            for p in [Period::Day, Period::Month] {
+                assert_eq!(p.window(ms(t)), p.compute_window(ms(t)), "{p:?} at {t}");
+            }
+        }
     }
 
     #[test]
