@@ -407,18 +407,8 @@ fn field_ms(line: &mut String, name: &str, d: Duration) {
 }
 
 /// Decimal digits of `v`, without going through `core::fmt`.
-fn push_u64(line: &mut String, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    line.extend(buf[i..].iter().map(|&b| b as char));
+fn push_u64(line: &mut String, v: u64) {
+    line.push_str(itoa::Buffer::new().format(v));
 }
 
 /// `v` left-padded with zeros to `width` digits.
@@ -432,7 +422,8 @@ fn push_padded(line: &mut String, v: u64, width: usize) {
         v /= 10;
     }
     let start = buf.len().saturating_sub(width).min(i);
-    line.extend(buf[start..].iter().map(|&b| b as char));
+    // ASCII digits only, so always UTF-8.
+    line.push_str(std::str::from_utf8(&buf[start..]).unwrap_or_default());
 }
 
 /// RFC 3339 UTC time with microseconds; the date-and-seconds part is formatted once per second.
@@ -521,6 +512,9 @@ mod tests {
         let mut s = String::new();
         push_padded(&mut s, 42, 6);
         assert_eq!(s, "000042");
+        push_padded(&mut s, 0, 3);
+        push_padded(&mut s, 999, 3);
+        assert_eq!(s, "000042000999");
     }
 
     #[test]
