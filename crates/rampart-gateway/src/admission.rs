@@ -245,7 +245,7 @@ pub(crate) async fn admit(
     body: &[u8],
     known: Option<(Estimate, Option<&str>)>,
 ) -> Result<Option<Ticket>, ProxyError> {
-    let demand = if policy.limits_tokens() || policy.has_budget() {
+    let demand = if policy.reserves_demand() {
         match known {
             Some((e, model)) => priced_demand(&limits.prices, policy.has_budget(), e, model),
             None => demand(&limits.prices, policy.has_budget(), body),

@@ -602,9 +602,7 @@ where
         // pass over the body.
         let reserves = done.route == Route::Messages
             && state.limits.is_some()
-            && policy
-                .as_ref()
-                .is_some_and(|p| p.limits_tokens() || p.has_budget());
+            && policy.as_ref().is_some_and(|p| p.reserves_demand());
         let peeked = if reserves {
             let (peeked, e) = peek::peek_estimating(&body_bytes)?;
             estimate = e;

@@ -233,6 +233,13 @@ impl Policy {
     pub fn has_budget(&self) -> bool {
         self.scopes.iter().any(|s| s.budget.is_some())
     }
+
+    /// Whether admission reserves a request's tokens or spend, so the gateway estimates its body:
+    /// token limits or a budget.
+    #[must_use]
+    pub fn reserves_demand(&self) -> bool {
+        self.limits_tokens() || self.has_budget()
+    }
 }
 
 /// What one request reserves at admission: one request, its estimated input tokens, its
