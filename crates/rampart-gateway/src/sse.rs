@@ -221,9 +221,7 @@ mod fast_json {
             }
             _ => {
                 let mut j = i;
-                while j < b.len()
-                    && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
-                {
+                while j < b.len() && !ends_bare(b[j]) {
                     j += 1;
                 }
                 Some(j)
@@ -305,11 +303,13 @@ mod fast_json {
             // Not a digit: `null`, or anything else `uint` refuses.
             return scalar(b, i, uint);
         }
-        let ends = matches!(
-            b.get(j),
-            None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
-        );
+        let ends = b.get(j).is_none_or(|&c| ends_bare(c));
         (ends && j - i <= 19).then_some((Some(n), j))
+    }
+
+    /// Whether `c` ends a bare value (a number, `true`, `false`, `null`).
+    fn ends_bare(c: u8) -> bool {
+        matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
     }
 
     /// A non-negative integer, or null (as `None`).
