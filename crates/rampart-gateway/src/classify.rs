@@ -129,27 +129,6 @@ pub enum TransportFailure {
     Broken,
 }
 
-impl TransportFailure {
-    /// Classify a client error: a connect error whose cause chain holds a timed-out I/O error is
-    /// a connect timeout.
-    #[must_use]
-    pub fn of(err: &hyper_util::client::legacy::Error) -> Self {
-        if !err.is_connect() {
-            return Self::Broken;
-        }
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-        while let Some(e) = source {
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::TimedOut
-            {
-                return Self::ConnectTimeout;
-            }
-            source = e.source();
-        }
-        Self::Connect
-    }
-}
-
 /// What an upstream attempt produced, for [`classify`].
 #[derive(Debug, Clone, Copy)]
 pub enum Observed<'a> {

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::auth::{self, AuthFailure, Authenticator, Denial, Scopes};
@@ -499,7 +498,7 @@ enum Forwarded {
 
 /// An upstream answer and when it was sent and its headers arrived.
 type Answered = (
-    http::Response<UpstreamBody<Incoming>>,
+    http::Response<UpstreamBody<crate::upstream::ResponseBody>>,
     Instant,
     Instant,
     Option<CacheCapture>,
@@ -933,7 +932,7 @@ fn cached_response(hit: CacheHit, mut done: Completion) -> Response {
 }
 
 fn build_response(
-    upstream: http::Response<UpstreamBody<Incoming>>,
+    upstream: http::Response<UpstreamBody<crate::upstream::ResponseBody>>,
     mut done: Completion,
     sent_at: Instant,
     headers_at: Instant,
@@ -1022,7 +1021,7 @@ impl Tap {
 /// The upstream body, piped through frame by frame, with usage read on the side and the
 /// request's [`Completion`] recorded when it ends or is dropped.
 struct MeteredBody {
-    inner: UpstreamBody<Incoming>,
+    inner: UpstreamBody<crate::upstream::ResponseBody>,
     tap: Tap,
     /// The response cache's capture of this answer (a miss or a refresh).
     cache: Option<CacheCapture>,

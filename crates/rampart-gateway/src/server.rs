@@ -191,11 +191,13 @@ async fn serve_on_workers(
                         rt.block_on(async move {
                             // Keep a near timer pending: tokio wakes its driver through an
                             // eventfd whenever a new timer is due before every pending one, so
-                            // without this each request's header timeouts cost a syscall.
+                            // without this each request's header timeouts cost a syscall. Each
+                            // tick also drops this thread's stale upstream connections.
                             let heartbeat = tokio::spawn(async {
                                 let mut tick = tokio::time::interval(Duration::from_millis(500));
                                 loop {
                                     tick.tick().await;
+                                    crate::upstream::reap_idle();
                                 }
                             });
                             let listener = TcpListener::from_std(socket)?;

@@ -17,8 +17,8 @@
 //!   [`Pick::Cooling`] and the caller decides (a retry after a rate limit waits if the wait is
 //!   short enough; anything else goes anyway — the limit may be per model and only the upstream
 //!   knows).
-//! - **Transport** ([`HyperTransport`]): one pooled HTTP client per worker thread (and per connect
-//!   timeout), so a request and its upstream connection stay on one thread.
+//! - **Transport** ([`HyperTransport`]): each worker thread keeps its own upstream connections
+//!   ([`crate::upstream`]), so a request and its upstream connection stay on one thread.
 //!
 //! Shared state is atomics only: in-flight counts, EWMAs, cool-downs and breaker states are read
 //! and written by every worker thread without locks.
@@ -35,7 +35,6 @@ use http_body_util::Full;
 use crate::breaker::{Admit, Breaker, BreakerSettings};
 use crate::classify::{Class, Outcome, TransportFailure};
 use crate::config::UpstreamTarget;
-use crate::upstream::UpstreamClient;
 use crate::upstream_key::UpstreamKey;
 use crate::window::Clock;
 
@@ -568,11 +567,11 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<http::Response<Self::Body>, TransportFailure>> + Send;
 }
 
-/// The real transport: a pooled hyper client per worker thread and connect timeout, created on
-/// first use, so a request and its upstream connection live on the same thread.
+/// The real transport: [`crate::upstream::send`], each thread keeping its own connections, so a
+/// request and its upstream connection live on the same thread.
 #[derive(Debug)]
 pub struct HyperTransport {
-    /// Tells gateways in one process apart (each thread keeps clients per gateway).
+    /// Tells gateways in one process apart (each thread keeps connections per gateway).
     id: u64,
     tls: rustls::ClientConfig,
 }
@@ -589,48 +588,23 @@ impl HyperTransport {
             tls: crate::upstream::tls_config()?,
         })
     }
-
-    fn request(
-        &self,
-        req: http::Request<Full<Bytes>>,
-        connect_timeout: Duration,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        type Clients = std::cell::RefCell<Vec<(u64, Duration, UpstreamClient)>>;
-        thread_local! {
-            static CLIENTS: Clients = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        CLIENTS.with(|clients| {
-            let mut clients = clients.borrow_mut();
-            if let Some((_, _, client)) = clients
-                .iter()
-                .find(|(id, t, _)| *id == self.id && *t == connect_timeout)
-            {
-                return client.request(req);
-            }
-            let client = crate::upstream::client(connect_timeout, &self.tls);
-            let fut = client.request(req);
-            clients.push((self.id, connect_timeout, client));
-            fut
-        })
-    }
 }
 
 impl Transport for HyperTransport {
-    type Body = hyper::body::Incoming;
+    type Body = crate::upstream::ResponseBody;
 
     fn send(
         &self,
         req: http::Request<Full<Bytes>>,
         connect_timeout: Duration,
     ) -> impl Future<Output = Result<http::Response<Self::Body>, TransportFailure>> + Send {
-        let fut = self.request(req, connect_timeout);
-        async move {
-            fut.await.map_err(|e| {
-                let failure = TransportFailure::of(&e);
-                tracing::debug!(target: "rampart::pool", error = %e, ?failure, "upstream transport error");
-                failure
-            })
-        }
+        let id = crate::upstream::ClientId {
+            owner: self.id,
+            connect_timeout,
+        };
+        // Boxed, as hyper-util's client did: inline, the send's state would grow every
+        // request's future, which is moved (copied) several times on its way to the runtime.
+        Box::pin(crate::upstream::send(id, &self.tls, req))
     }
 }
 

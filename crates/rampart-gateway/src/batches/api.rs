@@ -494,7 +494,8 @@ pub(crate) async fn call_upstream(
     headers: http::HeaderMap,
     body: Bytes,
     request_id: &str,
-) -> Result<http::Response<crate::exchange::UpstreamBody<hyper::body::Incoming>>, ProxyError> {
+) -> Result<http::Response<crate::exchange::UpstreamBody<crate::upstream::ResponseBody>>, ProxyError>
+{
     let mut headers = crate::proxy::upstream_headers(headers, request_id);
     headers.remove(MODE_HEADER);
     let call = crate::exchange::Call {
@@ -521,7 +522,7 @@ pub(crate) async fn call_upstream(
 
 /// Read an upstream answer's status and (bounded) body.
 pub(crate) async fn read_answer(
-    resp: http::Response<crate::exchange::UpstreamBody<hyper::body::Incoming>>,
+    resp: http::Response<crate::exchange::UpstreamBody<crate::upstream::ResponseBody>>,
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), ProxyError> {
     let (parts, body) = resp.into_parts();
     let bytes = http_body_util::Limited::new(body, DOC_LIMIT)

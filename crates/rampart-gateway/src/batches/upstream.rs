@@ -76,7 +76,8 @@ async fn get(
     state: &AppState,
     route: Route,
     path: &str,
-) -> Result<http::Response<crate::exchange::UpstreamBody<hyper::body::Incoming>>, ProxyError> {
+) -> Result<http::Response<crate::exchange::UpstreamBody<crate::upstream::ResponseBody>>, ProxyError>
+{
     let rid = format!("req_rmp_sync_{}", uuid::Uuid::new_v4().simple());
     super::api::call_upstream(
         state,
