@@ -108,6 +108,14 @@ struct Origin {
 }
 
 impl Origin {
+    fn new(scheme: &Scheme, authority: &Authority) -> Self {
+        Self {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            host_header: host_header(scheme, authority),
+        }
+    }
+
     fn is(&self, scheme: &Scheme, authority: &Authority) -> bool {
         self.authority.as_str() == authority.as_str() && self.scheme == *scheme
     }
@@ -150,6 +158,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open, and idle for less than [`IDLE_TIMEOUT`] at `now`.
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    }
+}
+
 thread_local! {
     static CLIENTS: RefCell<Vec<Client>> = const { RefCell::new(Vec::new()) };
 }
@@ -184,11 +199,7 @@ fn with_host<R>(
             Some(i) => i,
             None => {
                 client.hosts.push(Host {
-                    origin: Arc::new(Origin {
-                        scheme: scheme.clone(),
-                        authority: authority.clone(),
-                        host_header: host_header(scheme, authority),
-                    }),
+                    origin: Arc::new(Origin::new(scheme, authority)),
                     idle: Vec::new(),
                     h2: None,
                 });
@@ -221,7 +232,7 @@ fn checkout(
         }
         let now = Instant::now();
         while let Some(idle) = host.idle.pop() {
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < IDLE_TIMEOUT {
+            if idle.usable(now) {
                 return Checkout::Idle(idle.sender, host.origin.clone());
             }
         }
@@ -231,11 +242,7 @@ fn checkout(
     found.unwrap_or_else(|| {
         Checkout::Connect(
             connector(id.connect_timeout, tls),
-            Arc::new(Origin {
-                scheme: scheme.clone(),
-                authority: authority.clone(),
-                host_header: host_header(scheme, authority),
-            }),
+            Arc::new(Origin::new(scheme, authority)),
         )
     })
 }
@@ -269,9 +276,7 @@ pub fn reap_idle() {
     CLIENTS.with(|clients| {
         if let Ok(mut clients) = clients.try_borrow_mut() {
             for host in clients.iter_mut().flat_map(|c| c.hosts.iter_mut()) {
-                host.idle.retain(|i| {
-                    !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT
-                });
+                host.idle.retain(|i| i.usable(now));
                 if host.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
                     host.h2 = None;
                 }
