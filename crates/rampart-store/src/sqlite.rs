@@ -253,4 +253,33 @@ mod tests {
         assert_eq!(key, vec![(1, "at".to_owned()), (2, "id".to_owned())]);
         store.close().await;
     }
+
+    /// The retention purge finds its rows by the key: no chunk reads the whole table (it did, by
+    /// an `id IN (...)` that is no prefix of `(at, id)`).
+    #[tokio::test]
+    async fn the_retention_purge_never_scans_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            usage_repo::PURGE_SQL
+        )))
+        .bind(0_i64)
+        .bind(10_i64)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        let details: Vec<String> = rows
+            .iter()
+            .map(|r| sqlx::Row::try_get::<String, _>(r, "detail").unwrap())
+            .collect();
+        assert!(!details.is_empty());
+        assert!(
+            details.iter().all(|d| !d.starts_with("SCAN usage_records")),
+            "{details:?}"
+        );
+        store.close().await;
+    }
 }

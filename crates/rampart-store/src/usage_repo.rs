@@ -406,18 +406,27 @@ impl UsageRepository for EngineStore {
 
     async fn purge_usage_records(&self, before: OffsetDateTime, limit: u32) -> Result<u64> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "DELETE FROM usage_records WHERE id IN \
-             (SELECT id FROM usage_records WHERE at < $1 ORDER BY at LIMIT $2)",
-        )
-        .bind(DbTime(before))
-        .bind(i64::from(limit))
-        .execute(&mut *tx)
-        .await?;
+        let done = sqlx::query(PURGE_SQL)
+            .bind(DbTime(before))
+            .bind(i64::from(limit))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }
 }
+
+/// One chunk of the retention purge: the oldest `$2` records before `$1`. Where the table is keyed
+/// by `(at, id)`, the rows are named by that key: an outer `id IN (...)` there is no key prefix,
+/// so SQLite scanned the whole table for every chunk (a purge of a large ledger held the write
+/// lock for seconds per chunk). By id elsewhere (the primary key, with an index on `at`).
+pub(super) const PURGE_SQL: &str = if super::USAGE_KEYED_BY_TIME {
+    "DELETE FROM usage_records WHERE (at, id) IN \
+     (SELECT at, id FROM usage_records WHERE at < $1 ORDER BY at LIMIT $2)"
+} else {
+    "DELETE FROM usage_records WHERE id IN \
+     (SELECT id FROM usage_records WHERE at < $1 ORDER BY at LIMIT $2)"
+};
 
 /// `(SQL expression, alias)` of each grouped dimension, from a fixed set (never user input).
 fn dimensions(g: UsageGroupBy) -> Vec<(&'static str, &'static str)> {
