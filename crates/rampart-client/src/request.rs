@@ -172,6 +172,15 @@ impl Client {
             };
         let (parts, body) = response.into_parts();
         let (status, headers) = (parts.status, parts.headers);
+        // A gateway that honours the `x-stainless-timeout` sent with this attempt answers 504 when
+        // that time is up, the instant this attempt's own timer ends (it started the clock later,
+        // when the request arrived): whichever of the two is seen first, the attempt timed out.
+        if status == StatusCode::GATEWAY_TIMEOUT && Instant::now() >= deadline {
+            return retry_or_fail(Error::Timeout {
+                after: timeout,
+                phase: "waiting for the response",
+            });
+        }
         if status.is_success() {
             if call.stream {
                 return Step::Done(Ok(Success {

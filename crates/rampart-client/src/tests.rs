@@ -21,6 +21,8 @@ use crate::{Client, Error, Secret};
 enum Reply {
     /// Answer with status, headers and body.
     Answer(u16, Vec<(&'static str, &'static str)>, &'static str),
+    /// Answer with status and body this long after the request.
+    Late(Duration, u16, &'static str),
     /// Never answer.
     Hang,
     /// Fail to connect.
@@ -120,6 +122,13 @@ impl Transport for Scripted {
                         .status(200)
                         .body(BodyExt::boxed(StreamBody::new(frames)))
                         .unwrap())
+                }
+                Some(Reply::Late(after, status, body)) => {
+                    tokio::time::sleep(after).await;
+                    let body = Full::new(Bytes::from_static(body.as_bytes()))
+                        .map_err(|e| -> BoxError { match e {} })
+                        .boxed();
+                    Ok(http::Response::builder().status(status).body(body).unwrap())
                 }
                 Some(Reply::Refuse) => Err(Box::new(std::io::Error::new(
                     std::io::ErrorKind::ConnectionRefused,
@@ -313,6 +322,36 @@ async fn each_attempt_times_out_and_is_retried() {
     let total = started.elapsed().as_secs_f64();
     assert!(within(total, 31.125, 31.5), "{total}");
     assert_eq!(script.header(0, "x-stainless-timeout"), "10");
+}
+
+/// A gateway's 504 for the client's own `x-stainless-timeout` arrives as the attempt's timer ends:
+/// it is the attempt's timeout, reported as one. A 504 well before the deadline stays a 504.
+#[tokio::test(start_paused = true)]
+async fn a_gateway_timeout_at_the_deadline_is_the_attempts_timeout() {
+    /// The error of one attempt (10 s timeout) answered by a 504 `timeout_error` `secs` after.
+    async fn gateway_504_after(secs: u64) -> Error {
+        let script = Scripted::new(vec![Reply::Late(
+            Duration::from_secs(secs),
+            504,
+            r#"{"type":"error","error":{"type":"timeout_error","message":"client timeout"}}"#,
+        )]);
+        create_with(&script, |c| {
+            c.with_timeout(Duration::from_secs(10)).with_max_retries(0)
+        })
+        .await
+        .unwrap_err()
+    }
+    let err = gateway_504_after(10).await;
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "request timed out after 10 s (waiting for the response)"
+    );
+    let err = gateway_504_after(2).await;
+    assert!(
+        matches!(&err, Error::InternalServer(e) if e.status() == Some(504)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
