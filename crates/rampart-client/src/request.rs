@@ -155,18 +155,19 @@ impl Client {
                 Step::Done(Err(error))
             }
         };
+        let timed_out = |phase: &'static str| {
+            retry_or_fail(Error::Timeout {
+                after: timeout,
+                phase,
+            })
+        };
         let request = match self.request(call, retries_taken) {
             Ok(r) => r,
             Err(e) => return Step::Done(Err(e)),
         };
         let response =
             match tokio::time::timeout_at(deadline, self.shared.transport.send(request)).await {
-                Err(_) => {
-                    return retry_or_fail(Error::Timeout {
-                        after: timeout,
-                        phase: "waiting for the response",
-                    });
-                }
+                Err(_) => return timed_out("waiting for the response"),
                 Ok(Err(e)) => return retry_or_fail(Error::connection(e)),
                 Ok(Ok(r)) => r,
             };
@@ -176,10 +177,7 @@ impl Client {
         // that time is up, the instant this attempt's own timer ends (it started the clock later,
         // when the request arrived): whichever of the two is seen first, the attempt timed out.
         if status == StatusCode::GATEWAY_TIMEOUT && Instant::now() >= deadline {
-            return retry_or_fail(Error::Timeout {
-                after: timeout,
-                phase: "waiting for the response",
-            });
+            return timed_out("waiting for the response");
         }
         if status.is_success() {
             if call.stream {
@@ -190,10 +188,7 @@ impl Client {
                 }));
             }
             return match tokio::time::timeout_at(deadline, collect(body, MAX_JSON_BODY)).await {
-                Err(_) => retry_or_fail(Error::Timeout {
-                    after: timeout,
-                    phase: "reading the response",
-                }),
+                Err(_) => timed_out("reading the response"),
                 Ok(Err(Collect::Failed(e))) => retry_or_fail(Error::connection(e)),
                 Ok(Err(Collect::TooLarge)) => Step::Done(Err(Error::invalid_response(
                     format!("the response body is over {} MiB", MAX_JSON_BODY >> 20),
