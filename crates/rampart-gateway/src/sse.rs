@@ -180,8 +180,31 @@ mod fast_json {
     }
 
     /// Index just past the string starting at `b[i] == b'"'`.
+    ///
+    /// The first [`SHORT`] bytes are searched eight at a time in a register: most strings here
+    /// (keys, ids, model names) end there, and a call to `memchr2` costs more than searching
+    /// them. Longer strings (the content) go on with `memchr2`.
     fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+        const SHORT: usize = 32;
         let mut j = i + 1;
+        let short_end = j + SHORT;
+        while j < short_end
+            && let Some(word) = b.get(j..j + 8)
+        {
+            let word = u64::from_le_bytes(word.try_into().ok()?);
+            let hits = has_byte(word, b'"') | has_byte(word, b'\\');
+            if hits == 0 {
+                j += 8;
+                continue;
+            }
+            // The lowest flagged byte is the first quote or backslash (flags above a hit can
+            // be false, the lowest never is).
+            let k = j + (hits.trailing_zeros() / 8) as usize;
+            if b[k] == b'"' {
+                return Some(k + 1);
+            }
+            j = k + 2;
+        }
         loop {
             j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
             if b[j] == b'\\' {
@@ -190,6 +213,14 @@ mod fast_json {
                 return Some(j + 1);
             }
         }
+    }
+
+    /// A word with the high bit set in each byte of `word` equal to `c`, at least in the lowest
+    /// such byte (the bytes above a match may be flagged falsely).
+    fn has_byte(word: u64, c: u8) -> u64 {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        let x = word ^ (ONES * u64::from(c));
+        x.wrapping_sub(ONES) & !x & (ONES << 7)
     }
 
     /// Index just past the value starting at `b[i]`.
@@ -454,6 +485,33 @@ mod fast_json {
                 ),
             ) {
                 prop_assert_eq!(super::uint_at(&b, 0), super::scalar(&b, 0, super::uint));
+            }
+
+            #[test]
+            fn skip_string_finds_the_closing_quote_a_byte_walk_finds(
+                b in proptest::collection::vec(
+                    prop_oneof![
+                        8 => b'a'..=b'z',
+                        1 => Just(b'"'),
+                        1 => Just(b'\\'),
+                        1 => any::<u8>(),
+                    ],
+                    1..80,
+                ),
+            ) {
+                let mut b = b;
+                b[0] = b'"';
+                // The reference: one byte at a time, a backslash escaping the next byte.
+                let mut j = 1;
+                let expected = loop {
+                    match b.get(j) {
+                        None => break None,
+                        Some(b'"') => break Some(j + 1),
+                        Some(b'\\') => j += 2,
+                        Some(_) => j += 1,
+                    }
+                };
+                prop_assert_eq!(super::skip_string(&b, 0), expected);
             }
         }
     }
