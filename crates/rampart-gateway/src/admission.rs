@@ -298,33 +298,24 @@ fn priced_demand(prices: &PriceTable, priced: bool, e: Estimate, model: Option<&
     }
 }
 
-/// Settle `ticket` with the usage the response reported (none: nothing was used), priced at
-/// the served model (else `model_requested`).
-pub(crate) fn settle(
-    ticket: Ticket,
-    usage: Option<&UsageSummary>,
-    model_requested: Option<&str>,
-    prices: &PriceTable,
-) {
+/// Settle `ticket` with the usage the response reported (none: nothing was used) and its cost
+/// (micro-dollars, priced at the served model, else the requested one; 0 without a budget).
+pub(crate) fn settle(ticket: Ticket, usage: Option<&UsageSummary>, cost_micros: u64) {
     let Some(u) = usage else {
         ticket.settle(Used::default());
         return;
     };
-    let tokens = TokenUsage {
+    let input_tokens = TokenUsage {
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
         cache_creation_input_tokens: u.cache_creation_input_tokens,
         cache_read_input_tokens: u.cache_read_input_tokens,
         cache_creation_5m: u.cache_creation_5m,
         cache_creation_1h: u.cache_creation_1h,
-    };
-    let budget = ticket.policy().is_some_and(|p| p.has_budget());
-    let cost_micros = match u.model.as_deref().or(model_requested) {
-        Some(m) if budget => prices.cost(m, &tokens, false),
-        _ => 0,
-    };
+    }
+    .total_input();
     ticket.settle(Used {
-        input_tokens: tokens.total_input(),
+        input_tokens,
         output_tokens: u.output_tokens,
         cost_micros,
     });

@@ -429,7 +429,9 @@ impl Authenticator for StaticKeys {
 /// # Errors
 /// [`AuthFailure::Missing`] when neither header carries a non-empty value.
 pub fn credential(headers: &HeaderMap) -> Result<&str, AuthFailure> {
-    if let Some(v) = headers.get("x-api-key") {
+    // A made name: looking up by `&str` parses and checks the name on every request.
+    static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+    if let Some(v) = headers.get(&X_API_KEY) {
         return match v.to_str() {
             Ok(s) if !s.trim().is_empty() => Ok(s.trim()),
             Ok(_) => Err(AuthFailure::Missing),

@@ -174,12 +174,24 @@ pub struct Completion {
     ticket: Option<(rampart_limits::Ticket, Arc<PriceTable>)>,
     /// The limits' state after admission, for the response headers.
     limit_status: Option<rampart_limits::Status>,
+    /// The usage's cost, worked out once: settlement and the usage record both need it.
+    cost: Option<CostMemo>,
+}
+
+/// [`Completion::cost`] as worked out: at which table, with or without a usage.
+#[derive(Debug)]
+struct CostMemo {
+    table: Arc<PriceTable>,
+    had_usage: bool,
+    cost: Option<(u64, Known)>,
 }
 
 impl Completion {
-    fn new(route: Route, method: Method, request_id: String) -> Self {
+    /// Boxed: the completion moves from the request into its response body and then to the
+    /// accounting thread, and it is several hundred bytes.
+    fn new(route: Route, method: Method, request_id: String) -> Box<Self> {
         telemetry::request_started();
-        Self {
+        Box::new(Self {
             route,
             method,
             request_id,
@@ -205,19 +217,63 @@ impl Completion {
             ledger: None,
             ticket: None,
             limit_status: None,
-        }
+            cost: None,
+        })
     }
 
     /// Settle the request's reservation with the usage read from the response (before the last
     /// byte is released, so the client's next request finds its slot free).
     fn settle_limits(&mut self) {
         if let Some((ticket, prices)) = self.ticket.take() {
-            crate::admission::settle(ticket, self.usage.as_ref(), self.model.as_deref(), &prices);
+            let budget = ticket.policy().is_some_and(|p| p.has_budget());
+            let cost = if budget {
+                self.cost(&prices).map_or(0, |(micros, _)| micros)
+            } else {
+                0
+            };
+            crate::admission::settle(ticket, self.usage.as_ref(), cost);
         }
     }
 
+    /// The model the usage is priced by: the served one, else the requested one.
+    fn usage_model(&self) -> Option<&str> {
+        self.usage
+            .as_ref()
+            .and_then(|u| u.model.as_deref())
+            .or(self.model.as_deref())
+    }
+
+    /// What the usage cost at `prices` (micro-dollars, and whether the model was listed),
+    /// priced by the served model, else the requested one; `None` when there is no model or
+    /// no token was used. Worked out once per table.
+    fn cost(&mut self, prices: &Arc<PriceTable>) -> Option<(u64, Known)> {
+        if let Some(memo) = &self.cost
+            && Arc::ptr_eq(&memo.table, prices)
+            && memo.had_usage == self.usage.is_some()
+        {
+            return memo.cost;
+        }
+        let tokens = self
+            .usage
+            .as_ref()
+            .map_or_else(TokenUsage::default, UsageSummary::tokens);
+        let cost = match self.usage_model() {
+            Some(model) if tokens != TokenUsage::default() => {
+                let (p, known) = prices.lookup(model);
+                Some((prices.cost_at(&p, &tokens, false), known))
+            }
+            _ => None,
+        };
+        self.cost = Some(CostMemo {
+            table: prices.clone(),
+            had_usage: self.usage.is_some(),
+            cost,
+        });
+        cost
+    }
+
     /// Record this request in `state`'s usage ledger, if it has one.
-    fn with_ledger(mut self, state: &AppState) -> Self {
+    fn with_ledger(mut self: Box<Self>, state: &AppState) -> Box<Self> {
         if let Some(ledger) = &state.ledger {
             self.ledger = Some((ledger.clone(), state.settings.prices.clone()));
         }
@@ -249,19 +305,20 @@ impl Completion {
         let Some((ledger, prices)) = self.ledger.take() else {
             return;
         };
+        let (cost_micro_usd, priced) = match self.cost(&prices) {
+            Some((micros, known)) => {
+                if known == Known::Default
+                    && let Some(model) = self.usage_model()
+                {
+                    note_unknown_model(model);
+                }
+                (micros, known == Known::Listed)
+            }
+            None => (0, true),
+        };
         let usage = self.usage.as_ref();
         let tokens = usage.map_or_else(TokenUsage::default, UsageSummary::tokens);
         let served = usage.and_then(|u| u.model.as_deref());
-        let (cost_micro_usd, priced) = match served.or(self.model.as_deref()) {
-            Some(model) if tokens != TokenUsage::default() => {
-                let (p, known) = prices.lookup(model);
-                if known == Known::Default {
-                    note_unknown_model(model);
-                }
-                (prices.cost_at(&p, &tokens, false), known == Known::Listed)
-            }
-            _ => (0, true),
-        };
         let (w5, w1) = tokens.cache_writes();
         let elapsed = self.start.elapsed();
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
@@ -358,9 +415,10 @@ fn request_id(headers: &HeaderMap) -> String {
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = *b"req_rmp_00000000000000000000000000000000";
-    let r: u128 = rand::random();
-    for (i, slot) in id[8..].iter_mut().enumerate() {
-        *slot = HEX[((r >> ((31 - i) * 4)) & 0xf) as usize];
+    let r: [u8; 16] = rand::random();
+    for (pair, byte) in id[8..].chunks_exact_mut(2).zip(r) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     String::from_utf8(id.to_vec()).unwrap_or_default()
 }
@@ -434,7 +492,7 @@ pub(crate) fn public_base(settings: &Settings, headers: &HeaderMap) -> Option<St
 }
 
 /// Respond with an error; the completion is recorded now.
-fn error_response(e: ProxyError, mut done: Completion) -> Response {
+fn error_response(e: ProxyError, mut done: Box<Completion>) -> Response {
     done.error_type = Some(e.kind_and_status().0.as_str());
     let mut resp = e.into_response_with(&done.request_id);
     if let Some(s) = &done.limit_status {
@@ -906,7 +964,7 @@ pub(crate) fn upstream_headers(mut headers: HeaderMap, request_id: &str) -> Head
 }
 
 /// Answer from the response cache: no upstream call, zero upstream cost in the usage record.
-fn cached_response(hit: CacheHit, mut done: Completion) -> Response {
+fn cached_response(hit: CacheHit, mut done: Box<Completion>) -> Response {
     done.status = 200;
     done.client_aborted = false;
     done.overhead = Some(done.start.elapsed());
@@ -918,7 +976,7 @@ fn cached_response(hit: CacheHit, mut done: Completion) -> Response {
         HeaderValue::from_static(hit.content_type),
     );
     h.insert(
-        crate::response_cache::CACHE_HEADER,
+        crate::response_cache::CACHE_HEADER.clone(),
         crate::response_cache::outcome::HIT,
     );
     if let Ok(v) = HeaderValue::from_str(&done.request_id) {
@@ -933,7 +991,7 @@ fn cached_response(hit: CacheHit, mut done: Completion) -> Response {
 
 fn build_response(
     upstream: http::Response<UpstreamBody<crate::upstream::ResponseBody>>,
-    mut done: Completion,
+    mut done: Box<Completion>,
     sent_at: Instant,
     headers_at: Instant,
     cache: Option<CacheCapture>,
@@ -983,9 +1041,10 @@ fn build_response(
     }
     done.overhead = Some((sent_at - done.start) + headers_at.elapsed());
     if let Some(c) = &cache {
-        parts
-            .headers
-            .insert(crate::response_cache::CACHE_HEADER, c.outcome.clone());
+        parts.headers.insert(
+            crate::response_cache::CACHE_HEADER.clone(),
+            c.outcome.clone(),
+        );
     }
     // Only a complete, successful answer is worth capturing.
     let cache = cache.filter(|c| c.key.is_some() && parts.status.is_success());
@@ -1025,7 +1084,7 @@ struct MeteredBody {
     tap: Tap,
     /// The response cache's capture of this answer (a miss or a refresh).
     cache: Option<CacheCapture>,
-    completion: Option<Completion>,
+    completion: Option<Box<Completion>>,
 }
 
 impl MeteredBody {

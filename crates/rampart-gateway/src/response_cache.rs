@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rampart_cache::breakpoints::{self, Applied};
 use rampart_cache::sse::{Capture, is_cacheable, replay};
 use rampart_cache::{CacheKey, CachedResponse, ResponseStore};
@@ -26,7 +26,7 @@ use crate::auth::Identity;
 use crate::error::ProxyError;
 
 /// The request header that steers the response cache.
-pub const CACHE_HEADER: &str = "x-rampart-cache";
+pub static CACHE_HEADER: HeaderName = HeaderName::from_static("x-rampart-cache");
 
 /// What a request asks of the response cache (`x-rampart-cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl Mode {
     /// # Errors
     /// 400 for a value other than `use`, `bypass` or `refresh`.
     pub fn of(headers: &HeaderMap) -> Result<Mode, ProxyError> {
-        let Some(v) = headers.get(CACHE_HEADER) else {
+        let Some(v) = headers.get(&CACHE_HEADER) else {
             return Ok(Mode::Policy);
         };
         match v.to_str().map(str::trim) {
@@ -464,10 +464,10 @@ mod tests {
             ("BYPASS", Mode::Bypass),
             (" refresh ", Mode::Refresh),
         ] {
-            h.insert(CACHE_HEADER, HeaderValue::from_static(v));
+            h.insert(CACHE_HEADER.clone(), HeaderValue::from_static(v));
             assert_eq!(Mode::of(&h).unwrap(), m);
         }
-        h.insert(CACHE_HEADER, HeaderValue::from_static("sometimes"));
+        h.insert(CACHE_HEADER.clone(), HeaderValue::from_static("sometimes"));
         assert!(Mode::of(&h).is_err());
         let off = Effective {
             response: false,

@@ -182,7 +182,9 @@ impl TokenUsage {
 /// The price table.
 #[derive(Debug, Clone)]
 pub struct PriceTable {
-    models: HashMap<String, Prices>,
+    /// Hashed with foldhash rather than SipHash: the table is built from configuration and
+    /// never grows from a request, so a chosen model name can only miss, not crowd a bucket.
+    models: HashMap<String, Prices, foldhash::fast::RandomState>,
     default: Prices,
     batch_discount_percent: u8,
 }
@@ -317,7 +319,7 @@ impl PriceTable {
     /// at the most expensive built-in rates.
     #[must_use]
     pub fn builtin() -> Self {
-        let mut models = HashMap::new();
+        let mut models = HashMap::default();
         for (ids, rates, long) in BUILTIN {
             let prices = Prices {
                 rates: milli_rates(*rates),
