@@ -171,20 +171,18 @@ impl Scopes {
     }
 }
 
-/// `*`-only glob matching (no other metacharacters).
+/// `*`-only glob matching (no other metacharacters). Checked on every request of a key with
+/// model scopes, so it allocates nothing: the text before the first `*` is a prefix, the text
+/// after the last a suffix, and the parts between are found in order.
 pub(crate) fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
-        return false;
+    let Some((first, tail)) = pattern.split_once('*') else {
+        return pattern == text;
     };
     let Some(mut rest) = text.strip_prefix(first) else {
         return false;
     };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
+    let (middle, last) = tail.rsplit_once('*').unwrap_or(("", tail));
+    for part in middle.split('*').filter(|p| !p.is_empty()) {
         match rest.find(part) {
             Some(i) => rest = &rest[i + part.len()..],
             None => return false,
@@ -543,6 +541,8 @@ mod tests {
         assert!(glob("claude-haiku-4-5", "claude-haiku-4-5"));
         assert!(!glob("claude-haiku-4-5", "claude-haiku-4-5-20251001"));
         assert!(!glob("a*a", "a"));
+        assert!(glob("a**b", "ab") && glob("a*b*c", "axbyc") && !glob("a*b*c", "acb"));
+        assert!(glob("", "") && !glob("", "x") && glob("**", ""));
         let s = Scopes {
             endpoints: vec![Endpoint::Messages],
             models: vec!["claude-haiku-*".into()],
@@ -570,5 +570,39 @@ mod tests {
         let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(credential(&basic), Err(AuthFailure::Invalid));
+    }
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use proptest::prelude::*;
+
+    /// The former implementation (collects the parts), kept as the reference.
+    fn reference(pattern: &str, text: &str) -> bool {
+        let mut parts = pattern.split('*');
+        let Some(first) = parts.next() else {
+            return false;
+        };
+        let Some(mut rest) = text.strip_prefix(first) else {
+            return false;
+        };
+        let parts: Vec<&str> = parts.collect();
+        let Some((last, middle)) = parts.split_last() else {
+            return rest.is_empty();
+        };
+        for part in middle {
+            match rest.find(part) {
+                Some(i) => rest = &rest[i + part.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last)
+    }
+
+    proptest! {
+        #[test]
+        fn glob_answers_as_the_reference(pattern in "[ab*]{0,8}", text in "[ab]{0,8}") {
+            prop_assert_eq!(super::glob(&pattern, &text), reference(&pattern, &text));
+        }
     }
 }
