@@ -176,6 +176,9 @@ pub struct Completion {
     limit_status: Option<rampart_limits::Status>,
     /// The usage's cost, worked out once: settlement and the usage record both need it.
     cost: Option<CostMemo>,
+    /// The request's duration, taken when its response ended: the completion is then handed
+    /// to the accounting thread, which records it a few milliseconds later.
+    ended: Option<Duration>,
 }
 
 /// [`Completion::cost`] as worked out: at which table, with or without a usage.
@@ -218,7 +221,19 @@ impl Completion {
             ticket: None,
             limit_status: None,
             cost: None,
+            ended: None,
         })
+    }
+
+    /// How long the request took: to the end of its response when that was marked ([`Self::end`]),
+    /// else to now.
+    fn total(&self) -> Duration {
+        self.ended.unwrap_or_else(|| self.start.elapsed())
+    }
+
+    /// The response ended now (its last byte released, or the client gone): the duration kept.
+    fn end(&mut self) {
+        self.ended.get_or_insert_with(|| self.start.elapsed());
     }
 
     /// Settle the request's reservation with the usage read from the response (before the last
@@ -320,7 +335,7 @@ impl Completion {
         let tokens = usage.map_or_else(TokenUsage::default, UsageSummary::tokens);
         let served = usage.and_then(|u| u.model.as_deref());
         let (w5, w1) = tokens.cache_writes();
-        let elapsed = self.start.elapsed();
+        let elapsed = self.total();
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let shown = |m: &str| shown_model(m).to_owned();
         let now = time::OffsetDateTime::now_utc();
@@ -392,7 +407,7 @@ impl Drop for Completion {
             model_requested: self.model.as_deref(),
             status: self.status,
             streamed: self.streamed,
-            total: self.start.elapsed(),
+            total: self.total(),
             upstream: self.upstream,
             overhead: self.overhead,
             usage: self.usage.as_ref(),
@@ -1108,6 +1123,7 @@ impl MeteredBody {
             });
         }
         if let Some(mut c) = self.completion.take() {
+            c.end();
             c.client_aborted = client_aborted;
             let tap = std::mem::replace(&mut self.tap, Tap::None);
             if c.ledger.is_some() || c.ticket.is_some() {
@@ -1187,6 +1203,22 @@ impl Drop for MeteredBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_lasts_until_its_response_ends_not_until_it_is_accounted() {
+        let mut done = Completion::new(Route::Messages, Method::POST, "req_1".to_owned());
+        tokio::time::advance(Duration::from_millis(30)).await;
+        done.end();
+        // The accounting thread records it a few milliseconds later.
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(done.total(), Duration::from_millis(30));
+        done.end();
+        assert_eq!(done.total(), Duration::from_millis(30));
+        // Without a marked end (a response never made), the duration runs to now.
+        let open = Completion::new(Route::Messages, Method::POST, "req_2".to_owned());
+        tokio::time::advance(Duration::from_millis(7)).await;
+        assert_eq!(open.total(), Duration::from_millis(7));
+    }
 
     #[test]
     fn request_ids_from_clients_are_kept_when_sane() {

@@ -296,22 +296,37 @@ fn access_log(f: &Finished<'_>) {
     if !tracing::enabled!(target: "rampart::access", tracing::Level::INFO) {
         return;
     }
-    let mut line = String::with_capacity(512);
+    // One buffer per thread (the accounting thread, usually), kept: a line is ~560 bytes.
+    thread_local! {
+        static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
+    }
+    LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        line.clear();
+        access_line(f, &mut line);
+        if !crate::logging::append_line(line.as_bytes()) {
+            tracing::info!(target: "rampart::access", "{}", line.trim_end());
+        }
+    });
+}
+
+/// The access log's JSON line for `f`, newline included.
+fn access_line(f: &Finished<'_>, line: &mut String) {
     line.push_str("{\"timestamp\":\"");
-    push_timestamp(&mut line);
+    push_timestamp(line);
     line.push_str("\",\"level\":\"INFO\",\"target\":\"rampart::access\",\"message\":\"request\"");
     // Request ids are validated to a safe charset, methods are tokens, routes are constants.
-    field_safe(&mut line, "request_id", f.request_id);
-    field_safe(&mut line, "method", f.method);
-    field_safe(&mut line, "route", f.route.template());
+    field_safe(line, "request_id", f.request_id);
+    field_safe(line, "method", f.method);
+    field_safe(line, "route", f.route.template());
     line.push_str(",\"status\":");
-    push_u64(&mut line, u64::from(f.status));
+    push_u64(line, u64::from(f.status));
     if let Some(k) = f.key {
-        field_safe(&mut line, "key", k);
+        field_safe(line, "key", k);
     }
-    field_str(&mut line, "model", f.model_requested);
+    field_str(line, "model", f.model_requested);
     field_str(
-        &mut line,
+        line,
         "served_model",
         f.usage.and_then(|u| u.model.as_deref()),
     );
@@ -320,12 +335,12 @@ fn access_log(f: &Finished<'_>) {
     } else {
         ",\"stream\":false"
     });
-    field_ms(&mut line, "latency_ms", f.total);
+    field_ms(line, "latency_ms", f.total);
     if let Some(u) = f.upstream {
-        field_ms(&mut line, "upstream_ms", u);
+        field_ms(line, "upstream_ms", u);
     }
     if let Some(o) = f.overhead {
-        field_ms(&mut line, "overhead_ms", o);
+        field_ms(line, "overhead_ms", o);
     }
     if let Some(u) = f.usage {
         for (name, v) in [
@@ -337,21 +352,18 @@ fn access_log(f: &Finished<'_>) {
             line.push_str(",\"");
             line.push_str(name);
             line.push_str("\":");
-            push_u64(&mut line, v);
+            push_u64(line, v);
         }
-        field_str(&mut line, "stop_reason", u.stop_reason.as_deref());
-        field_str(&mut line, "stream_error", u.stream_error.as_deref());
+        field_str(line, "stop_reason", u.stop_reason.as_deref());
+        field_str(line, "stream_error", u.stream_error.as_deref());
     }
     line.push_str(if f.client_aborted {
         ",\"client_aborted\":true"
     } else {
         ",\"client_aborted\":false"
     });
-    field_str(&mut line, "upstream_request_id", f.upstream_request_id);
+    field_str(line, "upstream_request_id", f.upstream_request_id);
     line.push_str("}\n");
-    if !crate::logging::append_line(line.as_bytes()) {
-        tracing::info!(target: "rampart::access", "{}", line.trim_end());
-    }
 }
 
 /// `,"name":"value"` for a value known to need no escaping.
