@@ -21,6 +21,15 @@ import pytest
 from conftest import Demo, RampartProcess, wait_until
 from test_virtual_keys import UPSTREAM_KEY, keys_cli, rampart, serve_env, start_serve
 
+# A stream cut by the kill ends in the HTTP client's own error, not one of the SDK's: the SDK's
+# transport is httpx2 in the newer releases, httpx before.
+try:
+    import httpx2
+
+    TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, httpx2.TransportError)
+except ImportError:  # pragma: no cover - older SDK releases
+    TRANSPORT_ERRORS = (httpx.TransportError,)
+
 
 def db_rows(data_dir: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(Path(data_dir) / "rampart.db", timeout=30) as db:
@@ -85,7 +94,12 @@ class Load:
                 else:
                     message = client.messages.create(**args)
                 assert message.usage.output_tokens > 0
-            except (anthropic.APIConnectionError, anthropic.APIStatusError, anthropic.APITimeoutError):
+            except (
+                anthropic.APIConnectionError,
+                anthropic.APIStatusError,
+                anthropic.APITimeoutError,
+                *TRANSPORT_ERRORS,
+            ):
                 with self.lock:
                     self.failed += 1
                 time.sleep(0.01)
