@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use rampart_ledger::pricing::{PriceTable, TokenUsage};
+use rampart_ledger::pricing::PriceTable;
 use rampart_limits::{
     Admission, Demand, Dimension, Limiter, Period, Policy, Reason, Rejection, ScopeKind, Status,
     Ticket, Used, Window,
@@ -305,17 +305,8 @@ pub(crate) fn settle(ticket: Ticket, usage: Option<&UsageSummary>, cost_micros: 
         ticket.settle(Used::default());
         return;
     };
-    let input_tokens = TokenUsage {
-        input_tokens: u.input_tokens,
-        output_tokens: u.output_tokens,
-        cache_creation_input_tokens: u.cache_creation_input_tokens,
-        cache_read_input_tokens: u.cache_read_input_tokens,
-        cache_creation_5m: u.cache_creation_5m,
-        cache_creation_1h: u.cache_creation_1h,
-    }
-    .total_input();
     ticket.settle(Used {
-        input_tokens,
+        input_tokens: u.tokens().total_input(),
         output_tokens: u.output_tokens,
         cost_micros,
     });

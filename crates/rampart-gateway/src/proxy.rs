@@ -298,17 +298,17 @@ impl Completion {
     /// What the added breakpoints saved, once the usage is known (once; later calls do nothing):
     /// the uncached price of the tokens read from the cache less the extra price of the writes.
     fn count_breakpoint_savings(&mut self) {
-        if let (Some(prices), Some(usage)) = (self.breakpoints_prices.take(), &self.usage) {
-            let model = usage.model.as_deref().or(self.model.as_deref());
-            if let Some(model) = model {
-                let tokens = usage.tokens();
-                let actual = prices.cost(model, &tokens, false);
-                let plain = crate::response_cache::uncached_cost(&prices, model, &tokens);
-                let saved = i128::from(plain) - i128::from(actual);
-                telemetry::cache_saved("breakpoints", saved);
-                self.saved_micro_usd = i64::try_from(saved).unwrap_or(0);
-            }
-        }
+        let Some(prices) = self.breakpoints_prices.take() else {
+            return;
+        };
+        let actual = self.cost(&prices).map_or(0, |(micros, _)| micros);
+        let (Some(usage), Some(model)) = (self.usage.as_ref(), self.usage_model()) else {
+            return;
+        };
+        let plain = crate::response_cache::uncached_cost(&prices, model, &usage.tokens());
+        let saved = i128::from(plain) - i128::from(actual);
+        telemetry::cache_saved("breakpoints", saved);
+        self.saved_micro_usd = i64::try_from(saved).unwrap_or(0);
     }
 
     /// Write the usage record, once (later calls do nothing): priced by the served model (else
