@@ -354,7 +354,8 @@ impl<T: Transport> Upstreams<T> {
         }
         let (model, note) = match &self.routing.auto {
             Some(rules) if rules.name == requested => {
-                let (model, reason) = self.auto(call, rules, deadline).await?;
+                // Boxed: routing by task is the exception, and its future is large.
+                let (model, reason) = Box::pin(self.auto(call, rules, deadline)).await?;
                 let note = format!("{requested} -> {model}; {reason}");
                 (model, Some(note))
             }

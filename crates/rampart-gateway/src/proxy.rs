@@ -728,7 +728,8 @@ where
             body: body_bytes,
             request_id: &done.request_id,
         };
-        let resp = crate::batches::api::handle(state, batches, req).await;
+        // Boxed: the batch API's future is large, and every request's would carry its size.
+        let resp = Box::pin(crate::batches::api::handle(state, batches, req)).await;
         if !resp.status().is_success() {
             done.error_type =
                 Some(rampart_api::ErrorType::from_status(resp.status().as_u16()).as_str());

@@ -286,8 +286,8 @@ impl Limiter {
             Store::Local(l) => l.admit(policy, &demand, now),
             Store::Redis(r) => {
                 metrics().redis_admit.increment(1);
-                match r
-                    .admit(policy, &demand, &ticket_name(id), self.0.lease_ms, now)
+                // Boxed: the script call's future would otherwise size every admission's.
+                match Box::pin(r.admit(policy, &demand, &ticket_name(id), self.0.lease_ms, now))
                     .await
                 {
                     Ok(v) => {
