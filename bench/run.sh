@@ -5,6 +5,7 @@
 #   bench/run.sh                 # full run (about 12 minutes)
 #   BENCH_DURATION=3s BENCH_ROUNDS=1 bench/run.sh   # quick look
 #   BENCH_TARGETS="direct floor rampart all all-redis" bench/run.sh   # only these wrk targets
+#   BENCH_BUILD=pgo bench/run.sh       # both binaries built with LTO and PGO (bench/pgo.sh)
 #
 # Each configuration is measured BENCH_ROUNDS times (default 3), the three targets interleaved
 # round by round so drift on a shared machine hits them alike; the report takes the median round.
@@ -29,9 +30,23 @@ if ! command -v redis-server >/dev/null; then
   echo "installing redis-server..."; apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
 
-echo "== building release binaries"
-cargo build --release --locked -p rampart -p rampart-bench-floor 2>&1 | tail -1
-BIN=$ROOT/target/release
+# BENCH_BUILD: `release` (default) measures the plain `--release` build; `pgo` both binaries as
+# bench/pgo.sh builds them (the `dist` profile, fat LTO, plus profile-guided optimisation; about
+# 15 minutes more). Rampart and the floor always get the same build.
+BUILD=${BENCH_BUILD:-release}
+case "$BUILD" in
+  pgo)
+    echo "== building profile-guided binaries (bench/pgo.sh, about 15 minutes)"
+    BIN=$(bench/pgo.sh)
+    ;;
+  release)
+    echo "== building release binaries"
+    cargo build --release --locked -p rampart -p rampart-bench-floor 2>&1 | tail -1
+    BIN=$ROOT/target/release
+    ;;
+  *) echo "BENCH_BUILD is pgo or release, not $BUILD" >&2; exit 2 ;;
+esac
+export BENCH_BUILD=$BUILD
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"

@@ -27,8 +27,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Client::builder(TokioExecutor::new()).build(connector);
     let listener = TcpListener::bind(listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
+    // SIGTERM ends the process normally (a profile-instrumented build writes its profile then).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = term.recv() => return Ok(()),
+        };
         stream.set_nodelay(true)?;
         let client = client.clone();
         let upstream = upstream.clone();
