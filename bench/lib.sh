@@ -16,3 +16,15 @@ start() {
   done
   echo "$name did not start" >&2; cat "$WORK/$name.err" >&2; exit 1
 }
+
+# start_redis: a throwaway redis-server on a free port (no persistence, pid in $WORK/redis.pid,
+# data and log under $WORK/redis); echoes the port once it answers PING.
+start_redis() {
+  local port
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$WORK/redis"
+  redis-server --bind 127.0.0.1 --port "$port" --dir "$WORK/redis" --save '' --appendonly no \
+    --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis/log"
+  for _ in $(seq 1 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  echo "$port"
+}

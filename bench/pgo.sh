@@ -58,11 +58,7 @@ cp -r "$WORK/all" "$WORK/all-redis"
 GWA=$(export "${ALL_ENV[@]}"; start gateway-all "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all")
 TARGETS=("$SIM:$KEY" "$FLOOR:$KEY" "$GW:$KEY" "$GWA:$ALL_KEY")
 if command -v redis-server >/dev/null; then
-  REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  mkdir -p "$WORK/redis"
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$WORK/redis" --save '' --appendonly no \
-    --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis/log"
-  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  REDIS_PORT=$(start_redis)
   GWAR=$(export "${ALL_ENV[@]}" RAMPART_LIMITS__BACKEND=redis RAMPART_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
     start gateway-all-redis "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all-redis")
   TARGETS+=("$GWAR:$ALL_KEY")

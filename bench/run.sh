@@ -78,11 +78,7 @@ LIMITS_KEY=$(env "${LIMITS_ENV[@]}" "$BIN/rampart" keys create --name bench-limi
   --rpm 1000000000 --itpm 1000000000 --otpm 1000000000 --concurrency 100000 \
   --budget-usd 1000000000 --budget-period month --data-dir "$WORK/limits" | tail -n 1)
 GWLIM=$(export "${LIMITS_ENV[@]}"; start gateway-limits "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/limits")
-REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/redis"
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$WORK/redis" --save '' --appendonly no \
-  --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis/log"
-for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+REDIS_PORT=$(start_redis)
 GWLR=$(export "${LIMITS_ENV[@]}" RAMPART_LIMITS__BACKEND=redis RAMPART_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   start gateway-limits-redis "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/limits")
 echo "with limits and a budget: in process $GWLIM, in Redis $GWLR"
