@@ -10,7 +10,8 @@
 # 3. merge the profiles (llvm-profdata of the LLVM that rustc is built on: `llvm-NN`, installed
 #    with apt-get when missing) and build both with -Cprofile-use into target/pgo.
 # Both binaries get the same treatment, so the floor stays the floor of the build that ships.
-# Takes about 15 minutes on two cores; progress goes to stderr.
+# Takes about 15 minutes on two cores (wrk and llvm-NN are installed with apt-get when missing);
+# progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -20,7 +21,12 @@ LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 PROFDATA=/usr/lib/llvm-$LLVM_MAJOR/bin/llvm-profdata
 if [ ! -x "$PROFDATA" ]; then
   say "installing llvm-$LLVM_MAJOR (llvm-profdata for rustc's LLVM $LLVM_MAJOR)..."
-  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$LLVM_MAJOR" >&2
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$LLVM_MAJOR" >&2 ||
+    { say "no llvm-$LLVM_MAJOR to install: build with \`cargo build --profile dist\` (or BENCH_BUILD=release bench/run.sh)"; exit 1; }
+fi
+
+if ! command -v wrk >/dev/null; then
+  say "installing wrk..."; apt-get update -qq >&2 && apt-get install -y -qq wrk >&2
 fi
 
 WORK=$(mktemp -d)
