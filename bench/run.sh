@@ -2,10 +2,10 @@
 # Rampart benchmark: the simulator directly, the floor proxy in front of it, and Rampart in front
 # of it, measured in one run with wrk. Figures are reported as ratios to the floor.
 #
-#   bench/run.sh                 # full run (about 12 minutes)
+#   bench/run.sh                 # full run (about 25 minutes: the PGO build, then 13 of wrk)
 #   BENCH_DURATION=3s BENCH_ROUNDS=1 bench/run.sh   # quick look
 #   BENCH_TARGETS="direct floor rampart all all-redis" bench/run.sh   # only these wrk targets
-#   BENCH_BUILD=pgo bench/run.sh       # both binaries built with LTO and PGO (bench/pgo.sh)
+#   BENCH_BUILD=release bench/run.sh   # the plain --release build (no LTO, no profile)
 #
 # Each configuration is measured BENCH_ROUNDS times (default 3), the three targets interleaved
 # round by round so drift on a shared machine hits them alike; the report takes the median round.
@@ -30,10 +30,10 @@ if ! command -v redis-server >/dev/null; then
   echo "installing redis-server..."; apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
 
-# BENCH_BUILD: `release` (default) measures the plain `--release` build; `pgo` both binaries as
-# bench/pgo.sh builds them (the `dist` profile, fat LTO, plus profile-guided optimisation; about
-# 15 minutes more). Rampart and the floor always get the same build.
-BUILD=${BENCH_BUILD:-release}
+# BENCH_BUILD: `pgo` (default) measures the production build, both binaries as bench/pgo.sh
+# builds them (the `dist` profile, fat LTO, plus profile-guided optimisation; about 10 minutes
+# of building); `release` the plain `--release` build. Rampart and the floor always get the same.
+BUILD=${BENCH_BUILD:-pgo}
 case "$BUILD" in
   pgo)
     echo "== building profile-guided binaries (bench/pgo.sh, about 15 minutes)"
