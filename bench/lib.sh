@@ -28,3 +28,13 @@ start_redis() {
   for _ in $(seq 1 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
   echo "$port"
 }
+
+# bench_bodies DIR: the benchmark's request bodies, DIR/json.json and DIR/sse.json (streamed).
+bench_bodies() {
+  cat >"$1/json.json" <<'J'
+{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
+J
+  cat >"$1/sse.json" <<'J'
+{"model":"claude-sonnet-4-6","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
+J
+}

@@ -10,8 +10,9 @@
 # 3. merge the profiles (llvm-profdata of the LLVM that rustc is built on: `llvm-NN`, installed
 #    with apt-get when missing) and build both with -Cprofile-use into target/pgo.
 # Both binaries get the same treatment, so the floor stays the floor of the build that ships.
-# Takes about 15 minutes on two cores (wrk and llvm-NN are installed with apt-get when missing);
-# progress goes to stderr.
+# Takes about 15 minutes on two cores, 8 when the tree is unchanged since the last run (the
+# instrumented build is reused); wrk and llvm-NN are installed with apt-get when missing; progress
+# goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -70,10 +71,7 @@ if command -v redis-server >/dev/null; then
   TARGETS+=("$GWAR:$ALL_KEY")
 fi
 
-cat >"$WORK/json.json" <<'J'
-{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
-J
-sed 's/"max_tokens":64,/"max_tokens":64,"stream":true,/' "$WORK/json.json" >"$WORK/sse.json"
+bench_bodies "$WORK"
 
 say "== pgo: training (JSON and SSE at 1 and 32 connections on each)"
 for t in "${TARGETS[@]}"; do

@@ -1,6 +1,5 @@
 """Turn bench/run.sh results into the README table: figures and ratios to the floor."""
 import json
-import os
 import statistics
 import sys
 
@@ -9,7 +8,7 @@ rss_kb = int(sys.argv[2])
 duration = sys.argv[3]
 rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 ledger_rows = int(sys.argv[5]) if len(sys.argv) > 5 else None
-# What bench/run.sh built (BENCH_BUILD): the same for the floor and every Rampart target.
+# What bench/run.sh built (BENCH_BUILD, its "build" row): the same for the floor and every target.
 BUILDS = {
     "pgo": "build: `dist` profile (fat LTO) with profile-guided optimisation (bench/pgo.sh), rampart and the floor alike",
     "release": "build: `--release`, rampart and the floor alike",
@@ -78,7 +77,7 @@ out = []
 out.append(
     f"Benchmark: wrk {duration} per run, {rounds} interleaved round(s) per configuration (the table shows the round with the median rampart / floor ratio; each ratio below is the median of the rounds' own ratios), "
     "simulator at zero latency, 2-core machine, everything on loopback; "
-    + BUILDS.get(os.environ.get("BENCH_BUILD", "release"), "build: unknown")
+    + BUILDS.get(next((r["build"] for r in rows if r["mode"] == "build"), None), "build: not recorded")
     + ".\n"
 )
 out.append("| path | conns | target | req/s | p50 ms | p99 ms | added p50 ms | errors |")

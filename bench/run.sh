@@ -31,12 +31,12 @@ if ! command -v redis-server >/dev/null; then
 fi
 
 # BENCH_BUILD: `pgo` (default) measures the production build, both binaries as bench/pgo.sh
-# builds them (the `dist` profile, fat LTO, plus profile-guided optimisation; about 10 minutes
-# of building); `release` the plain `--release` build. Rampart and the floor always get the same.
+# builds them (the `dist` profile, fat LTO, plus profile-guided optimisation; 8 to 15 minutes of
+# building); `release` the plain `--release` build. Rampart and the floor always get the same.
 BUILD=${BENCH_BUILD:-pgo}
 case "$BUILD" in
   pgo)
-    echo "== building profile-guided binaries (bench/pgo.sh, about 15 minutes)"
+    echo "== building profile-guided binaries (bench/pgo.sh, 8 to 15 minutes)"
     BIN=$(bench/pgo.sh)
     ;;
   release)
@@ -46,7 +46,6 @@ case "$BUILD" in
     ;;
   *) echo "BENCH_BUILD is pgo or release, not $BUILD" >&2; exit 2 ;;
 esac
-export BENCH_BUILD=$BUILD
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -97,14 +96,11 @@ GWAR=$(export "${ALL_ENV[@]}" RAMPART_LIMITS__BACKEND=redis RAMPART_REDIS_URL="r
   start gateway-all-redis "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all-redis")
 echo "everything on: in process $GWA, in Redis $GWAR"
 
-cat >"$WORK/json.json" <<'J'
-{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
-J
-cat >"$WORK/sse.json" <<'J'
-{"model":"claude-sonnet-4-6","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Summarise the benefits of a gateway in front of an LLM API in one paragraph."}]}
-J
+bench_bodies "$WORK"
 
 RESULTS=$WORK/results.jsonl
+# Which build was measured, for bench/report.py (also when it is rerun on latest.jsonl).
+echo "{\"target\": \"-\", \"mode\": \"build\", \"build\": \"$BUILD\"}" >>"$RESULTS"
 run() { # target addr mode conns round
   local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1 key=$KEY
   [ "$conns" -gt 1 ] && threads=2
