@@ -2,16 +2,23 @@
 //! access-log line run on a background thread, after the last byte has gone to the client, so
 //! none of it sits between the upstream's bytes and the client.
 //!
-//! Work is queued by [`defer`] (one short lock) and run in batches every few milliseconds by the
-//! `rampart-accounting` thread; [`drain`] runs what is queued now (shutdown, tests). Nothing is
-//! dropped: the queue is unbounded in count, but each entry is small and lives a few milliseconds.
+//! Work is queued by [`defer`] (one short lock, no wake-up) and run in batches every
+//! [`BATCH_EVERY`] by the `rampart-accounting` thread; [`drain`] runs what is queued now
+//! (shutdown, tests). Nothing is dropped: the queue is unbounded in count, but each entry is small
+//! and lives at most a batch period.
 
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-const BATCH_EVERY: Duration = Duration::from_millis(5);
+/// How often the queued work runs: the timer wake-up of this thread is its main cost when the
+/// gateway is lightly loaded (at 5 ms, 200 a second even when idle; on a two-vCPU VM where a
+/// timer wake-up costs ~90 µs of system time, ~15 µs of CPU per request at one connection beside
+/// the request path's). What is deferred loses nothing by waiting: a request's duration is
+/// taken when its response ends, its usage record is written before its last byte, and the
+/// access log's own writer flushes every 50 ms as well.
+pub const BATCH_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct Queue {
