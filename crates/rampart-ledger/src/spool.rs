@@ -68,6 +68,8 @@ pub struct Spool {
     pending: AtomicU64,
     /// The reader's buffer, kept between batches.
     scratch: Mutex<Vec<u8>>,
+    /// What [`Spool::save_committed`] last wrote: the same offsets are not written again.
+    saved_hint: Mutex<Option<String>>,
     _lock: File,
 }
 
@@ -259,6 +261,7 @@ impl Spool {
             bytes: AtomicU64::new(bytes),
             pending: AtomicU64::new(pending),
             scratch: Mutex::new(Vec::new()),
+            saved_hint: Mutex::new(None),
             _lock: lock_file,
         })
     }
@@ -541,7 +544,9 @@ impl Spool {
     }
 
     /// Save the segments' committed offsets in `COMMITTED` (written aside, then renamed), so a
-    /// restart replays only what follows them.
+    /// restart replays only what follows them. Offsets unchanged since the last save are not
+    /// written again (an idle gateway's drains would otherwise rewrite and rename the file five
+    /// times a second).
     ///
     /// # Errors
     /// When the file cannot be written.
@@ -552,11 +557,20 @@ impl Spool {
                 text.push_str(&format!("{seq} {}\n", seg.committed));
             }
         }
+        let mut saved = self
+            .saved_hint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if saved.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
         let tmp = self.dir.join(format!("{HINT}.tmp"));
         private(OpenOptions::new().create(true).write(true).truncate(true))
             .open(&tmp)?
             .write_all(text.as_bytes())?;
-        std::fs::rename(tmp, self.dir.join(HINT))
+        std::fs::rename(tmp, self.dir.join(HINT))?;
+        *saved = Some(text);
+        Ok(())
     }
 }
 
@@ -766,6 +780,27 @@ mod tests {
         spool.commit(&spool.read(100).unwrap());
         assert_eq!(segment_files(dir.path()), 0);
         assert_eq!(spool.bytes(), 0);
+    }
+
+    #[test]
+    fn unchanged_committed_offsets_are_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
+        for n in 0..10 {
+            append(&spool, n);
+        }
+        let queued = spool.take_queued(Queued::default());
+        spool.commit_queued(queued.slice(0, 5));
+        spool.save_committed().unwrap();
+        let hint = dir.path().join(HINT);
+        let first = std::fs::read_to_string(&hint).unwrap();
+        std::fs::remove_file(&hint).unwrap();
+        spool.save_committed().unwrap();
+        assert!(!hint.exists(), "the same offsets are not written again");
+        spool.commit_queued(queued.slice(5, 10));
+        spool.save_committed().unwrap();
+        let second = std::fs::read_to_string(&hint).unwrap();
+        assert_ne!(first, second, "new offsets are");
     }
 
     #[test]
