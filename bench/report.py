@@ -6,7 +6,7 @@ import sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 rss_kb = int(sys.argv[2])
 duration = sys.argv[3]
-rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 1  # at 32 conns (more may run at 1: see rounds_of)
 ledger_rows = int(sys.argv[5]) if len(sys.argv) > 5 else None
 # What bench/run.sh built (BENCH_BUILD, its "build" row): the same for the floor and every target.
 BUILDS = {
@@ -26,9 +26,14 @@ def ratio_in(rnd, mode, conns, num, den="floor"):
     return (x["requests"] / x["duration_us"]) / (y["requests"] / y["duration_us"])
 
 
+def rounds_of(mode, conns):
+    """The rounds measured for `mode` at `conns` (bench/run.sh runs more at 1 conn)."""
+    return sorted({r.get("round", 1) for r in rows if r["mode"] == mode and r.get("conns") == conns})
+
+
 def ratios(num, mode, conns, den="floor"):
     """The ratio in every round, each against `den` of the same round."""
-    return [v for v in (ratio_in(rnd, mode, conns, num, den) for rnd in range(1, rounds + 1)) if v is not None]
+    return [v for v in (ratio_in(rnd, mode, conns, num, den) for rnd in rounds_of(mode, conns)) if v is not None]
 
 
 def verdict(name, values, bound, at_most):
@@ -41,7 +46,8 @@ def verdict(name, values, bound, at_most):
 
 def median_round(mode, conns):
     """The round the big table shows: the one where rampart / floor was the median."""
-    ranked = sorted(range(1, rounds + 1), key=lambda rnd: ratio_in(rnd, mode, conns, "rampart"))
+    measured = [rnd for rnd in rounds_of(mode, conns) if ratio_in(rnd, mode, conns, "rampart") is not None]
+    ranked = sorted(measured, key=lambda rnd: ratio_in(rnd, mode, conns, "rampart"))
     return ranked[len(ranked) // 2]
 
 
@@ -75,7 +81,7 @@ def rps(r):
 
 out = []
 out.append(
-    f"Benchmark: wrk {duration} per run, {rounds} interleaved round(s) per configuration (the table shows the round with the median rampart / floor ratio; each ratio below is the median of the rounds' own ratios), "
+    f"Benchmark: wrk {duration} per run, {len(rounds_of('json', 1))} interleaved round(s) per configuration at 1 conn and {len(rounds_of('json', 32))} at 32 (the table shows the round with the median rampart / floor ratio; each ratio below is the median of the rounds' own ratios), "
     "simulator at zero latency, 2-core machine, everything on loopback; "
     + BUILDS.get(next((r["build"] for r in rows if r["mode"] == "build"), None), "build: not recorded")
     + ".\n"
@@ -141,16 +147,18 @@ if cpu:
         ("accounting", ("rampart-account",)),
         ("log writer", ("rampart-log",)),
     )
-    out.append("")
-    out.append("CPU per request by thread (µs; JSON at 32 conns, one more run per gateway, its /proc task stats):")
-    out.append("")
-    out.append("| gateway | " + " | ".join(name for name, _ in roles) + " | other | total |")
-    out.append("|---|" + "---|" * (len(roles) + 2))
-    for r in cpu:
-        us = r["us_per_request"]
-        cells = [sum(v for k, v in us.items() if k in names) for _, names in roles]
-        other = sum(us.values()) - sum(cells)
-        out.append(f"| {r['target']} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {other:.1f} | {sum(us.values()):.1f} |")
+    # Runs before the 1-conn breakdown recorded no `conns`: they were at 32.
+    for conns in sorted({r.get("conns", 32) for r in cpu}, reverse=True):
+        out.append("")
+        out.append(f"CPU per request by thread (µs; JSON at {conns} conn{'s' if conns > 1 else ''}, one more run per gateway, its /proc task stats):")
+        out.append("")
+        out.append("| gateway | " + " | ".join(name for name, _ in roles) + " | other | total |")
+        out.append("|---|" + "---|" * (len(roles) + 2))
+        for r in (r for r in cpu if r.get("conns", 32) == conns):
+            us = r["us_per_request"]
+            cells = [sum(v for k, v in us.items() if k in names) for _, names in roles]
+            other = sum(us.values()) - sum(cells)
+            out.append(f"| {r['target']} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {other:.1f} | {sum(us.values()):.1f} |")
 out.append("")
 out.append(f"Rampart peak RSS during the run: {rss_kb/1024:.1f} MiB")
 if ledger_rows is not None and measured("rampart-ledger"):

@@ -7,8 +7,9 @@
 #   BENCH_TARGETS="direct floor rampart all all-redis" bench/run.sh   # only these wrk targets
 #   BENCH_BUILD=release bench/run.sh   # the plain --release build (no LTO, no profile)
 #
-# Each configuration is measured BENCH_ROUNDS times (default 3), the three targets interleaved
-# round by round so drift on a shared machine hits them alike; the report takes the median round.
+# Each configuration is measured BENCH_ROUNDS times (default 3; at 1 conn BENCH_ROUNDS_1CONN,
+# default 5), the targets interleaved round by round so drift on a shared machine hits them alike;
+# the report takes the median of the rounds' ratios.
 #
 # Needs: wrk (Debian package `wrk`; installed automatically when apt-get is available), curl, python3.
 set -euo pipefail
@@ -16,6 +17,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DURATION=${BENCH_DURATION:-5s}
 ROUNDS=${BENCH_ROUNDS:-3}
+# At 1 conn the added p50 is a difference of two small, noisy figures: more rounds (5 for 3).
+ROUNDS_1CONN=${BENCH_ROUNDS_1CONN:-$((ROUNDS + ROUNDS / 3 * 2))}
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -139,10 +142,11 @@ for t, xs in v.items():
 want() { [ -z "${BENCH_TARGETS:-}" ] || [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
 runif() { if want "$1"; then run "$@"; fi; }
 
-echo "== wrk, $DURATION per run, $ROUNDS round(s)"
+echo "== wrk, $DURATION per run, $ROUNDS_1CONN round(s) at 1 conn, $ROUNDS at 32"
 for mode in json sse; do
   for conns in 1 32; do
-    for round in $(seq 1 "$ROUNDS"); do
+    rounds=$ROUNDS; [ "$conns" -eq 1 ] && rounds=$ROUNDS_1CONN
+    for round in $(seq 1 "$rounds"); do
       runif direct "$SIM" "$mode" "$conns" "$round"
       runif floor "$FLOOR" "$mode" "$conns" "$round"
       runif rampart "$GW" "$mode" "$conns" "$round"
@@ -167,9 +171,13 @@ curl -s "http://$GWAR/metrics" | python3 bench/redis_round_trips.py all-redis >>
 # Where the CPU goes: each gateway's CPU time per request by thread (its /proc task stats around
 # one more JSON run at 32 connections): request workers, the ledger writer (its task on the main
 # runtime and the batch's SQLite transaction on a blocking thread), accounting and the log writer.
-echo "== CPU per request by thread (JSON, 32 conns, $DURATION)"
+echo "== CPU per request by thread (JSON, 32 and 1 conns, $DURATION each)"
 threads_cpu() { for t in /proc/"$1"/task/*; do
   printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"; done; }
+# At 1 conn the background threads' own wake-ups (timers, hand-offs) show beside the request
+# path's CPU: on two cores they compete with wrk, the simulator and the worker.
+for conns in 32 1; do
+threads=2; [ "$conns" -eq 1 ] && threads=1
 for t in rampart:gateway rampart-store:gateway-store limits:gateway-limits rampart-ledger:gateway-ledger all:gateway-all all-redis:gateway-all-redis; do
   target=${t%%:*}; pid=$(cat "$WORK/${t#*:}.pid")
   want "$target" || continue
@@ -177,12 +185,13 @@ for t in rampart:gateway rampart-store:gateway-store limits:gateway-limits rampa
   key=$KEY
   case "$target" in rampart-store) key=$STORE_KEY ;; rampart-ledger) key=$LEDGER_KEY ;; limits) key=$LIMITS_KEY ;; all | all-redis) key=$ALL_KEY ;; esac
   threads_cpu "$pid" >"$WORK/cpu0"
-  line=$(BODY_FILE="$WORK/json.json" API_KEY="$key" wrk -t2 -c32 -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
+  line=$(BODY_FILE="$WORK/json.json" API_KEY="$key" wrk -t"$threads" -c"$conns" -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
   sleep 0.5 # the ledger writer's next drain (every 200 ms) is part of the cost
   threads_cpu "$pid" >"$WORK/cpu1"
-  python3 - "$target" "$line" "$(getconf CLK_TCK)" "$WORK/cpu0" "$WORK/cpu1" >>"$RESULTS" <<'PY'
+  python3 - "$target" "$line" "$(getconf CLK_TCK)" "$WORK/cpu0" "$WORK/cpu1" "$conns" >>"$RESULTS" <<'PY'
 import collections, json, sys
 target, wrk, tck = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+conns = int(sys.argv[6])
 def read(path):
     d = collections.Counter()
     for line in open(path):
@@ -191,9 +200,10 @@ def read(path):
     return d
 a, b = read(sys.argv[4]), read(sys.argv[5])
 us = {k: (b[k] - a[k]) * 1e6 / tck / max(wrk["requests"], 1) for k in b}
-print(json.dumps({"target": target, "mode": "cpu_by_thread", "requests": wrk["requests"], "us_per_request": us}))
+print(json.dumps({"target": target, "mode": "cpu_by_thread", "conns": conns, "requests": wrk["requests"], "us_per_request": us}))
 PY
-  echo "  $target: $(tail -n 1 "$RESULTS")"
+  echo "  $target c=$conns: $(tail -n 1 "$RESULTS")"
+done
 done
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
