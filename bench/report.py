@@ -6,7 +6,7 @@ import sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 rss_kb = int(sys.argv[2])
 duration = sys.argv[3]
-rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 1  # at 32 conns (more may run at 1: see rounds_of)
+# sys.argv[4], the rounds asked for, is not needed: the rounds are read from the results (rounds_of).
 ledger_rows = int(sys.argv[5]) if len(sys.argv) > 5 else None
 # What bench/run.sh built (BENCH_BUILD, its "build" row): the same for the floor and every target.
 BUILDS = {

@@ -169,13 +169,14 @@ curl -s "http://$GWLR/metrics" | python3 bench/redis_round_trips.py limits-redis
 curl -s "http://$GWAR/metrics" | python3 bench/redis_round_trips.py all-redis >>"$RESULTS"
 
 # Where the CPU goes: each gateway's CPU time per request by thread (its /proc task stats around
-# one more JSON run at 32 connections): request workers, the ledger writer (its task on the main
+# one more JSON run at 32 connections, then one at 1): request workers, the ledger writer (its task on the main
 # runtime and the batch's SQLite transaction on a blocking thread), accounting and the log writer.
 echo "== CPU per request by thread (JSON, 32 and 1 conns, $DURATION each)"
 threads_cpu() { for t in /proc/"$1"/task/*; do
   printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"; done; }
 # At 1 conn the background threads' own wake-ups (timers, hand-offs) show beside the request
 # path's CPU: on two cores they compete with wrk, the simulator and the worker.
+# (The loop over targets is not indented under this one: its here-document ends at column 0.)
 for conns in 32 1; do
 threads=2; [ "$conns" -eq 1 ] && threads=1
 for t in rampart:gateway rampart-store:gateway-store limits:gateway-limits rampart-ledger:gateway-ledger all:gateway-all all-redis:gateway-all-redis; do
