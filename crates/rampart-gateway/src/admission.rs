@@ -340,48 +340,71 @@ static HEADERS: [[HeaderName; 3]; 4] = [
 ];
 
 /// Replace any `anthropic-ratelimit-*` headers by Rampart's `status`.
-///
-/// Usually the upstream sent one of each of the same names (or none): their values are then
-/// overwritten in place in one pass over the headers, without hashing the twelve names again
-/// (~4k instructions under callgrind); anything else (a repeated or foreign
-/// `anthropic-ratelimit-*` header, or one Rampart has no window for) takes [`write_status_by_name`].
 pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
-    let windows = [
-        status.requests,
-        status.input_tokens,
-        status.output_tokens,
-        status.tokens(),
-    ];
-    let mut seen = 0u16;
-    let mut in_place = true;
-    for (name, value) in headers.iter_mut() {
-        let Some(rest) = name.as_str().strip_prefix(HEADER_PREFIX) else {
-            continue;
-        };
-        let Some(i) = header_index(rest) else {
-            in_place = false;
-            break;
-        };
-        let Some(w) = windows[i / 3] else {
-            in_place = false;
-            break;
-        };
-        if seen & (1 << i) != 0 {
-            in_place = false;
-            break;
+    StatusHeaders::of(status).write(headers);
+}
+
+/// The `anthropic-ratelimit-*` values of a [`Status`], made ahead of the response they go on
+/// (while the upstream answers): one for each of the twelve [`HEADERS`] whose window the status
+/// has.
+#[derive(Debug)]
+pub(crate) struct StatusHeaders {
+    status: Status,
+    values: [Option<HeaderValue>; 12],
+}
+
+impl StatusHeaders {
+    pub(crate) fn of(status: &Status) -> Self {
+        let windows = [
+            status.requests,
+            status.input_tokens,
+            status.output_tokens,
+            status.tokens(),
+        ];
+        Self {
+            status: *status,
+            values: std::array::from_fn(|i| windows[i / 3].map(|w| window_value(i, &w))),
         }
-        seen |= 1 << i;
-        *value = window_value(i, &w);
     }
-    if !in_place {
-        write_status_by_name(status, headers);
-        return;
-    }
-    for (i, name) in HEADERS.iter().flatten().enumerate() {
-        if seen & (1 << i) == 0
-            && let Some(w) = windows[i / 3]
-        {
-            headers.insert(name.clone(), window_value(i, &w));
+
+    /// Replace any `anthropic-ratelimit-*` headers by these.
+    ///
+    /// Usually the upstream sent one of each of the same names (or none): their values are then
+    /// overwritten in place in one pass over the headers, without hashing the twelve names
+    /// again (~4k instructions under callgrind); anything else (a repeated or foreign
+    /// `anthropic-ratelimit-*` header, or one Rampart has no window for) takes
+    /// [`write_status_by_name`].
+    pub(crate) fn write(self, headers: &mut HeaderMap) {
+        let Self { status, mut values } = self;
+        let mut seen = 0u16;
+        let mut in_place = true;
+        for (name, value) in headers.iter_mut() {
+            let Some(rest) = name.as_str().strip_prefix(HEADER_PREFIX) else {
+                continue;
+            };
+            let Some(i) = header_index(rest) else {
+                in_place = false;
+                break;
+            };
+            if seen & (1 << i) != 0 {
+                in_place = false;
+                break;
+            }
+            let Some(v) = values[i].take() else {
+                in_place = false;
+                break;
+            };
+            seen |= 1 << i;
+            *value = v;
+        }
+        if !in_place {
+            write_status_by_name(&status, headers);
+            return;
+        }
+        for (i, name) in HEADERS.iter().flatten().enumerate() {
+            if let Some(v) = values[i].take() {
+                headers.insert(name.clone(), v);
+            }
         }
     }
 }

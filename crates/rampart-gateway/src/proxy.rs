@@ -174,6 +174,10 @@ pub struct Completion {
     ticket: Option<(rampart_limits::Ticket, Arc<PriceTable>)>,
     /// The limits' state after admission, for the response headers.
     limit_status: Option<rampart_limits::Status>,
+    /// Made while the upstream answers ([`Completion::prepare`]): the usage record's head and
+    /// the rate-limit header values.
+    prepared: Option<rampart_ledger::Prepared>,
+    status_headers: Option<crate::admission::StatusHeaders>,
     /// The usage's cost, worked out once: settlement and the usage record both need it.
     cost: Option<CostMemo>,
     /// The request's duration, taken when its response ended: the completion is then handed
@@ -220,6 +224,8 @@ impl Completion {
             ledger: None,
             ticket: None,
             limit_status: None,
+            prepared: None,
+            status_headers: None,
             cost: None,
             ended: None,
         })
@@ -311,6 +317,71 @@ impl Completion {
         self.saved_micro_usd = i64::try_from(saved).unwrap_or(0);
     }
 
+    /// What can be made before the response arrives, made while the upstream answers: the usage
+    /// record's head (its spool line begun) and the rate-limit headers' values.
+    fn prepare(&self) -> Prepared {
+        Prepared {
+            record: self
+                .ledger
+                .as_ref()
+                .map(|_| rampart_ledger::Prepared::new(self.head())),
+            status_headers: self
+                .limit_status
+                .as_ref()
+                .map(crate::admission::StatusHeaders::of),
+        }
+    }
+
+    /// The `anthropic-ratelimit-*` headers of the limits' state after admission, if admitted
+    /// (made beforehand when they were prepared).
+    fn write_limit_headers(&mut self, headers: &mut HeaderMap) {
+        if let Some(h) = self.status_headers.take() {
+            h.write(headers);
+        } else if let Some(s) = &self.limit_status {
+            crate::admission::write_status(s, headers);
+        }
+    }
+
+    /// Keep what [`Completion::prepare`] made.
+    fn keep(&mut self, prepared: Prepared) {
+        self.prepared = prepared.record;
+        self.status_headers = prepared.status_headers;
+    }
+
+    /// The usage record with its head (the fields known before the request goes upstream) and
+    /// an empty outcome.
+    fn head(&self) -> UsageRecord {
+        let now = time::OffsetDateTime::now_utc();
+        UsageRecord {
+            id: ledger_id(now),
+            at: now - self.start.elapsed(),
+            request_id: self.request_id.clone(),
+            key_id: self.key_id,
+            team_id: self.team_id,
+            user_id: self.user_id,
+            key_label: self.key.as_deref().map(str::to_owned),
+            endpoint: self.route.template().to_owned(),
+            model_requested: self.model.as_deref().map(|m| shown_model(m).to_owned()),
+            model_served: None,
+            status: 0,
+            error_type: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_write_5m_tokens: 0,
+            cache_write_1h_tokens: 0,
+            cache_read_tokens: 0,
+            cost_micro_usd: 0,
+            priced: false,
+            latency_us: 0,
+            upstream_latency_us: None,
+            upstream_attempts: 0,
+            streamed: false,
+            cache_hit: false,
+            client_aborted: false,
+            saved_micro_usd: 0,
+        }
+    }
+
     /// Write the usage record, once (later calls do nothing): priced by the served model (else
     /// the requested one), with the cache writes split by TTL. Called before the last byte of
     /// the response is released, so a client that has its whole response has its record in the
@@ -335,42 +406,40 @@ impl Completion {
         let tokens = usage.map_or_else(TokenUsage::default, UsageSummary::tokens);
         let served = usage.and_then(|u| u.model.as_deref());
         let (w5, w1) = tokens.cache_writes();
-        let elapsed = self.total();
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let shown = |m: &str| shown_model(m).to_owned();
-        let now = time::OffsetDateTime::now_utc();
-        ledger.record(UsageRecord {
-            id: ledger_id(now),
-            at: now - elapsed,
-            request_id: self.request_id.clone(),
-            key_id: self.key_id,
-            team_id: self.team_id,
-            user_id: self.user_id,
-            key_label: self.key.as_deref().map(str::to_owned),
-            endpoint: self.route.template().to_owned(),
-            model_requested: self.model.as_deref().map(shown),
-            model_served: served.map(shown),
-            status: self.status,
-            error_type: self
+        let prepared = self
+            .prepared
+            .take()
+            .unwrap_or_else(|| rampart_ledger::Prepared::new(self.head()));
+        ledger.record_prepared(prepared, |r| {
+            r.model_served = served.map(|m| shown_model(m).to_owned());
+            r.status = self.status;
+            r.error_type = self
                 .error_type
                 .map(str::to_owned)
-                .or_else(|| usage.and_then(|u| u.stream_error.clone())),
-            input_tokens: tokens.input_tokens,
-            output_tokens: tokens.output_tokens,
-            cache_write_5m_tokens: w5,
-            cache_write_1h_tokens: w1,
-            cache_read_tokens: tokens.cache_read_input_tokens,
-            cost_micro_usd,
-            priced,
-            latency_us: micros(elapsed),
-            upstream_latency_us: self.upstream.map(micros),
-            upstream_attempts: self.attempts,
-            streamed: self.streamed,
-            cache_hit: self.cache_hit,
-            client_aborted: self.client_aborted,
-            saved_micro_usd: self.saved_micro_usd,
+                .or_else(|| usage.and_then(|u| u.stream_error.clone()));
+            r.input_tokens = tokens.input_tokens;
+            r.output_tokens = tokens.output_tokens;
+            r.cache_write_5m_tokens = w5;
+            r.cache_write_1h_tokens = w1;
+            r.cache_read_tokens = tokens.cache_read_input_tokens;
+            r.cost_micro_usd = cost_micro_usd;
+            r.priced = priced;
+            r.latency_us = micros(self.total());
+            r.upstream_latency_us = self.upstream.map(micros);
+            r.upstream_attempts = self.attempts;
+            r.streamed = self.streamed;
+            r.cache_hit = self.cache_hit;
+            r.client_aborted = self.client_aborted;
+            r.saved_micro_usd = self.saved_micro_usd;
         });
     }
+}
+
+/// What [`Completion::prepare`] made.
+struct Prepared {
+    record: Option<rampart_ledger::Prepared>,
+    status_headers: Option<crate::admission::StatusHeaders>,
 }
 
 /// Longest model name kept in a usage record.
@@ -510,11 +579,9 @@ pub(crate) fn public_base(settings: &Settings, headers: &HeaderMap) -> Option<St
 fn error_response(e: ProxyError, mut done: Box<Completion>) -> Response {
     done.error_type = Some(e.kind_and_status().0.as_str());
     let mut resp = e.into_response_with(&done.request_id);
-    if let Some(s) = &done.limit_status {
-        // Admitted, then failed (upstream unreachable, timeout …): the limits still describe the
-        // key, and the reservation is released when `done` drops.
-        crate::admission::write_status(s, resp.headers_mut());
-    }
+    // Admitted, then failed (upstream unreachable, timeout …): the limits still describe the
+    // key, and the reservation is released when `done` drops.
+    done.write_limit_headers(resp.headers_mut());
     done.status = resp.status().as_u16();
     done.client_aborted = false;
     // The usage record is written when `done` drops here, before the response is returned.
@@ -824,7 +891,16 @@ where
         request_id: &done.request_id,
         arrived: done.start,
     };
-    let delivered = match state.upstreams.call(call).await {
+    let mut prepared = None;
+    let called = {
+        // Pinned where it is made: the call's future is large, and each move copies it.
+        let upstream = std::pin::pin!(state.upstreams.call(call));
+        while_waiting(upstream, || prepared = Some(done.prepare())).await
+    };
+    if let Some(p) = prepared {
+        done.keep(p);
+    }
+    let delivered = match called {
         Ok(d) => d,
         Err(failed) => {
             done.attempts = failed.attempts;
@@ -842,6 +918,32 @@ where
         delivered.headers_at,
         cache,
     ))))
+}
+
+/// Await `upstream`, and if it has to wait, run `work` once while it does, after the other
+/// tasks ready on this thread have run.
+///
+/// The first poll hands the request to its connection's task, which writes it when it runs:
+/// this task wakes itself and yields to it (going to the back of the queue), and does `work` on
+/// its next turn, while the upstream answers, rather than on the response's path. A future
+/// ready at the first poll has no wait to use: `work` is not run.
+async fn while_waiting<F: Future>(mut upstream: Pin<&mut F>, work: impl FnOnce()) -> F::Output {
+    let mut work = Some(work);
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded && let Some(work) = work.take() {
+            work();
+        }
+        if let Poll::Ready(out) = upstream.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if !yielded {
+            yielded = true;
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// The `rampart_upstream_errors_total` kind of a final upstream failure.
@@ -1052,9 +1154,7 @@ fn build_response(
         Tap::None
     };
     done.status = parts.status.as_u16();
-    if let Some(s) = &done.limit_status {
-        crate::admission::write_status(s, &mut parts.headers);
-    }
+    done.write_limit_headers(&mut parts.headers);
     done.overhead = Some((sent_at - done.start) + headers_at.elapsed());
     if let Some(c) = &cache {
         parts.headers.insert(
@@ -1204,6 +1304,46 @@ impl Drop for MeteredBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// An upstream call on a current-thread runtime: its first poll hands the request to a
+    /// connection task (which logs `written` when it runs, then answers).
+    async fn call_through_a_connection_task(log: &Arc<Mutex<Vec<&'static str>>>) {
+        let (request_tx, request_rx) = tokio::sync::oneshot::channel::<()>();
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<()>();
+        let conn_log = log.clone();
+        tokio::spawn(async move {
+            if request_rx.await.is_ok() {
+                conn_log.lock().unwrap().push("written");
+                let _ = answer_tx.send(());
+            }
+        });
+        // The connection task is waiting for a request before the call starts.
+        tokio::task::yield_now().await;
+        let upstream = async move {
+            let _ = request_tx.send(());
+            let _ = answer_rx.await;
+        };
+        let work_log = log.clone();
+        while_waiting(std::pin::pin!(upstream), || {
+            work_log.lock().unwrap().push("work");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn work_while_waiting_runs_after_the_connection_task_has_written_the_request() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        call_through_a_connection_task(&log).await;
+        assert_eq!(*log.lock().unwrap(), ["written", "work"]);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_ready_at_once_has_no_wait_to_work_in() {
+        let mut ran = false;
+        let out = while_waiting(std::pin::pin!(async { 7 }), || ran = true).await;
+        assert_eq!((out, ran), (7, false));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_lasts_until_its_response_ends_not_until_it_is_accounted() {

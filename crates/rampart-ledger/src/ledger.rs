@@ -36,6 +36,7 @@ use rampart_store::{Store, UsageRecord};
 use time::OffsetDateTime;
 
 use crate::config::{FsyncPolicy, LedgerConfig};
+use crate::record::Prepared;
 use crate::spool::{Batch, Queued, Spool};
 
 /// Records kept in memory when the spool cannot be written.
@@ -133,19 +134,31 @@ impl Ledger {
     /// written the record is kept in memory for the writer and the failure is counted.
     pub fn record(&self, record: UsageRecord) {
         if let Err(unwritten) = self.spool.append(record) {
-            let crate::spool::Unwritten { error: e, record } = *unwritten;
-            metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool")
-                .increment(1);
-            tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
-            let mut fallback = self
-                .fallback
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if fallback.len() < FALLBACK_MAX {
-                fallback.push(record);
-            } else {
-                metrics::counter!("rampart_ledger_dropped_total").increment(1);
-            }
+            self.keep_unwritten(*unwritten);
+        }
+    }
+
+    /// [`Ledger::record`] for a record prepared beforehand (its head encoded while the upstream
+    /// answered), its outcome set by `outcome`.
+    pub fn record_prepared(&self, prepared: Prepared, outcome: impl FnOnce(&mut UsageRecord)) {
+        if let Err(unwritten) = self.spool.append_prepared(prepared, outcome) {
+            self.keep_unwritten(*unwritten);
+        }
+    }
+
+    /// A record the spool could not take is kept in memory (up to [`FALLBACK_MAX`]).
+    fn keep_unwritten(&self, unwritten: crate::spool::Unwritten) {
+        let crate::spool::Unwritten { error: e, record } = unwritten;
+        metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool").increment(1);
+        tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
+        let mut fallback = self
+            .fallback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fallback.len() < FALLBACK_MAX {
+            fallback.push(record);
+        } else {
+            metrics::counter!("rampart_ledger_dropped_total").increment(1);
         }
     }
 

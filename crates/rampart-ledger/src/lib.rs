@@ -5,13 +5,16 @@
 //!   enforcement;
 //! - [`ledger`]: one usage record per proxied request, appended to a crash-proof local
 //!   [`spool`] on the request path and drained into the database in batches, with rollups;
+//! - [`record`]: a usage record prepared before its response ends;
 //! - [`config`]: the `[ledger]` settings.
 
 pub mod config;
 pub mod ledger;
 mod line;
 pub mod pricing;
+pub mod record;
 pub mod spool;
 
 pub use config::{FsyncPolicy, LedgerConfig};
 pub use ledger::{Ledger, LedgerWriter};
+pub use record::Prepared;

@@ -7,6 +7,13 @@ use rampart_store::UsageRecord;
 
 /// Append `record`'s JSON to `buf`.
 pub(crate) fn write_json(record: &UsageRecord, buf: &mut Vec<u8>) {
+    write_json_head(record, buf);
+    write_json_tail(record, buf);
+}
+
+/// The JSON of `record`'s fields known before its request goes upstream, `id` to
+/// `model_requested`: an unclosed object that [`write_json_tail`] completes.
+pub(crate) fn write_json_head(record: &UsageRecord, buf: &mut Vec<u8>) {
     let r = record;
     buf.extend_from_slice(b"{\"id\":");
     uuid(buf, Some(&r.id));
@@ -30,6 +37,11 @@ pub(crate) fn write_json(record: &UsageRecord, buf: &mut Vec<u8>) {
     string(buf, Some(&r.endpoint));
     buf.extend_from_slice(b",\"model_requested\":");
     string(buf, r.model_requested.as_deref());
+}
+
+/// The rest of `record`'s JSON after [`write_json_head`], `model_served` on, closed.
+pub(crate) fn write_json_tail(record: &UsageRecord, buf: &mut Vec<u8>) {
+    let r = record;
     buf.extend_from_slice(b",\"model_served\":");
     string(buf, r.model_served.as_deref());
     buf.extend_from_slice(b",\"status\":");
@@ -114,13 +126,13 @@ fn int(buf: &mut Vec<u8>, v: impl itoa::Integer) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
     use proptest::prelude::*;
 
-    fn record(
+    pub(crate) fn record(
         strings: [Option<String>; 6],
         numbers: [u64; 8],
         flags: [bool; 4],

@@ -42,6 +42,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rampart_store::UsageRecord;
 
+use crate::record::Prepared;
+
 const SUFFIX: &str = ".spool";
 /// The committed offsets of the segments (`SEQ OFFSET` lines), saved after each drain.
 const HINT: &str = "COMMITTED";
@@ -149,6 +151,19 @@ pub struct Unwritten {
     pub error: io::Error,
     /// The record.
     pub record: UsageRecord,
+}
+
+/// Where a line's CRC goes, written before the JSON it is taken over (see [`seal_line`]).
+pub(crate) const CRC_PLACEHOLDER: &[u8; 9] = b"00000000 ";
+
+/// Fill in the CRC of a line started with [`CRC_PLACEHOLDER`] and its JSON, and end it.
+pub(crate) fn seal_line(buf: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let crc = crc32fast::hash(&buf[CRC_PLACEHOLDER.len()..]);
+    for (i, slot) in buf[..8].iter_mut().enumerate() {
+        *slot = HEX[((crc >> ((7 - i) * 4)) & 0xf) as usize];
+    }
+    buf.push(b'\n');
 }
 
 #[derive(Debug)]
@@ -287,14 +302,9 @@ impl Spool {
     /// Encode a record as one spool line (into `buf`, cleared first).
     pub fn encode(record: &UsageRecord, buf: &mut Vec<u8>) {
         buf.clear();
-        buf.extend_from_slice(b"00000000 ");
+        buf.extend_from_slice(CRC_PLACEHOLDER);
         crate::line::write_json(record, buf);
-        let crc = crc32fast::hash(&buf[9..]);
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, slot) in buf[..8].iter_mut().enumerate() {
-            *slot = HEX[((crc >> ((7 - i) * 4)) & 0xf) as usize];
-        }
-        buf.push(b'\n');
+        seal_line(buf);
     }
 
     /// Append `record` to this thread's lane as one line (see [`Spool::encode`]), with one
@@ -313,6 +323,19 @@ impl Spool {
             Self::encode(&record, &mut line);
             self.append_line(&line, record)
         })
+    }
+
+    /// [`Spool::append`] for a record whose head was encoded beforehand.
+    ///
+    /// # Errors
+    /// As [`Spool::append`].
+    pub fn append_prepared(
+        &self,
+        prepared: Prepared,
+        outcome: impl FnOnce(&mut UsageRecord),
+    ) -> Result<(), Box<Unwritten>> {
+        let (record, line) = prepared.finish(outcome);
+        self.append_line(&line, record)
     }
 
     /// The record moves into the lane's memory queue (no copy); it comes back with an error.
@@ -683,7 +706,7 @@ fn decode(line: &[u8]) -> Option<UsageRecord> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
