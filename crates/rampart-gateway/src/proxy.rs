@@ -174,10 +174,11 @@ pub struct Completion {
     ticket: Option<(rampart_limits::Ticket, Arc<PriceTable>)>,
     /// The limits' state after admission, for the response headers.
     limit_status: Option<rampart_limits::Status>,
-    /// Made while the upstream answers ([`Completion::prepare`]): the usage record's head and
-    /// the rate-limit header values.
+    /// Made while the upstream answers ([`Completion::prepare`]): the usage record's head, the
+    /// rate-limit header values and the request id's.
     prepared: Option<rampart_ledger::Prepared>,
     status_headers: Option<crate::admission::StatusHeaders>,
+    request_id_header: Option<HeaderValue>,
     /// The usage's cost, worked out once: settlement and the usage record both need it.
     cost: Option<CostMemo>,
     /// The request's duration, taken when its response ended: the completion is then handed
@@ -226,6 +227,7 @@ impl Completion {
             limit_status: None,
             prepared: None,
             status_headers: None,
+            request_id_header: None,
             cost: None,
             ended: None,
         })
@@ -318,7 +320,7 @@ impl Completion {
     }
 
     /// What can be made before the response arrives, made while the upstream answers: the usage
-    /// record's head (its spool line begun) and the rate-limit headers' values.
+    /// record's head (its spool line begun) and the response's rate-limit and request id values.
     fn prepare(&self) -> Prepared {
         Prepared {
             record: self
@@ -329,6 +331,7 @@ impl Completion {
                 .limit_status
                 .as_ref()
                 .map(crate::admission::StatusHeaders::of),
+            request_id_header: HeaderValue::from_str(&self.request_id).ok(),
         }
     }
 
@@ -346,6 +349,7 @@ impl Completion {
     fn keep(&mut self, prepared: Prepared) {
         self.prepared = prepared.record;
         self.status_headers = prepared.status_headers;
+        self.request_id_header = prepared.request_id_header;
     }
 
     /// The usage record with its head (the fields known before the request goes upstream) and
@@ -440,6 +444,7 @@ impl Completion {
 struct Prepared {
     record: Option<rampart_ledger::Prepared>,
     status_headers: Option<crate::admission::StatusHeaders>,
+    request_id_header: Option<HeaderValue>,
 }
 
 /// Longest model name kept in a usage record.
@@ -532,7 +537,7 @@ where
         .with_ledger(&state);
     let public_base = matches!(route, Route::Batches | Route::Batch | Route::BatchCancel)
         .then(|| public_base(&state.settings, &parts.headers));
-    let request_id = done.request_id.clone();
+    let request_id = public_base.is_some().then(|| done.request_id.clone());
     let resp = match forward(&state, &mut done, parts, body, client).await {
         Ok(Forwarded::Upstream(answered)) => {
             let (upstream, sent_at, headers_at, cache) = *answered;
@@ -548,8 +553,8 @@ where
         }
         Err(e) => return error_response(e, done),
     };
-    match public_base {
-        Some(base) if resp.status().is_success() => {
+    match (public_base, request_id) {
+        (Some(base), Some(request_id)) if resp.status().is_success() => {
             crate::batch_urls::rewrite(resp, &base, &request_id).await
         }
         _ => resp,
@@ -1129,7 +1134,11 @@ fn build_response(
             parts.headers.remove(&n);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&done.request_id) {
+    if let Some(v) = done
+        .request_id_header
+        .take()
+        .or_else(|| HeaderValue::from_str(&done.request_id).ok())
+    {
         parts.headers.insert(X_REQUEST_ID.clone(), v);
     }
     done.upstream_request_id = parts

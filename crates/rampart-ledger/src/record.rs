@@ -18,6 +18,8 @@ const LINE_CAPACITY: usize = 1024;
 pub struct Prepared {
     record: UsageRecord,
     line: Vec<u8>,
+    /// The CRC of the line's JSON so far.
+    crc: crc32fast::Hasher,
 }
 
 impl Prepared {
@@ -27,7 +29,9 @@ impl Prepared {
         let mut line = Vec::with_capacity(LINE_CAPACITY);
         line.extend_from_slice(crate::spool::CRC_PLACEHOLDER);
         crate::line::write_json_head(&record, &mut line);
-        Self { record, line }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&line[crate::spool::CRC_PLACEHOLDER.len()..]);
+        Self { record, line, crc }
     }
 
     /// The record with its outcome set by `outcome` (which leaves the head as it was), and its
@@ -36,6 +40,7 @@ impl Prepared {
         let Self {
             mut record,
             mut line,
+            mut crc,
         } = self;
         outcome(&mut record);
         debug_assert!(
@@ -46,8 +51,10 @@ impl Prepared {
             },
             "a prepared record's outcome changed its head"
         );
+        let head = line.len();
         crate::line::write_json_tail(&record, &mut line);
-        crate::spool::seal_line(&mut line);
+        crc.update(&line[head..]);
+        crate::spool::seal_line_with(&mut line, crc.finalize());
         (record, line)
     }
 }

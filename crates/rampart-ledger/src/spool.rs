@@ -158,8 +158,13 @@ pub(crate) const CRC_PLACEHOLDER: &[u8; 9] = b"00000000 ";
 
 /// Fill in the CRC of a line started with [`CRC_PLACEHOLDER`] and its JSON, and end it.
 pub(crate) fn seal_line(buf: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let crc = crc32fast::hash(&buf[CRC_PLACEHOLDER.len()..]);
+    seal_line_with(buf, crc);
+}
+
+/// [`seal_line`] with the CRC of the line's JSON worked out already.
+pub(crate) fn seal_line_with(buf: &mut Vec<u8>, crc: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, slot) in buf[..8].iter_mut().enumerate() {
         *slot = HEX[((crc >> ((7 - i) * 4)) & 0xf) as usize];
     }
