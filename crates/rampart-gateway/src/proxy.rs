@@ -175,7 +175,7 @@ pub struct Completion {
     /// The limits' state after admission, for the response headers.
     limit_status: Option<rampart_limits::Status>,
     /// Made while the upstream answers ([`Completion::prepare`]): the usage record's head, the
-    /// rate-limit header values and the request id's.
+    /// rate-limit header values and the `x-request-id` value.
     prepared: Option<rampart_ledger::Prepared>,
     status_headers: Option<crate::admission::StatusHeaders>,
     request_id_header: Option<HeaderValue>,
@@ -900,7 +900,12 @@ where
     let called = {
         // Pinned where it is made: the call's future is large, and each move copies it.
         let upstream = std::pin::pin!(state.upstreams.call(call));
-        while_waiting(upstream, || prepared = Some(done.prepare())).await
+        // Without a usage record or limits there is too little to make for the yield to pay.
+        if done.ledger.is_some() || done.limit_status.is_some() {
+            while_waiting(upstream, || prepared = Some(done.prepare())).await
+        } else {
+            upstream.await
+        }
     };
     if let Some(p) = prepared {
         done.keep(p);

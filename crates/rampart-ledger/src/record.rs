@@ -4,8 +4,8 @@
 //! (the outcome: status, tokens, cost, latency …) when the response ends. A [`Prepared`] record
 //! has its head already encoded as the start of its spool line, so the gateway does that while
 //! the upstream answers; what is left on the response's path, before its last byte is released
-//! ([`crate::Ledger::record_prepared`]), is the outcome's part of the line, its CRC and the
-//! `write`.
+//! ([`crate::Ledger::record_prepared`]), is the outcome's part of the line, the rest of its CRC
+//! and the `write`.
 
 use rampart_store::UsageRecord;
 
