@@ -1,4 +1,4 @@
-//! The ledger: [`Ledger::record`] on the request path, [`LedgerWriter::run`] in the background.
+//! The ledger: [`Ledger::record_prepared`] on the request path, [`LedgerWriter::run`] in the background.
 //!
 //! # Guarantees
 //! - A record is appended to the spool ([`crate::spool`]) with one `write` before the request's
@@ -130,25 +130,15 @@ impl Ledger {
         Ok((ledger, writer))
     }
 
-    /// Append `record` to the spool (one `write`) and queue it for the writer. Never fails: when the spool cannot be
-    /// written the record is kept in memory for the writer and the failure is counted.
-    pub fn record(&self, record: UsageRecord) {
-        if let Err(unwritten) = self.spool.append(record) {
-            self.keep_unwritten(*unwritten);
-        }
-    }
-
-    /// [`Ledger::record`] for a record prepared beforehand (its head encoded while the upstream
-    /// answered), its outcome set by `outcome`.
+    /// Append a record prepared beforehand (its head encoded while the upstream answered), its
+    /// outcome set by `outcome`, to the spool (one `write`) and queue it for the writer. Never
+    /// fails: when the spool cannot be written the record is kept in memory for the writer (up
+    /// to [`FALLBACK_MAX`]) and the failure is counted.
     pub fn record_prepared(&self, prepared: Prepared, outcome: impl FnOnce(&mut UsageRecord)) {
-        if let Err(unwritten) = self.spool.append_prepared(prepared, outcome) {
-            self.keep_unwritten(*unwritten);
-        }
-    }
-
-    /// A record the spool could not take is kept in memory (up to [`FALLBACK_MAX`]).
-    fn keep_unwritten(&self, unwritten: crate::spool::Unwritten) {
-        let crate::spool::Unwritten { error: e, record } = unwritten;
+        let Err(unwritten) = self.spool.append_prepared(prepared, outcome) else {
+            return;
+        };
+        let crate::spool::Unwritten { error: e, record } = *unwritten;
         metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool").increment(1);
         tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
         let mut fallback = self

@@ -132,7 +132,7 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    pub(crate) fn record(
+    fn record(
         strings: [Option<String>; 6],
         numbers: [u64; 8],
         flags: [bool; 4],
@@ -203,15 +203,20 @@ pub(crate) mod tests {
         assert_eq!(serde_json::from_slice::<UsageRecord>(&ours).unwrap(), r);
     }
 
+    /// Records with any strings (escaped or not, absent or not), numbers and flags.
+    pub(crate) fn any_record() -> impl Strategy<Value = UsageRecord> {
+        (
+            proptest::array::uniform6(proptest::option::of(".{0,40}")),
+            proptest::array::uniform8(any::<u64>()),
+            proptest::array::uniform4(any::<bool>()),
+            any::<i64>(),
+        )
+            .prop_map(|(strings, numbers, flags, saved)| record(strings, numbers, flags, saved))
+    }
+
     proptest! {
         #[test]
-        fn any_record_is_written_as_serde_json_writes_it(
-            strings in proptest::array::uniform6(proptest::option::of(".{0,40}")),
-            numbers in proptest::array::uniform8(any::<u64>()),
-            flags in proptest::array::uniform4(any::<bool>()),
-            saved in any::<i64>(),
-        ) {
-            let r = record(strings, numbers, flags, saved);
+        fn any_record_is_written_as_serde_json_writes_it(r in any_record()) {
             let mut ours = Vec::new();
             write_json(&r, &mut ours);
             prop_assert_eq!(ours, serde_json::to_vec(&r).unwrap());

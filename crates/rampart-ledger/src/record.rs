@@ -79,13 +79,7 @@ mod tests {
         /// A record prepared with an empty outcome and finished with its own is the record, on
         /// the same spool line as the record encoded whole.
         #[test]
-        fn a_prepared_record_is_the_record_on_the_same_line(
-            strings in proptest::array::uniform6(proptest::option::of(".{0,40}")),
-            numbers in proptest::array::uniform8(any::<u64>()),
-            flags in proptest::array::uniform4(any::<bool>()),
-            saved in any::<i64>(),
-        ) {
-            let r = crate::line::tests::record(strings, numbers, flags, saved);
+        fn a_prepared_record_is_the_record_on_the_same_line(r in crate::line::tests::any_record()) {
             let head = UsageRecord {
                 model_served: None,
                 status: 0,
