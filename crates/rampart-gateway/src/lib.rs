@@ -30,6 +30,8 @@ pub mod config;
 pub mod denials;
 pub mod error;
 pub mod exchange;
+#[cfg(test)]
+mod json_text;
 pub mod keydir;
 pub mod limits_config;
 pub mod logging;

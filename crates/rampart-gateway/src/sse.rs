@@ -172,11 +172,27 @@ mod fast_json {
         CacheCreationFields, DeltaBody, DeltaEvent, MessageFields, UsageFields, UsageSummary,
     };
 
+    /// Index of the first byte at or after `b[i]` that is not JSON whitespace (every byte that
+    /// starts or ends a token is above `b' '`, so that one comparison settles the usual case).
+    #[inline(always)]
     fn ws(b: &[u8], mut i: usize) -> usize {
-        while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+        while let Some(&c) = b.get(i) {
+            if c > b' ' || !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
             i += 1;
         }
         i
+    }
+
+    /// Index just past `c` at `b[i]` or after whitespace there; `None` when something else is.
+    #[inline(always)]
+    fn after(b: &[u8], i: usize, c: u8) -> Option<usize> {
+        if b.get(i) == Some(&c) {
+            return Some(i + 1);
+        }
+        let i = ws(b, i);
+        (b.get(i) == Some(&c)).then_some(i + 1)
     }
 
     /// Index just past the string starting at `b[i] == b'"'`.
@@ -185,7 +201,14 @@ mod fast_json {
     /// (keys, ids, model names) end there, and a call to `memchr2` costs more than searching
     /// them. Longer strings (the content) go on with `memchr2`.
     fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+        scan_string(b, i).map(|(end, _)| end)
+    }
+
+    /// [`skip_string`], and whether the string has an escape (a backslash) in it.
+    #[inline(always)]
+    fn scan_string(b: &[u8], i: usize) -> Option<(usize, bool)> {
         const SHORT: usize = 32;
+        let mut escaped = false;
         let mut j = i + 1;
         let short_end = j + SHORT;
         while j < short_end
@@ -201,16 +224,18 @@ mod fast_json {
             // be false, the lowest never is).
             let k = j + (hits.trailing_zeros() / 8) as usize;
             if b[k] == b'"' {
-                return Some(k + 1);
+                return Some((k + 1, escaped));
             }
+            escaped = true;
             j = k + 2;
         }
         loop {
             j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
             if b[j] == b'\\' {
+                escaped = true;
                 j += 2;
             } else {
-                return Some(j + 1);
+                return Some((j + 1, escaped));
             }
         }
     }
@@ -223,6 +248,20 @@ mod fast_json {
         x.wrapping_sub(ONES) & !x & (ONES << 7)
     }
 
+    /// Index of the first quote, `open` or `close` at or after `b[j]`: the next few bytes one by
+    /// one (in a container the next string or bracket is usually near), then `memchr3`.
+    #[inline(always)]
+    fn find3(b: &[u8], j: usize, open: u8, close: u8) -> Option<usize> {
+        let near = b.get(j..)?;
+        for (k, &c) in near.iter().take(16).enumerate() {
+            if c == b'"' || c == open || c == close {
+                return Some(j + k);
+            }
+        }
+        let from = j + 16.min(near.len());
+        Some(from + memchr::memchr3(b'"', open, close, b.get(from..)?)?)
+    }
+
     /// Index just past the value starting at `b[i]`.
     fn skip_value(b: &[u8], i: usize) -> Option<usize> {
         match *b.get(i)? {
@@ -233,7 +272,7 @@ mod fast_json {
                 let mut depth = 0usize;
                 let mut j = i;
                 loop {
-                    j += memchr::memchr3(b'"', open, close, b.get(j..)?)?;
+                    j = find3(b, j, open, close)?;
                     match b[j] {
                         b'"' => {
                             j = skip_string(b, j)?;
@@ -260,15 +299,36 @@ mod fast_json {
         }
     }
 
-    /// Calls `f(key, b, start)` for each member of the object starting at `b[i]`, where the
-    /// member's value starts at `b[start]`: `f` reads the value (or [`skip_value`]s it) and
-    /// returns the index just past it, so a nested object is read where it is instead of skipped
-    /// and walked again. Returns the index just past the object, or `None` when the bytes are not
-    /// an object it can walk.
+    /// What a member's reader did with it.
+    enum Member {
+        /// Read; the index just past its value.
+        Read(usize),
+        /// Not a member it reads: the walk steps over it.
+        Skip,
+    }
+
+    /// If the key whose opening quote is at `b[k]` is `name` (byte for byte), the index where its
+    /// value starts. A known name is compared in place, so the keys a reader wants are never
+    /// scanned for their end first.
+    #[inline(always)]
+    fn key(b: &[u8], k: usize, name: &[u8]) -> Option<usize> {
+        let rest = b.get(k + 1..)?;
+        if rest.len() > name.len() && rest.starts_with(name) && rest[name.len()] == b'"' {
+            Some(ws(b, after(b, k + 2 + name.len(), b':')?))
+        } else {
+            None
+        }
+    }
+
+    /// Calls `f(b, k)` for each member of the object starting at `b[i]`, where the member's
+    /// key's opening quote is at `b[k]`: `f` reads the members it knows by [`key`] and returns
+    /// [`Member::Read`] with the index just past the value, or [`Member::Skip`] for the walk to
+    /// step over the member. Returns the index just past the object, or `None` when the bytes
+    /// are not an object it can walk.
     fn walk_object(
         b: &[u8],
         i: usize,
-        mut f: impl FnMut(&[u8], &[u8], usize) -> Option<usize>,
+        mut f: impl FnMut(&[u8], usize) -> Option<Member>,
     ) -> Option<usize> {
         let mut i = ws(b, i);
         if b.get(i) != Some(&b'{') {
@@ -282,18 +342,23 @@ mod fast_json {
             if b.get(i) != Some(&b'"') {
                 return None;
             }
-            let key_end = skip_string(b, i)?;
-            let key = &b[i + 1..key_end - 1];
-            i = ws(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            i = ws(b, i + 1);
-            let end = f(key, b, i)?;
-            i = ws(b, end);
-            match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
-                Some(b'}') => return Some(i + 1),
+            let end = match f(b, i)? {
+                Member::Read(end) => end,
+                Member::Skip => {
+                    let key_end = skip_string(b, i)?;
+                    skip_value(b, ws(b, after(b, key_end, b':')?))?
+                }
+            };
+            let (c, e) = match b.get(end) {
+                Some(&c) if c > b' ' => (c, end),
+                _ => {
+                    let e = ws(b, end);
+                    (*b.get(e)?, e)
+                }
+            };
+            match c {
+                b',' => i = ws(b, e + 1),
+                b'}' => return Some(e + 1),
                 _ => return None,
             }
         }
@@ -310,16 +375,19 @@ mod fast_json {
         b.get(i..i + 4) == Some(b"null") && skip_value(b, i) == Some(i + 4)
     }
 
-    /// A JSON string or null; plain strings are sliced, escaped ones decoded by serde.
-    fn string(raw: &[u8]) -> Option<Option<String>> {
-        if raw == b"null" {
-            return Some(None);
+    /// The string or null at `b[i]` (plain strings are sliced, escaped ones decoded by serde);
+    /// the index just past it.
+    fn string_at(b: &[u8], i: usize) -> Option<(Option<String>, usize)> {
+        if b.get(i) != Some(&b'"') {
+            return is_null(b, i).then_some((None, i + 4));
         }
-        let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-        if inner.contains(&b'\\') {
-            return serde_json::from_slice::<String>(raw).ok().map(Some);
-        }
-        std::str::from_utf8(inner).ok().map(|s| Some(s.to_owned()))
+        let (end, escaped) = scan_string(b, i)?;
+        let s = if escaped {
+            serde_json::from_slice::<String>(&b[i..end]).ok()?
+        } else {
+            std::str::from_utf8(&b[i + 1..end - 1]).ok()?.to_owned()
+        };
+        Some((Some(s), end))
     }
 
     /// [`scalar`]`(b, i, uint)` in one scan: the digits are read as they are stepped over.
@@ -360,32 +428,40 @@ mod fast_json {
     /// past it.
     fn usage_at(b: &[u8], i: usize) -> Option<(UsageFields, usize)> {
         let mut u = UsageFields::default();
-        let end = walk_object(b, i, |k, b, i| {
-            let field = match k {
-                b"input_tokens" => &mut u.input_tokens,
-                b"output_tokens" => &mut u.output_tokens,
-                b"cache_creation_input_tokens" => &mut u.cache_creation_input_tokens,
-                b"cache_read_input_tokens" => &mut u.cache_read_input_tokens,
-                b"cache_creation" if !is_null(b, i) => {
-                    let mut c = CacheCreationFields::default();
-                    let end = walk_object(b, i, |k, b, i| {
-                        let field = match k {
-                            b"ephemeral_5m_input_tokens" => &mut c.ephemeral_5m_input_tokens,
-                            b"ephemeral_1h_input_tokens" => &mut c.ephemeral_1h_input_tokens,
-                            _ => return skip_value(b, i),
-                        };
-                        let (v, end) = uint_at(b, i)?;
-                        *field = v;
-                        Some(end)
-                    })?;
-                    u.cache_creation = Some(c);
-                    return Some(end);
+        let end = walk_object(b, i, |b, k| {
+            let (v, field) = if let Some(v) = key(b, k, b"input_tokens") {
+                (v, &mut u.input_tokens)
+            } else if let Some(v) = key(b, k, b"output_tokens") {
+                (v, &mut u.output_tokens)
+            } else if let Some(v) = key(b, k, b"cache_creation_input_tokens") {
+                (v, &mut u.cache_creation_input_tokens)
+            } else if let Some(v) = key(b, k, b"cache_read_input_tokens") {
+                (v, &mut u.cache_read_input_tokens)
+            } else if let Some(v) = key(b, k, b"cache_creation") {
+                if is_null(b, v) {
+                    return Some(Member::Read(v + 4));
                 }
-                _ => return skip_value(b, i),
+                let mut c = CacheCreationFields::default();
+                let end = walk_object(b, v, |b, k| {
+                    let (v, field) = if let Some(v) = key(b, k, b"ephemeral_5m_input_tokens") {
+                        (v, &mut c.ephemeral_5m_input_tokens)
+                    } else if let Some(v) = key(b, k, b"ephemeral_1h_input_tokens") {
+                        (v, &mut c.ephemeral_1h_input_tokens)
+                    } else {
+                        return Some(Member::Skip);
+                    };
+                    let (n, end) = uint_at(b, v)?;
+                    *field = n;
+                    Some(Member::Read(end))
+                })?;
+                u.cache_creation = Some(c);
+                return Some(Member::Read(end));
+            } else {
+                return Some(Member::Skip);
             };
-            let (v, end) = uint_at(b, i)?;
-            *field = v;
-            Some(end)
+            let (n, end) = uint_at(b, v)?;
+            *field = n;
+            Some(Member::Read(end))
         })?;
         Some((u, end))
     }
@@ -403,20 +479,25 @@ mod fast_json {
             stop_reason: None,
             usage: None,
         };
-        let end = walk_object(b, i, |key, b, i| match key {
-            b"model" => scalar(b, i, string).map(|(v, end)| {
-                m.model = v;
-                end
-            }),
-            b"stop_reason" => scalar(b, i, string).map(|(v, end)| {
-                m.stop_reason = v;
-                end
-            }),
-            b"usage" if !is_null(b, i) => usage_at(b, i).map(|(u, end)| {
+        let end = walk_object(b, i, |b, k| {
+            if let Some(v) = key(b, k, b"model") {
+                let (s, end) = string_at(b, v)?;
+                m.model = s;
+                Some(Member::Read(end))
+            } else if let Some(v) = key(b, k, b"stop_reason") {
+                let (s, end) = string_at(b, v)?;
+                m.stop_reason = s;
+                Some(Member::Read(end))
+            } else if let Some(v) = key(b, k, b"usage") {
+                if is_null(b, v) {
+                    return Some(Member::Read(v + 4));
+                }
+                let (u, end) = usage_at(b, v)?;
                 m.usage = Some(u);
-                end
-            }),
-            _ => skip_value(b, i),
+                Some(Member::Read(end))
+            } else {
+                Some(Member::Skip)
+            }
         })?;
         Some((m, end))
     }
@@ -429,13 +510,13 @@ mod fast_json {
     /// The data of a `message_start` event: its `message`.
     pub(super) fn start_event(b: &[u8]) -> Option<MessageFields> {
         let mut message_fields = None;
-        let end = walk_object(b, 0, |key, b, i| {
-            if key != b"message" {
-                return skip_value(b, i);
-            }
-            let (m, end) = message_at(b, i)?;
+        let end = walk_object(b, 0, |b, k| {
+            let Some(v) = key(b, k, b"message") else {
+                return Some(Member::Skip);
+            };
+            let (m, end) = message_at(b, v)?;
             message_fields = Some(m);
-            Some(end)
+            Some(Member::Read(end))
         })?;
         whole(b, end, message_fields?)
     }
@@ -446,25 +527,32 @@ mod fast_json {
             delta: None,
             usage: None,
         };
-        let end = walk_object(b, 0, |key, b, i| match key {
-            b"delta" if !is_null(b, i) => {
+        let end = walk_object(b, 0, |b, k| {
+            if let Some(v) = key(b, k, b"delta") {
+                if is_null(b, v) {
+                    return Some(Member::Read(v + 4));
+                }
                 let mut d = DeltaBody { stop_reason: None };
-                let end = walk_object(b, i, |k, b, i| {
-                    if k != b"stop_reason" {
-                        return skip_value(b, i);
-                    }
-                    let (v, end) = scalar(b, i, string)?;
-                    d.stop_reason = v;
-                    Some(end)
+                let end = walk_object(b, v, |b, k| {
+                    let Some(v) = key(b, k, b"stop_reason") else {
+                        return Some(Member::Skip);
+                    };
+                    let (s, end) = string_at(b, v)?;
+                    d.stop_reason = s;
+                    Some(Member::Read(end))
                 })?;
                 ev.delta = Some(d);
-                Some(end)
-            }
-            b"usage" if !is_null(b, i) => usage_at(b, i).map(|(u, end)| {
+                Some(Member::Read(end))
+            } else if let Some(v) = key(b, k, b"usage") {
+                if is_null(b, v) {
+                    return Some(Member::Read(v + 4));
+                }
+                let (u, end) = usage_at(b, v)?;
                 ev.usage = Some(u);
-                end
-            }),
-            _ => skip_value(b, i),
+                Some(Member::Read(end))
+            } else {
+                Some(Member::Skip)
+            }
         })?;
         whole(b, end, ev)
     }
@@ -766,6 +854,7 @@ fn sniff_type(data: &[u8]) -> Option<Wanted> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json_text::object;
     use proptest::prelude::*;
 
     const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":7,\"cache_read_input_tokens\":3,\"cache_creation\":{\"ephemeral_5m_input_tokens\":5,\"ephemeral_1h_input_tokens\":2},\"output_tokens\":1}}}\n\n\
@@ -932,6 +1021,78 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(delta_both(deltas[0]).0.unwrap().output_tokens, 15);
     }
 
+    /// A Messages response body of varied shape: the members the walker reads (or `null`), among
+    /// others whose names share a prefix with them and nested objects that reuse their names, in
+    /// any order, with any whitespace.
+    fn message_text() -> impl Strategy<Value = String> {
+        let uint = || {
+            prop_oneof![
+                4 => (0u64..10_000_000).prop_map(|n| n.to_string()),
+                1 => Just("null".to_owned()),
+            ]
+            .boxed()
+        };
+        let string = || {
+            prop_oneof![
+                4 => "\\PC{0,16}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+                1 => Just("null".to_owned()),
+                1 => Just(r#""claude-\u0041\"x\\""#.to_owned()),
+            ]
+            .boxed()
+        };
+        let cache_creation = object(
+            vec![
+                ("ephemeral_5m_input_tokens", uint()),
+                ("ephemeral_1h_input_tokens", uint()),
+                ("ephemeral_5m_input_tokens_x", uint()),
+            ],
+            0.5,
+            0.0,
+        );
+        let usage = object(
+            vec![
+                ("input_tokens", uint()),
+                ("output_tokens", uint()),
+                ("cache_creation_input_tokens", uint()),
+                ("cache_read_input_tokens", uint()),
+                (
+                    "cache_creation",
+                    prop_oneof![4 => cache_creation, 1 => Just("null".to_owned())].boxed(),
+                ),
+                ("input_tokens_x", uint()),
+                ("service_tier", string()),
+                (
+                    "server_tool_use",
+                    Just(r#"{"web_search_requests":1}"#.to_owned()).boxed(),
+                ),
+            ],
+            0.5,
+            0.0,
+        );
+        let decoy = string().prop_map(|text| {
+            format!(
+                r#"[{{"type":"tool_use","input":{{"model":"decoy","usage":{{"input_tokens":1}},"text":{text}}}}}]"#
+            )
+        });
+        object(
+            vec![
+                ("id", string()),
+                ("model", string()),
+                ("content", decoy.boxed()),
+                ("stop_reason", string()),
+                ("stop_sequence", string()),
+                (
+                    "usage",
+                    prop_oneof![4 => usage, 1 => Just("null".to_owned())].boxed(),
+                ),
+                ("models", string()),
+                ("usage_x", Just(r#"{"input_tokens":9}"#.to_owned()).boxed()),
+            ],
+            0.5,
+            0.0,
+        )
+    }
+
     /// One event of many shapes: mostly the usual `event: NAME` + `data:` + blank line, and
     /// the variations the scanner must read the same way (no space, CRLF, no event line, a
     /// second event line, more data lines, other fields).
@@ -1007,6 +1168,13 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
                 "usage": {"input_tokens": n, "output_tokens": n / 2}
             }).to_string();
             prop_assert_eq!(fast_json::summary(body.as_bytes()), UsageSummary::from_json_serde(body.as_bytes()));
+        }
+
+        #[test]
+        fn fast_walk_matches_serde_on_messages_of_any_shape(body in message_text()) {
+            let fast = fast_json::summary(body.as_bytes());
+            prop_assert!(fast.is_some(), "{}", body);
+            prop_assert_eq!(fast, UsageSummary::from_json_serde(body.as_bytes()), "{}", body);
         }
 
         #[test]
