@@ -12,6 +12,8 @@ use serde_json::value::RawValue;
 
 use crate::error::ProxyError;
 
+mod plain;
+
 /// The fields of a Messages request the hot path reads.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Peeked {
@@ -77,13 +79,24 @@ fn peeked(
 }
 
 /// [`peek`] and the body's token estimate for a reservation ([`Estimate`]), in one pass over the
-/// body when that pass can stand for the two reads
-/// ([`rampart_api::tokens::estimate_request_peeking`]); otherwise [`peek`] alone (the estimate is
-/// then made when it is needed, as without this).
+/// body when that pass can stand for the two reads: a plain chat turn is read by hand
+/// ([`plain`]), any other body by serde
+/// ([`rampart_api::tokens::estimate_request_peeking`]); when neither pass can, [`peek`] alone (the
+/// estimate is then made when it is needed, as without this).
 ///
 /// # Errors
 /// As [`peek`].
 pub fn peek_estimating(body: &[u8]) -> Result<(Peeked, Option<Estimate>), ProxyError> {
+    if let Ok(text) = std::str::from_utf8(body)
+        && let Some((peeked, estimate)) = plain::read(text)
+    {
+        return Ok((peeked, Some(estimate)));
+    }
+    peek_estimating_generally(body)
+}
+
+/// [`peek_estimating`] of any body, by serde.
+fn peek_estimating_generally(body: &[u8]) -> Result<(Peeked, Option<Estimate>), ProxyError> {
     if let Ok(text) = std::str::from_utf8(body)
         && text.trim_start().starts_with('{')
         && let Some((e, raw)) = rampart_api::tokens::estimate_request_peeking(text)

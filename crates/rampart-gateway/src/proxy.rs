@@ -1389,6 +1389,53 @@ mod tests {
     }
 
     #[test]
+    fn upstream_headers_drop_hop_by_hop_credentials_and_what_connection_lists() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("host", "gw"),
+            ("content-length", "5"),
+            ("x-api-key", "rk_live_secret"),
+            ("authorization", "Bearer secret"),
+            ("connection", "keep-alive, X-Private"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-private", "p"),
+            ("accept-encoding", "gzip"),
+            ("x-request-id", "client-chosen"),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", "a"),
+            ("anthropic-beta", "b"),
+            ("x-custom", "1"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let out = upstream_headers(h, "req_1");
+        // Names in any order; one name's values in the client's.
+        let mut shown: Vec<(String, Vec<String>)> = out
+            .keys()
+            .map(|n| {
+                let values = out
+                    .get_all(n)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (n.to_string(), values.collect())
+            })
+            .collect();
+        shown.sort();
+        let want: Vec<(String, Vec<String>)> = [
+            ("accept-encoding", &["identity"][..]),
+            ("anthropic-beta", &["a", "b"]),
+            ("anthropic-version", &["2023-06-01"]),
+            ("x-custom", &["1"]),
+            ("x-request-id", &["req_1"]),
+        ]
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), v.iter().map(|v| (*v).to_owned()).collect()))
+        .collect();
+        assert_eq!(shown, want);
+    }
+
+    #[test]
     fn connection_listed_headers_are_found() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("close, x-custom"));
