@@ -38,6 +38,7 @@ use rampart_ledger::pricing::{Known, PriceTable, TokenUsage, note_unknown_model}
 use rampart_store::UsageRecord;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 
 /// Largest non-streamed Messages body copied aside to read usage.
@@ -538,7 +539,10 @@ where
     let public_base = matches!(route, Route::Batches | Route::Batch | Route::BatchCancel)
         .then(|| public_base(&state.settings, &parts.headers));
     let request_id = public_base.is_some().then(|| done.request_id.clone());
-    let resp = match forward(&state, &mut done, parts, body, client).await {
+    // Boxed: the forwarding future is kilobytes (it holds the upstream call's), and a future is
+    // copied whole each time it is moved into the one awaiting it; boxed, it is copied once and
+    // the futures around it stay small.
+    let resp = match Box::pin(forward(&state, &mut done, parts, body, client)).await {
         Ok(Forwarded::Upstream(answered)) => {
             let (upstream, sent_at, headers_at, cache) = *answered;
             build_response(upstream, done, sent_at, headers_at, cache)
@@ -1054,40 +1058,46 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Headers never forwarded upstream: hop-by-hop ones, and those Rampart sets itself.
+/// Headers never forwarded upstream: hop-by-hop ones, the client's bearer credential, and those
+/// the connection sets (`host`, `content-length`). The client's `x-api-key`, `x-request-id` and
+/// `accept-encoding` are overwritten instead ([`upstream_headers`]).
 fn strip_on_request(name: &HeaderName) -> bool {
-    is_hop_by_hop(name)
-        || matches!(
-            name.as_str(),
-            "host"
-                | "content-length"
-                | "x-api-key"
-                | "authorization"
-                | "accept-encoding"
-                | "x-request-id"
-        )
+    is_hop_by_hop(name) || matches!(name.as_str(), "host" | "content-length" | "authorization")
 }
 
-fn strip_request_headers(headers: &mut HeaderMap) {
-    let mut doomed = connection_listed(headers);
-    doomed.extend(headers.keys().filter(|n| strip_on_request(n)).cloned());
-    for name in doomed {
+/// The client's headers as sent upstream: hop-by-hop ones and its credentials removed, the
+/// request id added, identity encoding asked for, and an empty `x-api-key` where each attempt
+/// writes its target's key.
+///
+/// A header Rampart sets anyway is overwritten where the client's is rather than removed (a
+/// removal costs a lookup and a shift); the `x-api-key` slot is kept so that each attempt's copy
+/// of these headers takes the key in place instead of growing.
+pub(crate) fn upstream_headers(mut headers: HeaderMap, request_id: &str) -> HeaderMap {
+    let listed = connection_listed(&headers);
+    // One removal at a time, each found by a scan of the names (usually two: `host` and
+    // `content-length`), rather than a list of them made first.
+    while let Some(name) = headers
+        .keys()
+        .find(|n| strip_on_request(n) || listed.contains(n))
+        .cloned()
+    {
         headers.remove(name);
     }
-}
-
-/// The client's headers as sent upstream: hop-by-hop ones and its credential removed, the
-/// request id added, identity encoding asked for. The target's key is added per attempt.
-pub(crate) fn upstream_headers(mut headers: HeaderMap, request_id: &str) -> HeaderMap {
-    strip_request_headers(&mut headers);
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(X_REQUEST_ID.clone(), v);
+    match HeaderValue::from_str(request_id) {
+        Ok(v) => {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(&X_REQUEST_ID);
+        }
     }
     // Usage is read from the body on the side, so ask for it uncompressed.
     headers.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+    // The client's own key never goes upstream: it is overwritten here, then by the target's.
+    headers.insert(X_API_KEY.clone(), HeaderValue::from_static(""));
     headers
 }
 
@@ -1426,6 +1436,7 @@ mod tests {
             ("accept-encoding", &["identity"][..]),
             ("anthropic-beta", &["a", "b"]),
             ("anthropic-version", &["2023-06-01"]),
+            ("x-api-key", &[""]),
             ("x-custom", &["1"]),
             ("x-request-id", &["req_1"]),
         ]
