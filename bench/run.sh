@@ -142,25 +142,42 @@ for t, xs in v.items():
 want() { [ -z "${BENCH_TARGETS:-}" ] || [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
 runif() { if want "$1"; then run "$@"; fi; }
 
+# BENCH_KEEP_AWAKE=1: one busy loop per CPU at the idle scheduling class (SCHED_IDLE) during the
+# wrk runs. It runs only when nothing else would, and any woken task preempts it at once; what it
+# changes is that no CPU goes idle. On a virtual machine whose idle vCPUs take tens of
+# microseconds to wake (a halt and an interrupt through the hypervisor), that wake-up, not the
+# proxies, is most of a 1-conn request's time; kept awake, the figures are the proxies' again
+# (as `idle=poll` or halt-polling would have them). Off by default; the report says which.
+AWAKE=${BENCH_KEEP_AWAKE:-0}
+if [ "$AWAKE" = 1 ]; then
+  for cpu in $(seq 0 $(($(nproc) - 1))); do
+    taskset -c "$cpu" chrt -i 0 bash -c 'while :; do :; done' &
+    echo $! >"$WORK/awake-$cpu.pid"
+  done
+  echo "{\"target\": \"-\", \"mode\": \"awake\"}" >>"$RESULTS"
+fi
+
 echo "== wrk, $DURATION per run, $ROUNDS_1CONN round(s) at 1 conn, $ROUNDS at 32"
 for mode in json sse; do
+  targets=(direct:$SIM floor:$FLOOR rampart:$GW)
+  if [ "$mode" = json ]; then
+    targets+=(rampart-store:$GWS limits:$GWLIM limits-redis:$GWLR)
+  fi
+  targets+=(rampart-ledger:$GWL all:$GWA all-redis:$GWAR)
   for conns in 1 32; do
     rounds=$ROUNDS; [ "$conns" -eq 1 ] && rounds=$ROUNDS_1CONN
     for round in $(seq 1 "$rounds"); do
-      runif direct "$SIM" "$mode" "$conns" "$round"
-      runif floor "$FLOOR" "$mode" "$conns" "$round"
-      runif rampart "$GW" "$mode" "$conns" "$round"
-      if [ "$mode" = json ]; then
-        runif rampart-store "$GWS" "$mode" "$conns" "$round"
-        runif limits "$GWLIM" "$mode" "$conns" "$round"
-        runif limits-redis "$GWLR" "$mode" "$conns" "$round"
-      fi
-      runif rampart-ledger "$GWL" "$mode" "$conns" "$round"
-      runif all "$GWA" "$mode" "$conns" "$round"
-      runif all-redis "$GWAR" "$mode" "$conns" "$round"
+      # Each round starts one target later than the one before: no target always runs right
+      # after the same one (on this 2-vCPU machine the run after another does measurably better
+      # or worse by its place alone).
+      n=${#targets[@]}; k=$(((round - 1) % n))
+      for t in "${targets[@]:k}" "${targets[@]:0:k}"; do
+        runif "${t%%:*}" "${t#*:}" "$mode" "$conns" "$round"
+      done
     done
   done
 done
+for f in "$WORK"/awake-*.pid; do if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi; done
 echo "== SSE time to first byte (curl, 300 sequential requests per target, interleaved)"
 ttfb
 
