@@ -67,7 +67,9 @@ use crate::upstream_pool::{
 };
 use crate::window::Clock;
 
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// The upstream credential header: left empty by `proxy::upstream_headers`, filled per attempt
+/// here.
+pub(crate) static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_STAINLESS_TIMEOUT: HeaderName = HeaderName::from_static("x-stainless-timeout");
 static X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 static X_SERVED_MODEL: HeaderName = HeaderName::from_static("x-rampart-served-model");

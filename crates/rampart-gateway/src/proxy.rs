@@ -38,7 +38,6 @@ use rampart_ledger::pricing::{Known, PriceTable, TokenUsage, note_unknown_model}
 use rampart_store::UsageRecord;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 
 /// Largest non-streamed Messages body copied aside to read usage.
@@ -1097,7 +1096,10 @@ pub(crate) fn upstream_headers(mut headers: HeaderMap, request_id: &str) -> Head
         HeaderValue::from_static("identity"),
     );
     // The client's own key never goes upstream: it is overwritten here, then by the target's.
-    headers.insert(X_API_KEY.clone(), HeaderValue::from_static(""));
+    headers.insert(
+        crate::exchange::X_API_KEY.clone(),
+        HeaderValue::from_static(""),
+    );
     headers
 }
 
