@@ -87,18 +87,18 @@ fn peeked(
 /// # Errors
 /// As [`peek`].
 pub fn peek_estimating(body: &[u8]) -> Result<(Peeked, Option<Estimate>), ProxyError> {
-    if let Ok(text) = std::str::from_utf8(body)
-        && let Some((peeked, estimate)) = plain::read(text)
-    {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return peek(body).map(|p| (p, None));
+    };
+    if let Some((peeked, estimate)) = plain::read(text) {
         return Ok((peeked, Some(estimate)));
     }
-    peek_estimating_generally(body)
+    peek_estimating_generally(text)
 }
 
-/// [`peek_estimating`] of any body, by serde.
-fn peek_estimating_generally(body: &[u8]) -> Result<(Peeked, Option<Estimate>), ProxyError> {
-    if let Ok(text) = std::str::from_utf8(body)
-        && text.trim_start().starts_with('{')
+/// [`peek_estimating`] of any UTF-8 body, by serde.
+fn peek_estimating_generally(text: &str) -> Result<(Peeked, Option<Estimate>), ProxyError> {
+    if text.trim_start().starts_with('{')
         && let Some((e, raw)) = rampart_api::tokens::estimate_request_peeking(text)
     {
         let estimate = Estimate {
@@ -110,7 +110,7 @@ fn peek_estimating_generally(body: &[u8]) -> Result<(Peeked, Option<Estimate>), 
             Some(estimate),
         ));
     }
-    peek(body).map(|p| (p, None))
+    peek(text.as_bytes()).map(|p| (p, None))
 }
 
 /// What a Messages body reserves before pricing: the shared input-token estimate and

@@ -279,27 +279,20 @@ impl Reader<'_> {
         }
     }
 
-    /// The digits of a non-negative integer as JSON writes it (no leading zero), that `u64`
-    /// holds; a fraction or an exponent is not plain.
+    /// A non-negative integer as JSON writes it, that `u64` holds; a fraction or an exponent is
+    /// not plain.
     fn uint(&mut self) -> Option<u64> {
         self.ws();
-        let start = self.i;
-        let mut n = 0u64;
-        while let Some(d) = self.b.get(self.i).filter(|d| d.is_ascii_digit()) {
-            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-            self.i += 1;
-        }
-        let digits = self.i - start;
-        let leading_zero = digits > 1 && self.b[start] == b'0';
-        let fraction = matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E'));
-        (digits > 0 && !leading_zero && !fraction).then_some(n)
+        let n = self.integer()?;
+        (!matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E'))).then_some(n)
     }
 
-    /// A number as JSON writes it, without an exponent: `-?(0|[1-9][0-9]*)(\.[0-9]+)?`.
+    /// A number as JSON writes it, without an exponent: `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, its
+    /// integer part one `u64` holds.
     fn number(&mut self) -> Option<()> {
         self.ws();
         self.i += usize::from(self.b.get(self.i) == Some(&b'-'));
-        self.uint_digits()?;
+        self.integer()?;
         if self.b.get(self.i) == Some(&b'.') {
             self.i += 1;
             let start = self.i;
@@ -313,14 +306,16 @@ impl Reader<'_> {
         (!matches!(self.b.get(self.i), Some(b'e' | b'E'))).then_some(())
     }
 
-    /// The integer part of a number: `0` or digits not starting with `0` (at most 19).
-    fn uint_digits(&mut self) -> Option<()> {
+    /// The integer part of a number: `0`, or digits not starting with `0`, that `u64` holds.
+    fn integer(&mut self) -> Option<u64> {
         let start = self.i;
-        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+        let mut n = 0u64;
+        while let Some(d) = self.b.get(self.i).filter(|d| d.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
             self.i += 1;
         }
         let digits = self.i - start;
-        (digits > 0 && digits < 20 && (digits == 1 || self.b[start] != b'0')).then_some(())
+        (digits == 1 || (digits > 1 && self.b[start] != b'0')).then_some(n)
     }
 
     fn boolean(&mut self) -> Option<bool> {
@@ -408,7 +403,7 @@ mod tests {
     /// What the general reader answers for a body the plain reader answers.
     fn agrees(text: &str) -> Result<(), TestCaseError> {
         if let Some((peeked, estimate)) = read(text) {
-            let general = peek_estimating_generally(text.as_bytes());
+            let general = peek_estimating_generally(text);
             prop_assert_eq!(general, Ok((peeked, Some(estimate))), "{}", text);
         }
         Ok(())
