@@ -307,18 +307,21 @@ impl<T: Transport> Upstreams<T> {
     /// routing hint (400), a model the key may not use (403), no target for the model (404),
     /// every breaker open (529), a connect failure (502), a timeout (504), a missing upstream
     /// key (500).
-    pub async fn call(&self, call: Call<'_>) -> Result<Delivered<T::Body>, Failed> {
+    ///
+    /// `call` is borrowed, not moved: an async fn keeps what it is given and its own copy of it,
+    /// and this future is already kilobytes.
+    pub async fn call(&self, call: &Call<'_>) -> Result<Delivered<T::Body>, Failed> {
         let timeouts = self.timeouts[route_index(call.route)];
         let deadline = Deadline::of(call.arrived, timeouts.total, client_timeout(&call.headers));
         let clock = *self.pool.clock();
         self.budget.request(clock.now_ms());
         let (chain, route_note) = self
-            .plan(&call, deadline)
+            .plan(call, deadline)
             .await
             .map_err(|error| Failed { error, attempts: 0 })?;
-        let body = body_for(&call, chain.model(0));
+        let body = body_for(call, chain.model(0));
         let mut run = Run {
-            call: &call,
+            call,
             chain,
             timeouts,
             deadline,

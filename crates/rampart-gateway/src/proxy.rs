@@ -175,10 +175,10 @@ pub struct Completion {
     /// The limits' state after admission, for the response headers.
     limit_status: Option<rampart_limits::Status>,
     /// Made while the upstream answers ([`Completion::prepare`]): the usage record's head, the
-    /// rate-limit header values and the `x-request-id` value.
-    prepared: Option<rampart_ledger::Prepared>,
-    status_headers: Option<crate::admission::StatusHeaders>,
-    request_id_header: Option<HeaderValue>,
+    /// rate-limit header values and the `x-request-id` value. Boxed: it is most of a
+    /// completion's size, and the completion and the forwarding future are copied whole when
+    /// they are made.
+    prepared: Option<Box<Prepared>>,
     /// The usage's cost, worked out once: settlement and the usage record both need it.
     cost: Option<CostMemo>,
     /// The request's duration, taken when its response ended: the completion is then handed
@@ -226,8 +226,6 @@ impl Completion {
             ticket: None,
             limit_status: None,
             prepared: None,
-            status_headers: None,
-            request_id_header: None,
             cost: None,
             ended: None,
         })
@@ -321,8 +319,8 @@ impl Completion {
 
     /// What can be made before the response arrives, made while the upstream answers: the usage
     /// record's head (its spool line begun) and the response's rate-limit and request id values.
-    fn prepare(&self) -> Prepared {
-        Prepared {
+    fn prepare(&self) -> Box<Prepared> {
+        Box::new(Prepared {
             record: self
                 .ledger
                 .as_ref()
@@ -332,13 +330,13 @@ impl Completion {
                 .as_ref()
                 .map(crate::admission::StatusHeaders::of),
             request_id_header: HeaderValue::from_str(&self.request_id).ok(),
-        }
+        })
     }
 
     /// The `anthropic-ratelimit-*` headers of the limits' state after admission, if admitted
     /// (made beforehand when they were prepared).
     fn write_limit_headers(&mut self, headers: &mut HeaderMap) {
-        if let Some(h) = self.status_headers.take() {
+        if let Some(h) = self.prepared.as_mut().and_then(|p| p.status_headers.take()) {
             h.write(headers);
         } else if let Some(s) = &self.limit_status {
             crate::admission::write_status(s, headers);
@@ -346,10 +344,8 @@ impl Completion {
     }
 
     /// Keep what [`Completion::prepare`] made.
-    fn keep(&mut self, prepared: Prepared) {
-        self.prepared = prepared.record;
-        self.status_headers = prepared.status_headers;
-        self.request_id_header = prepared.request_id_header;
+    fn keep(&mut self, prepared: Box<Prepared>) {
+        self.prepared = Some(prepared);
     }
 
     /// The usage record with its head (the fields known before the request goes upstream) and
@@ -413,7 +409,8 @@ impl Completion {
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let prepared = self
             .prepared
-            .take()
+            .as_mut()
+            .and_then(|p| p.record.take())
             .unwrap_or_else(|| rampart_ledger::Prepared::new(self.head()));
         ledger.record_prepared(prepared, |r| {
             r.model_served = served.map(|m| shown_model(m).to_owned());
@@ -441,6 +438,7 @@ impl Completion {
 }
 
 /// What [`Completion::prepare`] made.
+#[derive(Debug)]
 struct Prepared {
     record: Option<rampart_ledger::Prepared>,
     status_headers: Option<crate::admission::StatusHeaders>,
@@ -532,7 +530,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let mut done = Completion::new(route, parts.method.clone(), request_id(&parts.headers))
         .with_ledger(&state);
     let public_base = matches!(route, Route::Batches | Route::Batch | Route::BatchCancel)
@@ -541,7 +539,7 @@ where
     // Boxed: the forwarding future is kilobytes (it holds the upstream call's), and a future is
     // copied whole each time it is moved into the one awaiting it; boxed, it is copied once and
     // the futures around it stay small.
-    let resp = match Box::pin(forward(&state, &mut done, parts, body, client)).await {
+    let resp = match Box::pin(forward(&state, &mut done, &mut parts, body, client)).await {
         Ok(Forwarded::Upstream(answered)) => {
             let (upstream, sent_at, headers_at, cache) = *answered;
             build_response(upstream, done, sent_at, headers_at, cache)
@@ -558,7 +556,8 @@ where
     };
     match (public_base, request_id) {
         (Some(base), Some(request_id)) if resp.status().is_success() => {
-            crate::batch_urls::rewrite(resp, &base, &request_id).await
+            // Boxed: batch routes only, and every request's future would carry its size.
+            Box::pin(crate::batch_urls::rewrite(resp, &base, &request_id)).await
         }
         _ => resp,
     }
@@ -669,7 +668,7 @@ struct CacheHit {
 async fn forward<B>(
     state: &AppState,
     done: &mut Completion,
-    parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     body: B,
     client: Option<SocketAddr>,
 ) -> Result<Forwarded, ProxyError>
@@ -693,7 +692,7 @@ where
         Err(AuthFailure::Missing) => return Err(ProxyError::MissingKey),
         Err(AuthFailure::Invalid) => {
             let r = refused(401, "malformed_credential", None);
-            audit_denied(state, done, &parts, client, r);
+            audit_denied(state, done, parts, client, r);
             return Err(ProxyError::InvalidKey);
         }
     };
@@ -709,7 +708,7 @@ where
         Ok(identity) => identity,
         Err(denial) => {
             let r = refused(401, denial.as_str(), Some(credential));
-            audit_denied(state, done, &parts, client, r);
+            audit_denied(state, done, parts, client, r);
             return Err(ProxyError::InvalidKey);
         }
     };
@@ -725,7 +724,7 @@ where
             key_id: identity.key_id,
             ..refused(403, "endpoint_not_allowed", Some(credential))
         };
-        audit_denied(state, done, &parts, client, r);
+        audit_denied(state, done, parts, client, r);
         return Err(ProxyError::Forbidden(format!(
             "this API key may not call {}",
             done.route.template()
@@ -771,7 +770,7 @@ where
                 model: Some(&model),
                 ..refused(403, "model_not_allowed", Some(credential))
             };
-            audit_denied(state, done, &parts, client, r);
+            audit_denied(state, done, parts, client, r);
             done.model = peeked.model;
             return Err(err);
         }
@@ -798,7 +797,7 @@ where
         let req = crate::batches::api::Request {
             route: done.route,
             method: &parts.method,
-            parts: &parts,
+            parts,
             identity: &identity,
             body: body_bytes,
             request_id: &done.request_id,
@@ -890,7 +889,7 @@ where
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        headers: upstream_headers(parts.headers, &done.request_id),
+        headers: upstream_headers(std::mem::take(&mut parts.headers), &done.request_id),
         body: body_bytes,
         model: done.model.as_deref(),
         model_span,
@@ -902,7 +901,7 @@ where
     let mut prepared = None;
     let called = {
         // Pinned where it is made: the call's future is large, and each move copies it.
-        let upstream = std::pin::pin!(state.upstreams.call(call));
+        let upstream = std::pin::pin!(state.upstreams.call(&call));
         // Without a usage record or limits there is too little to make for the yield to pay.
         if done.ledger.is_some() || done.limit_status.is_some() {
             while_waiting(upstream, || prepared = Some(done.prepare())).await
@@ -1152,8 +1151,9 @@ fn build_response(
         }
     }
     if let Some(v) = done
-        .request_id_header
-        .take()
+        .prepared
+        .as_mut()
+        .and_then(|p| p.request_id_header.take())
         .or_else(|| HeaderValue::from_str(&done.request_id).ok())
     {
         parts.headers.insert(X_REQUEST_ID.clone(), v);

@@ -514,7 +514,7 @@ pub(crate) async fn call_upstream(
     };
     state
         .upstreams
-        .call(call)
+        .call(&call)
         .await
         .map(|d| d.response)
         .map_err(|f| f.error)

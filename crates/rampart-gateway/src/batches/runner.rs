@@ -372,7 +372,7 @@ async fn attempt(state: &AppState, item: &ClaimedItem, request_id: &str) -> Answ
         request_id,
         arrived: Instant::now(),
     };
-    let delivered = match state.upstreams.call(call).await {
+    let delivered = match state.upstreams.call(&call).await {
         Ok(d) => d,
         Err(failed) => {
             let (kind, status) = failed.error.kind_and_status();

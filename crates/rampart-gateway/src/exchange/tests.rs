@@ -224,7 +224,7 @@ async fn send_with(
         request_id: "req_test",
         arrived: Instant::now(),
     };
-    let delivered = up.call(call).await?;
+    let delivered = up.call(&call).await?;
     let (parts, body) = delivered.response.into_parts();
     let bytes = body
         .collect()
