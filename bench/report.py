@@ -74,6 +74,16 @@ LIMIT_TARGETS = {
 }
 
 
+#: The 1-conn rounds with each gateway alone on a CPU (bench/run.sh, BENCH_OWN_CPU): their mode
+#: is the path's with this suffix.
+OWN_CPU = "@own-cpu"
+
+
+def shown(mode):
+    """A mode as the tables name it."""
+    return mode.replace(OWN_CPU, ", own CPU")
+
+
 def measured(target, mode=None):
     return any(r["target"] == target and (mode is None or r["mode"] == mode) for r in rows)
 
@@ -93,39 +103,48 @@ out.append(
         if any(r["mode"] == "awake" for r in rows)
         else ""
     )
+    + (
+        "; then the 1-conn rounds again with each gateway alone on CPU 0 and the simulator and wrk on the other CPUs, kept awake (rows marked \"own CPU\")"
+        if any(r["mode"].endswith(OWN_CPU) for r in rows)
+        else ""
+    )
     + ".\n"
 )
 out.append("| path | conns | target | req/s | p50 ms | p99 ms | added p50 ms | errors |")
 out.append("|---|---|---|---|---|---|---|---|")
 verdicts = []
-for mode in ("json", "sse"):
-    for conns in (1, 32):
-        d = get("direct", mode, conns)
-        targets = ("direct", "floor", "rampart", "rampart-store", "rampart-ledger") if mode == "json" else ("direct", "floor", "rampart", "rampart-ledger")
-        targets = (*(t for t in targets if measured(t, mode)), *(t for t in LIMIT_TARGETS if measured(t, mode)))
-        for t in targets:
-            r = get(t, mode, conns)
-            w = r["wrk"]
-            added = (w["p50_us"] - d["wrk"]["p50_us"]) / 1000 if t != "direct" else 0.0
-            out.append(
-                f"| {mode} | {conns} | {t} | {rps(r):,.0f} | {w['p50_us']/1000:.3f} | {w['p99_us']/1000:.3f} | "
-                f"{'' if t == 'direct' else f'{added:.3f}'} | {w['errors']} |"
-            )
-        kind = "added p50 at 1 conn" if conns == 1 else "throughput at 32 conns"
-        at_most = conns == 1
-        if measured("rampart", mode):
-            verdicts.append(verdict(f"{mode}: {kind}, rampart / floor", ratios("rampart", mode, conns), 1.5 if at_most else 0.8, at_most))
-        if mode == "json" and measured("rampart-store", mode) and measured("rampart", mode):
-            verdicts.append(verdict(f"json: {kind}, store keys / config keys", ratios("rampart-store", mode, conns, "rampart"), 1.2 if at_most else 0.9, at_most))
-        # The usage ledger on (store keys, no limits).
-        if measured("rampart-ledger", mode):
-            verdicts.append(verdict(f"{mode}: {kind}, ledger on / floor", ratios("rampart-ledger", mode, conns), 1.5 if at_most else 0.7, at_most))
+PLACEMENTS = [(m, c) for m in ("json", "sse") for c in (1, 32)]
+PLACEMENTS += [(m + OWN_CPU, 1) for m in ("json", "sse") if measured("direct", m + OWN_CPU)]
+for mode, conns in PLACEMENTS:
+    d = get("direct", mode, conns)
+    targets = ("direct", "floor", "rampart", "rampart-store", "rampart-ledger") if mode.startswith("json") else ("direct", "floor", "rampart", "rampart-ledger")
+    targets = (*(t for t in targets if measured(t, mode)), *(t for t in LIMIT_TARGETS if measured(t, mode)))
+    for t in targets:
+        r = get(t, mode, conns)
+        w = r["wrk"]
+        added = (w["p50_us"] - d["wrk"]["p50_us"]) / 1000 if t != "direct" else 0.0
+        out.append(
+            f"| {shown(mode)} | {conns} | {t} | {rps(r):,.0f} | {w['p50_us']/1000:.3f} | {w['p99_us']/1000:.3f} | "
+            f"{'' if t == 'direct' else f'{added:.3f}'} | {w['errors']} |"
+        )
+    kind = "added p50 at 1 conn" if conns == 1 else "throughput at 32 conns"
+    at_most = conns == 1
+    if measured("rampart", mode):
+        verdicts.append(verdict(f"{shown(mode)}: {kind}, rampart / floor", ratios("rampart", mode, conns), 1.5 if at_most else 0.8, at_most))
+    if mode.startswith("json") and measured("rampart-store", mode) and measured("rampart", mode):
+        verdicts.append(verdict(f"{shown(mode)}: {kind}, store keys / config keys", ratios("rampart-store", mode, conns, "rampart"), 1.2 if at_most else 0.9, at_most))
+    # The usage ledger on (store keys, no limits).
+    if measured("rampart-ledger", mode):
+        verdicts.append(verdict(f"{shown(mode)}: {kind}, ledger on / floor", ratios("rampart-ledger", mode, conns), 1.5 if at_most else 0.7, at_most))
 for mode in ("json", "sse"):
     for t, (p50_max, rps_min) in LIMIT_TARGETS.items():
         if not measured(t, mode):
             continue
         verdicts.append(verdict(f"{mode}: added p50 at 1 conn, {t} / floor", ratios(t, mode, 1), p50_max, True))
         verdicts.append(verdict(f"{mode}: throughput at 32 conns, {t} / floor", ratios(t, mode, 32), rps_min, False))
+    for t, (p50_max, _) in LIMIT_TARGETS.items():
+        if measured(t, mode + OWN_CPU):
+            verdicts.append(verdict(f"{shown(mode + OWN_CPU)}: added p50 at 1 conn, {t} / floor", ratios(t, mode + OWN_CPU, 1), p50_max, True))
 out.append("")
 out.append("| SSE time to first byte (300 sequential curl requests each, interleaved) | p50 ms | p99 ms |")
 out.append("|---|---|---|")

@@ -6,6 +6,7 @@
 #   BENCH_DURATION=3s BENCH_ROUNDS=1 bench/run.sh   # quick look
 #   BENCH_TARGETS="direct floor rampart all all-redis" bench/run.sh   # only these wrk targets
 #   BENCH_BUILD=release bench/run.sh   # the plain --release build (no LTO, no profile)
+#   BENCH_OWN_CPU=0 bench/run.sh       # without the 1-conn rounds with each gateway on its own CPU
 #
 # Each configuration is measured BENCH_ROUNDS times (default 3; at 1 conn BENCH_ROUNDS_1CONN,
 # default 5), the targets interleaved round by round so drift on a shared machine hits them alike;
@@ -64,10 +65,14 @@ GW_PID=$(cat "$WORK/gateway.pid")
 STORE_ENV=(RAMPART_UPSTREAM__BASE_URL="http://$SIM" RAMPART_UPSTREAM_API_KEY=sk-ant-bench
   RAMPART_JWT_SECRET="$("$BIN/rampart" keygen)" RAMPART_MASTER_KEY="$("$BIN/rampart" keygen)")
 STORE_KEY=$(env "${STORE_ENV[@]}" "$BIN/rampart" keys create --name bench --model 'claude-*' --data-dir "$WORK/store" | tail -n 1)
+# (Each data directory is copied before its gateway starts: the own-CPU instances further down
+# serve the same keys from their own copy.)
+cp -r "$WORK/store" "$WORK/store-1cpu"
 GWS=$(export "${STORE_ENV[@]}" RAMPART_LEDGER__ENABLED=false; start gateway-store "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/store")
 # Store keys with the usage ledger on (the default with a store): every request spooled before
 # its response completes, drained into SQLite in batches with the rollups.
 LEDGER_KEY=$(env "${STORE_ENV[@]}" "$BIN/rampart" keys create --name bench --model 'claude-*' --data-dir "$WORK/ledger" | tail -n 1)
+cp -r "$WORK/ledger" "$WORK/ledger-1cpu"
 GWL=$(export "${STORE_ENV[@]}"; start gateway-ledger "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/ledger")
 echo "simulator $SIM, floor $FLOOR, rampart $GW, rampart with store keys $GWS, with store keys and the ledger $GWL"
 
@@ -79,6 +84,7 @@ LIMITS_ENV=("${STORE_ENV[@]}" RAMPART_ADMIN__ENABLED=false RAMPART_LEDGER__ENABL
 LIMITS_KEY=$(env "${LIMITS_ENV[@]}" "$BIN/rampart" keys create --name bench-limits --model 'claude-*' \
   --rpm 1000000000 --itpm 1000000000 --otpm 1000000000 --concurrency 100000 \
   --budget-usd 1000000000 --budget-period month --data-dir "$WORK/limits" | tail -n 1)
+cp -r "$WORK/limits" "$WORK/limits-1cpu"
 GWLIM=$(export "${LIMITS_ENV[@]}"; start gateway-limits "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/limits")
 REDIS_PORT=$(start_redis)
 GWLR=$(export "${LIMITS_ENV[@]}" RAMPART_LIMITS__BACKEND=redis RAMPART_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -94,6 +100,7 @@ ALL_KEY=$(env "${ALL_ENV[@]}" "$BIN/rampart" keys create --name bench-all --mode
   --rpm 1000000000 --itpm 1000000000 --otpm 1000000000 --concurrency 100000 \
   --budget-usd 1000000000 --budget-period month --data-dir "$WORK/all" | tail -n 1)
 cp -r "$WORK/all" "$WORK/all-redis"
+cp -r "$WORK/all" "$WORK/all-1cpu"
 GWA=$(export "${ALL_ENV[@]}"; start gateway-all "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all")
 GWAR=$(export "${ALL_ENV[@]}" RAMPART_LIMITS__BACKEND=redis RAMPART_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   start gateway-all-redis "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all-redis")
@@ -104,16 +111,16 @@ bench_bodies "$WORK"
 RESULTS=$WORK/results.jsonl
 # Which build was measured, for bench/report.py (also when it is rerun on latest.jsonl).
 echo "{\"target\": \"-\", \"mode\": \"build\", \"build\": \"$BUILD\"}" >>"$RESULTS"
-run() { # target addr mode conns round
-  local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1 key=$KEY
+run() { # target addr mode conns round (mode: json or sse, with @own-cpu for the own-CPU rounds)
+  local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1 key=$KEY body=${3%@*}
   [ "$conns" -gt 1 ] && threads=2
   [ "$target" = rampart-store ] && key=$STORE_KEY
   [ "$target" = rampart-ledger ] && key=$LEDGER_KEY
   case "$target" in limits | limits-redis) key=$LIMITS_KEY ;; all | all-redis) key=$ALL_KEY ;; esac
   # warm-up, then the measured run
-  BODY_FILE="$WORK/$mode.json" API_KEY="$key" wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
+  BODY_FILE="$WORK/$body.json" API_KEY="$key" ${WRK_PIN:-} wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
   local line
-  line=$(BODY_FILE="$WORK/$mode.json" API_KEY="$key" wrk -t"$threads" -c"$conns" -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
+  line=$(BODY_FILE="$WORK/$body.json" API_KEY="$key" ${WRK_PIN:-} wrk -t"$threads" -c"$conns" -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
   echo "{\"target\":\"$target\",\"mode\":\"$mode\",\"conns\":$conns,\"round\":$round,\"wrk\":$line}" >>"$RESULTS"
   echo "  round $round $target $mode c=$conns: $line"
 }
@@ -178,6 +185,50 @@ for mode in json sse; do
   done
 done
 for f in "$WORK"/awake-*.pid; do if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi; done
+
+# The 1-conn rounds once more with each gateway alone on a CPU (BENCH_OWN_CPU, default 1; needs
+# two CPUs or more): the floor and every in-process gateway started again under `taskset -c 0`
+# (so each sees one CPU: the floor's runtime gets one worker, Rampart one request worker), the
+# simulator moved to the other CPUs and wrk run there, the CPUs kept awake as above. A gateway
+# runs on cores of its own in production, away from its clients and its upstream; here, sharing
+# two vCPUs with wrk and the simulator, where the scheduler puts the three and how much of one's
+# caches the others evict between requests moves a 1-conn p50 by more than the proxies' own
+# work. Reported beside the shared rounds above, in rows marked "own CPU".
+if [ "${BENCH_OWN_CPU:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  REST=1-$(($(nproc) - 1))
+  echo "== 1 conn, each gateway alone on CPU 0 (the simulator and wrk on CPUs $REST, CPUs kept awake)"
+  for cpu in $(seq 0 $(($(nproc) - 1))); do
+    taskset -c "$cpu" chrt -i 0 bash -c 'while :; do :; done' &
+    echo $! >"$WORK/awake-$cpu.pid"
+  done
+  taskset -a -p -c "$REST" "$(cat "$WORK/sim.pid")" >/dev/null
+  F1=$(start floor-1cpu taskset -c 0 "$BIN/floor" 127.0.0.1:0 "$SIM")
+  G1=$(RAMPART_UPSTREAM__BASE_URL="http://$SIM" RAMPART_UPSTREAM_API_KEY=sk-ant-bench RAMPART_API_KEYS="$KEY" \
+    start gateway-1cpu taskset -c 0 "$BIN/rampart" serve --listen 127.0.0.1:0)
+  GWS1=$(export "${STORE_ENV[@]}" RAMPART_LEDGER__ENABLED=false; start gateway-store-1cpu taskset -c 0 "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/store-1cpu")
+  GWL1=$(export "${STORE_ENV[@]}"; start gateway-ledger-1cpu taskset -c 0 "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/ledger-1cpu")
+  GWLIM1=$(export "${LIMITS_ENV[@]}"; start gateway-limits-1cpu taskset -c 0 "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/limits-1cpu")
+  GWA1=$(export "${ALL_ENV[@]}"; start gateway-all-1cpu taskset -c 0 "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all-1cpu")
+  WRK_PIN="taskset -c $REST"
+  for mode in json sse; do
+    targets=(direct:$SIM floor:$F1 rampart:$G1)
+    [ "$mode" = json ] && targets+=(rampart-store:$GWS1 limits:$GWLIM1)
+    targets+=(rampart-ledger:$GWL1 all:$GWA1)
+    for round in $(seq 1 "$ROUNDS_1CONN"); do
+      n=${#targets[@]}; k=$(((round - 1) % n))
+      for t in "${targets[@]:k}" "${targets[@]:0:k}"; do
+        runif "${t%%:*}" "${t#*:}" "$mode@own-cpu" 1 "$round"
+      done
+    done
+  done
+  WRK_PIN=
+  for name in floor-1cpu gateway-1cpu gateway-store-1cpu gateway-ledger-1cpu gateway-limits-1cpu gateway-all-1cpu; do
+    kill "$(cat "$WORK/$name.pid")" 2>/dev/null || true
+    rm -f "$WORK/$name.pid"
+  done
+  for f in "$WORK"/awake-*.pid; do if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi; done
+  taskset -a -p -c "0-$(($(nproc) - 1))" "$(cat "$WORK/sim.pid")" >/dev/null
+fi
 echo "== SSE time to first byte (curl, 300 sequential requests per target, interleaved)"
 ttfb
 
