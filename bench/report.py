@@ -159,6 +159,23 @@ out.append("|---|---|---|---|---|")
 for name, v, target, ok, values in verdicts:
     each = ", ".join(f"{x:.2f}" for x in values)
     out.append(f"| {name} | {v:.2f} | {each} | {target} | {'' if ok is None else 'yes' if ok else 'NO'} |")
+# The share of the machine's CPU time the hypervisor gave to other guests during each measured
+# run (bench/run.sh reads "steal" from /proc/stat around it): on a shared host, the part of the
+# noise that is not this machine's doing.
+stolen = [
+    (label, [r["steal"] for r in rows if "steal" in r and pick(r)])
+    for label, pick in (
+        ("shared rounds at 1 conn", lambda r: r.get("conns") == 1 and not r["mode"].endswith(OWN_CPU)),
+        ("at 32 conns", lambda r: r.get("conns") == 32),
+        ("own-CPU rounds", lambda r: r["mode"].endswith(OWN_CPU)),
+    )
+]
+if any(v for _, v in stolen):
+    out.append("")
+    out.append(
+        "Steal time (CPU time the hypervisor gave to other guests, as a share of all CPU time, over each measured run): "
+        + "; ".join(f"{label} median {statistics.median(v):.1%}, highest {max(v):.1%}" for label, v in stolen if v)
+    )
 for trip in (r for r in rows if r["mode"] == "redis_round_trips" and r["requests"]):
     out.append("")
     out.append(

@@ -111,6 +111,10 @@ bench_bodies "$WORK"
 RESULTS=$WORK/results.jsonl
 # Which build was measured, for bench/report.py (also when it is rerun on latest.jsonl).
 echo "{\"target\": \"-\", \"mode\": \"build\", \"build\": \"$BUILD\"}" >>"$RESULTS"
+# The CPU time the hypervisor gave to other guests ("steal", /proc/stat) and all CPU time, in
+# ticks: their difference around a run is the share of the machine this VM did not get.
+cpu_ticks() { awk '/^cpu /{print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit}' /proc/stat; }
+
 run() { # target addr mode conns round (mode: json or sse, with @own-cpu for the own-CPU rounds)
   local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1 key=$KEY body=${3%@*}
   [ "$conns" -gt 1 ] && threads=2
@@ -119,9 +123,11 @@ run() { # target addr mode conns round (mode: json or sse, with @own-cpu for the
   case "$target" in limits | limits-redis) key=$LIMITS_KEY ;; all | all-redis) key=$ALL_KEY ;; esac
   # warm-up, then the measured run
   BODY_FILE="$WORK/$body.json" API_KEY="$key" ${WRK_PIN:-} wrk -t"$threads" -c"$conns" -d2s -s bench/wrk-report.lua "http://$addr" >/dev/null
-  local line
+  local line before steal
+  before=$(cpu_ticks)
   line=$(BODY_FILE="$WORK/$body.json" API_KEY="$key" ${WRK_PIN:-} wrk -t"$threads" -c"$conns" -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
-  echo "{\"target\":\"$target\",\"mode\":\"$mode\",\"conns\":$conns,\"round\":$round,\"wrk\":$line}" >>"$RESULTS"
+  steal=$(awk -v a="$before" -v b="$(cpu_ticks)" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.4f", (d > 0 ? (y[1] - x[1]) / d : 0) }')
+  echo "{\"target\":\"$target\",\"mode\":\"$mode\",\"conns\":$conns,\"round\":$round,\"steal\":$steal,\"wrk\":$line}" >>"$RESULTS"
   echo "  round $round $target $mode c=$conns: $line"
 }
 
