@@ -665,6 +665,9 @@ struct CacheHit {
     content_type: &'static str,
 }
 
+/// Authenticate, check and admit the request, then answer it from the cache, Rampart's own
+/// batches or the upstream. `parts` is borrowed, not moved (an async fn keeps what it is given
+/// beside its own copy of it); its headers are taken for the upstream request.
 async fn forward<B>(
     state: &AppState,
     done: &mut Completion,
