@@ -161,12 +161,16 @@ runif() { if want "$1"; then run "$@"; fi; }
 # microseconds to wake (a halt and an interrupt through the hypervisor), that wake-up, not the
 # proxies, is most of a 1-conn request's time; kept awake, the figures are the proxies' again
 # (as `idle=poll` or halt-polling would have them). Off by default; the report says which.
-AWAKE=${BENCH_KEEP_AWAKE:-0}
-if [ "$AWAKE" = 1 ]; then
+keep_awake() {
   for cpu in $(seq 0 $(($(nproc) - 1))); do
     taskset -c "$cpu" chrt -i 0 bash -c 'while :; do :; done' &
     echo $! >"$WORK/awake-$cpu.pid"
   done
+}
+let_sleep() { for f in "$WORK"/awake-*.pid; do if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi; done; }
+AWAKE=${BENCH_KEEP_AWAKE:-0}
+if [ "$AWAKE" = 1 ]; then
+  keep_awake
   echo "{\"target\": \"-\", \"mode\": \"awake\"}" >>"$RESULTS"
 fi
 
@@ -190,7 +194,7 @@ for mode in json sse; do
     done
   done
 done
-for f in "$WORK"/awake-*.pid; do if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi; done
+let_sleep
 
 # The 1-conn rounds once more with each gateway alone on a CPU (BENCH_OWN_CPU, default 1; needs
 # two CPUs or more): the floor and every in-process gateway started again under `taskset -c 0`
@@ -203,10 +207,7 @@ for f in "$WORK"/awake-*.pid; do if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/
 if [ "${BENCH_OWN_CPU:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
   REST=1-$(($(nproc) - 1))
   echo "== 1 conn, each gateway alone on CPU 0 (the simulator and wrk on CPUs $REST, CPUs kept awake)"
-  for cpu in $(seq 0 $(($(nproc) - 1))); do
-    taskset -c "$cpu" chrt -i 0 bash -c 'while :; do :; done' &
-    echo $! >"$WORK/awake-$cpu.pid"
-  done
+  keep_awake
   taskset -a -p -c "$REST" "$(cat "$WORK/sim.pid")" >/dev/null
   F1=$(start floor-1cpu taskset -c 0 "$BIN/floor" 127.0.0.1:0 "$SIM")
   G1=$(RAMPART_UPSTREAM__BASE_URL="http://$SIM" RAMPART_UPSTREAM_API_KEY=sk-ant-bench RAMPART_API_KEYS="$KEY" \
@@ -232,7 +233,7 @@ if [ "${BENCH_OWN_CPU:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
     kill "$(cat "$WORK/$name.pid")" 2>/dev/null || true
     rm -f "$WORK/$name.pid"
   done
-  for f in "$WORK"/awake-*.pid; do if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi; done
+  let_sleep
   taskset -a -p -c "0-$(($(nproc) - 1))" "$(cat "$WORK/sim.pid")" >/dev/null
 fi
 echo "== SSE time to first byte (curl, 300 sequential requests per target, interleaved)"
