@@ -22,6 +22,7 @@
 pub mod accounting;
 pub mod admission;
 pub mod auth;
+mod balance;
 pub mod batch_urls;
 pub mod batches;
 pub mod breaker;

@@ -18,7 +18,9 @@
 //! the 404/405 fallbacks (Anthropic's envelope too) go through a small axum [`router`].
 //!
 //! Threading: one single-threaded runtime per CPU, each accepting from the shared listening socket
-//! and owning its connections and its upstream pool, so a request never crosses threads.
+//! and owning its connections and its upstream pool, so a request never crosses threads. A worker
+//! serving more connections than another hands what it accepts to the one serving the fewest
+//! ([`crate::balance`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,9 +34,10 @@ use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::auth::Authenticator;
+use crate::balance::{Balancer, Handoff, Seat};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::proxy::{self, AppState, ProxyParts};
@@ -164,7 +167,8 @@ impl Gateway {
 /// socket and owning its connections and its own upstream connection pool. A request is then
 /// served start to finish on one thread — no cross-thread wake-ups between the client's
 /// connection, the upstream connection and the handler (measured: two futex calls per request
-/// with a work-stealing runtime, none with this).
+/// with a work-stealing runtime, none with this). The [`Balancer`] keeps the workers' connection
+/// counts level.
 async fn serve_on_workers(
     listener: TcpListener,
     dispatch: Dispatch,
@@ -175,9 +179,15 @@ async fn serve_on_workers(
     let workers = Gateway::worker_count();
     let shared = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (balancer, inboxes) = Balancer::new(workers);
     let mut done = Vec::with_capacity(workers);
-    for i in 0..workers {
+    for (i, inbox) in inboxes.into_iter().enumerate() {
         let socket = shared.try_clone()?;
+        let worker = Worker {
+            balancer: balancer.clone(),
+            me: i,
+            inbox,
+        };
         let dispatch = dispatch.clone();
         let mut stop = stop_rx.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
@@ -205,7 +215,7 @@ async fn serve_on_workers(
                                 let _ = stop.wait_for(|v| *v).await;
                             };
                             let served =
-                                serve_with(listener, dispatch, stopped, grace, || {}).await;
+                                serve_with(listener, dispatch, stopped, grace, worker).await;
                             heartbeat.abort();
                             served
                         })
@@ -360,14 +370,23 @@ async fn metrics() -> Response {
     resp
 }
 
+/// A worker's place among the others: its index, the balancer and its inbox of connections
+/// handed over by the others.
+struct Worker {
+    balancer: Arc<Balancer>,
+    me: usize,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+}
+
 /// The accept loop: TCP_NODELAY, HTTP/1.1 keep-alive and h2c, a header-read timeout against slow
-/// clients, and graceful shutdown with a deadline.
+/// clients, and graceful shutdown with a deadline. A connection accepted while another worker
+/// serves fewer goes to that worker; those handed over from the others are served here.
 async fn serve_with(
     listener: TcpListener,
     service: Dispatch,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-    on_shutdown: impl FnOnce() + Send,
+    mut worker: Worker,
 ) -> std::io::Result<()> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -375,31 +394,53 @@ async fn serve_with(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     let graceful = GracefulShutdown::new();
+    let serve = |stream: TcpStream, peer, seat: Seat| {
+        let mut service = service.clone();
+        service.peer = Some(peer);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let watched = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = watched.await;
+            drop(seat);
+        });
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let mut service = service.clone();
-                    service.peer = Some(peer);
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let watched = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
-                        let _ = watched.await;
-                    });
+                    let to = worker.balancer.pick(worker.me);
+                    let stream = if to == worker.me {
+                        stream
+                    } else {
+                        match hand_over(&worker.balancer, to, stream, peer) {
+                            Ok(None) => continue,
+                            Ok(Some(back)) => back,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot hand a connection to another worker");
+                                continue;
+                            }
+                        }
+                    };
+                    serve(stream, peer, worker.balancer.seat(worker.me));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
+            Some(handoff) = worker.inbox.recv() => adopt(handoff, &serve),
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    on_shutdown();
+    // Connections handed over before the others saw this worker stop are still served; from now
+    // on the others keep theirs.
+    worker.inbox.close();
+    while let Ok(handoff) = worker.inbox.try_recv() {
+        adopt(handoff, &serve);
+    }
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down: finishing in-flight requests"
@@ -409,4 +450,27 @@ async fn serve_with(
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown deadline reached; closing remaining connections"),
     }
     Ok(())
+}
+
+/// Hand `stream` to worker `to`: `None` once handed over, the stream back (registered here again)
+/// when that worker no longer takes connections.
+fn hand_over(
+    balancer: &Arc<Balancer>,
+    to: usize,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) -> std::io::Result<Option<TcpStream>> {
+    match balancer.hand_over(to, stream.into_std()?, peer) {
+        Ok(()) => Ok(None),
+        Err(back) => TcpStream::from_std(back).map(Some),
+    }
+}
+
+/// Serve a connection another worker handed over, on this worker's runtime.
+fn adopt(handoff: Handoff, serve: &impl Fn(TcpStream, std::net::SocketAddr, Seat)) {
+    let Handoff { stream, peer, seat } = handoff;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => serve(stream, peer, seat),
+        Err(e) => tracing::warn!(error = %e, "cannot take over a connection from another worker"),
+    }
 }

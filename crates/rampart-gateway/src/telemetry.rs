@@ -71,6 +71,10 @@ fn describe() {
         "rampart_http_requests_in_flight",
         "Requests being served now."
     );
+    metrics::describe_gauge!(
+        "rampart_http_connections",
+        "Client connections open now, by request worker."
+    );
     metrics::describe_counter!(
         "rampart_upstream_errors_total",
         "Upstream failures by kind (connect, timeout, io, stream_error)."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import tempfile
 import threading
@@ -299,6 +300,61 @@ def test_metrics_are_prometheus_text_with_rampart_metrics(gateway_target: Target
     assert any(l.startswith("rampart_") for l in samples), r.text[:2000]
     assert any(l.startswith("# TYPE rampart_") for l in r.text.splitlines())
     assert CLIENT_KEY not in r.text and gateway_target.api_key not in r.text
+
+
+def connections_per_worker(target: Target) -> list[int]:
+    """`rampart_http_connections{worker}` (the scrape's own connection included), in worker order."""
+    with target.http() as http:
+        text = http.get("/metrics").text
+    open_by_worker = {}
+    for line in text.splitlines():
+        if line.startswith("rampart_http_connections{"):
+            labels, value = line.rsplit(" ", 1)
+            open_by_worker[int(labels.split('worker="')[1].split('"')[0])] = int(float(value))
+    return [open_by_worker[w] for w in sorted(open_by_worker)]
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(demo) -> None:
+    """Connections opened at once are served by every request worker evenly, not all by the worker
+    that woke first (it accepts the whole burst, then hands over what another worker should
+    serve). Each connection carries a real request, and stays open until the count is read."""
+    s = spawn_serve(demo.sim_url)
+    try:
+        workers = len(connections_per_worker(s.target))
+        assert workers >= 1
+        if workers < 2:
+            pytest.skip("one CPU, one request worker: nothing to spread")
+        host, port = s.target.base_url.removeprefix("http://").split(":")
+        body = json.dumps(BODY).encode()
+        request = (
+            f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\nx-api-key: {CLIENT_KEY}\r\n"
+            f"anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        n = 8 * workers
+        # All connected before any request: the burst waits in the listening socket together.
+        socks = [socket.create_connection((host, int(port)), timeout=30) for _ in range(n)]
+        try:
+            for sock in socks:
+                sock.sendall(request)
+            for sock in socks:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = sock.recv(65536)
+                    assert chunk, "connection closed before the response"
+                    head += chunk
+                assert head.startswith(b"HTTP/1.1 200"), head[:200]
+            counts = connections_per_worker(s.target)
+            # n connections and the scrape's, level up to one apart (the scrape may land either way).
+            assert sum(counts) >= n, counts
+            assert max(counts) - min(counts) <= 2, counts
+        finally:
+            for sock in socks:
+                sock.close()
+        # Closed connections leave the counts.
+        wait_until(lambda: sum(connections_per_worker(s.target)) <= 1, timeout=10, what="connections counted down")
+    finally:
+        assert s.proc.terminate() == 0, s.proc.stderr_tail()
 
 
 def test_config_check_reports_every_problem_and_exits_non_zero() -> None:
