@@ -2,8 +2,8 @@
 //!
 //! Every worker accepts from the one shared listening socket, and a worker woken for a burst of
 //! connections accepts all that are queued: 32 connections opened at once used to land on one
-//! worker, which then served them alone while the other CPU idled (the benchmark's 32-connection
-//! rounds saw one worker at 80 % of a CPU and the other at 2 %). So an accepting worker keeps a
+//! worker, which then served them alone while the other CPU idled (under `wrk -c32`, one worker at
+//! 77–82 % of a CPU and the other under 5 %, in three runs of four). So an accepting worker keeps a
 //! connection only when no other worker serves fewer; otherwise it hands the socket to the one
 //! serving the fewest (least connections), which serves it from then on. A handed-over
 //! connection costs one message and its re-registration with the other worker's poller, once per
