@@ -1,10 +1,13 @@
 //! The ledger: [`Ledger::record_prepared`] on the request path, [`LedgerWriter::run`] in the background.
 //!
 //! # Guarantees
-//! - A record is appended to the spool ([`crate::spool`]) with one `write` before the request's
-//!   response completes (the gateway records before releasing the last byte), so once a client
-//!   has its whole response, the record is in the kernel: a process crash (`kill -9`, OOM kill,
-//!   panic) loses nothing. With `fsync = "interval"` (default) a power failure loses at most
+//! - A record is appended to the spool ([`crate::spool`]) before the request's response
+//!   completes (the gateway records before releasing the last byte), so once a client has its
+//!   whole response, the record is in the kernel: a process crash (`kill -9`, OOM kill, panic)
+//!   loses nothing. A stream's record is written with a `write` of its own
+//!   ([`Ledger::record_prepared`]); a whole answer's is staged and committed before any of the
+//!   answer is sent ([`Ledger::stage_prepared`]), with one `write` for every record a worker
+//!   commits in the same turn. With `fsync = "interval"` (default) a power failure loses at most
 //!   the records of the last `fsync_interval_ms`; with `"always"` nothing (a disk flush per
 //!   request).
 //! - The same record is handed to the writer in memory: every `flush_interval_ms` it inserts
@@ -29,7 +32,9 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rampart_store::{Store, UsageRecord};
@@ -37,7 +42,7 @@ use time::OffsetDateTime;
 
 use crate::config::{FsyncPolicy, LedgerConfig};
 use crate::record::Prepared;
-use crate::spool::{Batch, Queued, Spool};
+use crate::spool::{Batch, Queued, Spool, StagedAt};
 
 /// Records kept in memory when the spool cannot be written.
 pub const FALLBACK_MAX: usize = 100_000;
@@ -48,7 +53,7 @@ const GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// How long the shutdown flush may take when the database is slow or away.
 const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(30);
 
-/// The request path's handle: cheap to share, one `write` per record.
+/// The request path's handle: cheap to share, at most one `write` per record.
 #[derive(Debug)]
 pub struct Ledger {
     spool: Spool,
@@ -72,6 +77,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "rampart_ledger_write_failures_total",
         "Ledger write failures by stage (spool, database, purge)."
+    );
+    metrics::describe_counter!(
+        "rampart_ledger_spool_writes_total",
+        "Writes to the ledger's spool (records of one worker's turn share one)."
     );
     metrics::describe_counter!(
         "rampart_ledger_records_total",
@@ -135,20 +144,53 @@ impl Ledger {
     /// fails: when the spool cannot be written the record is kept in memory for the writer (up
     /// to [`FALLBACK_MAX`]) and the failure is counted.
     pub fn record_prepared(&self, prepared: Prepared, outcome: impl FnOnce(&mut UsageRecord)) {
-        let Err(unwritten) = self.spool.append_prepared(prepared, outcome) else {
-            return;
-        };
-        let crate::spool::Unwritten { error: e, record } = *unwritten;
-        metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool").increment(1);
-        tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
+        if let Err(unwritten) = self.spool.append_prepared(prepared, outcome) {
+            self.keep_unwritten(std::iter::once(*unwritten));
+        }
+    }
+
+    /// [`Ledger::record_prepared`] in two steps, for a response that can wait for its record
+    /// to be written before any of it is sent: the record is staged now (no system call) and
+    /// written by [`Staged::commit`], with one `write` for every record staged in the same lane
+    /// meanwhile (the other responses of the worker's turn), or when the [`Staged`] is dropped.
+    pub fn stage_prepared(
+        self: &Arc<Self>,
+        prepared: Prepared,
+        outcome: impl FnOnce(&mut UsageRecord),
+    ) -> Staged {
+        let at = self.spool.stage_prepared(prepared, outcome);
+        Staged {
+            ledger: self.clone(),
+            at: Some(at),
+        }
+    }
+
+    fn write_staged(&self, at: StagedAt) {
+        if let Err(unwritten) = self.spool.write_staged(at) {
+            self.keep_unwritten(unwritten);
+        }
+    }
+
+    /// Records the spool could not take: kept in memory for the writer (up to
+    /// [`FALLBACK_MAX`]), the failure counted and logged.
+    fn keep_unwritten(&self, unwritten: impl IntoIterator<Item = crate::spool::Unwritten>) {
         let mut fallback = self
             .fallback
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if fallback.len() < FALLBACK_MAX {
-            fallback.push(record);
-        } else {
-            metrics::counter!("rampart_ledger_dropped_total").increment(1);
+        let mut logged = false;
+        for crate::spool::Unwritten { error: e, record } in unwritten {
+            metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool")
+                .increment(1);
+            if !logged {
+                logged = true;
+                tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
+            }
+            if fallback.len() < FALLBACK_MAX {
+                fallback.push(record);
+            } else {
+                metrics::counter!("rampart_ledger_dropped_total").increment(1);
+            }
         }
     }
 
@@ -183,6 +225,65 @@ impl Ledger {
     fn publish_gauges(&self) {
         metrics::gauge!("rampart_ledger_queue_depth").set(self.queue_depth() as f64);
         metrics::gauge!("rampart_ledger_spool_bytes").set(self.spool.bytes() as f64);
+        metrics::counter!("rampart_ledger_spool_writes_total").absolute(self.spool.writes());
+    }
+}
+
+/// A usage record staged for a group write ([`Ledger::stage_prepared`]); written by
+/// [`Staged::commit`], or at once when dropped.
+#[must_use = "a staged record is written when committed or dropped"]
+#[derive(Debug)]
+pub struct Staged {
+    ledger: Arc<Ledger>,
+    at: Option<StagedAt>,
+}
+
+impl Staged {
+    /// Let the other tasks ready on this thread run first (they may stage records of their
+    /// own), then write the group: once this is ready, the record is in the spool. Dropped
+    /// before that, the record is written then.
+    pub fn commit(self) -> Commit {
+        Commit {
+            staged: Some(self),
+            yielded: false,
+        }
+    }
+
+    fn write(&mut self) {
+        if let Some(at) = self.at.take() {
+            self.ledger.write_staged(at);
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        self.write();
+    }
+}
+
+/// [`Staged::commit`]'s future.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Commit {
+    staged: Option<Staged>,
+    yielded: bool,
+}
+
+impl Future for Commit {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.yielded {
+            // To the back of the worker's queue: the tasks ready now run before the write.
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if let Some(mut staged) = self.staged.take() {
+            staged.write();
+        }
+        Poll::Ready(())
     }
 }
 
@@ -429,5 +530,65 @@ impl LedgerWriter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn ledger() -> (tempfile::TempDir, Arc<Ledger>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _writer) = Ledger::open(&LedgerConfig::default(), dir.path(), 1).unwrap();
+        (dir, ledger)
+    }
+
+    fn stage(ledger: &Arc<Ledger>, n: u64) -> Staged {
+        ledger.stage_prepared(Prepared::new(crate::spool::tests::record(n)), |_| {})
+    }
+
+    #[test]
+    fn records_committed_in_the_same_turn_share_one_write() {
+        let (_dir, ledger) = ledger();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..3)
+                .map(|n| {
+                    let ledger = ledger.clone();
+                    tokio::spawn(async move { stage(&ledger, n).commit().await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        assert_eq!(ledger.spool.writes(), 1);
+        assert_eq!(ledger.queue_depth(), 3);
+    }
+
+    #[test]
+    fn a_commit_waits_one_turn_then_the_record_is_written() {
+        let (_dir, ledger) = ledger();
+        let mut commit = std::pin::pin!(stage(&ledger, 1).commit());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(commit.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(ledger.queue_depth(), 0);
+        assert!(commit.as_mut().poll(&mut cx).is_ready());
+        assert_eq!((ledger.spool.writes(), ledger.queue_depth()), (1, 1));
+    }
+
+    #[test]
+    fn a_staged_record_dropped_before_its_commit_is_written_then() {
+        let (_dir, ledger) = ledger();
+        drop(stage(&ledger, 1));
+        let mut commit = Box::pin(stage(&ledger, 2).commit());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(commit.as_mut().poll(&mut cx).is_pending());
+        drop(commit);
+        assert_eq!((ledger.spool.writes(), ledger.queue_depth()), (2, 2));
     }
 }

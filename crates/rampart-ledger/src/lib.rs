@@ -16,5 +16,5 @@ pub mod record;
 pub mod spool;
 
 pub use config::{FsyncPolicy, LedgerConfig};
-pub use ledger::{Ledger, LedgerWriter};
+pub use ledger::{Commit, Ledger, LedgerWriter, Staged};
 pub use record::Prepared;

@@ -3,9 +3,10 @@
 //!
 //! # Format
 //! A segment is a file `NNNNNNNNNNNNNNNNNNNN.spool` (a sequence number, so names sort by age) of
-//! lines `CRC32 SP JSON LF`, the CRC (IEEE, 8 hex digits) taken over the JSON. A line is written
-//! with one `write` call, so a crashed process leaves whole lines; a torn last line (power loss,
-//! a full disk) fails its CRC and is skipped and counted.
+//! lines `CRC32 SP JSON LF`, the CRC (IEEE, 8 hex digits) taken over the JSON. Whole lines are
+//! written with one `write` call (one line, or a group of staged ones: [`Spool::stage_prepared`]),
+//! so a crashed process leaves whole lines; a torn last line (power loss, a full disk) fails its
+//! CRC and is skipped and counted.
 //!
 //! # Lanes
 //! Writers are spread over lanes (one per CPU by default), each with its own open segment behind
@@ -68,6 +69,8 @@ pub struct Spool {
     bytes: AtomicU64,
     /// Records in the spool not yet committed to the database.
     pending: AtomicU64,
+    /// `write` calls made to segments.
+    writes: AtomicU64,
     /// The reader's buffer, kept between batches.
     scratch: Mutex<Vec<u8>>,
     /// What [`Spool::save_committed`] last wrote: the same offsets are not written again.
@@ -80,6 +83,12 @@ struct Lane {
     active: Option<Active>,
     /// Records appended to memory-mode segments, in file order, not yet taken by the writer.
     queued: Queued,
+    /// Lines staged for the lane's next group write ([`Spool::stage_prepared`]), and their
+    /// records with each line's length.
+    staged: Vec<u8>,
+    staged_records: Vec<(UsageRecord, usize)>,
+    /// The group being staged: groups before it are written.
+    group: u64,
 }
 
 #[derive(Debug)]
@@ -151,6 +160,13 @@ pub struct Unwritten {
     pub error: io::Error,
     /// The record.
     pub record: UsageRecord,
+}
+
+/// Where a staged record's line waits: its lane and group (see [`Spool::stage_prepared`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagedAt {
+    lane: usize,
+    group: u64,
 }
 
 /// Where a line's CRC goes, written before the JSON it is taken over (see [`seal_line`]).
@@ -280,6 +296,7 @@ impl Spool {
             queue_max: QUEUE_MAX,
             bytes: AtomicU64::new(bytes),
             pending: AtomicU64::new(pending),
+            writes: AtomicU64::new(0),
             scratch: Mutex::new(Vec::new()),
             saved_hint: Mutex::new(None),
             _lock: lock_file,
@@ -302,6 +319,12 @@ impl Spool {
     #[must_use]
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Writes made to segments since the spool was opened (a group of staged records is one).
+    #[must_use]
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Encode a record as one spool line (into `buf`, cleared first).
@@ -345,10 +368,96 @@ impl Spool {
 
     /// The record moves into the lane's memory queue (no copy); it comes back with an error.
     fn append_line(&self, line: &[u8], record: UsageRecord) -> Result<(), Box<Unwritten>> {
-        let lane = &self.lanes[lane_index() % self.lanes.len()];
-        let mut lane = lane
+        let mut lane = self.lane(lane_index());
+        let lane = &mut *lane;
+        let (seq, start, in_memory) = match self.write_lines(lane, line) {
+            Ok(at) => at,
+            Err(error) => return Err(Box::new(Unwritten { error, record })),
+        };
+        if in_memory {
+            lane.queued.records.push(record);
+            lane.queued.marks.push((seq, start + line.len() as u64));
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stage a record prepared beforehand, its outcome set by `outcome`, for this thread's
+    /// lane's next group write: no system call. [`Spool::write_staged`] then writes every line
+    /// staged in the lane since its last group write with one `write` (and one `fdatasync` with
+    /// `fsync = "always"`), so records that end in the same turn of a worker share it. A staged
+    /// record is not in the spool until then: its response must wait for that write.
+    pub fn stage_prepared(
+        &self,
+        prepared: Prepared,
+        outcome: impl FnOnce(&mut UsageRecord),
+    ) -> StagedAt {
+        let (record, line) = prepared.finish(outcome);
+        let index = lane_index() % self.lanes.len();
+        let mut lane = self.lane(index);
+        lane.staged.extend_from_slice(&line);
+        lane.staged_records.push((record, line.len()));
+        StagedAt {
+            lane: index,
+            group: lane.group,
+        }
+    }
+
+    /// Write the group a record was staged in, unless written already, with the lines staged
+    /// after it in the same lane: one `write`, the records then queued as [`Spool::append`]
+    /// queues them.
+    ///
+    /// # Errors
+    /// When the segment cannot be created or written: the group's records come back (none of
+    /// them is in the spool).
+    pub fn write_staged(&self, at: StagedAt) -> Result<(), Vec<Unwritten>> {
+        let mut lane = self.lane(at.lane);
+        let lane = &mut *lane;
+        if lane.group > at.group {
+            return Ok(());
+        }
+        lane.group += 1;
+        let buf = std::mem::take(&mut lane.staged);
+        let mut records = std::mem::take(&mut lane.staged_records);
+        let result = match self.write_lines(lane, &buf) {
+            Ok((seq, start, in_memory)) => {
+                self.pending
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                if in_memory {
+                    let mut end = start;
+                    for (record, len) in records.drain(..) {
+                        end += len as u64;
+                        lane.queued.records.push(record);
+                        lane.queued.marks.push((seq, end));
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => Err(records
+                .drain(..)
+                .map(|(record, _)| Unwritten {
+                    error: io::Error::new(error.kind(), error.to_string()),
+                    record,
+                })
+                .collect()),
+        };
+        // The buffers go back (emptied) for the next group: no allocation per group.
+        lane.staged = buf;
+        lane.staged.clear();
+        lane.staged_records = records;
+        result
+    }
+
+    fn lane(&self, index: usize) -> MutexGuard<'_, Lane> {
+        self.lanes[index % self.lanes.len()]
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Write `buf` (whole lines) to the lane's segment with one `write`, rotating first when
+    /// the segment is full or the lane's memory queue changes mode. The segment's sequence
+    /// number, where `buf` starts in it, and whether its records are queued in memory.
+    fn write_lines(&self, lane: &mut Lane, buf: &[u8]) -> io::Result<(u64, u64, bool)> {
         let queued = lane.queued.len();
         let rotate = match &lane.active {
             None => true,
@@ -360,17 +469,14 @@ impl Spool {
                     || (!a.in_memory && queued <= self.queue_max / 2)
             }
         };
-        if rotate && let Err(e) = self.rotate(&mut lane, queued < self.queue_max) {
-            return Err(Box::new(Unwritten { error: e, record }));
+        if rotate {
+            self.rotate(lane, queued < self.queue_max)?;
         }
-        let lane = &mut *lane;
         let Some(active) = lane.active.as_mut() else {
-            return Err(Box::new(Unwritten {
-                error: io::Error::other("no open spool segment"),
-                record,
-            }));
+            return Err(io::Error::other("no open spool segment"));
         };
-        let written = active.file.write_all(line).and_then(|()| {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let written = active.file.write_all(buf).and_then(|()| {
             if self.sync_each_write {
                 active.file.sync_data()
             } else {
@@ -379,19 +485,13 @@ impl Spool {
         });
         if let Err(e) = written {
             self.seal(lane);
-            return Err(Box::new(Unwritten { error: e, record }));
+            return Err(e);
         }
-        let end = active
+        let start = active
             .published
-            .fetch_add(line.len() as u64, Ordering::Release)
-            + line.len() as u64;
-        if active.in_memory {
-            lane.queued.records.push(record);
-            lane.queued.marks.push((active.seq, end));
-        }
-        self.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+            .fetch_add(buf.len() as u64, Ordering::Release);
+        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok((active.seq, start, active.in_memory))
     }
 
     /// Take the records queued in the lanes' memory (see the module docs); they are consumed
@@ -903,6 +1003,68 @@ pub(crate) mod tests {
             1,
             "the first two were sealed and drained"
         );
+    }
+
+    fn stage(spool: &Spool, n: u64) -> StagedAt {
+        spool.stage_prepared(Prepared::new(record(n)), |_| {})
+    }
+
+    #[test]
+    fn staged_records_share_one_write_in_the_order_they_were_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
+        append(&spool, 0);
+        let first = stage(&spool, 1);
+        stage(&spool, 2);
+        let last = stage(&spool, 3);
+        assert_eq!(first, last, "one group");
+        assert_eq!(
+            (spool.writes(), spool.pending()),
+            (1, 1),
+            "staged is not written"
+        );
+        spool.write_staged(first).map_err(|_| ()).unwrap();
+        assert_eq!((spool.writes(), spool.pending()), (2, 4));
+        // The group is written: writing it again is nothing, and the next group is another.
+        spool.write_staged(last).map_err(|_| ()).unwrap();
+        assert_eq!(spool.writes(), 2);
+        let next = stage(&spool, 4);
+        assert_ne!(next, last);
+        spool.write_staged(next).map_err(|_| ()).unwrap();
+        assert_eq!((spool.writes(), spool.pending()), (3, 5));
+        let queued = spool.take_queued(Queued::default());
+        assert_eq!(queued.records, (0..5).map(record).collect::<Vec<_>>());
+        // Each record's mark is the end of its own line: committing the first three keeps
+        // the last two for a restart.
+        spool.commit_queued(queued.slice(0, 3));
+        spool.save_committed().unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1, 64 * 1024, false).unwrap();
+        let ns: Vec<u64> = spool
+            .read(100)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.input_tokens)
+            .collect();
+        assert_eq!(ns, vec![3, 4]);
+    }
+
+    #[test]
+    fn a_group_that_cannot_be_written_gives_all_its_records_back() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        let spool = Spool::open(&dir, 1, 64 * 1024, false).unwrap();
+        let at = stage(&spool, 1);
+        stage(&spool, 2);
+        // No segment is open yet, and its directory is gone: the group's first write fails.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let back = spool.write_staged(at).unwrap_err();
+        let ns: Vec<u64> = back.iter().map(|u| u.record.input_tokens).collect();
+        assert_eq!(ns, vec![1, 2]);
+        assert_eq!(spool.pending(), 0);
+        // They were handed back once: the group counts as done.
+        spool.write_staged(at).map_err(|_| ()).unwrap();
     }
 
     #[cfg(unix)]
