@@ -5,7 +5,9 @@
 //! when the response body finishes, fails, or is dropped because the client went away (dropping
 //! the body also drops the upstream response, which cancels the upstream request). With a usage
 //! ledger, the completion also writes the request's usage record exactly once, before the last
-//! byte of the response is released (see [`Completion::record_usage`]).
+//! byte of the response is released (see [`Completion::record_usage`]); a whole answer of a known
+//! size is read first and its record committed before any of it is sent, in one spool `write`
+//! with the other answers its worker finishes in the same turn (`spooled_first`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -387,10 +389,19 @@ impl Completion {
     /// the response is released, so a client that has its whole response has its record in the
     /// spool.
     fn record_usage(&mut self) {
+        drop(self.write_usage(false));
+    }
+
+    /// [`Completion::record_usage`] for a response that waits for its record before any of it
+    /// is sent: the record is staged for its worker's next group write (see
+    /// [`rampart_ledger::Ledger::stage_prepared`]), to be committed before the response goes.
+    fn stage_usage(&mut self) -> Option<rampart_ledger::Staged> {
+        self.write_usage(true)
+    }
+
+    fn write_usage(&mut self, stage: bool) -> Option<rampart_ledger::Staged> {
         self.count_breakpoint_savings();
-        let Some((ledger, prices)) = self.ledger.take() else {
-            return;
-        };
+        let (ledger, prices) = self.ledger.take()?;
         let (cost_micro_usd, priced) = match self.cost(&prices) {
             Some((micros, known)) => {
                 if known == Known::Default
@@ -412,7 +423,7 @@ impl Completion {
             .as_mut()
             .and_then(|p| p.record.take())
             .unwrap_or_else(|| rampart_ledger::Prepared::new(self.head()));
-        ledger.record_prepared(prepared, |r| {
+        let outcome = |r: &mut UsageRecord| {
             r.model_served = served.map(|m| shown_model(m).to_owned());
             r.status = self.status;
             r.error_type = self
@@ -433,7 +444,12 @@ impl Completion {
             r.cache_hit = self.cache_hit;
             r.client_aborted = self.client_aborted;
             r.saved_micro_usd = self.saved_micro_usd;
-        });
+        };
+        if stage {
+            return Some(ledger.stage_prepared(prepared, outcome));
+        }
+        ledger.record_prepared(prepared, outcome);
+        None
     }
 }
 
@@ -542,7 +558,13 @@ where
     let resp = match Box::pin(forward(&state, &mut done, &mut parts, body, client)).await {
         Ok(Forwarded::Upstream(answered)) => {
             let (upstream, sent_at, headers_at, cache) = *answered;
-            build_response(upstream, done, sent_at, headers_at, cache)
+            let (parts, body) = build_response(upstream, done, sent_at, headers_at, cache);
+            if body.stage {
+                // Boxed: only responses that wait for their record take this path.
+                Box::pin(spooled_first(parts, body)).await
+            } else {
+                Response::from_parts(parts, Body::new(body))
+            }
         }
         Ok(Forwarded::Cached(hit)) => cached_response(hit, done),
         Ok(Forwarded::Local(resp)) => {
@@ -1137,7 +1159,7 @@ fn build_response(
     sent_at: Instant,
     headers_at: Instant,
     cache: Option<CacheCapture>,
-) -> Response {
+) -> (http::response::Parts, MeteredBody) {
     let (mut parts, body) = upstream.into_parts();
     for name in connection_listed(&parts.headers) {
         parts.headers.remove(name);
@@ -1193,14 +1215,101 @@ fn build_response(
     }
     // Only a complete, successful answer is worth capturing.
     let cache = cache.filter(|c| c.key.is_some() && parts.status.is_success());
+    // A whole answer of a known, bounded size waits for its usage record (see
+    // `spooled_first`); a stream or a large answer writes its record when its last frame
+    // passes.
+    let stage = done.ledger.is_some()
+        && !is_sse
+        && http_body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n <= JSON_TAP_LIMIT as u64);
     // The completion moves into the body: it is recorded when the body ends or is dropped.
     let metered = MeteredBody {
         inner: body,
         tap,
         cache,
         completion: Some(done),
+        stage,
+        staged: None,
     };
-    http::Response::from_parts(parts, Body::new(metered))
+    (parts, metered)
+}
+
+/// A whole answer (not a stream) read before any of it is sent, its usage record staged as
+/// its last frame is read and committed with the records of the other responses the worker
+/// finishes in the same turn (one spool `write` for all of them), then sent head and body
+/// together. The record is in the spool before the client has a byte of the response.
+async fn spooled_first(parts: http::response::Parts, mut body: MeteredBody) -> Response {
+    let mut frames = std::collections::VecDeque::with_capacity(1);
+    loop {
+        match std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)).await
+        {
+            Some(Ok(frame)) => {
+                frames.push_back(Ok(frame));
+                if http_body::Body::is_end_stream(&body) {
+                    break;
+                }
+            }
+            // Sent as it came: the head and what arrived, then the error (the connection is
+            // cut, as when the answer is piped through).
+            Some(Err(e)) => {
+                frames.push_back(Err(e));
+                break;
+            }
+            None => break,
+        }
+    }
+    if let Some(staged) = body.staged.take() {
+        staged.commit().await;
+    }
+    drop(body);
+    Response::from_parts(parts, Body::new(Replay::new(frames)))
+}
+
+/// Frames read beforehand, sent as they were read.
+struct Replay {
+    frames: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
+    /// Data bytes not yet sent.
+    remaining: u64,
+}
+
+impl Replay {
+    fn new(frames: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>) -> Self {
+        let remaining = frames
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        Self { frames, remaining }
+    }
+}
+
+impl http_body::Body for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = self.frames.pop_front();
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            self.remaining -= data.map_or(0, |d| d.len() as u64);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.frames.iter().any(Result::is_err) {
+            http_body::SizeHint::default()
+        } else {
+            http_body::SizeHint::with_exact(self.remaining)
+        }
+    }
 }
 
 /// What is read from the response on the side.
@@ -1230,6 +1339,10 @@ struct MeteredBody {
     /// The response cache's capture of this answer (a miss or a refresh).
     cache: Option<CacheCapture>,
     completion: Option<Box<Completion>>,
+    /// Read whole before it is sent (`spooled_first`): the usage record is staged, not written.
+    stage: bool,
+    /// The staged record, until `spooled_first` commits it (written at once if dropped).
+    staged: Option<rampart_ledger::Staged>,
 }
 
 impl MeteredBody {
@@ -1259,7 +1372,11 @@ impl MeteredBody {
             if c.ledger.is_some() || c.ticket.is_some() {
                 c.usage = tap.into_usage();
                 c.settle_limits();
-                c.record_usage();
+                if self.stage && !client_aborted {
+                    self.staged = c.stage_usage();
+                } else {
+                    c.record_usage();
+                }
                 crate::accounting::defer(move || drop(c));
             } else {
                 crate::accounting::defer(move || {
@@ -1388,6 +1505,40 @@ mod tests {
         let open = Completion::new(Route::Messages, Method::POST, "req_2".to_owned());
         tokio::time::advance(Duration::from_millis(7)).await;
         assert_eq!(open.total(), Duration::from_millis(7));
+    }
+
+    #[test]
+    fn a_replayed_answer_is_its_frames_in_order_with_its_exact_size() {
+        let data = |s: &'static str| Ok(Frame::data(Bytes::from_static(s.as_bytes())));
+        let mut body = Replay::new([data("{\"a\":"), data("1}")].into());
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(7));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut read = Vec::new();
+        while let Poll::Ready(Some(frame)) =
+            http_body::Body::poll_frame(Pin::new(&mut body), &mut cx)
+        {
+            read.extend_from_slice(frame.unwrap().data_ref().unwrap());
+            if http_body::Body::is_end_stream(&body) {
+                assert_eq!(http_body::Body::size_hint(&body).exact(), Some(0));
+            }
+        }
+        assert_eq!(read, b"{\"a\":1}");
+        // An answer cut short is sent up to the cut, then fails as it did: its size is unknown.
+        let cut: BoxError = "upstream went away".into();
+        let mut body = Replay::new([data("{\"a\""), Err(cut)].into());
+        assert_eq!(http_body::Body::size_hint(&body).exact(), None);
+        assert!(matches!(
+            http_body::Body::poll_frame(Pin::new(&mut body), &mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(matches!(
+            http_body::Body::poll_frame(Pin::new(&mut body), &mut cx),
+            Poll::Ready(Some(Err(_)))
+        ));
+        assert!(matches!(
+            http_body::Body::poll_frame(Pin::new(&mut body), &mut cx),
+            Poll::Ready(None)
+        ));
     }
 
     #[test]

@@ -172,6 +172,9 @@ def test_sigterm_writes_every_record_before_exiting(demo: Demo, data_dir: str) -
 
     wait_until(lambda: gauge("rampart_ledger_queue_depth") == len(load.attempted), timeout=5, what="the queue depth gauge")
     assert gauge("rampart_ledger_spool_bytes") > 100 * len(load.attempted)
+    # Answers that end in the same turn of a worker share a spool write: never more writes
+    # than records.
+    assert 0 < gauge("rampart_ledger_spool_writes_total") <= len(load.attempted)
     assert proc.terminate() == 0, proc.stderr_tail()
     ids = set(ledger_ids(data_dir))
     assert set(load.answered) <= ids
