@@ -1293,8 +1293,10 @@ impl http_body::Body for Replay {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = self.frames.pop_front();
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            self.remaining -= data.map_or(0, |d| d.len() as u64);
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            self.remaining -= data.len() as u64;
         }
         Poll::Ready(frame)
     }

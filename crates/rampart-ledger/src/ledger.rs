@@ -154,13 +154,13 @@ impl Ledger {
     /// written by [`Staged::commit`], with one `write` for every record staged in the same lane
     /// meanwhile (the other responses of the worker's turn), or when the [`Staged`] is dropped.
     pub fn stage_prepared(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         prepared: Prepared,
         outcome: impl FnOnce(&mut UsageRecord),
     ) -> Staged {
         let at = self.spool.stage_prepared(prepared, outcome);
         Staged {
-            ledger: self.clone(),
+            ledger: self,
             at: Some(at),
         }
     }
@@ -546,7 +546,9 @@ mod tests {
     }
 
     fn stage(ledger: &Arc<Ledger>, n: u64) -> Staged {
-        ledger.stage_prepared(Prepared::new(crate::spool::tests::record(n)), |_| {})
+        ledger
+            .clone()
+            .stage_prepared(Prepared::new(crate::spool::tests::record(n)), |_| {})
     }
 
     #[test]
