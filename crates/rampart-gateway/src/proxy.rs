@@ -176,6 +176,9 @@ pub struct Completion {
     ticket: Option<(rampart_limits::Ticket, Arc<PriceTable>)>,
     /// The limits' state after admission, for the response headers.
     limit_status: Option<rampart_limits::Status>,
+    /// The key has limits: the upstream's `anthropic-ratelimit-*` (its shared key's) never
+    /// reach the client, even where Rampart has no state of its own to show.
+    limited: bool,
     /// Made while the upstream answers ([`Completion::prepare`]): the usage record's head, the
     /// rate-limit header values and the `x-request-id` value. Boxed: it is most of a
     /// completion's size, and the completion and the forwarding future are copied whole when
@@ -227,6 +230,7 @@ impl Completion {
             ledger: None,
             ticket: None,
             limit_status: None,
+            limited: false,
             prepared: None,
             cost: None,
             ended: None,
@@ -342,6 +346,17 @@ impl Completion {
             h.write(headers);
         } else if let Some(s) = &self.limit_status {
             crate::admission::write_status(s, headers);
+        }
+    }
+
+    /// [`Completion::write_limit_headers`] on the upstream's answer: a limited key that was not
+    /// admitted here (models, count_tokens without a request limit, fail open) gets none of the
+    /// upstream's `anthropic-ratelimit-*` either, which describe the organisation's shared key.
+    fn replace_upstream_limit_headers(&mut self, headers: &mut HeaderMap) {
+        if self.limit_status.is_none() && self.limited {
+            crate::admission::write_status(&rampart_limits::Status::default(), headers);
+        } else {
+            self.write_limit_headers(headers);
         }
     }
 
@@ -739,6 +754,7 @@ where
     };
     let scopes = identity.scopes.clone();
     let policy = identity.limits.clone();
+    done.limited = state.limits.is_some() && policy.is_some();
     done.key = Some(identity.key_label.clone());
     (done.key_id, done.team_id, done.user_id) =
         (identity.key_id, identity.team_id, identity.user_id);
@@ -1205,7 +1221,7 @@ fn build_response(
         Tap::None
     };
     done.status = parts.status.as_u16();
-    done.write_limit_headers(&mut parts.headers);
+    done.replace_upstream_limit_headers(&mut parts.headers);
     done.overhead = Some((sent_at - done.start) + headers_at.elapsed());
     if let Some(c) = &cache {
         parts.headers.insert(

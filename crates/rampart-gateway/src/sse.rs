@@ -622,6 +622,10 @@ pub struct UsageScanner {
     event_named: bool,
     data: Vec<u8>,
     summary: UsageSummary,
+    /// `content_block_delta` events seen: each carries output (at least a token).
+    content_deltas: u64,
+    /// A `message_delta` reported the final usage.
+    final_usage: bool,
 }
 
 impl UsageScanner {
@@ -637,10 +641,16 @@ impl UsageScanner {
         &self.summary
     }
 
-    /// Consume the scanner.
+    /// Consume the scanner. A stream that ended before a `message_delta` reported its usage
+    /// (cut by the upstream, or left by the client) counts at least one output token per content
+    /// delta it delivered, not only `message_start`'s count.
     #[must_use]
     pub fn into_summary(self) -> UsageSummary {
-        self.summary
+        let mut summary = self.summary;
+        if !self.final_usage {
+            summary.output_tokens = summary.output_tokens.max(self.content_deltas);
+        }
+        summary
     }
 
     /// Feed the next chunk of the stream.
@@ -652,6 +662,9 @@ impl UsageScanner {
             if self.between_events()
                 && let Some(len) = unwanted_event_len(chunk)
             {
+                if chunk.starts_with(CONTENT_DELTA_EVENT) {
+                    self.content_deltas += 1;
+                }
                 chunk = &chunk[len..];
                 continue;
             }
@@ -714,7 +727,11 @@ impl UsageScanner {
             self.dispatch();
         } else if let Some(rest) = line.strip_prefix(b"event:") {
             self.event_named = true;
-            self.event = match trim(rest) {
+            let name = trim(rest);
+            if name == b"content_block_delta" {
+                self.content_deltas += 1;
+            }
+            self.event = match name {
                 b"message_start" => Some(Wanted::Start),
                 b"message_delta" => Some(Wanted::Delta),
                 b"message_stop" => Some(Wanted::Stop),
@@ -776,6 +793,7 @@ impl UsageScanner {
                         self.summary.stop_reason = d.stop_reason;
                     }
                     if let Some(u) = &ev.usage {
+                        self.final_usage |= u.output_tokens.is_some();
                         self.summary.apply_usage(u);
                     }
                 }
@@ -795,6 +813,9 @@ impl UsageScanner {
         self.data = data;
     }
 }
+
+/// How a content delta event starts (as [`unwanted_event_len`] steps over it).
+const CONTENT_DELTA_EVENT: &[u8] = b"event: content_block_delta\n";
 
 /// The length of the event `b` starts with when it is `event: NAME\ndata: …\n\n`, whole, and
 /// NAME is a name the scanner does not want: reading it line by line would change
@@ -904,6 +925,33 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(sum.stream_error.as_deref(), Some("overloaded_error"));
         assert!(!sum.completed);
         assert_eq!(sum.input_tokens, 25);
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_final_usage_counts_a_token_per_content_delta() {
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a b c\"}}\n\n";
+        let start_end = STREAM.find("event: content_block_delta").unwrap();
+        let cut = format!("{}{}", &STREAM[..start_end], delta.repeat(40));
+        // Whole, in one chunk, byte by byte, and with CRLF: the same count.
+        let whole = |text: &str| {
+            let mut s = UsageScanner::new();
+            s.feed(text.as_bytes());
+            s.into_summary()
+        };
+        assert_eq!(whole(&cut).output_tokens, 40);
+        assert_eq!(whole(&cut.replace('\n', "\r\n")).output_tokens, 40);
+        let mut s = UsageScanner::new();
+        for b in cut.as_bytes() {
+            s.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(s.into_summary().output_tokens, 40);
+        // The final usage, when it came, is the count.
+        let done = format!(
+            "{}{}",
+            &cut,
+            &STREAM[STREAM.find("event: content_block_stop").unwrap()..]
+        );
+        assert_eq!(whole(&done).output_tokens, 15);
     }
 
     #[test]

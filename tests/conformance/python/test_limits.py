@@ -331,3 +331,65 @@ def test_an_in_process_budget_survives_a_restart(upstream: str) -> None:
         assert r.json()["error"]["type"] == "billing_error"
     finally:
         assert proc.terminate() == 0, proc.stderr_tail()
+
+
+def test_a_limited_key_never_sees_the_upstream_keys_rate_limit_headers(single: Any) -> None:
+    """The upstream's `anthropic-ratelimit-*` describe the organisation's shared key: a limited key
+    gets Rampart's own or none, on every route (models, count_tokens without a request limit)."""
+    store, url = single
+    rpm_key = create_key(store, "--rpm", "7")
+    itpm_key = create_key(store, "--itpm", "5000")
+    time.sleep(0.3)
+
+    def ratelimit(headers: httpx.Headers) -> dict[str, str]:
+        return {k: v for k, v in headers.items() if k.startswith("anthropic-ratelimit-")}
+
+    client = anthropic.Anthropic(base_url=url, api_key=rpm_key, max_retries=0)
+    models = client.models.with_raw_response.list()
+    assert models.http_response.status_code == 200
+    shown = ratelimit(models.headers)
+    assert all(v == "7" for k, v in shown.items() if k.endswith("-limit")), shown
+    assert not any(k.startswith("anthropic-ratelimit-tokens") or "input" in k or "output" in k for k in shown), shown
+
+    client = anthropic.Anthropic(base_url=url, api_key=itpm_key, max_retries=0)
+    counted = client.messages.with_raw_response.count_tokens(model=BODY["model"], messages=BODY["messages"])
+    assert counted.http_response.status_code == 200
+    shown = ratelimit(counted.headers)
+    assert all(v == "5000" for k, v in shown.items() if k.endswith("-limit")), shown
+    assert not any(k.startswith("anthropic-ratelimit-requests") or "output" in k for k in shown), shown
+
+
+def test_a_stream_the_client_abandons_settles_with_the_output_it_delivered(tmp_path: Any) -> None:
+    """A client that reads a long stream and hangs up before `message_delta` was still served the
+    output it read (and the upstream bills it): the settlement counts at least a token per content
+    delta, not the one output token of `message_start`."""
+    sim = RampartProcess(["sim", "--listen", "127.0.0.1:0", "--tokens-per-sec", "300"], name="limits-paced-sim")
+    try:
+        store = ["--data-dir", str(tmp_path)]
+        otpm = 1200
+        key = create_key(store, "--otpm", str(otpm))
+        proc, url = serve(store, sim.listening_url(), "limits-abandoned")
+        try:
+            client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+            words = " ".join(f"w{i}" for i in range(3000))
+            deltas = 0
+            with client.messages.stream(
+                model=BODY["model"], max_tokens=4000, messages=[{"role": "user", "content": f"echo: {words}"}]
+            ) as stream:
+                for event in stream:
+                    if event.type == "content_block_delta":
+                        deltas += 1
+                    if deltas == 100:
+                        break
+            time.sleep(0.3)
+            r = post(url, key, {**BODY, "max_tokens": 1})
+            assert r.status_code == 200, r.text
+            left = int(r.headers["anthropic-ratelimit-output-tokens-remaining"])
+            # 100 deltas read (300 output tokens by the simulator's count) in about a second, while
+            # the bucket refills 20 a second: settled with one output token, all but one or two would
+            # be back; settled with a token per delta, 100 less the refill (room here for ~4 s of it).
+            assert left <= otpm - 15, f"{left} of {otpm} output tokens left after {deltas} deltas were delivered"
+        finally:
+            assert proc.terminate() == 0, proc.stderr_tail()
+    finally:
+        sim.terminate()
