@@ -69,7 +69,7 @@ impl UsageReport {
     /// The report of `rows`, the answer to `query`.
     #[must_use]
     pub fn new(query: &UsageQuery, rows: Vec<UsageRow>) -> Self {
-        let (from, to) = widened(query.from, query.to);
+        let (from, to) = widened(query.from, query.to).unwrap_or((query.from, query.to));
         Self {
             from,
             to,
@@ -140,13 +140,28 @@ pub fn dimension_names(g: UsageGroupBy) -> Vec<String> {
     .collect()
 }
 
-/// Whole hours around `[from, to)`, as the rollups answer.
-fn widened(from: OffsetDateTime, to: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
+/// What a range's bounds must lie in: the whole hours around it are reported in RFC 3339, whose
+/// years run from 0000 to 9999.
+pub const RANGE_BOUNDS: &str =
+    "from and to must lie between 0000-01-01T00:00:00Z and 9999-12-31T23:00:00Z";
+
+/// Whether the whole hours around `[from, to)` can be reported (see [`RANGE_BOUNDS`]).
+#[must_use]
+pub fn reportable(from: OffsetDateTime, to: OffsetDateTime) -> bool {
+    widened(from, to).is_some()
+}
+
+/// Whole hours around `[from, to)`, as the rollups answer; `None` outside RFC 3339's years.
+fn widened(from: OffsetDateTime, to: OffsetDateTime) -> Option<(OffsetDateTime, OffsetDateTime)> {
     let hour = |t: OffsetDateTime| t.unix_timestamp().div_euclid(3600) * 3600;
-    let at = |s: i64| OffsetDateTime::from_unix_timestamp(s).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let at = |s: i64| {
+        OffsetDateTime::from_unix_timestamp(s)
+            .ok()
+            .filter(|t| (0..=9999).contains(&t.year()))
+    };
     let to_h = hour(to);
     let exact = to.unix_timestamp() == to_h && to.nanosecond() == 0;
-    (at(hour(from)), at(if exact { to_h } else { to_h + 3600 }))
+    Some((at(hour(from))?, at(if exact { to_h } else { to_h + 3600 })?))
 }
 
 #[cfg(test)]
@@ -175,18 +190,18 @@ mod tests {
                 datetime!(2026-06-01 10:30 UTC),
                 datetime!(2026-06-01 12:00 UTC)
             ),
-            (
+            Some((
                 datetime!(2026-06-01 10:00 UTC),
                 datetime!(2026-06-01 12:00 UTC)
-            )
+            ))
         );
         assert_eq!(
             widened(
                 datetime!(2026-06-01 10:00 UTC),
                 datetime!(2026-06-01 12:00:01 UTC)
             )
-            .1,
-            datetime!(2026-06-01 13:00 UTC)
+            .map(|(_, to)| to),
+            Some(datetime!(2026-06-01 13:00 UTC))
         );
     }
 }

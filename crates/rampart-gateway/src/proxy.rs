@@ -632,9 +632,19 @@ fn error_response(e: ProxyError, mut done: Box<Completion>) -> Response {
     resp
 }
 
-/// A response for a request that never reaches the proxy engine (404, 405), still recorded.
-pub fn reject(route: Route, headers: &HeaderMap, method: &Method, err: ProxyError) -> Response {
-    let done = Completion::new(route, method.clone(), request_id(headers));
+/// A response for a request that never reaches the proxy engine (404, 405), still recorded: in
+/// `state`'s usage ledger too when given (a request to the API's paths, `/v1/…`).
+pub fn reject(
+    state: Option<&AppState>,
+    route: Route,
+    headers: &HeaderMap,
+    method: &Method,
+    err: ProxyError,
+) -> Response {
+    let mut done = Completion::new(route, method.clone(), request_id(headers));
+    if let Some(state) = state {
+        done = done.with_ledger(state);
+    }
     error_response(err, done)
 }
 

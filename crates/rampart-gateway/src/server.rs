@@ -280,6 +280,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Dispatch 
             Match::WrongMethod(route) => {
                 let m = req.method().to_string();
                 let resp = proxy::reject(
+                    Some(&self.state),
                     route,
                     req.headers(),
                     req.method(),
@@ -289,6 +290,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Dispatch 
             }
             Match::NotFound => {
                 let resp = proxy::reject(
+                    Some(&self.state),
                     Route::Unknown,
                     req.headers(),
                     req.method(),
@@ -345,6 +347,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|req: Request| async move {
             let m = req.method().to_string();
             proxy::reject(
+                None,
                 Route::Unknown,
                 req.headers(),
                 req.method(),
@@ -353,6 +356,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         })
         .fallback(|req: Request| async move {
             proxy::reject(
+                None,
                 Route::Unknown,
                 req.headers(),
                 req.method(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use rampart_admin::usage::{UsageReport, parse_group_by};
+use rampart_admin::usage::{RANGE_BOUNDS, UsageReport, parse_group_by, reportable};
 use rampart_store::{Store, UsageGroupBy, UsageQuery};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Duration, OffsetDateTime, Time};
@@ -70,10 +70,24 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
     };
     let from = match &args.from {
         Some(f) => instant("--from", f)?,
-        None => to - Duration::days(30),
+        None => to.checked_sub(Duration::days(30)).context(RANGE_BOUNDS)?,
     };
     if from >= to {
         bail!("--from must be before --to");
+    }
+    if !reportable(from, to) {
+        bail!(RANGE_BOUNDS);
+    }
+    // A report, not a setup step: a data directory without a database is a mistake (a typo, the
+    // wrong working directory), not an empty ledger to create and report as zero.
+    if args.store.database_url.is_none() {
+        let db = args.store.data_dir.join(rampart_store::SQLITE_FILE_NAME);
+        if !db.is_file() {
+            bail!(
+                "no database at {}: give the data directory of a Rampart store (--data-dir) or --database-url",
+                db.display()
+            );
+        }
     }
     let store = opened(&args.store).await?;
     let names = Names::load(&store).await?;

@@ -192,3 +192,53 @@ def test_sigterm_writes_every_record_before_exiting(demo: Demo, data_dir: str) -
     assert any("claude-haiku-4-5" in line and str(len(ids)) in line.split() for line in table[2:]), table
     bad = rampart(data_dir, "usage", "--group-by", "colour", ok=False)
     assert bad.returncode != 0 and "unknown dimension" in bad.stderr
+
+
+def test_usage_cli_refuses_unreportable_ranges_cleanly(data_dir: str) -> None:
+    # A database to read (an empty ledger), made the way operators make one.
+    rampart(data_dir, "migrate")
+    for args in (
+        ["--to=-9999-01-01"],  # 30 days before it is no date at all
+        ["--to=0000-01-01"],  # the default start is in year -1, which RFC 3339 cannot write
+        ["--from", "9999-12-31T23:00:00Z", "--to", "9999-12-31T23:30:00Z"],  # ends in year 10000
+    ):
+        p = rampart(data_dir, "usage", *args, ok=False)
+        assert p.returncode == 1, (args, p.returncode, p.stderr[-2000:])
+        assert "panicked" not in p.stderr and "between 0000-01-01" in p.stderr, (args, p.stderr[-2000:])
+        assert p.stdout == "", (args, p.stdout)
+
+
+def test_usage_cli_on_a_data_dir_without_a_database_is_an_error(data_dir: str) -> None:
+    # A mistyped --data-dir (or the default `.rampart` in the wrong directory) must not report a
+    # confident zero from a database created on the spot.
+    missing = Path(data_dir) / "typo"
+    p = rampart(str(missing), "usage", "--json", ok=False)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr[-2000:])
+    assert p.stdout == "" and "no database" in p.stderr and str(missing) in p.stderr, p.stderr
+    assert not missing.exists(), "nothing is created"
+    # With the database in place it reads it.
+    rampart(data_dir, "migrate")
+    assert json.loads(rampart(data_dir, "usage", "--json").stdout)["data"][0]["requests"] == 0
+
+
+def test_a_refused_method_or_unknown_api_path_leaves_one_record(demo: Demo, data_dir: str) -> None:
+    # Rejections are usage records too: a wrong method on a proxied route (405) and a path under
+    # /v1/ that is no route (404), like a malformed body (400) or a body over the limit (413).
+    key = new_key(data_dir)
+    proc, url = serve(data_dir, demo, "serve-ledger-rejections", RAMPART_SERVER__MAX_BODY_BYTES="1000")
+    h = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+    sent = {
+        "rej-405": ("GET", "/v1/messages", None, 405),
+        "rej-404": ("POST", "/v1/no-such-route", b"{}", 404),
+        "rej-400": ("POST", "/v1/messages", b"{not json", 400),
+        "rej-413": ("POST", "/v1/messages", b"{" + b" " * 5000 + b"}", 413),
+    }
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for rid, (method, path, body, status) in sent.items():
+            r = http.request(method, path, content=body, headers={**h, "x-request-id": rid})
+            assert r.status_code == status and r.json()["type"] == "error", (rid, r.status_code, r.text)
+    assert proc.terminate() == 0, proc.stderr_tail()
+    rows = db_rows(data_dir, "SELECT request_id, status, error_type FROM usage_records")
+    for rid, (_, _, _, status) in sent.items():
+        mine = [r for r in rows if r[0] == rid]
+        assert len(mine) == 1 and mine[0][1] == status and mine[0][2], (rid, mine)

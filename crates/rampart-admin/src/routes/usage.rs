@@ -3,7 +3,7 @@
 //! viewers their team, developers their own keys, auditors nothing.
 
 use axum::extract::State;
-use rampart_store::{Role, UsageGroupBy, UsageQuery};
+use rampart_store::{Role, StoreError, UsageGroupBy, UsageQuery};
 use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -12,7 +12,7 @@ use crate::AdminState;
 use crate::error::{ApiError, Errors};
 use crate::http::Query;
 use crate::session::Caller;
-use crate::usage::{UsageReport, parse_group_by};
+use crate::usage::{RANGE_BOUNDS, UsageReport, parse_group_by, reportable};
 
 /// The default range: the last 30 days.
 const DEFAULT_RANGE: Duration = Duration::days(30);
@@ -77,6 +77,9 @@ async fn scoped(
     if to - from > MAX_RANGE {
         return Err(ApiError::bad("the range may cover at most 400 days"));
     }
+    if !reportable(from, to) {
+        return Err(ApiError::bad(RANGE_BOUNDS));
+    }
     if p.model
         .as_ref()
         .is_some_and(|m| m.is_empty() || m.chars().count() > 200)
@@ -95,6 +98,14 @@ async fn scoped(
     // Developers see their own keys, which are in their team: another team is out of scope.
     if caller.role() == Role::Developer && q.team_id.is_some_and(|t| Some(t) != caller.team()) {
         return Err(ApiError::NotFound("team"));
+    }
+    // Team roles: a user filter names a user of their team, else 404 (as a key filter does).
+    if let (Role::TeamAdmin | Role::Viewer, Some(id)) = (caller.role(), q.user_id) {
+        match state.store().get_user(id).await {
+            Ok(u) if u.team_id.is_some() && u.team_id == caller.team() => {}
+            Ok(_) | Err(StoreError::NotFound) => return Err(ApiError::NotFound("user")),
+            Err(e) => return Err(e.into()),
+        }
     }
     super::keys::narrow_to_visible_keys(caller, &mut q.team_id, &mut q.user_id)?;
     // A key filter names a key the caller may see, else 404.

@@ -223,6 +223,14 @@ async fn admins_see_every_team_grouped_as_asked() {
 #[tokio::test]
 async fn team_roles_see_their_team_and_developers_their_own_keys() {
     let w = world().await;
+    let dev_a = w
+        ._env
+        .store
+        .get_user_by_email("dev@a.example")
+        .await
+        .unwrap()
+        .id;
+    let dev_b = user(&w._env, "dev@b.example", Role::Developer, Some(w.team_b)).await;
     for email in ["lead@a.example", "viewer@a.example"] {
         let t = token(&w, email).await;
         let (status, body) = usage(&w, &t, &format!("{RANGE}&group_by=key")).await;
@@ -241,6 +249,15 @@ async fn team_roles_see_their_team_and_developers_their_own_keys() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{email}");
         let (status, _) = usage(&w, &t, &format!("{RANGE}&key_id={}", Uuid::now_v7())).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{email}");
+        // So is a user of another team, or no user at all; a teammate is in scope.
+        for other in [dev_b, Uuid::now_v7()] {
+            let (status, body) = usage(&w, &t, &format!("{RANGE}&user_id={other}")).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{email}: {body}");
+            assert_error(&body, "not_found_error");
+        }
+        let (status, body) = usage(&w, &t, &format!("{RANGE}&user_id={dev_a}&group_by=key")).await;
+        assert_eq!(status, StatusCode::OK, "{email}: {body}");
+        assert_eq!(rows(&body, "key_id"), [(w.dev_key.to_string(), 2, 1_100)]);
     }
     let dev = token(&w, "dev@a.example").await;
     let (status, body) = usage(&w, &dev, &format!("{RANGE}&group_by=key")).await;
@@ -277,6 +294,10 @@ async fn bad_parameters_are_400_and_no_token_is_401() {
         format!("{RANGE}&model={}", "m".repeat(201)),
         format!("{RANGE}&key_id=not-a-uuid"),
         format!("{RANGE}&unknown=1"),
+        // Whole hours outside what RFC 3339 can write (years 0000 to 9999): the default `from`
+        // 30 days before year 0, the hour after the last one of year 9999.
+        "to=0000-01-01T00:00:00Z".to_owned(),
+        "from=9999-12-31T23:00:00Z&to=9999-12-31T23:30:00Z".to_owned(),
     ] {
         let (status, body) = usage(&w, &admin, &query).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
