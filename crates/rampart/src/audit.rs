@@ -11,7 +11,7 @@ use rampart_admin::views::AuditView;
 use rampart_store::AuditQuery;
 
 use crate::cli::MigrateArgs;
-use crate::people::opened;
+use crate::people::existing;
 
 /// `rampart audit …`
 #[derive(Debug, Subcommand)]
@@ -55,7 +55,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(expect_head: Option<String>, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let head = store.audit_head().await?;
     if let Some(broken) = store.verify_audit_chain().await? {
         eprintln!("{broken}");
@@ -96,7 +96,7 @@ async fn export(
     after_seq: i64,
     args: &MigrateArgs,
 ) -> anyhow::Result<ExitCode> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let mut out: Box<dyn Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)

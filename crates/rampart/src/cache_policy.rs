@@ -8,7 +8,7 @@ use clap::Args;
 use rampart_store::{CachePolicy, NewAuditEvent, Store};
 
 use crate::cli::MigrateArgs;
-use crate::people::{actor, find_team, opened};
+use crate::people::{actor, existing, find_team};
 
 /// The caching-policy options shared by keys and teams.
 #[derive(Debug, Args)]
@@ -86,7 +86,7 @@ pub async fn run_key(args: &CachePolicyArgs) -> anyhow::Result<()> {
         .target
         .parse()
         .with_context(|| format!("`{}` is not a key id (see rampart keys list)", args.target))?;
-    let store = opened(&args.store).await?;
+    let store = existing(&args.store).await?;
     let result = key(&store, id, args).await;
     store.close().await;
     println!("key {id}: {}", describe(&result?));
@@ -114,7 +114,7 @@ async fn key(store: &Store, id: uuid::Uuid, args: &CachePolicyArgs) -> anyhow::R
 /// # Errors
 /// A bad value, an unknown team, or a store failure.
 pub async fn run_team(args: &CachePolicyArgs) -> anyhow::Result<()> {
-    let store = opened(&args.store).await?;
+    let store = existing(&args.store).await?;
     let result = team(&store, args).await;
     store.close().await;
     let (name, policy) = result?;

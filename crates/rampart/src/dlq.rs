@@ -11,7 +11,7 @@ use rampart_store::batches::{DeadLetter, DeadLetterQuery};
 use rampart_store::{NewAuditEvent, StoreError};
 
 use crate::cli::MigrateArgs;
-use crate::people::{actor, opened};
+use crate::people::{actor, existing};
 
 /// `rampart dlq …`
 #[derive(Debug, Subcommand)]
@@ -86,7 +86,7 @@ async fn list(
     if !(1..=1000).contains(&limit) {
         bail!("--limit must be between 1 and 1000");
     }
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let rows = store
         .batches()
         .list_dead_letters(&DeadLetterQuery {
@@ -119,7 +119,7 @@ async fn list(
 }
 
 async fn show(id: uuid::Uuid, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let d = store.batches().get_dead_letter(id).await;
     store.close().await;
     match d {
@@ -137,7 +137,7 @@ async fn show(id: uuid::Uuid, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn replay(id: uuid::Uuid, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let mut audit = NewAuditEvent::new(actor(), "dead_letter.replay", format!("dead_letter:{id}"));
     audit.details = serde_json::json!({ "via": "cli" });
     let done = store

@@ -17,7 +17,7 @@ use rampart_store::{
 use time::OffsetDateTime;
 
 use crate::cli::MigrateArgs;
-use crate::people::{actor, opened};
+use crate::people::{actor, existing, opened};
 
 /// `rampart keys …`
 #[derive(Debug, Subcommand)]
@@ -314,7 +314,7 @@ fn created_event(team: &uuid::Uuid, limits: &LimitSettings) -> NewAuditEvent {
 }
 
 async fn list(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let teams = store.list_teams().await?;
     for k in store
         .list_api_keys(rampart_store::ApiKeyFilter::default())
@@ -341,7 +341,7 @@ async fn list(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn revoke(id: uuid::Uuid, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let key = store
         .revoke_api_key(
             id,
@@ -365,7 +365,7 @@ async fn rotate(
     args: &MigrateArgs,
 ) -> anyhow::Result<ExitCode> {
     let hasher = key_hasher(&args.data_dir)?;
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let old = store
         .get_api_key(id)
         .await
@@ -418,7 +418,7 @@ async fn key_limits(
     store_args: &MigrateArgs,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!clear || args.is_empty(), "--clear takes no limits with it");
-    let store = opened(store_args).await?;
+    let store = existing(store_args).await?;
     let limits = if clear || !args.is_empty() {
         let settings = args.settings()?;
         let mut e = NewAuditEvent::new(actor(), "key.limits", format!("key:{id}"));

@@ -12,7 +12,7 @@ use rampart_gateway::upstream_key;
 use rampart_store::{NewAuditEvent, Reencrypted, StoreError, upstream_credential_aad};
 
 use crate::cli::MigrateArgs;
-use crate::people::{actor, opened};
+use crate::people::{actor, existing};
 
 /// Run `rampart rotate-master-key`.
 ///
@@ -22,7 +22,7 @@ use crate::people::{actor, opened};
 pub async fn rotate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let keys = crate::secrets::master_keys()?;
     let current = keys.current_id().to_owned();
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let creds = store.list_upstream_credentials().await?;
     let mut batch = Vec::new();
     let mut from = BTreeSet::new();

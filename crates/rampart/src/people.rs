@@ -175,6 +175,27 @@ pub async fn opened(args: &MigrateArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// [`opened`] for a command that reads or changes what a store already holds (a report, a list,
+/// a change to a key, user or team): a data directory without a database is a mistake (a typo,
+/// the default `.rampart` in the wrong working directory), not an empty store to create and
+/// answer from. Only the commands that create (`migrate`, `init`, `keys create`, `users create`,
+/// `teams create`, `upstreams add`) start a store.
+///
+/// # Errors
+/// When `--data-dir` holds no database, or as [`opened`].
+pub async fn existing(args: &MigrateArgs) -> anyhow::Result<Store> {
+    if args.database_url.is_none() {
+        let db = args.data_dir.join(rampart_store::SQLITE_FILE_NAME);
+        if !db.is_file() {
+            bail!(
+                "no database at {}: give the data directory of a Rampart store (--data-dir) or --database-url",
+                db.display()
+            );
+        }
+    }
+    opened(args).await
+}
+
 fn password_from_stdin() -> anyhow::Result<Secret> {
     if let Ok(p) = std::env::var("RAMPART_NEW_PASSWORD")
         && !p.is_empty()
@@ -290,7 +311,7 @@ pub async fn users(cmd: UsersCommand) -> anyhow::Result<ExitCode> {
             );
         }
         UsersCommand::List { team, store } => {
-            let store = opened(&store).await?;
+            let store = existing(&store).await?;
             let team_id = match team {
                 Some(t) => Some(find_team(&store, &t).await?.id),
                 None => None,
@@ -301,7 +322,7 @@ pub async fn users(cmd: UsersCommand) -> anyhow::Result<ExitCode> {
             }
         }
         UsersCommand::SetRole { user, role, store } => {
-            let store = opened(&store).await?;
+            let store = existing(&store).await?;
             let u = find_user(&store, &user).await?;
             let role = Role::from(role);
             let mut audit = NewAuditEvent::new(actor(), "user.update", format!("user:{}", u.id));
@@ -314,7 +335,7 @@ pub async fn users(cmd: UsersCommand) -> anyhow::Result<ExitCode> {
             println!("{} is now {}", u.email, role.as_str());
         }
         UsersCommand::SetPassword { user, store } => {
-            let store = opened(&store).await?;
+            let store = existing(&store).await?;
             let u = find_user(&store, &user).await?;
             let pw = password_from_stdin()?;
             let update = UserUpdate {
@@ -333,7 +354,7 @@ pub async fn users(cmd: UsersCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn set_user_disabled(user: &str, args: &MigrateArgs, disabled: bool) -> anyhow::Result<()> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let u = find_user(&store, user).await?;
     let action = if disabled {
         "user.disable"
@@ -372,7 +393,7 @@ pub async fn teams(cmd: TeamsCommand) -> anyhow::Result<ExitCode> {
             println!("created team {} ({})", team.id, team.name);
         }
         TeamsCommand::List(args) => {
-            let store = opened(&args.store).await?;
+            let store = existing(&args.store).await?;
             for t in store.list_teams().await? {
                 println!(
                     "{}  {:<24}  {}",
@@ -388,7 +409,7 @@ pub async fn teams(cmd: TeamsCommand) -> anyhow::Result<ExitCode> {
             store,
         } => {
             let new_name = validate::name("team name", &new_name).map_err(anyhow::Error::msg)?;
-            let store = opened(&store).await?;
+            let store = existing(&store).await?;
             let t = find_team(&store, &team).await?;
             let mut audit = NewAuditEvent::new(actor(), "team.rename", format!("team:{}", t.id));
             audit.details = serde_json::json!({"name": new_name});
@@ -413,7 +434,7 @@ pub async fn teams(cmd: TeamsCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn set_team_disabled(team: &str, args: &MigrateArgs, disabled: bool) -> anyhow::Result<()> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let t = find_team(&store, team).await?;
     let action = if disabled {
         "team.disable"

@@ -8,7 +8,7 @@ use rampart_store::{LimitSettings, NewAuditEvent, TeamLimitSettings};
 
 use crate::cli::MigrateArgs;
 use crate::keys::{LimitArgs, describe};
-use crate::people::{actor, find_team, opened};
+use crate::people::{actor, existing, find_team};
 
 /// `rampart teams limits` options.
 #[derive(Debug, Args)]
@@ -64,7 +64,7 @@ pub async fn run(args: &TeamLimitsArgs) -> anyhow::Result<()> {
     let defaults = args.key_defaults();
     let given = !args.team_limits.is_empty() || !defaults.is_empty();
     anyhow::ensure!(!args.clear || !given, "--clear takes no limits with it");
-    let store = opened(&args.store).await?;
+    let store = existing(&args.store).await?;
     let team = find_team(&store, &args.team).await?;
     let limits = if args.clear || given {
         let settings = TeamLimitSettings {

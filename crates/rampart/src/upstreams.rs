@@ -18,7 +18,7 @@ use rampart_gateway::upstream_key::{self, StoredUpstream};
 use rampart_store::{NewAuditEvent, StoreError};
 
 use crate::cli::MigrateArgs;
-use crate::people::{actor, opened};
+use crate::people::{actor, existing, opened};
 
 /// Env var an upstream key may be given in instead of stdin.
 pub const NEW_UPSTREAM_KEY_ENV: &str = "RAMPART_NEW_UPSTREAM_KEY";
@@ -163,7 +163,7 @@ async fn add(name: &str, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
 async fn list(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     // Without the master key the list still shows names and key ids, only not the hints.
     let keys = crate::secrets::master_keys().ok();
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let creds = store.list_upstream_credentials().await;
     store.close().await;
     for c in creds? {
@@ -188,7 +188,7 @@ async fn list(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn remove(id: uuid::Uuid, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let store = opened(args).await?;
+    let store = existing(args).await?;
     let audit = NewAuditEvent::new(actor(), "upstream.delete", format!("upstream:{id}"));
     let removed = store.delete_upstream_credential(id, Some(&audit)).await;
     store.close().await;

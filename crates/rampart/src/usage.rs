@@ -13,7 +13,7 @@ use time::{Date, Duration, OffsetDateTime, Time};
 use uuid::Uuid;
 
 use crate::cli::MigrateArgs;
-use crate::people::opened;
+use crate::people::existing;
 
 /// `rampart usage` options.
 #[derive(Debug, Args)]
@@ -78,18 +78,7 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
     if !reportable(from, to) {
         bail!(RANGE_BOUNDS);
     }
-    // A report, not a setup step: a data directory without a database is a mistake (a typo, the
-    // wrong working directory), not an empty ledger to create and report as zero.
-    if args.store.database_url.is_none() {
-        let db = args.store.data_dir.join(rampart_store::SQLITE_FILE_NAME);
-        if !db.is_file() {
-            bail!(
-                "no database at {}: give the data directory of a Rampart store (--data-dir) or --database-url",
-                db.display()
-            );
-        }
-    }
-    let store = opened(&args.store).await?;
+    let store = existing(&args.store).await?;
     let names = Names::load(&store).await?;
     let team_id = match &args.team {
         Some(t) => Some(names.team(t).with_context(|| format!("no team `{t}`"))?),

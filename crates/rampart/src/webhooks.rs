@@ -15,7 +15,7 @@ use rampart_store::{NewAuditEvent, Store, StoreError};
 use rampart_webhooks::{Dispatcher, UrlPolicy, WebhooksConfig};
 
 use crate::cli::MigrateArgs;
-use crate::people::{actor, find_team, opened};
+use crate::people::{actor, existing, find_team};
 
 /// `rampart teams webhook …`
 #[derive(Debug, Subcommand)]
@@ -94,7 +94,7 @@ pub async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             let master = crate::secrets::master_keys()?;
-            let store = opened(&store).await?;
+            let store = existing(&store).await?;
             let team = find_team(&store, &team).await?;
             let exists = match store.webhooks().get_team_webhook(team.id).await {
                 Ok(_) => true,
@@ -145,7 +145,7 @@ pub async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
             }
         }
         WebhookCommand::Show { team, store } => {
-            let store = opened(&store).await?;
+            let store = existing(&store).await?;
             let team = find_team(&store, &team).await?;
             let w = store
                 .webhooks()
@@ -160,7 +160,7 @@ pub async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
             println!("updated_at {}", w.updated_at);
         }
         WebhookCommand::Remove { team, store } => {
-            let store = opened(&store).await?;
+            let store = existing(&store).await?;
             let team = find_team(&store, &team).await?;
             let e = NewAuditEvent::new(actor(), "team.webhook.delete", format!("team:{}", team.id));
             store
@@ -177,7 +177,7 @@ pub async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
             limit,
             store,
         } => {
-            let store = opened(&store).await?;
+            let store = existing(&store).await?;
             let team = find_team(&store, &team).await?;
             let rows = store
                 .webhooks()

@@ -164,3 +164,31 @@ def test_audit_export_writes_json_lines_for_a_siem() -> None:
     assert {"seq", "at", "actor", "action", "target", "outcome", "client_addr", "request_id", "details", "prev_hash", "hash"} <= set(events[0])
     tail = ok(cli(d, "audit", "export", "--after-seq", "3"))
     assert [json.loads(line)["seq"] for line in tail.splitlines()] == [4]
+
+
+def test_commands_on_a_data_dir_without_a_database_refuse_and_create_nothing() -> None:
+    # A mistyped --data-dir (or the default `.rampart` in the wrong working directory) must not be
+    # answered from a store made on the spot: `audit verify` would call an empty chain intact, a
+    # list would say there is nothing. Only the commands that create start a store.
+    missing = Path(tempfile.mkdtemp(prefix="rampart-cli-")) / "typo"
+    for args in (
+        ("audit", "verify"),
+        ("audit", "export"),
+        ("keys", "list"),
+        ("keys", "revoke", "01936f3e-0000-7000-8000-000000000000"),
+        ("users", "list"),
+        ("users", "disable", "ghost@example.com"),
+        ("teams", "list"),
+        ("upstreams", "list"),
+        ("dlq", "list"),
+        ("usage",),
+    ):
+        r = cli(str(missing), *args)
+        assert r.returncode == 1, f"{args}: {r.returncode}\n{r.stdout}\n{r.stderr}"
+        assert r.stdout == "" and "no database at" in r.stderr and str(missing) in r.stderr, f"{args}: {r.stderr}"
+        assert "panicked" not in r.stderr
+        assert not missing.exists(), f"{args} created {missing}"
+    # A command that creates starts the store, and the others then read it.
+    ok(cli(str(missing), "teams", "create", "payments"))
+    assert "payments" in ok(cli(str(missing), "teams", "list"))
+    assert "audit chain OK: 1 events" in ok(cli(str(missing), "audit", "verify"))
