@@ -393,3 +393,61 @@ def test_a_stream_the_client_abandons_settles_with_the_output_it_delivered(tmp_p
             assert proc.terminate() == 0, proc.stderr_tail()
     finally:
         sim.terminate()
+
+
+def test_a_batch_ended_by_another_instance_gives_back_its_reservation(upstream: str) -> None:
+    """Two instances on one Redis and PostgreSQL: a batch made on one and ended by the other (its
+    poll, or a client's GET there) is charged what it cost, once; the worst case the creating
+    instance reserved must not stay held (nor turn into spend when its lease lapses)."""
+    redis = need("RAMPART_TEST_REDIS_URL")
+    database = fresh_database()
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-batch-"), "--database-url", database]
+    cli("migrate", store=store)
+    sim = RampartProcess(["sim", "--listen", "127.0.0.1:0", "--batch-processing-ms", "200"], name="limits-batch-sim")
+    env = {
+        "RAMPART_LIMITS__BACKEND": "redis",
+        "RAMPART_REDIS_URL": redis,
+        "RAMPART_LIMITS__REDIS_PREFIX": f"limits-{uuid.uuid4().hex[:8]}",
+        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "5000",
+        # Neither instance polls the upstream by itself: the second ends the batch on a client's GET.
+        "RAMPART_BATCHES__POLL_INTERVAL_MS": "600000",
+    }
+    procs = []
+    try:
+        procs = [
+            serve(["--data-dir", tempfile.mkdtemp(prefix=f"rampart-limits-batch-{i}-"), "--database-url", database], sim.listening_url(), f"batch-instance-{i}", env)
+            for i in range(2)
+        ]
+        (_, made_on), (_, ended_on) = procs
+        # $0.001 a day; one item of 300 output tokens reserves ~$0.00076 at batch rates.
+        key = create_key(store, "--budget-usd", "0.001", "--budget-period", "day")
+        time.sleep(0.3)
+        client = anthropic.Anthropic(base_url=made_on, api_key=key, max_retries=0)
+        item = {"custom_id": "a", "params": {**BODY, "max_tokens": 300}}
+        first = client.messages.batches.create(requests=[item])
+        # Held: the same batch does not fit beside it.
+        with pytest.raises(anthropic.APIStatusError) as held:
+            client.messages.batches.create(requests=[item])
+        assert held.value.status_code == 402
+        assert held.value.body["error"]["type"] == "billing_error"
+        other = anthropic.Anthropic(base_url=ended_on, api_key=key, max_retries=0)
+        wait_until(
+            lambda: other.messages.batches.retrieve(first.id).processing_status == "ended",
+            timeout=15,
+            interval=0.2,
+            what="the batch ended through the other instance",
+        )
+        # It cost a few micro-dollars: the same batch fits again once the reservation is back.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.messages.batches.create(requests=[item])
+                break
+            except anthropic.APIStatusError as e:
+                assert e.status_code == 402, e
+                assert time.monotonic() < deadline, f"the ended batch's reservation is still held: {e.body}"
+                time.sleep(0.5)
+    finally:
+        for proc, _ in procs:
+            assert proc.terminate() == 0, proc.stderr_tail()
+        sim.terminate()

@@ -6,7 +6,10 @@
 //! each item, the held ticket is settled with the item's cost and a new one is taken for what is
 //! still unsettled. After a restart the unsettled rest is no longer held (in process, budgets
 //! resume from the usage ledger, where every settled item already is); items are still charged
-//! as they settle.
+//! as they settle. Items settled by another instance (sharing a Redis) are charged there without
+//! touching this reservation, and a batch ended there is released here by the runner's sweep
+//! ([`BatchBudgets::held`]), so the reservation never outlives its batch by more than a few
+//! seconds (nor turns into spend when its lease lapses).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -182,6 +185,17 @@ impl BatchBudgets {
         if let Some(h) = held.get_mut(batch_id) {
             h.ticket = next;
         }
+    }
+
+    /// The batches whose reservations are held here.
+    #[must_use]
+    pub fn held(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// The batch ended: give back whatever is still reserved.

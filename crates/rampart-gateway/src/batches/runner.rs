@@ -174,7 +174,7 @@ impl Runner {
                 }
                 _ = sweep_tick.tick() => {
                     sweeps += 1;
-                    self.sweep(sweeps % 60 == 1).await;
+                    self.sweep(sweeps % 60 == 1, sweeps % 5 == 1).await;
                 }
                 () = &mut shutdown, if stop_at.is_none() => {
                     stop_at = Some(Instant::now() + self.state.settings.shutdown_grace);
@@ -233,7 +233,7 @@ impl Runner {
         true
     }
 
-    async fn sweep(&self, archive: bool) {
+    async fn sweep(&self, archive: bool, held: bool) {
         let now = time::OffsetDateTime::now_utc();
         let repo = self.batches.store.batches();
         match repo.expire_batches(now).await {
@@ -244,6 +244,20 @@ impl Runner {
                 }
             }
             Err(e) => tracing::error!(error = %e, "expiring batches failed"),
+        }
+        // Reservations held here for batches another instance ended (or deleted): give them back.
+        if held {
+            for id in self.batches.budgets.held() {
+                match repo.get_batch(&id).await {
+                    Ok(b) if b.processing_status != "ended" => {}
+                    Ok(_) | Err(rampart_store::StoreError::NotFound) => {
+                        self.batches.budgets.release(&id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, batch = %id, "checking a held batch failed")
+                    }
+                }
+            }
         }
         if archive {
             match repo.archive_batches(now).await {
