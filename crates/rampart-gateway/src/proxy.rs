@@ -907,6 +907,12 @@ where
                     }
                     let (body, content_type) = rc::hit_body(&hit, done.streamed);
                     done.cache_hit = true;
+                    // The answer names the model that served it; so does its record (no
+                    // tokens, no cost: nothing went upstream).
+                    done.usage = Some(UsageSummary {
+                        model: Some(hit.model.clone()),
+                        ..UsageSummary::default()
+                    });
                     return Ok(Forwarded::Cached(CacheHit { body, content_type }));
                 }
                 telemetry::cache_event("miss");
@@ -1449,8 +1455,13 @@ impl http_body::Body for MeteredBody {
             }
         }
         match &polled {
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 telemetry::upstream_error("io");
+                // An answer cut off (not a stream, which ends in an `error` event instead): its
+                // record says so with the type a stream's event would carry.
+                if let Some(c) = this.completion.as_mut() {
+                    c.error_type.get_or_insert(cut_off_error_type(e));
+                }
                 this.finish(false);
             }
             Poll::Ready(None) => this.finish(false),
@@ -1465,6 +1476,20 @@ impl http_body::Body for MeteredBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The error type of an answer cut off by the upstream: `timeout_error` for the idle timeout or
+/// the deadline, `api_error` for a broken connection (as `exchange::UpstreamBody` names them in a
+/// stream's closing event).
+fn cut_off_error_type(e: &BoxError) -> &'static str {
+    let timed_out = e
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+    if timed_out {
+        rampart_api::ErrorType::TimeoutError.as_str()
+    } else {
+        rampart_api::ErrorType::ApiError.as_str()
     }
 }
 
@@ -1567,6 +1592,14 @@ mod tests {
             http_body::Body::poll_frame(Pin::new(&mut body), &mut cx),
             Poll::Ready(None)
         ));
+    }
+
+    #[test]
+    fn an_answer_cut_off_is_a_timeout_or_an_api_error() {
+        let timed_out: BoxError = std::io::Error::new(std::io::ErrorKind::TimedOut, "idle").into();
+        assert_eq!(cut_off_error_type(&timed_out), "timeout_error");
+        let reset: BoxError = std::io::Error::other("connection reset").into();
+        assert_eq!(cut_off_error_type(&reset), "api_error");
     }
 
     #[test]

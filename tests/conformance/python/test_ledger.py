@@ -18,7 +18,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from conftest import Demo, RampartProcess, wait_until
+from conftest import Demo, RampartProcess, SimControl, wait_until
 from test_virtual_keys import UPSTREAM_KEY, keys_cli, rampart, serve_env, start_serve
 
 # A stream cut by the kill ends in the HTTP client's own error, not one of the SDK's: the SDK's
@@ -242,3 +242,66 @@ def test_a_refused_method_or_unknown_api_path_leaves_one_record(demo: Demo, data
     for rid, (_, _, _, status) in sent.items():
         mine = [r for r in rows if r[0] == rid]
         assert len(mine) == 1 and mine[0][1] == status and mine[0][2], (rid, mine)
+
+
+def test_a_cache_hit_records_the_model_that_served_it(demo: Demo, data_dir: str) -> None:
+    # A hit answers with the cached message, whose `model` is the one that served it the first
+    # time: the record says so too, and the usage by model has the hit beside its miss (its saving
+    # beside the cost), not under the name the client asked for.
+    key = new_key(data_dir)
+    proc, url = serve(data_dir, demo, "serve-ledger-cache-hit", RAMPART_CACHE__RESPONSE_ENABLED="true")
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    served = {}
+    for rid in ("cache-miss", "cache-hit"):
+        raw = client.messages.with_raw_response.create(
+            model="claude-haiku-4-5",
+            max_tokens=20,
+            messages=[{"role": "user", "content": "echo: cached answer"}],
+            extra_headers={"x-request-id": rid},
+        )
+        assert raw.headers["x-rampart-cache"] == rid.removeprefix("cache-"), raw.headers
+        served[rid] = raw.parse().model
+    assert proc.terminate() == 0, proc.stderr_tail()
+    assert served["cache-hit"] == served["cache-miss"] != "claude-haiku-4-5", served
+    rows = dict(
+        (r[0], r[1:])
+        for r in db_rows(data_dir, "SELECT request_id, model_requested, model_served, cache_hit, cost_micro_usd, saved_micro_usd FROM usage_records")
+    )
+    assert rows["cache-miss"][:2] == ("claude-haiku-4-5", served["cache-miss"]), rows
+    assert rows["cache-hit"][:3] == ("claude-haiku-4-5", served["cache-hit"], 1), rows
+    assert rows["cache-hit"][3] == 0 and rows["cache-hit"][4] == rows["cache-miss"][3] > 0, rows
+    report = json.loads(rampart(data_dir, "usage", "--json", "--group-by", "model").stdout)
+    assert [(r["model"], r["requests"]) for r in report["data"]] == [(served["cache-miss"], 2)], report
+    assert report["data"][0]["saved_micro_usd"] == report["data"][0]["cost_micro_usd"] > 0, report
+
+
+def test_an_answer_the_upstream_cuts_midway_leaves_one_record_saying_so(demo: Demo, sim: SimControl, data_dir: str) -> None:
+    # After the first bytes nothing is retried: a stream ends in an `error` event, a whole answer is
+    # cut off. Either way the request has one record, with the status sent (200) and the error
+    # type of the failure, and a stream's record counts the output it delivered.
+    key = new_key(data_dir)
+    proc, url = serve(data_dir, demo, "serve-ledger-cut")
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    args = dict(model="claude-haiku-4-5", max_tokens=200, messages=[{"role": "user", "content": "echo: " + "word " * 60}])
+    deltas = {}
+    for rid, kind, extra in (
+        ("cut-stream-event", "error_event", {"error_type": "overloaded_error"}),
+        ("cut-stream-reset", "abort_stream", {}),
+    ):
+        sim.fault(kind, after_events=6, **extra)
+        deltas[rid] = 0
+        with pytest.raises(anthropic.APIStatusError):
+            with client.messages.stream(**args, extra_headers={"x-request-id": rid}) as stream:
+                for event in stream:
+                    deltas[rid] += event.type == "content_block_delta"
+        assert deltas[rid] > 0, rid
+    sim.fault("abort_stream")
+    with pytest.raises(anthropic.APIConnectionError):
+        client.messages.create(**args, extra_headers={"x-request-id": "cut-json"})
+    assert proc.terminate() == 0, proc.stderr_tail()
+    rows = db_rows(data_dir, "SELECT request_id, status, error_type, streamed, output_tokens, upstream_attempts FROM usage_records")
+    by_id = {r[0]: r[1:] for r in rows}
+    assert sorted(by_id) == sorted(r[0] for r in rows) == ["cut-json", "cut-stream-event", "cut-stream-reset"], rows
+    assert by_id["cut-stream-event"] == (200, "overloaded_error", 1, deltas["cut-stream-event"], 1), rows
+    assert by_id["cut-stream-reset"] == (200, "api_error", 1, deltas["cut-stream-reset"], 1), rows
+    assert by_id["cut-json"][:3] == (200, "api_error", 0), rows
