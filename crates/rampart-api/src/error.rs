@@ -64,6 +64,13 @@ impl ErrorType {
         }
     }
 
+    /// The error type whose wire name is `name`; `None` for any other string (a name the API
+    /// does not use, or not a name at all).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
     /// The HTTP status code the API serves this error type with.
     #[must_use]
     pub const fn status(self) -> u16 {
@@ -194,5 +201,21 @@ mod tests {
         }
         assert_eq!(ErrorType::from_status(418), ErrorType::InvalidRequestError);
         assert_eq!(ErrorType::from_status(503), ErrorType::ApiError);
+    }
+
+    #[test]
+    fn names_round_trip_and_nothing_else_is_a_type() {
+        for t in ErrorType::ALL {
+            assert_eq!(ErrorType::from_name(t.as_str()), Some(t), "{t}");
+        }
+        for name in [
+            "",
+            "error",
+            "Overloaded_Error",
+            "overloaded_error ",
+            "x_error",
+        ] {
+            assert_eq!(ErrorType::from_name(name), None, "{name:?}");
+        }
     }
 }

@@ -45,6 +45,22 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 /// Largest non-streamed Messages body copied aside to read usage.
 const JSON_TAP_LIMIT: usize = 8 * 1024 * 1024;
 
+/// Largest error answer copied aside to read its error type (an envelope is a few hundred
+/// bytes; the upstream's error bodies are read up to this much when they are held for a retry).
+const ERROR_TAP_LIMIT: usize = 64 * 1024;
+
+thread_local! {
+    /// Set on a request worker's thread when its shutdown grace is over: the responses still
+    /// open there are then dropped with its runtime, cut by Rampart, not left by their clients.
+    static CUT_AT_SHUTDOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This thread's worker stops serving: whatever of its requests is dropped from now on was cut
+/// by Rampart (see [`Completion::cut_at_shutdown`]).
+pub(crate) fn cutting_at_shutdown() {
+    CUT_AT_SHUTDOWN.set(true);
+}
+
 /// Shared state of the proxy.
 pub struct AppState {
     /// Validated configuration.
@@ -241,6 +257,21 @@ impl Completion {
     /// else to now.
     fn total(&self) -> Duration {
         self.ended.unwrap_or_else(|| self.start.elapsed())
+    }
+
+    /// A request that seems left by its client (dropped before its end) on a worker whose
+    /// shutdown grace is over was cut by Rampart instead: recorded as not aborted, with
+    /// `api_error` (the client sees its connection closed, as when an upstream cuts an answer
+    /// off) and, when no response had begun, that type's status rather than 499.
+    fn cut_at_shutdown(&mut self) {
+        if self.client_aborted && CUT_AT_SHUTDOWN.get() {
+            self.client_aborted = false;
+            let api_error = rampart_api::ErrorType::ApiError;
+            self.error_type.get_or_insert(api_error.as_str());
+            if self.status == 499 {
+                self.status = api_error.status();
+            }
+        }
     }
 
     /// The response ended now (its last byte released, or the client gone): the duration kept.
@@ -443,8 +474,8 @@ impl Completion {
             r.status = self.status;
             r.error_type = self
                 .error_type
-                .map(str::to_owned)
-                .or_else(|| usage.and_then(|u| u.stream_error.clone()));
+                .or_else(|| Some(stream_error_type(usage?.stream_error.as_deref()?)))
+                .map(str::to_owned);
             r.input_tokens = tokens.input_tokens;
             r.output_tokens = tokens.output_tokens;
             r.cache_write_5m_tokens = w5;
@@ -466,6 +497,15 @@ impl Completion {
         ledger.record_prepared(prepared, outcome);
         None
     }
+}
+
+/// The error type recorded for a stream the upstream ended with an `error` event naming
+/// `named`: that type when the API uses it, else `api_error` (the event is the upstream's: no
+/// string of its own making goes into the ledger).
+fn stream_error_type(named: &str) -> &'static str {
+    rampart_api::ErrorType::from_name(named)
+        .unwrap_or(rampart_api::ErrorType::ApiError)
+        .as_str()
 }
 
 /// What [`Completion::prepare`] made.
@@ -501,6 +541,7 @@ fn ledger_id(now: time::OffsetDateTime) -> uuid::Uuid {
 
 impl Drop for Completion {
     fn drop(&mut self) {
+        self.cut_at_shutdown();
         self.record_usage();
         telemetry::request_finished(&telemetry::Finished {
             route: self.route,
@@ -1233,6 +1274,13 @@ fn build_response(
             chunks: Vec::new(),
             len: 0,
         }
+    } else if done.ledger.is_some() && parts.status.as_u16() >= 400 {
+        // The upstream's error answer, relayed: its record takes the envelope's error type.
+        Tap::Error {
+            chunks: Vec::new(),
+            len: 0,
+            over: false,
+        }
     } else {
         Tap::None
     };
@@ -1350,18 +1398,43 @@ impl http_body::Body for Replay {
 enum Tap {
     None,
     Sse(Box<UsageScanner>),
-    Json { chunks: Vec<Bytes>, len: usize },
+    Json {
+        chunks: Vec<Bytes>,
+        len: usize,
+    },
+    /// An error answer (status >= 400, not a stream) relayed from the upstream, for its error
+    /// type: only with a usage ledger, and never on a success's path.
+    Error {
+        chunks: Vec<Bytes>,
+        len: usize,
+        /// Longer than [`ERROR_TAP_LIMIT`]: not kept (nor read).
+        over: bool,
+    },
 }
 
 impl Tap {
     /// The usage read from the response, if any.
     fn into_usage(self) -> Option<UsageSummary> {
         match self {
-            Tap::None => None,
+            Tap::None | Tap::Error { .. } => None,
             Tap::Sse(s) => Some(s.into_summary()),
             Tap::Json { chunks, .. } if chunks.len() == 1 => UsageSummary::from_json(&chunks[0]),
             Tap::Json { chunks, .. } => UsageSummary::from_json(&chunks.concat()),
         }
+    }
+
+    /// The error type of a relayed error answer ([`UsageSummary::error_type_of`]: its
+    /// envelope's, else its status's); `None` for any other answer.
+    fn error_type(&self, status: u16) -> Option<&'static str> {
+        let Tap::Error { chunks, over, .. } = self else {
+            return None;
+        };
+        let kind = match chunks.as_slice() {
+            _ if *over => rampart_api::ErrorType::from_status(status),
+            [body] => UsageSummary::error_type_of(status, body),
+            chunks => UsageSummary::error_type_of(status, &chunks.concat()),
+        };
+        Some(kind.as_str())
     }
 }
 
@@ -1402,8 +1475,12 @@ impl MeteredBody {
         if let Some(mut c) = self.completion.take() {
             c.end();
             c.client_aborted = client_aborted;
+            c.cut_at_shutdown();
             let tap = std::mem::replace(&mut self.tap, Tap::None);
             if c.ledger.is_some() || c.ticket.is_some() {
+                if let Some(kind) = tap.error_type(c.status) {
+                    c.error_type.get_or_insert(kind);
+                }
                 c.usage = tap.into_usage();
                 c.settle_limits();
                 if self.stage && !client_aborted {
@@ -1444,6 +1521,15 @@ impl http_body::Body for MeteredBody {
                         // Reference-counted clones: no copy of the body.
                         if *len + data.len() <= JSON_TAP_LIMIT {
                             *len += data.len();
+                            chunks.push(data.clone());
+                        }
+                    }
+                    Tap::Error { chunks, len, over } => {
+                        *len += data.len();
+                        *over |= *len > ERROR_TAP_LIMIT;
+                        if *over {
+                            chunks.clear();
+                        } else {
                             chunks.push(data.clone());
                         }
                     }
@@ -1561,6 +1647,44 @@ mod tests {
     }
 
     #[test]
+    fn what_a_worker_drops_after_its_shutdown_grace_was_cut_by_rampart_not_its_client() {
+        let outcome = |c: &Completion| (c.status, c.client_aborted, c.error_type);
+        // Before: a dropped response is the client's doing.
+        let mut left = Completion::new(Route::Messages, Method::POST, "req_1".to_owned());
+        left.cut_at_shutdown();
+        assert_eq!(outcome(&left), (499, true, None));
+        // On a worker past its grace (a thread of its own here, as each worker is).
+        let after = std::thread::spawn(move || {
+            cutting_at_shutdown();
+            let mut waiting = Completion::new(Route::Messages, Method::POST, "req_2".to_owned());
+            waiting.cut_at_shutdown();
+            let mut streaming = Completion::new(Route::Messages, Method::POST, "req_3".to_owned());
+            streaming.status = 200;
+            streaming.cut_at_shutdown();
+            // An answer that ended is not cut, nor is an error's type replaced.
+            let mut ended = Completion::new(Route::Messages, Method::POST, "req_4".to_owned());
+            (ended.status, ended.client_aborted) = (200, false);
+            ended.cut_at_shutdown();
+            let mut failed = Completion::new(Route::Messages, Method::POST, "req_5".to_owned());
+            (failed.status, failed.error_type) = (200, Some("overloaded_error"));
+            failed.cut_at_shutdown();
+            [&waiting, &streaming, &ended, &failed].map(|c| outcome(c))
+        });
+        assert_eq!(
+            after.join().unwrap(),
+            [
+                (500, false, Some("api_error")),
+                (200, false, Some("api_error")),
+                (200, false, None),
+                (200, false, Some("overloaded_error")),
+            ]
+        );
+        // The other threads are not affected.
+        left.cut_at_shutdown();
+        assert_eq!(outcome(&left), (499, true, None));
+    }
+
+    #[test]
     fn a_replayed_answer_is_its_frames_in_order_with_its_exact_size() {
         let data = |s: &'static str| Ok(Frame::data(Bytes::from_static(s.as_bytes())));
         let mut body = Replay::new([data("{\"a\":"), data("1}")].into());
@@ -1592,6 +1716,58 @@ mod tests {
             http_body::Body::poll_frame(Pin::new(&mut body), &mut cx),
             Poll::Ready(None)
         ));
+    }
+
+    #[test]
+    fn a_relayed_error_answer_has_its_envelopes_type_else_its_statuss() {
+        let envelope =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let tapped = |chunks: &[&'static [u8]]| {
+            let mut tap = Tap::Error {
+                chunks: Vec::new(),
+                len: 0,
+                over: false,
+            };
+            if let Tap::Error { chunks: c, len, .. } = &mut tap {
+                for chunk in chunks {
+                    *len += chunk.len();
+                    c.push(Bytes::from_static(chunk));
+                }
+            }
+            tap
+        };
+        // One frame or several.
+        assert_eq!(
+            tapped(&[envelope]).error_type(529),
+            Some("overloaded_error")
+        );
+        let (a, b) = envelope.split_at(30);
+        assert_eq!(tapped(&[a, b]).error_type(500), Some("overloaded_error"));
+        // Not an envelope, or one too long to have been kept: the status's type.
+        assert_eq!(tapped(&[b"Bad Gateway"]).error_type(502), Some("api_error"));
+        let over = Tap::Error {
+            chunks: Vec::new(),
+            len: ERROR_TAP_LIMIT + 1,
+            over: true,
+        };
+        assert_eq!(over.error_type(429), Some("rate_limit_error"));
+        // No other answer has one (a success's tap is not read for it), nor usage.
+        assert!(Tap::None.error_type(200).is_none());
+        let json = Tap::Json {
+            chunks: vec![Bytes::from_static(envelope)],
+            len: envelope.len(),
+        };
+        assert!(json.error_type(200).is_none());
+        assert!(tapped(&[envelope]).into_usage().is_none());
+    }
+
+    #[test]
+    fn a_streams_error_event_is_recorded_by_a_type_the_api_uses() {
+        assert_eq!(stream_error_type("overloaded_error"), "overloaded_error");
+        assert_eq!(stream_error_type("rate_limit_error"), "rate_limit_error");
+        // What the scanner names an event it cannot read, or a type of the upstream's making.
+        assert_eq!(stream_error_type("unknown"), "api_error");
+        assert_eq!(stream_error_type(&"x".repeat(10_000)), "api_error");
     }
 
     #[test]

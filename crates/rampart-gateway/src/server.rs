@@ -217,6 +217,8 @@ async fn serve_on_workers(
                             let served =
                                 serve_with(listener, dispatch, stopped, grace, worker).await;
                             heartbeat.abort();
+                            // What is still open is dropped with the runtime: cut by Rampart.
+                            crate::proxy::cutting_at_shutdown();
                             served
                         })
                     });

@@ -146,6 +146,18 @@ impl UsageSummary {
         fast_json::summary(body).or_else(|| Self::from_json_serde(body))
     }
 
+    /// The error type of an error answer (status >= 400) relayed from the upstream: its
+    /// envelope's `error.type` (`{"type":"error","error":{"type":…}}`) when that is a type the
+    /// API uses ([`rampart_api::ErrorType`]), else the type `status` implies. Never a string of
+    /// the upstream's own making.
+    #[must_use]
+    pub fn error_type_of(status: u16, body: &[u8]) -> rampart_api::ErrorType {
+        fast_json::error_envelope_type(body)
+            .as_deref()
+            .and_then(rampart_api::ErrorType::from_name)
+            .unwrap_or(rampart_api::ErrorType::from_status(status))
+    }
+
     fn from_json_serde(body: &[u8]) -> Option<Self> {
         serde_json::from_slice(body).ok().map(Self::from_message)
     }
@@ -505,6 +517,37 @@ mod fast_json {
     pub(super) fn summary(b: &[u8]) -> Option<UsageSummary> {
         let (m, end) = message_at(b, 0)?;
         whole(b, end, m).map(UsageSummary::from_message)
+    }
+
+    /// The `error.type` of an error envelope, `{"type":"error","error":{"type":…,…},…}` whole;
+    /// `None` for anything else.
+    pub(super) fn error_envelope_type(b: &[u8]) -> Option<String> {
+        let (mut tag, mut kind) = (None, None);
+        let end = walk_object(b, 0, |b, k| {
+            if let Some(v) = key(b, k, b"type") {
+                let (s, end) = string_at(b, v)?;
+                tag = s;
+                Some(Member::Read(end))
+            } else if let Some(v) = key(b, k, b"error") {
+                let end = walk_object(b, v, |b, k| {
+                    let Some(v) = key(b, k, b"type") else {
+                        return Some(Member::Skip);
+                    };
+                    let (s, end) = string_at(b, v)?;
+                    kind = s;
+                    Some(Member::Read(end))
+                })?;
+                Some(Member::Read(end))
+            } else {
+                Some(Member::Skip)
+            }
+        })?;
+        whole(b, end, ())?;
+        if tag.as_deref() == Some("error") {
+            kind
+        } else {
+            None
+        }
     }
 
     /// The data of a `message_start` event: its `message`.
@@ -898,6 +941,61 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             stop_reason: Some("end_turn".into()),
             stream_error: None,
             completed: true,
+        }
+    }
+
+    #[test]
+    fn an_error_answer_has_its_envelopes_type_when_the_api_uses_it() {
+        use rampart_api::{ErrorEnvelope, ErrorType};
+        for t in ErrorType::ALL {
+            let body = ErrorEnvelope::new(t, "m")
+                .with_request_id("req_1")
+                .to_json();
+            // Whatever the status: the envelope says what the client was told.
+            for status in [t.status(), 400, 500] {
+                assert_eq!(
+                    UsageSummary::error_type_of(status, &body),
+                    t,
+                    "{t} at {status}"
+                );
+            }
+        }
+        for (status, body, want) in [
+            // Spaced, reordered, escaped: still an envelope.
+            (
+                429,
+                &b" { \"error\" : { \"message\": \"a \\\"b\\\"\", \"type\" : \"overloaded_error\" } , \"type\": \"error\" }\n"[..],
+                ErrorType::OverloadedError,
+            ),
+            (
+                400,
+                br#"{"type":"error","error":{"type":"rate\u005flimit_error","message":"x"}}"#,
+                ErrorType::RateLimitError,
+            ),
+            // A type the API does not use: the status's.
+            (
+                429,
+                br#"{"type":"error","error":{"type":"<script>alert(1)</script>","message":"x"}}"#,
+                ErrorType::RateLimitError,
+            ),
+            (
+                529,
+                br#"{"type":"error","error":{"type":"Overloaded_Error"}}"#,
+                ErrorType::OverloadedError,
+            ),
+            (400, br#"{"type":"error","error":{"type":null}}"#, ErrorType::InvalidRequestError),
+            // Not an envelope at all: the status's.
+            (503, b"<html><body>Service Unavailable</body></html>", ErrorType::ApiError),
+            (502, b"", ErrorType::ApiError),
+            (413, br#"{"error":{"type":"overloaded_error"}}"#, ErrorType::RequestTooLarge),
+            (404, br#"{"type":"message","error":{"type":"overloaded_error"}}"#, ErrorType::NotFoundError),
+            (429, br#"{"type":"error","error":"overloaded_error"}"#, ErrorType::RateLimitError),
+            (400, br#"{"type":"error","error":{"type":"overloaded_error"}} x"#, ErrorType::InvalidRequestError),
+            (400, br#"{"type":"error","error":{"type":"overloaded_error""#, ErrorType::InvalidRequestError),
+            (599, br#"["error"]"#, ErrorType::ApiError),
+        ] {
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(UsageSummary::error_type_of(status, body), want, "{status} {shown}");
         }
     }
 

@@ -41,6 +41,7 @@ use rampart_store::{Store, UsageRecord};
 use time::OffsetDateTime;
 
 use crate::config::{FsyncPolicy, LedgerConfig};
+use crate::log_limit::LogLimiter;
 use crate::record::Prepared;
 use crate::spool::{Batch, Queued, Spool, StagedAt};
 
@@ -50,6 +51,9 @@ pub const FALLBACK_MAX: usize = 100_000;
 const PURGE_CHUNK: u32 = 10_000;
 /// How often the queue-depth and spool-size gauges are refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(1);
+/// At most one "cannot write the ledger spool" line per this period (the first at once; each
+/// line counts the failed records not logged since the one before).
+const SPOOL_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long the shutdown flush may take when the database is slow or away.
 const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(30);
 
@@ -58,6 +62,8 @@ const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(30);
 pub struct Ledger {
     spool: Spool,
     fallback: Mutex<Vec<UsageRecord>>,
+    /// Limits the spool failures' log lines (one per failing request otherwise).
+    spool_failures: LogLimiter,
 }
 
 /// Describe the ledger's metrics (once, after the recorder is installed).
@@ -129,6 +135,7 @@ impl Ledger {
         let ledger = Arc::new(Ledger {
             spool,
             fallback: Mutex::new(Vec::new()),
+            spool_failures: LogLimiter::new(SPOOL_FAILURE_LOG_EVERY),
         });
         let writer = LedgerWriter {
             ledger: ledger.clone(),
@@ -172,25 +179,52 @@ impl Ledger {
     }
 
     /// Records the spool could not take: kept in memory for the writer (up to
-    /// [`FALLBACK_MAX`]), the failure counted and logged.
+    /// [`FALLBACK_MAX`]), each failure counted, and logged at most once per
+    /// [`SPOOL_FAILURE_LOG_EVERY`] (see [`LogLimiter`]).
     fn keep_unwritten(&self, unwritten: impl IntoIterator<Item = crate::spool::Unwritten>) {
         let mut fallback = self
             .fallback
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut logged = false;
-        for crate::spool::Unwritten { error: e, record } in unwritten {
+        let mut failed = 0u64;
+        let mut first_error = None;
+        for crate::spool::Unwritten { error, record } in unwritten {
             metrics::counter!("rampart_ledger_write_failures_total", "stage" => "spool")
                 .increment(1);
-            if !logged {
-                logged = true;
-                tracing::error!(target: "rampart::ledger", error = %e, dir = %self.spool.dir().display(), "cannot write the ledger spool; keeping the record in memory");
-            }
+            failed += 1;
+            first_error.get_or_insert(error);
             if fallback.len() < FALLBACK_MAX {
                 fallback.push(record);
             } else {
                 metrics::counter!("rampart_ledger_dropped_total").increment(1);
             }
+        }
+        drop(fallback);
+        if let Some(e) = first_error
+            && let Some(suppressed) = self.spool_failures.occur(failed)
+        {
+            tracing::error!(
+                target: "rampart::ledger",
+                error = %e,
+                dir = %self.spool.dir().display(),
+                records = failed,
+                suppressed,
+                "cannot write the ledger spool; keeping the records in memory (logged at most every {}s; `suppressed`: failed records not logged since the last line)",
+                SPOOL_FAILURE_LOG_EVERY.as_secs()
+            );
+        }
+    }
+
+    /// The spool failures not logged yet, once [`SPOOL_FAILURE_LOG_EVERY`] has passed since
+    /// the last line (at the `end`: any), logged now: failures that stopped are not left out.
+    fn log_overdue_spool_failures(&self, end: bool) {
+        if let Some(suppressed) = self.spool_failures.overdue(end) {
+            tracing::error!(
+                target: "rampart::ledger",
+                dir = %self.spool.dir().display(),
+                suppressed,
+                "the ledger spool could not be written for more records since the last line; they were kept in memory"
+            );
         }
     }
 
@@ -223,6 +257,7 @@ impl Ledger {
     }
 
     fn publish_gauges(&self) {
+        self.log_overdue_spool_failures(false);
         metrics::gauge!("rampart_ledger_queue_depth").set(self.queue_depth() as f64);
         metrics::gauge!("rampart_ledger_spool_bytes").set(self.spool.bytes() as f64);
         metrics::counter!("rampart_ledger_spool_writes_total").absolute(self.spool.writes());
@@ -347,6 +382,7 @@ impl LedgerWriter {
                 () = &mut shutdown => break,
             }
         }
+        self.ledger.log_overdue_spool_failures(true);
         self.ledger.spool.seal_all();
         let flushed = tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, self.drain_all(&store)).await;
         let left = self.ledger.queue_depth();
@@ -581,6 +617,74 @@ mod tests {
         assert_eq!(ledger.queue_depth(), 0);
         assert!(commit.as_mut().poll(&mut cx).is_ready());
         assert_eq!((ledger.spool.writes(), ledger.queue_depth()), (1, 1));
+    }
+
+    /// A log writer keeping what it is given.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_spool_that_cannot_be_written_logs_its_first_failure_then_counts_the_others() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        let (ledger, _writer) = Ledger::open(&LedgerConfig::default(), &dir, 1).unwrap();
+        // Its directory replaced by a file: no segment can be made.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, b"not a directory").unwrap();
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        tracing::subscriber::with_default(subscriber, || {
+            metrics::with_local_recorder(&recorder, || {
+                // A flood of failing requests, one failing group write of three among them.
+                for n in 0..500 {
+                    ledger.record_prepared(Prepared::new(crate::spool::tests::record(n)), |_| {});
+                }
+                let first = stage(&ledger, 500);
+                drop((stage(&ledger, 501), stage(&ledger, 502)));
+                drop(first);
+                // The writer's periodic check reports what was left out once a period has
+                // passed (not yet), and at the end whatever the time.
+                ledger.log_overdue_spool_failures(false);
+                ledger.log_overdue_spool_failures(true);
+            });
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged: Vec<&str> = text.lines().collect();
+        assert_eq!(logged.len(), 2, "{text}");
+        assert!(
+            logged[0].contains("cannot write the ledger spool")
+                && logged[0].contains("records=1 suppressed=0"),
+            "{text}"
+        );
+        assert!(
+            logged[1].contains("could not be written for more records")
+                && logged[1].contains("suppressed=502"),
+            "{text}"
+        );
+        // The counter counts every failed record; memory holds them all.
+        let rendered = metrics.render();
+        assert!(
+            rendered.contains("rampart_ledger_write_failures_total{stage=\"spool\"} 503"),
+            "{rendered}"
+        );
+        assert_eq!(ledger.queue_depth(), 503);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod ledger;
 mod line;
+mod log_limit;
 pub mod pricing;
 pub mod record;
 pub mod spool;

@@ -7,6 +7,7 @@ each request named by its own `x-request-id`.
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import tempfile
 import threading
@@ -305,3 +306,110 @@ def test_an_answer_the_upstream_cuts_midway_leaves_one_record_saying_so(demo: De
     assert by_id["cut-stream-event"] == (200, "overloaded_error", 1, deltas["cut-stream-event"], 1), rows
     assert by_id["cut-stream-reset"] == (200, "api_error", 1, deltas["cut-stream-reset"], 1), rows
     assert by_id["cut-json"][:3] == (200, "api_error", 0), rows
+
+
+def test_a_relayed_upstream_error_records_its_error_type(demo: Demo, sim: SimControl, data_dir: str) -> None:
+    # The upstream's own error answer, relayed once retries are over, is recorded with the status
+    # the client got and the `error.type` of the envelope it got (as a stream's `error` event and
+    # Rampart's own errors are), not with none.
+    key = new_key(data_dir)
+    proc, url = serve(
+        data_dir,
+        demo,
+        "serve-ledger-upstream-errors",
+        RAMPART_UPSTREAM__RETRY__MAX_ATTEMPTS="1",
+        RAMPART_UPSTREAM__BREAKER__ENABLED="false",
+    )
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    args = dict(model="claude-haiku-4-5", max_tokens=20, messages=[{"role": "user", "content": "echo: hi"}])
+    cases = {
+        # request id: (fault, streamed request, SDK error, status, error type)
+        "up-429": ({"status": 429, "error_type": "rate_limit_error"}, False, anthropic.RateLimitError, 429, "rate_limit_error"),
+        "up-529": ({"status": 529, "error_type": "overloaded_error"}, False, anthropic.InternalServerError, 529, "overloaded_error"),
+        "up-400": ({"status": 400, "error_type": "invalid_request_error"}, False, anthropic.BadRequestError, 400, "invalid_request_error"),
+        # The envelope's type, not the one the status implies.
+        "up-500-overloaded": ({"status": 500, "error_type": "overloaded_error"}, False, anthropic.InternalServerError, 500, "overloaded_error"),
+        # A stream refused before it began is answered in JSON too.
+        "up-429-stream": ({"status": 429, "error_type": "rate_limit_error"}, True, anthropic.RateLimitError, 429, "rate_limit_error"),
+    }
+    for rid, (fault, stream, error, status, error_type) in cases.items():
+        sim.fault("status", **fault)
+        with pytest.raises(error) as raised:
+            if stream:
+                with client.messages.stream(**args, extra_headers={"x-request-id": rid}) as s:
+                    s.get_final_message()
+            else:
+                client.messages.create(**args, extra_headers={"x-request-id": rid})
+        assert raised.value.status_code == status, (rid, raised.value)
+        assert raised.value.body["error"]["type"] == error_type, (rid, raised.value.body)
+    ok = client.messages.create(**args, extra_headers={"x-request-id": "up-ok"})
+    assert ok.usage.output_tokens > 0
+    assert proc.terminate() == 0, proc.stderr_tail()
+    rows = db_rows(data_dir, "SELECT request_id, status, error_type, upstream_attempts, client_aborted FROM usage_records")
+    by_id = {r[0]: r[1:] for r in rows}
+    assert len(rows) == len(by_id) == len(cases) + 1, rows
+    for rid, (_, _, _, status, error_type) in cases.items():
+        assert by_id[rid] == (status, error_type, 1, 0), (rid, rows)
+    assert by_id["up-ok"] == (200, None, 1, 0), rows
+
+
+def test_a_stream_rampart_cuts_at_the_end_of_the_shutdown_grace_is_not_a_client_abort(data_dir: str) -> None:
+    # SIGTERM lets open streams finish for `shutdown_grace_secs`, then Rampart closes them. The
+    # client sees its stream cut off (no event says why, as when an upstream's connection
+    # breaks); its record says Rampart cut it (not that the client left), with the status sent
+    # (200), the output delivered so far and `api_error`. A request still waiting for the
+    # upstream's answer is cut too: no status was sent, its record has api_error's (500).
+    slow_sim = RampartProcess(["sim", "--listen", "127.0.0.1:0", "--tokens-per-sec", "20"], name="ledger-slow-sim")
+    try:
+        sim_url = slow_sim.listening_url()
+        key = new_key(data_dir)
+        env = serve_env(sim_url, RAMPART_UPSTREAM_API_KEY=UPSTREAM_KEY, RAMPART_SERVER__SHUTDOWN_GRACE_SECS="1")
+        proc, url = start_serve(data_dir, env, "serve-ledger-grace")
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=30)
+        SimControl(sim_url).fault("stall_headers", delay_ms=15000, model="claude-sonnet-4-6")
+        waiting: list[BaseException] = []
+
+        def wait_for_the_answer() -> None:
+            try:
+                client.messages.create(
+                    model="claude-sonnet-4-6",
+                    max_tokens=20,
+                    messages=[{"role": "user", "content": "echo: hi"}],
+                    extra_headers={"x-request-id": "cut-before-answer"},
+                )
+            except BaseException as e:  # noqa: BLE001 - what the client saw is checked below
+                waiting.append(e)
+
+        waiter = threading.Thread(target=wait_for_the_answer, daemon=True)
+        waiter.start()
+        long_text = " ".join(f"w{i}" for i in range(600))  # ~30 s at 20 tokens/s
+        deltas = 0
+        with pytest.raises(TRANSPORT_ERRORS + (anthropic.APIError,)) as raised:
+            with client.messages.stream(
+                model="claude-haiku-4-5",
+                max_tokens=4000,
+                messages=[{"role": "user", "content": f"echo: {long_text}"}],
+                extra_headers={"x-request-id": "cut-by-shutdown"},
+            ) as stream:
+                for event in stream:
+                    if event.type == "content_block_delta":
+                        deltas += 1
+                        if deltas == 3:
+                            proc.proc.send_signal(signal.SIGTERM)
+        assert deltas > 3, "the stream went on during the grace period"
+        cut = raised.value
+        assert proc.proc.wait(timeout=20) == 0, proc.stderr_tail()
+        waiter.join(timeout=10)
+        assert len(waiting) == 1 and isinstance(waiting[0], anthropic.APIConnectionError), waiting
+    finally:
+        slow_sim.terminate()
+    rows = db_rows(
+        data_dir,
+        "SELECT request_id, status, client_aborted, error_type, streamed, output_tokens FROM usage_records",
+    )
+    by_id = {r[0]: r[1:] for r in rows}
+    assert sorted(by_id) == ["cut-before-answer", "cut-by-shutdown"], rows
+    status, client_aborted, error_type, streamed, output_tokens = by_id["cut-by-shutdown"]
+    assert (status, client_aborted, error_type, streamed) == (200, 0, "api_error", 1), (rows, repr(cut))
+    assert output_tokens >= deltas, rows
+    assert by_id["cut-before-answer"] == (500, 0, "api_error", 0, 0), (rows, waiting)
