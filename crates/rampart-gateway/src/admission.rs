@@ -581,16 +581,31 @@ pub(crate) fn rejection_message(r: &Rejection) -> String {
             whose(r.scope),
             r.limit
         ),
-        Reason::Budget => format!(
-            "budget exceeded: {} {} budget of ${} is spent; it resets at {}",
+        // Only a batch reserves whole (`Limiter::admit_whole`): a request is admitted while a
+        // micro-dollar is left.
+        Reason::Budget if r.needed_micros > 0 => format!(
+            "budget exceeded: this batch's worst case of ${} does not fit in what is left (${}) of {} {} budget of ${}; it resets at {}",
+            dollars(r.needed_micros),
+            dollars(r.limit.saturating_sub(r.committed_micros)),
             whose(r.scope),
-            match r.period {
-                Some(Period::Month) => "monthly",
-                _ => "daily",
-            },
+            period_name(r.period),
             dollars(r.limit),
             rfc3339(r.resets_at_ms)
         ),
+        Reason::Budget => format!(
+            "budget exceeded: {} {} budget of ${} is spent; it resets at {}",
+            whose(r.scope),
+            period_name(r.period),
+            dollars(r.limit),
+            rfc3339(r.resets_at_ms)
+        ),
+    }
+}
+
+fn period_name(period: Option<Period>) -> &'static str {
+    match period {
+        Some(Period::Month) => "monthly",
+        _ => "daily",
     }
 }
 
@@ -630,6 +645,38 @@ mod tests {
         assert_eq!(dollars(1), "0.000001");
         assert_eq!(dollars(0), "0.00");
         assert_eq!(dollars(1_234_567_000), "1234.567");
+    }
+
+    #[test]
+    fn a_spent_budget_and_a_batch_that_does_not_fit_say_different_things() {
+        let spent = Rejection {
+            reason: Reason::Budget,
+            scope: ScopeKind::Team,
+            limit: 10_000_000,
+            retry_after_ms: 0,
+            period: Some(Period::Month),
+            resets_at_ms: 1_780_272_000_000,
+            committed_micros: 10_000_001,
+            needed_micros: 0,
+            status: Status::default(),
+        };
+        assert_eq!(
+            rejection_message(&spent),
+            "budget exceeded: this API key's team's monthly budget of $10.00 is spent; it resets at \
+             2026-06-01T00:00:00Z"
+        );
+        let unfit = Rejection {
+            scope: ScopeKind::Key,
+            period: Some(Period::Day),
+            committed_micros: 250_000,
+            needed_micros: 12_345_000,
+            ..spent
+        };
+        assert_eq!(
+            rejection_message(&unfit),
+            "budget exceeded: this batch's worst case of $12.345 does not fit in what is left \
+             ($9.75) of this API key's daily budget of $10.00; it resets at 2026-06-01T00:00:00Z"
+        );
     }
 
     #[test]

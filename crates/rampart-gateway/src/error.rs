@@ -87,7 +87,8 @@ pub enum ProxyError {
     /// A rate or concurrency limit of the key or its team refused the request (429).
     #[error("{}", crate::admission::rejection_message(.0))]
     RateLimited(Box<rampart_limits::Rejection>),
-    /// The key's or its team's budget for the period is spent (402).
+    /// The key's or its team's budget for the period is spent, or a batch's worst case does not
+    /// fit in what is left of it (402).
     #[error("{}", crate::admission::rejection_message(.0))]
     OverBudget(Box<rampart_limits::Rejection>),
     /// The shared limits store (Redis) is unreachable and the limiter fails closed (503).

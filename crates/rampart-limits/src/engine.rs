@@ -176,7 +176,8 @@ pub enum Reason {
     Rate(Dimension),
     /// No free concurrency slot (429).
     Concurrency,
-    /// The budget of the period is spent (402).
+    /// The budget of the period is spent, or a reservation that must fit whole does not fit in
+    /// what is left ([`Rejection::needed_micros`]) (402).
     Budget,
 }
 
@@ -195,6 +196,13 @@ pub struct Rejection {
     pub period: Option<crate::policy::Period>,
     /// For budgets: when the period ends and the budget resets (milliseconds since the epoch).
     pub resets_at_ms: i64,
+    /// For budgets: what was spent and reserved in the period before this request
+    /// (micro-dollars); at least `limit` when the budget is used up.
+    pub committed_micros: u64,
+    /// For budgets, when a reservation that must fit whole ([`crate::Limiter::admit_whole`]: a
+    /// batch's worst case) does not fit in what is left: that reservation (micro-dollars). 0
+    /// when the budget is used up.
+    pub needed_micros: u64,
     /// The per-minute limits as they stand (for the response headers).
     pub status: Status,
 }
@@ -271,6 +279,8 @@ pub(crate) fn rejection(
             retry_after_ms: 0,
             period: None,
             resets_at_ms: 0,
+            committed_micros: 0,
+            needed_micros: 0,
             status,
         };
         if let Some(b) = s.budget
@@ -282,6 +292,7 @@ pub(crate) fn rejection(
                 limit: b.limit_micros,
                 period: Some(b.period),
                 resets_at_ms: b.period.window(now).1,
+                committed_micros: snap.committed,
                 ..base
             });
         }
@@ -315,8 +326,44 @@ pub(crate) fn rejection(
         retry_after_ms: CONCURRENCY_RETRY_MS,
         period: None,
         resets_at_ms: 0,
+        committed_micros: 0,
+        needed_micros: 0,
         status,
     })
+}
+
+/// For a demand that was admitted but must fit whole in what was left of every budget before
+/// it (see [`crate::Limiter::admit_whole`]): the budget it overdraws (the one with least left),
+/// or `None` when it fits.
+pub(crate) fn unfit(
+    policy: &Policy,
+    demand: &Demand,
+    snaps: &[Snapshot],
+    now: i64,
+) -> Option<Rejection> {
+    let mut tightest: Option<(u64, Rejection)> = None;
+    for (s, snap) in policy.scopes.iter().zip(snaps) {
+        let Some(b) = s.budget else { continue };
+        let left = b.limit_micros.saturating_sub(snap.committed);
+        if demand.cost_micros <= left || tightest.as_ref().is_some_and(|(l, _)| *l <= left) {
+            continue;
+        }
+        tightest = Some((
+            left,
+            Rejection {
+                reason: Reason::Budget,
+                scope: s.scope.kind,
+                limit: b.limit_micros,
+                retry_after_ms: 0,
+                period: Some(b.period),
+                resets_at_ms: b.period.window(now).1,
+                committed_micros: snap.committed,
+                needed_micros: demand.cost_micros,
+                status: status(policy, demand, snaps, now, false),
+            },
+        ));
+    }
+    tightest.map(|(_, r)| r)
 }
 
 #[cfg(test)]

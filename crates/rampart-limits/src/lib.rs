@@ -13,7 +13,9 @@
 //! - in process ([`Backend::InProcess`], the default): exact for one instance;
 //! - Redis ([`Backend::Redis`]): one Lua script, one round trip per admission and one per
 //!   settlement, so limits hold across every instance sharing the Redis. While Redis is
-//!   unreachable the limiter fails closed (503) or open, as configured ([`FailureMode`]).
+//!   unreachable the limiter fails closed (503) or open, as configured ([`FailureMode`]): once a
+//!   call or a health check has failed, admissions do not wait on Redis until a health check
+//!   ([`Limiter::run_health_checks`]) gets a reply again.
 //!
 //! Time comes from a [`Clock`] (wall-clock milliseconds, derived from `tokio::time`).
 

@@ -87,6 +87,8 @@ struct Inner {
     lease_ms: i64,
     on_failure: FailureMode,
     up: AtomicBool,
+    /// Wakes the health checks when a call fails, so a passing failure is over in one ping.
+    recheck: tokio::sync::Notify,
     tickets: AtomicU64,
     /// Where fire-and-forget settlements run (Redis).
     runtime: Option<tokio::runtime::Handle>,
@@ -184,6 +186,7 @@ impl Limiter {
             lease_ms: i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX),
             on_failure: config.on_failure,
             up: AtomicBool::new(true),
+            recheck: tokio::sync::Notify::new(),
             // Random start: two processes never share a ticket id (Redis leases are keyed by it).
             tickets: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
             runtime,
@@ -210,7 +213,9 @@ impl Limiter {
         }
     }
 
-    /// Whether the backend answered its last call (always true in process).
+    /// Whether the backend answered its last call (always true in process). While it is false,
+    /// admissions do not call Redis: they get the configured failure answer at once, until a
+    /// health check (or a call still in flight) gets a reply again.
     #[must_use]
     pub fn is_up(&self) -> bool {
         self.0.up.load(Ordering::Relaxed)
@@ -226,12 +231,16 @@ impl Limiter {
         let was = self.0.up.swap(up, Ordering::Relaxed);
         metrics().up.set(if up { 1.0 } else { 0.0 });
         if was && !up {
+            if what != "ping" {
+                self.0.recheck.notify_one();
+            }
             tracing::error!(
                 target: "rampart::limits",
                 error = %err.map(ToString::to_string).unwrap_or_default(),
                 during = what,
                 fail = if self.fails_closed() { "closed" } else { "open" },
-                "limits backend unreachable"
+                "limits backend unreachable; limited requests get the failure answer at once until \
+                 a health check succeeds"
             );
         } else if !was && up {
             tracing::info!(target: "rampart::limits", "limits backend reachable again");
@@ -257,7 +266,9 @@ impl Limiter {
     }
 
     /// Check the backend every `every` until `shutdown` resolves (Redis only; returns at once
-    /// in process), so readiness follows Redis even without traffic.
+    /// in process), so readiness follows Redis even without traffic, and at once when a call
+    /// fails: while the backend is down, admissions wait on nothing and only these checks (or a
+    /// call that was already in flight) bring it back.
     pub async fn run_health_checks(
         self,
         every: Duration,
@@ -272,6 +283,10 @@ impl Limiter {
         loop {
             tokio::select! {
                 _ = tick.tick() => { self.check_health().await; }
+                () = self.0.recheck.notified() => {
+                    self.check_health().await;
+                    tick.reset();
+                }
                 () = &mut shutdown => return,
             }
         }
@@ -279,12 +294,30 @@ impl Limiter {
 
     /// Admit a request under `policy` reserving `demand` (capped, see [`Demand::capped`]).
     pub async fn admit(&self, policy: &Arc<Policy>, demand: Demand) -> Admission {
+        self.admit_as(policy, demand, false).await
+    }
+
+    /// [`Limiter::admit`] for a reservation that must fit whole in what is left of every budget
+    /// (a batch's worst case), where a request may overdraw a budget by its own reservation:
+    /// refused ([`crate::Reason::Budget`], with [`Rejection::needed_micros`]) when it does not,
+    /// its reservation given back. Same single round trip.
+    pub async fn admit_whole(&self, policy: &Arc<Policy>, demand: Demand) -> Admission {
+        self.admit_as(policy, demand, true).await
+    }
+
+    async fn admit_as(&self, policy: &Arc<Policy>, demand: Demand, whole: bool) -> Admission {
         let demand = demand.capped();
         let now = self.0.clock.now_ms();
         let id = self.0.tickets.fetch_add(1, Ordering::Relaxed);
         let (admitted, snaps) = match &self.0.backend {
             Store::Local(l) => l.admit(policy, &demand, now),
             Store::Redis(r) => {
+                // Known to be down (a failed call or health check): answer at once instead of
+                // making every request wait out the timeout on a Redis that does not reply. The
+                // health checks notice when it is back.
+                if !self.is_up() {
+                    return self.unreachable();
+                }
                 metrics().redis_admit.increment(1);
                 // Boxed: the script call's future would otherwise size every admission's.
                 match Box::pin(r.admit(policy, &demand, &ticket_name(id), self.0.lease_ms, now))
@@ -299,23 +332,13 @@ impl Limiter {
                     Err(e) => {
                         metrics().redis_errors.increment(1);
                         self.mark(false, "admit", Some(&e));
-                        return match self.0.on_failure {
-                            FailureMode::Closed => {
-                                metrics().unavailable.increment(1);
-                                Admission::Unavailable
-                            }
-                            FailureMode::Open => {
-                                metrics().unchecked.increment(1);
-                                Admission::Unchecked
-                            }
-                        };
+                        return self.unreachable();
                     }
                 }
             }
         };
         if admitted {
-            metrics().admitted.increment(1);
-            Admission::Admitted(Ticket {
+            let ticket = Ticket {
                 pending: Some(Pending {
                     id,
                     policy: policy.clone(),
@@ -324,7 +347,15 @@ impl Limiter {
                 }),
                 status: engine::status(policy, &demand, &snaps, now, true),
                 limiter: self.clone(),
-            })
+            };
+            if whole && let Some(r) = engine::unfit(policy, &demand, &snaps, now) {
+                // Dropping the ticket gives the reservation back.
+                drop(ticket);
+                metrics().rejected_budget.increment(1);
+                return Admission::Rejected(r);
+            }
+            metrics().admitted.increment(1);
+            Admission::Admitted(ticket)
         } else {
             let r = engine::rejection(policy, &demand, &snaps, now);
             match r.reason {
@@ -333,6 +364,20 @@ impl Limiter {
                 engine::Reason::Rate(_) => metrics().rejected_rate.increment(1),
             }
             Admission::Rejected(r)
+        }
+    }
+
+    /// The answer while the backend is unreachable: 503 (fail closed) or unlimited (fail open).
+    fn unreachable(&self) -> Admission {
+        match self.0.on_failure {
+            FailureMode::Closed => {
+                metrics().unavailable.increment(1);
+                Admission::Unavailable
+            }
+            FailureMode::Open => {
+                metrics().unchecked.increment(1);
+                Admission::Unchecked
+            }
         }
     }
 

@@ -6,7 +6,9 @@
   exceed it by more than one request's reservation.
 - The SDK's view: 429 `RateLimitError` with `retry-after` and Rampart's `anthropic-ratelimit-*`
   headers; 402 `billing_error` that the SDK does not retry.
-- Redis unreachable: 503 and a failing `/readyz`, then recovery on its own.
+- Redis unreachable: 503 and a failing `/readyz`, then recovery on its own; a Redis that stops
+  answering (a stand-in that accepts connections and never replies, or a stopped redis-server)
+  costs the requests nothing once the gateway knows: answered at once, not after the timeout.
 
 PostgreSQL comes from RAMPART_TEST_DATABASE_URL and Redis from RAMPART_TEST_REDIS_URL (both started
 by scripts/test.sh); without them these tests are skipped loudly, and fail when CI is set.
@@ -18,9 +20,11 @@ import concurrent.futures
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any
@@ -244,6 +248,33 @@ def test_a_spent_budget_is_402_and_the_sdk_does_not_retry_it(single: Any) -> Non
     assert metric(url, "rampart_limits_decisions_total", refused) == before + 1
 
 
+def test_a_batch_that_does_not_fit_in_what_is_left_says_so_not_that_the_budget_is_spent(single: Any) -> None:
+    """A batch reserves its worst case whole: refused when it does not fit in what is left, with a
+    402 that says how much it needs and how much is left (the budget is far from spent)."""
+    store, url = single
+    key = create_key(store, "--budget-usd", "0.001", "--budget-period", "day")
+    time.sleep(0.3)
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=2)
+    item = {"custom_id": "a", "params": {**BODY, "max_tokens": 300}}
+    client.messages.batches.create(requests=[item])  # its worst case is held: over half the budget
+    with pytest.raises(anthropic.APIStatusError) as err:
+        client.messages.batches.create(requests=[item])
+    e = err.value
+    assert e.status_code == 402
+    assert e.body["error"]["type"] == "billing_error"
+    assert e.response.headers["x-should-retry"] == "false"
+    message = e.body["error"]["message"]
+    m = re.fullmatch(
+        r"budget exceeded: this batch's worst case of \$([\d.]+) does not fit in what is left \(\$([\d.]+)\) "
+        r"of this API key's daily budget of \$0\.001; it resets at (\d{4}-\d\d-\d\dT00:00:00Z)",
+        message,
+    )
+    assert m, message
+    worst, left = float(m.group(1)), float(m.group(2))
+    # The first batch holds the same worst case; nothing was spent yet.
+    assert worst > left and abs(worst + left - 0.001) < 1e-9, message
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -311,6 +342,130 @@ def test_an_unreachable_redis_fails_closed_with_503_and_recovers_by_itself(upstr
         wait_until(lambda: post(url, key).status_code == 200, timeout=10, what="requests admitted again")
         assert metric(url, "rampart_limits_backend_up") == 1.0
     finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
+        redis.stop()
+
+
+class Stall:
+    """A stand-in for a Redis that stops answering (a frozen server, a network partition): it
+    accepts connections and never replies, nor closes them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def ready_text(url: str) -> str:
+    return httpx.get(f"{url}/readyz").text.strip()
+
+
+def assert_answered_at_once(client: anthropic.Anthropic, fail_closed: bool, times: int = 5) -> None:
+    """`times` requests while Redis does not answer, each answered well within the 2 s timeout."""
+    for _ in range(times):
+        started = time.monotonic()
+        if fail_closed:
+            with pytest.raises(anthropic.APIStatusError) as err:
+                client.messages.create(**BODY)
+            e = err.value
+            assert e.status_code == 503, e
+            assert e.body["error"]["type"] == "api_error"
+            assert "rate-limit store" in e.body["error"]["message"]
+            assert e.response.headers["retry-after"] == "1"
+        else:
+            client.messages.create(**BODY)
+        elapsed = time.monotonic() - started
+        assert elapsed < 0.3, f"{elapsed:.3f}s for a request while Redis is known not to answer"
+
+
+@pytest.mark.parametrize("on_failure", ["closed", "open"])
+def test_a_redis_that_stops_answering_is_not_waited_on_and_recovers_when_one_answers(upstream: str, on_failure: str) -> None:
+    """Every request must not pay `redis_timeout_ms` while Redis is known to be down: once the
+    health checks have found the stand-in silent, requests get the configured answer at once
+    (503, or unlimited); when a real Redis answers on that address, limits apply again."""
+    stall = Stall()
+    redis = RedisServer(stall.port, tempfile.mkdtemp(prefix="rampart-redis-"))
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-stall-")]
+    key = create_key(store, "--rpm", "1000")
+    env = {
+        "RAMPART_LIMITS__BACKEND": "redis",
+        "RAMPART_REDIS_URL": f"redis://127.0.0.1:{stall.port}",
+        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "2000",
+        "RAMPART_LIMITS__ON_REDIS_FAILURE": on_failure,
+    }
+    proc, url = serve(store, upstream, f"limits-stall-{on_failure}", env)
+    try:
+        down = "requests with limits get 503" if on_failure == "closed" else "limits are not enforced"
+        wait_until(lambda: down in ready_text(url), timeout=10, what=f"/readyz saying {down!r}")
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+        assert_answered_at_once(client, fail_closed=on_failure == "closed")
+        # A Redis that answers takes the stand-in's place: the gateway finds it by itself.
+        stall.close()
+        redis.start()
+        wait_until(lambda: ready_text(url) == "ready", timeout=15, what="/readyz back to ready")
+        ok = client.messages.with_raw_response.create(**BODY)
+        assert ok.headers["anthropic-ratelimit-requests-limit"] == "1000", "limits apply again"
+        assert metric(url, "rampart_limits_backend_up") == 1.0
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
+        redis.stop()
+        stall.close()
+
+
+def test_a_redis_that_hangs_mid_traffic_costs_one_timeout_then_nothing(upstream: str) -> None:
+    """A redis-server that answers, then is stopped (SIGSTOP: connections stay open, no reply):
+    after the gateway notices, refusals are immediate; once it runs again, requests pass."""
+    need("RAMPART_TEST_REDIS_URL")
+    redis = RedisServer(free_port(), tempfile.mkdtemp(prefix="rampart-redis-"))
+    redis.start()
+    assert redis.proc is not None
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-hang-")]
+    key = create_key(store, "--rpm", "1000")
+    env = {
+        "RAMPART_LIMITS__BACKEND": "redis",
+        "RAMPART_REDIS_URL": f"redis://127.0.0.1:{redis.port}",
+        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "2000",
+    }
+    proc, url = serve(store, upstream, "limits-hang", env)
+    stopped = False
+    try:
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+        client.messages.create(**BODY)
+        redis.proc.send_signal(signal.SIGSTOP)
+        stopped = True
+        wait_until(lambda: "requests with limits get 503" in ready_text(url), timeout=10, what="/readyz 503")
+        assert_answered_at_once(client, fail_closed=True)
+        redis.proc.send_signal(signal.SIGCONT)
+        stopped = False
+        wait_until(lambda: ready_text(url) == "ready", timeout=15, what="/readyz back to ready")
+        client.messages.create(**BODY)
+    finally:
+        if stopped:
+            redis.proc.send_signal(signal.SIGCONT)
         assert proc.terminate() == 0, proc.stderr_tail()
         redis.stop()
 

@@ -89,27 +89,12 @@ impl BatchBudgets {
             cost_micros: worst.max(1),
             ..Demand::default()
         };
-        let ticket = match limits.limiter.admit(&budgets, demand).await {
-            Admission::Admitted(t) => t,
-            Admission::Unchecked => return Ok(None),
-            Admission::Unavailable => return Err(ProxyError::LimitsUnavailable),
-            Admission::Rejected(r) => return Err(ProxyError::OverBudget(Box::new(r))),
-        };
-        // The limiter admits while a micro-dollar is left (a request may overdraw by its own
-        // reservation); a batch must fit whole. Holding the reservation, a one micro-dollar
-        // probe fits only if the budget still has room after it.
-        let probe = Demand {
-            cost_micros: 1,
-            ..Demand::default()
-        };
-        match limits.limiter.admit(&budgets, probe).await {
-            Admission::Admitted(p) => {
-                p.settle(Used::default());
-                Ok(Some((budgets, ticket)))
-            }
-            Admission::Unchecked => Ok(Some((budgets, ticket))),
+        // A batch must fit whole: unlike a request, it may not overdraw a budget by its own
+        // reservation (one atomic check and reserve, as it stood before it).
+        match limits.limiter.admit_whole(&budgets, demand).await {
+            Admission::Admitted(t) => Ok(Some((budgets, t))),
+            Admission::Unchecked => Ok(None),
             Admission::Unavailable => Err(ProxyError::LimitsUnavailable),
-            // Dropping the ticket gives the reservation back.
             Admission::Rejected(r) => Err(ProxyError::OverBudget(Box::new(r))),
         }
     }

@@ -463,6 +463,11 @@ async fn a_spent_budget_also_stops_new_batches() {
     assert_eq!(r.status(), 402);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "billing_error");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("this API key's monthly budget of $0.000001 is spent; it resets at "),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -452,6 +452,23 @@ async fn a_batch_its_budget_cannot_hold_is_refused_with_402_and_nothing_stored()
             .await;
     assert_eq!(status, 402, "{body}");
     assert_eq!(body["error"]["type"], "billing_error");
+    // Nothing is spent: the message says the batch does not fit, not that the budget is spent.
+    let msg = body["error"]["message"].as_str().unwrap();
+    let next_month = {
+        let today = time::OffsetDateTime::now_utc().date();
+        let (y, m) = match today.month() {
+            time::Month::December => (today.year() + 1, time::Month::January),
+            m => (today.year(), m.next()),
+        };
+        time::Date::from_calendar_date(y, m, 1).unwrap()
+    };
+    assert!(
+        msg.starts_with("budget exceeded: this batch's worst case of $")
+            && msg.contains(" does not fit in what is left ($0.001) of this API key's monthly budget of $0.001; ")
+            && msg.ends_with(&format!("it resets at {next_month}T00:00:00Z")),
+        "{msg}"
+    );
+    assert!(!msg.contains("spent"), "{msg}");
     let (_, listed) = f.get("/v1/messages/batches", &key).await;
     assert_eq!(
         serde_json::from_str::<Value>(&listed).unwrap()["data"],

@@ -394,3 +394,67 @@ pub async fn unlimited_dimensions_are_never_checked(h: &Harness) {
     let _held = admit(h, &p, tokens(0, 10)).await.unwrap();
     assert!(admit(h, &p, tokens(0, 1)).await.is_err());
 }
+
+async fn admit_whole(h: &Harness, p: &Arc<Policy>, d: Demand) -> Result<Ticket, Rejection> {
+    match h.limiter.admit_whole(p, d).await {
+        Admission::Admitted(t) => Ok(t),
+        Admission::Rejected(r) => Err(r),
+        other => panic!("backend failure: {other:?}"),
+    }
+}
+
+pub async fn a_reservation_that_must_fit_whole_is_refused_naming_what_is_left(h: &Harness) {
+    let team = Uuid::new_v4();
+    let monthly = Some(Budget {
+        limit_micros: 2_000,
+        period: Period::Month,
+    });
+    let p = Policy::new(
+        team,
+        [
+            key_scope(Rates::default(), daily(1_000)),
+            team_scope(team, Rates::default(), monthly),
+        ],
+    )
+    .unwrap();
+    admit(h, &p, cost(700)).await.unwrap().settle(Used {
+        cost_micros: 600,
+        ..Used::default()
+    });
+    settled().await;
+    // 400 left of the key's day, 1,400 of the team's month: 401 does not fit, in the key's.
+    let r = admit_whole(h, &p, cost(401)).await.unwrap_err();
+    assert_eq!(r.reason, Reason::Budget);
+    assert_eq!(r.scope, ScopeKind::Key);
+    assert_eq!(
+        (r.limit, r.committed_micros, r.needed_micros),
+        (1_000, 600, 401)
+    );
+    assert_eq!(r.period, Some(Period::Day));
+    assert_eq!(r.resets_at_ms, T0 + 12 * 3_600_000);
+    // Its reservation was given back: exactly what is left fits.
+    settled().await;
+    let t = admit_whole(h, &p, cost(400)).await.unwrap();
+    // Used up now: a request is refused as spent (nothing "needed" to fit).
+    let r = admit(h, &p, cost(1)).await.unwrap_err();
+    assert_eq!((r.needed_micros, r.committed_micros), (0, 1_000));
+    let r = admit_whole(h, &p, cost(1)).await.unwrap_err();
+    assert_eq!((r.reason, r.needed_micros), (Reason::Budget, 0));
+    t.settle(Used::default());
+    settled().await;
+    // Where the team's month is the tighter budget, it is the one named.
+    admit(h, &p, cost(1)).await.unwrap().settle(Used {
+        cost_micros: 1_300,
+        ..Used::default()
+    });
+    settled().await;
+    h.advance(13 * 3_600_000); // the key's next day; the team's month goes on (1,900 of 2,000)
+    let r = admit_whole(h, &p, cost(500)).await.unwrap_err();
+    assert_eq!(r.scope, ScopeKind::Team);
+    assert_eq!(
+        (r.limit, r.committed_micros, r.needed_micros),
+        (2_000, 1_900, 500)
+    );
+    settled().await;
+    admit_whole(h, &p, cost(100)).await.unwrap();
+}

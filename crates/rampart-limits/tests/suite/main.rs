@@ -116,6 +116,7 @@ on_both_backends!(
     budget_overshoot_under_concurrency_is_at_most_one_reservation,
     a_budget_resets_with_its_period,
     unlimited_dimensions_are_never_checked,
+    a_reservation_that_must_fit_whole_is_refused_naming_what_is_left,
 );
 
 /// A limiter on a Redis that is not there.
@@ -139,21 +140,7 @@ fn unreachable(on_failure: FailureMode) -> Limiter {
 
 #[tokio::test]
 async fn an_unreachable_redis_fails_closed_by_default_and_open_when_configured() {
-    let p = rampart_limits::Policy::new(
-        uuid::Uuid::new_v4(),
-        [rampart_limits::ScopeLimits {
-            scope: rampart_limits::Scope {
-                kind: rampart_limits::ScopeKind::Key,
-                id: uuid::Uuid::new_v4(),
-            },
-            rates: rampart_limits::Rates {
-                rpm: Some(1),
-                ..rampart_limits::Rates::default()
-            },
-            budget: None,
-        }],
-    )
-    .unwrap();
+    let p = rpm_policy(1);
     let closed = unreachable(FailureMode::Closed);
     assert!(closed.is_up(), "up until a call fails");
     assert!(matches!(
@@ -170,6 +157,189 @@ async fn an_unreachable_redis_fails_closed_by_default_and_open_when_configured()
         ));
     }
     assert!(!open.is_up());
+}
+
+/// A stand-in for a Redis that stops answering (a frozen server, a network partition): it
+/// accepts connections and, while `frozen`, forwards nothing either way, so calls get no reply
+/// and no error. Without a Redis behind it, it is always frozen.
+struct Stall {
+    url: String,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl Stall {
+    async fn start(to: Option<String>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let (frozen, rx) = tokio::sync::watch::channel(to.is_none());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Some(to) = &to else {
+                    held.push(client);
+                    continue;
+                };
+                let server = tokio::net::TcpStream::connect(to).await.unwrap();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pump(cr, sw, rx.clone()));
+                tokio::spawn(Self::pump(sr, cw, rx.clone()));
+            }
+        });
+        Self { url, frozen }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn limiter(&self, on_failure: FailureMode, timeout: Duration) -> Limiter {
+        let config = LimiterConfig {
+            backend: Backend::Redis {
+                url: self.url.clone(),
+                prefix: format!("stall-{}", uuid::Uuid::new_v4().simple()),
+                timeout,
+            },
+            on_failure,
+            lease: Duration::from_secs(900),
+        };
+        Limiter::new(&config, Arc::new(ManualClock::at(T0))).unwrap()
+    }
+}
+
+fn rpm_policy(n: u64) -> Arc<rampart_limits::Policy> {
+    rampart_limits::Policy::new(
+        uuid::Uuid::new_v4(),
+        [rampart_limits::ScopeLimits {
+            scope: rampart_limits::Scope {
+                kind: rampart_limits::ScopeKind::Key,
+                id: uuid::Uuid::new_v4(),
+            },
+            rates: rampart_limits::Rates {
+                rpm: Some(n),
+                ..rampart_limits::Rates::default()
+            },
+            budget: None,
+        }],
+    )
+    .unwrap()
+}
+
+/// The longest of `n` admissions on `limiter`, each of which must be `expected`.
+async fn slowest_of(
+    limiter: &Limiter,
+    n: usize,
+    expected: fn(&rampart_limits::Admission) -> bool,
+) -> Duration {
+    let p = rpm_policy(1_000);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let started = tokio::time::Instant::now();
+        let a = limiter.admit(&p, rampart_limits::Demand::default()).await;
+        slowest = slowest.max(started.elapsed());
+        assert!(expected(&a), "{a:?}");
+    }
+    slowest
+}
+
+/// Once the limiter knows Redis does not answer (here: its health check timed out), admissions
+/// get the configured answer at once instead of each waiting out the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_does_not_answer_is_not_waited_on_once_known_down() {
+    let stall = Stall::start(None).await;
+    let timeout = Duration::from_secs(2);
+    let closed = stall.limiter(FailureMode::Closed, timeout);
+    let open = stall.limiter(FailureMode::Open, timeout);
+    let (c, o) = tokio::join!(closed.check_health(), open.check_health());
+    assert!(!c && !o && !closed.is_up() && !open.is_up());
+    let slowest = slowest_of(&closed, 20, |a| {
+        matches!(a, rampart_limits::Admission::Unavailable)
+    })
+    .await;
+    assert!(
+        slowest < Duration::from_millis(100),
+        "fail closed: {slowest:?}"
+    );
+    let slowest = slowest_of(&open, 20, |a| {
+        matches!(a, rampart_limits::Admission::Unchecked)
+    })
+    .await;
+    assert!(
+        slowest < Duration::from_millis(100),
+        "fail open: {slowest:?}"
+    );
+}
+
+/// Redis answers, then hangs: the first call to notice pays the timeout, the rest are answered
+/// at once; when it answers again the health checks bring the limiter back by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_then_answers_again_is_used_again_by_itself() {
+    let Some(url) = redis_url() else { return };
+    let addr = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let stall = Stall::start(Some(addr)).await;
+    let timeout = Duration::from_millis(500);
+    let limiter = stall.limiter(FailureMode::Closed, timeout);
+    assert!(limiter.check_health().await);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let checks = tokio::spawn(limiter.clone().run_health_checks(
+        Duration::from_millis(100),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let admitted =
+        |a: &rampart_limits::Admission| matches!(a, rampart_limits::Admission::Admitted(_));
+    let unavailable =
+        |a: &rampart_limits::Admission| matches!(a, rampart_limits::Admission::Unavailable);
+    slowest_of(&limiter, 3, admitted).await;
+
+    stall.frozen.send_replace(true);
+    // The call that finds out waits for the timeout; nobody after it does.
+    let first = slowest_of(&limiter, 1, unavailable).await;
+    assert!(first >= timeout - Duration::from_millis(50), "{first:?}");
+    assert!(!limiter.is_up());
+    let slowest = slowest_of(&limiter, 20, unavailable).await;
+    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+    // Still down a few health checks later, and still answering at once.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(!limiter.is_up());
+    let slowest = slowest_of(&limiter, 5, unavailable).await;
+    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+
+    stall.frozen.send_replace(false);
+    let back = tokio::time::Instant::now();
+    while !limiter.is_up() {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "not back within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    slowest_of(&limiter, 3, admitted).await;
+    let _ = stop.send(());
+    checks.await.unwrap();
 }
 
 #[test]
