@@ -364,8 +364,9 @@ async fn rotate(
     overlap_hours: u32,
     args: &MigrateArgs,
 ) -> anyhow::Result<ExitCode> {
-    let hasher = key_hasher(&args.data_dir)?;
+    // The store first: a data dir without one is refused before the pepper file is made.
     let store = existing(args).await?;
+    let hasher = key_hasher(&args.data_dir)?;
     let old = store
         .get_api_key(id)
         .await

@@ -176,6 +176,7 @@ def test_commands_on_a_data_dir_without_a_database_refuse_and_create_nothing() -
         ("audit", "export"),
         ("keys", "list"),
         ("keys", "revoke", "01936f3e-0000-7000-8000-000000000000"),
+        ("keys", "rotate", "01936f3e-0000-7000-8000-000000000000"),
         ("users", "list"),
         ("users", "disable", "ghost@example.com"),
         ("teams", "list"),

@@ -366,7 +366,8 @@ def test_a_stream_rampart_cuts_at_the_end_of_the_shutdown_grace_is_not_a_client_
         env = serve_env(sim_url, RAMPART_UPSTREAM_API_KEY=UPSTREAM_KEY, RAMPART_SERVER__SHUTDOWN_GRACE_SECS="1")
         proc, url = start_serve(data_dir, env, "serve-ledger-grace")
         client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=30)
-        SimControl(sim_url).fault("stall_headers", delay_ms=15000, model="claude-sonnet-4-6")
+        control = SimControl(sim_url)
+        control.fault("stall_headers", delay_ms=15000, model="claude-sonnet-4-6")
         waiting: list[BaseException] = []
 
         def wait_for_the_answer() -> None:
@@ -382,6 +383,12 @@ def test_a_stream_rampart_cuts_at_the_end_of_the_shutdown_grace_is_not_a_client_
 
         waiter = threading.Thread(target=wait_for_the_answer, daemon=True)
         waiter.start()
+        # In flight (arrived upstream, where it stalls) before the shutdown starts.
+        wait_until(
+            lambda: control.counters()["models"].get("claude-sonnet-4-6", 0) >= 1,
+            timeout=10,
+            what="the stalled request at the simulator",
+        )
         long_text = " ".join(f"w{i}" for i in range(600))  # ~30 s at 20 tokens/s
         deltas = 0
         with pytest.raises(TRANSPORT_ERRORS + (anthropic.APIError,)) as raised:

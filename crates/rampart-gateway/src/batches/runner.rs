@@ -48,6 +48,10 @@ const GATHER: Duration = Duration::from_millis(2);
 /// The endpoint usage records of batch items carry.
 pub const ITEM_ENDPOINT: &str = "/v1/messages/batches";
 
+/// Held batch reservations looked up per sweep pass (every ~5 s), so a runner holding many
+/// open batches spends a bounded time on them before claiming again.
+const HELD_CHECKS: usize = 32;
+
 /// The local queue's worker task. See the module docs.
 #[derive(Debug)]
 pub struct Runner {
@@ -174,7 +178,7 @@ impl Runner {
                 }
                 _ = sweep_tick.tick() => {
                     sweeps += 1;
-                    self.sweep(sweeps % 60 == 1, sweeps % 5 == 1).await;
+                    self.sweep(sweeps % 60 == 1, (sweeps % 5 == 1).then_some(sweeps / 5)).await;
                 }
                 () = &mut shutdown, if stop_at.is_none() => {
                     stop_at = Some(Instant::now() + self.state.settings.shutdown_grace);
@@ -233,7 +237,8 @@ impl Runner {
         true
     }
 
-    async fn sweep(&self, archive: bool, held: bool) {
+    /// `held`: the number of this pass over the reservations held here, when it is time for one.
+    async fn sweep(&self, archive: bool, held: Option<u64>) {
         let now = time::OffsetDateTime::now_utc();
         let repo = self.batches.store.batches();
         match repo.expire_batches(now).await {
@@ -246,12 +251,21 @@ impl Runner {
             Err(e) => tracing::error!(error = %e, "expiring batches failed"),
         }
         // Reservations held here for batches another instance ended (or deleted): give them back.
-        if held {
-            for id in self.batches.budgets.held() {
-                match repo.get_batch(&id).await {
+        // At most HELD_CHECKS lookups a pass, in turn, however many batches are held.
+        if let Some(pass) = held {
+            let mut ids = self.batches.budgets.held();
+            ids.sort_unstable();
+            let n = ids.len().min(HELD_CHECKS);
+            let start = usize::try_from(pass)
+                .unwrap_or(0)
+                .wrapping_mul(HELD_CHECKS)
+                .checked_rem(ids.len())
+                .unwrap_or(0);
+            for id in ids.iter().cycle().skip(start).take(n) {
+                match repo.get_batch(id).await {
                     Ok(b) if b.processing_status != "ended" => {}
                     Ok(_) | Err(rampart_store::StoreError::NotFound) => {
-                        self.batches.budgets.release(&id);
+                        self.batches.budgets.release(id);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, batch = %id, "checking a held batch failed")
