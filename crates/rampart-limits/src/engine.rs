@@ -52,13 +52,23 @@ impl Dimension {
 }
 
 /// A bucket's level after refilling it to `now`: full when it has no state (or the limit was
-/// lowered below its level), else `level + elapsed × limit`, capped at the capacity.
-pub(crate) fn refill(state: Option<(i64, i64)>, limit: u64, now: i64) -> i64 {
+/// lowered below its level), else `level + elapsed × limit`, capped at the capacity. The state is
+/// `(level, updated_at, limit it was kept at)`: a limit raised since then adds the raise to the
+/// level at once (what was used stays used; the rest of the new allowance is there now).
+pub(crate) fn refill(state: Option<(i64, i64, u64)>, limit: u64, now: i64) -> i64 {
+    let raised = |was: u64| {
+        i64::try_from(limit.saturating_sub(was))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(WINDOW_MS)
+    };
+    let Some((level, t, was)) = state else {
+        return i64::try_from(limit)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(WINDOW_MS);
+    };
+    let level = level.saturating_add(raised(was));
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let cap = limit.saturating_mul(WINDOW_MS);
-    let Some((level, t)) = state else {
-        return cap;
-    };
     let room = cap - level;
     if room <= 0 {
         return cap;
@@ -374,16 +384,24 @@ mod tests {
     fn buckets_start_full_refill_linearly_and_cap() {
         assert_eq!(refill(None, 10, 5), 10 * WINDOW_MS);
         // Empty at t=0: after 6 s, one of ten per minute is back.
-        assert_eq!(refill(Some((0, 0)), 10, 6_000), WINDOW_MS);
-        assert_eq!(refill(Some((0, 0)), 10, 600_000), 10 * WINDOW_MS);
+        assert_eq!(refill(Some((0, 0, 10)), 10, 6_000), WINDOW_MS);
+        assert_eq!(refill(Some((0, 0, 10)), 10, 600_000), 10 * WINDOW_MS);
         // Overdrawn buckets refill from below zero; a clock step backwards refills nothing.
-        assert_eq!(refill(Some((-WINDOW_MS, 100)), 10, 106), -WINDOW_MS + 60);
-        assert_eq!(refill(Some((5, 100)), 10, 50), 5);
+        assert_eq!(
+            refill(Some((-WINDOW_MS, 100, 10)), 10, 106),
+            -WINDOW_MS + 60
+        );
+        assert_eq!(refill(Some((5, 100, 10)), 10, 50), 5);
         // A lowered limit caps at once.
-        assert_eq!(refill(Some((100 * WINDOW_MS, 0)), 10, 0), 10 * WINDOW_MS);
+        assert_eq!(
+            refill(Some((100 * WINDOW_MS, 0, 100)), 10, 0),
+            10 * WINDOW_MS
+        );
+        // A raised limit adds the raise at once: 1 of 1 used, now 1 of 60 used.
+        assert_eq!(refill(Some((0, 0, 1)), 60, 0), 59 * WINDOW_MS);
         // Never overflows.
-        assert_eq!(refill(Some((i64::MIN / 2, 0)), 1, i64::MAX / 2), -1);
-        assert_eq!(refill(Some((i64::MIN / 2, 0)), 1, i64::MAX), WINDOW_MS);
+        assert_eq!(refill(Some((i64::MIN / 2, 0, 1)), 1, i64::MAX / 2), -1);
+        assert_eq!(refill(Some((i64::MIN / 2, 0, 1)), 1, i64::MAX), WINDOW_MS);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 -- The arithmetic mirrors crates/rampart-limits/src/engine.rs and local.rs; keep them in step.
 --
 -- KEYS, four per scope (all with the team's hash tag, so one script touches one slot):
---   bucket hash (r|i|o)l = level scaled by 60000, (r|i|o)t = last update (ms)
+--   bucket hash (r|i|o)l = level scaled by 60000, (r|i|o)t = last update (ms),
+--     (r|i|o)c = the limit it was kept at (a raised limit adds the raise at once)
 --   in-flight zset: ticket -> lease expiry (ms)
 --   budget hash of the period: spent, reserved, r:<ticket> = reserved cost
 --   budget lease zset of the period: ticket -> lease expiry (ms)
@@ -28,10 +29,12 @@ local function fmt(x)
 end
 
 local function level_of(key, d, limit)
-  local v = redis.call('HMGET', key, d .. 'l', d .. 't')
+  local v = redis.call('HMGET', key, d .. 'l', d .. 't', d .. 'c')
   local cap = limit * W
   if not v[1] then return cap end
   local level = tonumber(v[1])
+  local was = tonumber(v[3] or limit)
+  if was < limit then level = level + (limit - was) * W end
   local room = cap - level
   if room <= 0 then return cap end
   local elapsed = now - tonumber(v[2])
@@ -41,7 +44,7 @@ local function level_of(key, d, limit)
 end
 
 local function store(key, d, level, limit)
-  redis.call('HSET', key, d .. 'l', fmt(level), d .. 't', fmt(now))
+  redis.call('HSET', key, d .. 'l', fmt(level), d .. 't', fmt(now), d .. 'c', fmt(limit))
   return math.ceil((limit * W - level) / limit) + 1000
 end
 

@@ -14,8 +14,8 @@ const SHARDS: usize = 64;
 
 #[derive(Debug, Default)]
 struct ScopeState {
-    /// `(level, updated_at)` per dimension.
-    buckets: [Option<(i64, i64)>; 3],
+    /// `(level, updated_at, limit)` per dimension.
+    buckets: [Option<(i64, i64, u64)>; 3],
     inflight: u64,
     /// `(period start, spent, reserved)`.
     budget: Option<(i64, u64, u64)>,
@@ -86,9 +86,9 @@ impl Local {
         for (s, snap) in policy.scopes.iter().zip(&snaps) {
             let st = shard.entry(s.scope).or_default();
             for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
-                if limit.is_some() {
+                if let Some(limit) = limit {
                     let taken = i64::try_from(draw[i]).unwrap_or(i64::MAX) * WINDOW_MS;
-                    st.buckets[i] = Some((snap.levels[i] - taken, now));
+                    st.buckets[i] = Some((snap.levels[i] - taken, now, limit));
                 }
             }
             if s.rates.concurrency.is_some() {
@@ -139,7 +139,7 @@ impl Local {
                         - i64::try_from(spent[i]).unwrap_or(i64::MAX))
                         * WINDOW_MS;
                     let level = engine::refill(st.buckets[i], limit, now) + refund;
-                    st.buckets[i] = Some((level.min(cap), now));
+                    st.buckets[i] = Some((level.min(cap), now, limit));
                 }
             }
             if s.rates.concurrency.is_some() {

@@ -612,3 +612,22 @@ def test_a_batch_ended_by_another_instance_gives_back_its_reservation(upstream: 
         for proc, _ in procs:
             assert proc.terminate() == 0, proc.stderr_tail()
         sim.terminate()
+
+
+def test_a_raised_team_default_applies_to_an_exhausted_key_at_once(single: Any) -> None:
+    store, url = single
+    team = f"t-{uuid.uuid4().hex[:8]}"
+    cli("teams", "create", team, store=store)
+    cli("teams", "limits", team, "--key-rpm", "1", store=store)
+    key = create_key(store, "--team", team)
+    time.sleep(0.3)
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    client.messages.create(**BODY)
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(**BODY)
+    cli("teams", "limits", team, "--key-rpm", "60", store=store)
+    # The first request the new default lets through (the directory polls every ~0.1 s): 1 of 60
+    # used this minute, so 58 left after it, not what a second's refill at the new rate gives.
+    ok = wait_until(lambda: (r := post(url, key)).status_code == 200 and r, timeout=10, interval=0.05, what="the raised default")
+    assert ok.headers["anthropic-ratelimit-requests-limit"] == "60"
+    assert int(ok.headers["anthropic-ratelimit-requests-remaining"]) >= 55, ok.headers

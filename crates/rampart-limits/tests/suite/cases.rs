@@ -458,3 +458,18 @@ pub async fn a_reservation_that_must_fit_whole_is_refused_naming_what_is_left(h:
     settled().await;
     admit_whole(h, &p, cost(100)).await.unwrap();
 }
+
+pub async fn a_raised_limit_applies_at_once_and_a_lowered_one_caps_at_once(h: &Harness) {
+    let (scope, group) = (key_scope(rpm(1), None), Uuid::new_v4());
+    let with = |rates: Rates| Policy::new(group, [ScopeLimits { rates, ..scope }]).unwrap();
+    admit(h, &with(rpm(1)), Demand::default()).await.unwrap();
+    assert!(admit(h, &with(rpm(1)), Demand::default()).await.is_err());
+    // Raised from 1 to 3 per minute: 1 used, 2 left now (not after a refill).
+    let raised = with(rpm(3));
+    let t = admit(h, &raised, Demand::default()).await.unwrap();
+    assert_eq!(t.status().requests.unwrap().remaining, 1);
+    admit(h, &raised, Demand::default()).await.unwrap();
+    assert!(admit(h, &raised, Demand::default()).await.is_err());
+    // Lowered again: nothing more until it refills at the new rate.
+    assert!(admit(h, &with(rpm(2)), Demand::default()).await.is_err());
+}

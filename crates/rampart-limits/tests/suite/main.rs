@@ -117,6 +117,7 @@ on_both_backends!(
     a_budget_resets_with_its_period,
     unlimited_dimensions_are_never_checked,
     a_reservation_that_must_fit_whole_is_refused_naming_what_is_left,
+    a_raised_limit_applies_at_once_and_a_lowered_one_caps_at_once,
 );
 
 /// A limiter on a Redis that is not there.
