@@ -1270,17 +1270,10 @@ fn build_response(
     let tap = if is_sse {
         Tap::Sse(Box::default())
     } else if done.route.reports_usage() && parts.status.is_success() {
-        Tap::Json {
-            chunks: Vec::new(),
-            len: 0,
-        }
+        Tap::Json(Copied::default())
     } else if done.ledger.is_some() && parts.status.as_u16() >= 400 {
         // The upstream's error answer, relayed: its record takes the envelope's error type.
-        Tap::Error {
-            chunks: Vec::new(),
-            len: 0,
-            over: false,
-        }
+        Tap::Error(Copied::default())
     } else {
         Tap::None
     };
@@ -1398,43 +1391,70 @@ impl http_body::Body for Replay {
 enum Tap {
     None,
     Sse(Box<UsageScanner>),
-    Json {
-        chunks: Vec<Bytes>,
-        len: usize,
-    },
+    /// A whole answer, for its usage (up to [`JSON_TAP_LIMIT`]).
+    Json(Copied),
     /// An error answer (status >= 400, not a stream) relayed from the upstream, for its error
-    /// type: only with a usage ledger, and never on a success's path.
-    Error {
-        chunks: Vec<Bytes>,
-        len: usize,
-        /// Longer than [`ERROR_TAP_LIMIT`]: not kept (nor read).
-        over: bool,
-    },
+    /// type (up to [`ERROR_TAP_LIMIT`]): only with a usage ledger, never on a success's path.
+    Error(Copied),
 }
 
 impl Tap {
+    /// Take in the next frame's `data`.
+    fn feed(&mut self, data: &Bytes) {
+        match self {
+            Tap::None => {}
+            Tap::Sse(s) => s.feed(data),
+            Tap::Json(body) => body.push(data, JSON_TAP_LIMIT),
+            Tap::Error(body) => body.push(data, ERROR_TAP_LIMIT),
+        }
+    }
+
     /// The usage read from the response, if any.
     fn into_usage(self) -> Option<UsageSummary> {
         match self {
-            Tap::None | Tap::Error { .. } => None,
+            Tap::None | Tap::Error(_) => None,
             Tap::Sse(s) => Some(s.into_summary()),
-            Tap::Json { chunks, .. } if chunks.len() == 1 => UsageSummary::from_json(&chunks[0]),
-            Tap::Json { chunks, .. } => UsageSummary::from_json(&chunks.concat()),
+            Tap::Json(body) => body.read(JSON_TAP_LIMIT, UsageSummary::from_json).flatten(),
         }
     }
 
     /// The error type of a relayed error answer ([`UsageSummary::error_type_of`]: its
     /// envelope's, else its status's); `None` for any other answer.
     fn error_type(&self, status: u16) -> Option<&'static str> {
-        let Tap::Error { chunks, over, .. } = self else {
+        let Tap::Error(body) = self else {
             return None;
         };
-        let kind = match chunks.as_slice() {
-            _ if *over => rampart_api::ErrorType::from_status(status),
-            [body] => UsageSummary::error_type_of(status, body),
-            chunks => UsageSummary::error_type_of(status, &chunks.concat()),
-        };
+        let kind = body
+            .read(ERROR_TAP_LIMIT, |b| UsageSummary::error_type_of(status, b))
+            .unwrap_or_else(|| rampart_api::ErrorType::from_status(status));
         Some(kind.as_str())
+    }
+}
+
+/// A body kept aside as reference-counted clones of its frames (no copy of the bytes), while it
+/// stays within a limit; past it, nothing is kept.
+#[derive(Default)]
+struct Copied {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Copied {
+    fn push(&mut self, data: &Bytes, limit: usize) {
+        self.len = self.len.saturating_add(data.len());
+        if self.len <= limit {
+            self.chunks.push(data.clone());
+        } else {
+            self.chunks.clear();
+        }
+    }
+
+    /// `read` of the whole body (joined only when it came in several frames); `None` past `limit`.
+    fn read<T>(&self, limit: usize, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        (self.len <= limit).then(|| match self.chunks.as_slice() {
+            [body] => read(body),
+            chunks => read(&chunks.concat()),
+        })
     }
 }
 
@@ -1514,26 +1534,7 @@ impl http_body::Body for MeteredBody {
                 if let Some(c) = &mut this.cache {
                     c.capture.push(data);
                 }
-                match &mut this.tap {
-                    Tap::None => {}
-                    Tap::Sse(s) => s.feed(data),
-                    Tap::Json { chunks, len } => {
-                        // Reference-counted clones: no copy of the body.
-                        if *len + data.len() <= JSON_TAP_LIMIT {
-                            *len += data.len();
-                            chunks.push(data.clone());
-                        }
-                    }
-                    Tap::Error { chunks, len, over } => {
-                        *len += data.len();
-                        *over |= *len > ERROR_TAP_LIMIT;
-                        if *over {
-                            chunks.clear();
-                        } else {
-                            chunks.push(data.clone());
-                        }
-                    }
-                }
+                this.tap.feed(data);
             }
             // A body with a content-length is not polled past its last byte: finish here.
             if this.inner.is_end_stream() {
@@ -1723,16 +1724,9 @@ mod tests {
         let envelope =
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         let tapped = |chunks: &[&'static [u8]]| {
-            let mut tap = Tap::Error {
-                chunks: Vec::new(),
-                len: 0,
-                over: false,
-            };
-            if let Tap::Error { chunks: c, len, .. } = &mut tap {
-                for chunk in chunks {
-                    *len += chunk.len();
-                    c.push(Bytes::from_static(chunk));
-                }
+            let mut tap = Tap::Error(Copied::default());
+            for chunk in chunks {
+                tap.feed(&Bytes::from_static(chunk));
             }
             tap
         };
@@ -1745,18 +1739,17 @@ mod tests {
         assert_eq!(tapped(&[a, b]).error_type(500), Some("overloaded_error"));
         // Not an envelope, or one too long to have been kept: the status's type.
         assert_eq!(tapped(&[b"Bad Gateway"]).error_type(502), Some("api_error"));
-        let over = Tap::Error {
+        let over = Tap::Error(Copied {
             chunks: Vec::new(),
             len: ERROR_TAP_LIMIT + 1,
-            over: true,
-        };
+        });
         assert_eq!(over.error_type(429), Some("rate_limit_error"));
         // No other answer has one (a success's tap is not read for it), nor usage.
         assert!(Tap::None.error_type(200).is_none());
-        let json = Tap::Json {
+        let json = Tap::Json(Copied {
             chunks: vec![Bytes::from_static(envelope)],
             len: envelope.len(),
-        };
+        });
         assert!(json.error_type(200).is_none());
         assert!(tapped(&[envelope]).into_usage().is_none());
     }

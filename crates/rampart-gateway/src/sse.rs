@@ -147,15 +147,15 @@ impl UsageSummary {
     }
 
     /// The error type of an error answer (status >= 400) relayed from the upstream: its
-    /// envelope's `error.type` (`{"type":"error","error":{"type":…}}`) when that is a type the
-    /// API uses ([`rampart_api::ErrorType`]), else the type `status` implies. Never a string of
-    /// the upstream's own making.
+    /// envelope's `error.type` when the body is an [`rampart_api::ErrorEnvelope`] with a type
+    /// the API uses, else the type `status` implies. Never a string of the upstream's own
+    /// making. (An error path: read with serde, not the success path's fast reader.)
     #[must_use]
     pub fn error_type_of(status: u16, body: &[u8]) -> rampart_api::ErrorType {
-        fast_json::error_envelope_type(body)
-            .as_deref()
-            .and_then(rampart_api::ErrorType::from_name)
-            .unwrap_or(rampart_api::ErrorType::from_status(status))
+        serde_json::from_slice::<rampart_api::ErrorEnvelope>(body).map_or_else(
+            |_| rampart_api::ErrorType::from_status(status),
+            |e| e.error.kind,
+        )
     }
 
     fn from_json_serde(body: &[u8]) -> Option<Self> {
@@ -517,37 +517,6 @@ mod fast_json {
     pub(super) fn summary(b: &[u8]) -> Option<UsageSummary> {
         let (m, end) = message_at(b, 0)?;
         whole(b, end, m).map(UsageSummary::from_message)
-    }
-
-    /// The `error.type` of an error envelope, `{"type":"error","error":{"type":…,…},…}` whole;
-    /// `None` for anything else.
-    pub(super) fn error_envelope_type(b: &[u8]) -> Option<String> {
-        let (mut tag, mut kind) = (None, None);
-        let end = walk_object(b, 0, |b, k| {
-            if let Some(v) = key(b, k, b"type") {
-                let (s, end) = string_at(b, v)?;
-                tag = s;
-                Some(Member::Read(end))
-            } else if let Some(v) = key(b, k, b"error") {
-                let end = walk_object(b, v, |b, k| {
-                    let Some(v) = key(b, k, b"type") else {
-                        return Some(Member::Skip);
-                    };
-                    let (s, end) = string_at(b, v)?;
-                    kind = s;
-                    Some(Member::Read(end))
-                })?;
-                Some(Member::Read(end))
-            } else {
-                Some(Member::Skip)
-            }
-        })?;
-        whole(b, end, ())?;
-        if tag.as_deref() == Some("error") {
-            kind
-        } else {
-            None
-        }
     }
 
     /// The data of a `message_start` event: its `message`.

@@ -56,19 +56,17 @@ impl Dimension {
 /// `(level, updated_at, limit it was kept at)`: a limit raised since then adds the raise to the
 /// level at once (what was used stays used; the rest of the new allowance is there now).
 pub(crate) fn refill(state: Option<(i64, i64, u64)>, limit: u64, now: i64) -> i64 {
-    let raised = |was: u64| {
-        i64::try_from(limit.saturating_sub(was))
+    let scaled = |n: u64| {
+        i64::try_from(n)
             .unwrap_or(i64::MAX)
             .saturating_mul(WINDOW_MS)
     };
+    let cap = scaled(limit);
     let Some((level, t, was)) = state else {
-        return i64::try_from(limit)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(WINDOW_MS);
+        return cap;
     };
-    let level = level.saturating_add(raised(was));
+    let level = level.saturating_add(scaled(limit.saturating_sub(was)));
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let cap = limit.saturating_mul(WINDOW_MS);
     let room = cap - level;
     if room <= 0 {
         return cap;
