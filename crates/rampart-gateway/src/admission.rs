@@ -45,8 +45,8 @@ impl Limits {
     /// The limiter as `config` says, ready for `rampart serve`: the metrics recorder installed
     /// first (so the limiter's metrics are exported), the backend checked (and its script
     /// loaded), a task that checks it every second (so readiness follows Redis without traffic;
-    /// it ends at once in process), and in-process budgets resumed from the usage ledger
-    /// ([`seed_budgets`]).
+    /// it ends at once in process), and budgets started from the usage ledger's spend
+    /// ([`seed_budgets`]): those loaded now, and those a later reload of `directory` brings.
     ///
     /// # Errors
     /// An unusable Redis URL.
@@ -72,62 +72,102 @@ impl Limits {
                 .run_health_checks(std::time::Duration::from_secs(1), std::future::pending()),
         );
         let limits = Self { limiter, prices };
-        match seed_budgets(&limits, directory, store).await {
+        // Budgets a later reload brings are seeded before it takes effect; those loaded
+        // already, now (a budget loaded in between is seeded twice, harmlessly).
+        directory.set_budget_seeder(Arc::new(LedgerSeeder {
+            limits: limits.clone(),
+            store: store.clone(),
+        }));
+        match seed_budgets(&limits, &directory.budgets(), store).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(budgets = n, "budgets resume from the usage ledger's spend"),
             Err(e) => tracing::warn!(
                 error = %e,
-                "cannot read this period's spend from the usage ledger; budgets start from zero"
+                "cannot read this period's spend from the usage ledger; budgets count only what \
+                 the limiter counts"
             ),
         }
         Ok((limits, health))
     }
 }
 
-/// In process, start every loaded budget from what the usage ledger's rollups say was spent in
-/// its current period (the keys' and the teams' sums), so a restart does not hand out a period's
-/// budget again; returns how many budgets were seeded. Redis keeps its own count: nothing to do.
+/// Seeds the budgets a directory reload brings ([`crate::keydir::BudgetSeeder`]) from the
+/// usage ledger.
+#[derive(Debug)]
+struct LedgerSeeder {
+    limits: Limits,
+    store: rampart_store::Store,
+}
+
+impl crate::keydir::BudgetSeeder for LedgerSeeder {
+    fn seed<'a>(
+        &'a self,
+        budgets: &'a [(uuid::Uuid, rampart_limits::Scope, rampart_limits::Budget)],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match seed_budgets(&self.limits, budgets, &self.store).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    budgets = n,
+                    "new budgets start from what the usage ledger says their period spent"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot read this period's spend from the usage ledger; the new budgets \
+                     count from now"
+                ),
+            }
+        })
+    }
+}
+
+/// Start each of `budgets` (`(policy group, scope, budget)`) from what the usage ledger's rollups
+/// say its key or team spent in the budget's current period, so neither a restart nor a budget
+/// set (or moved to another period or team) on a running instance hands a period's budget out
+/// again. Both backends; what the limiter counted itself is never lowered
+/// ([`Limiter::seed_spent`](rampart_limits::Limiter::seed_spent)). The ledger lags by its flush
+/// interval, and requests in flight are not in it yet. Returns how many budgets had spend to
+/// seed; a Redis failure on one is logged and the others go on.
 ///
 /// # Errors
 /// A store failure reading the rollups.
 pub async fn seed_budgets(
     limits: &Limits,
-    directory: &crate::keydir::KeyDirectory,
+    budgets: &[(uuid::Uuid, rampart_limits::Scope, rampart_limits::Budget)],
     store: &rampart_store::Store,
 ) -> rampart_store::Result<usize> {
-    let budgets = directory.budgets();
-    if !limits.limiter.is_in_process() || budgets.is_empty() {
-        return Ok(0);
-    }
     let now = time::OffsetDateTime::now_utc();
     let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
     let mut seeded = 0;
     for period in [Period::Day, Period::Month] {
-        if !budgets.iter().any(|(_, _, b)| b.period == period) {
+        let of_period: Vec<_> = budgets
+            .iter()
+            .filter(|(_, _, b)| b.period == period)
+            .collect();
+        if of_period.is_empty() {
             continue;
         }
         let from = time::OffsetDateTime::from_unix_timestamp_nanos(
             i128::from(period.window(now_ms).0) * 1_000_000,
         )
         .unwrap_or(now);
-        let spent = |rows: Vec<rampart_store::UsageRow>, kind: ScopeKind| {
-            rows.into_iter()
-                .filter_map(move |r| {
-                    let id = match kind {
-                        ScopeKind::Key => r.key_id,
-                        ScopeKind::Team => r.team_id,
-                    }?;
-                    Some(((kind, id), r.cost_micro_usd))
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut sums = Vec::new();
+        let mut sums = std::collections::HashMap::new();
         for kind in [ScopeKind::Key, ScopeKind::Team] {
+            let ids: Vec<uuid::Uuid> = of_period
+                .iter()
+                .filter(|(_, s, _)| s.kind == kind)
+                .map(|(_, s, _)| s.id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            // One scope (a budget set on a running instance): only its rows.
+            let only = (ids.len() == 1).then(|| ids[0]);
             let query = rampart_store::UsageQuery {
                 from,
                 to: now + time::Duration::hours(1),
-                key_id: None,
-                team_id: None,
+                key_id: only.filter(|_| kind == ScopeKind::Key),
+                team_id: only.filter(|_| kind == ScopeKind::Team),
                 user_id: None,
                 model: None,
                 group_by: rampart_store::UsageGroupBy {
@@ -137,12 +177,30 @@ pub async fn seed_budgets(
                     day: false,
                 },
             };
-            sums.extend(spent(store.usage().usage_summary(&query).await?, kind));
+            for r in store.usage().usage_summary(&query).await? {
+                let id = match kind {
+                    ScopeKind::Key => r.key_id,
+                    ScopeKind::Team => r.team_id,
+                };
+                if let Some(id) = id {
+                    sums.insert((kind, id), r.cost_micro_usd);
+                }
+            }
         }
-        for (group, scope, budget) in budgets.iter().filter(|(_, _, b)| b.period == period) {
-            if let Some((_, micros)) = sums.iter().find(|(k, _)| *k == (scope.kind, scope.id)) {
-                limits.limiter.seed_spent(*group, *scope, *budget, *micros);
-                seeded += 1;
+        for (group, scope, budget) in of_period {
+            let Some(&micros) = sums.get(&(scope.kind, scope.id)) else {
+                continue;
+            };
+            match limits
+                .limiter
+                .seed_spent(*group, *scope, *budget, micros)
+                .await
+            {
+                Ok(()) => seeded += 1,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot start a budget from the usage ledger's spend; it counts what Redis counts"
+                ),
             }
         }
     }

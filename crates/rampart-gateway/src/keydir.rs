@@ -119,6 +119,17 @@ impl KeyUse {
     }
 }
 
+/// Starts the budgets a reload brings (see [`KeyDirectory::set_budget_seeder`]) from what was
+/// already spent in their period.
+pub trait BudgetSeeder: Send + Sync + std::fmt::Debug {
+    /// Count what each of `budgets` (`(policy group, scope, budget)`) already spent in its
+    /// current period; failures are the seeder's to report (the reload goes ahead).
+    fn seed<'a>(
+        &'a self,
+        budgets: &'a [(Uuid, Scope, Budget)],
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
 /// The in-memory directory of store keys.
 #[derive(Debug)]
 pub struct KeyDirectory {
@@ -133,6 +144,8 @@ pub struct KeyDirectory {
     /// The store's directory version the installed snapshot was read at (see
     /// [`KeyDirectory::refresh_if_changed`]).
     version: AtomicI64,
+    /// Seeds the budgets a reload brings, before it takes effect.
+    seeder: std::sync::OnceLock<Arc<dyn BudgetSeeder>>,
 }
 
 impl KeyDirectory {
@@ -146,7 +159,16 @@ impl KeyDirectory {
             uses: Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
             version: AtomicI64::new(i64::MIN),
+            seeder: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, every reload hands the budgets it brings — absent from the directory in
+    /// force: a new budget, one with another period, or one whose key moved to another team —
+    /// to `seeder` before it takes effect, so a budget set on a running instance counts what
+    /// its period already spent (as it does after a restart). Set once; later calls do nothing.
+    pub fn set_budget_seeder(&self, seeder: Arc<dyn BudgetSeeder>) {
+        let _ = self.seeder.set(seeder);
     }
 
     /// Reload every key from the store; returns how many are usable. Safe to call concurrently
@@ -165,9 +187,52 @@ impl KeyDirectory {
             .await?;
         let limits = store.limits().all_limits().await?;
         let caching = store.cache_policies().all_cache_policies().await?;
-        let n = self.install(&teams, keys, &limits, &caching);
+        let next = self.build(&teams, keys, &limits, &caching);
+        if let Some(seeder) = self.seeder.get() {
+            let known: HashSet<(Uuid, Scope, Period)> = budgets_of(&self.current())
+                .into_iter()
+                .map(|(group, scope, b)| (group, scope, b.period))
+                .collect();
+            let brought: Vec<_> = budgets_of(&next)
+                .into_iter()
+                .filter(|(group, scope, b)| !known.contains(&(*group, *scope, b.period)))
+                .collect();
+            if !brought.is_empty() {
+                seeder.seed(&brought).await;
+            }
+        }
+        let n = self.publish(next);
         self.version.store(version, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Put `next` in force; how many keys it has usable.
+    fn publish(&self, next: Snapshot) -> usize {
+        let n = next.usable.len();
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        n
+    }
+
+    /// Build and publish at once (the tests' reload, without a store).
+    #[cfg(test)]
+    fn install(
+        &self,
+        teams: &[Team],
+        keys: Vec<ApiKey>,
+        limits: &AllLimits,
+        caching: &AllCachePolicies,
+    ) -> usize {
+        self.publish(self.build(teams, keys, limits, caching))
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Reload only when the store's directory version moved since the last reload (one cheap
@@ -183,14 +248,14 @@ impl KeyDirectory {
         self.refresh(store).await.map(|_| true)
     }
 
-    /// Replace the directory with `keys` and their `limits`; returns how many are usable.
-    fn install(
+    /// The directory of `keys` and their `limits` (installed by the caller).
+    fn build(
         &self,
         teams: &[Team],
         keys: Vec<ApiKey>,
         limits: &AllLimits,
         caching: &AllCachePolicies,
-    ) -> usize {
+    ) -> Snapshot {
         let own: HashMap<Uuid, LimitSettings> = limits.keys.iter().copied().collect();
         let key_caching: HashMap<Uuid, CachePolicy> = caching.keys.iter().copied().collect();
         let team_caching: HashMap<Uuid, CachePolicy> = caching.teams.iter().copied().collect();
@@ -228,13 +293,7 @@ impl KeyDirectory {
         }
         // A clock whose key is gone is kept until the store has its last use.
         uses.retain(|id, u| live.contains(id) || u.unflushed().is_some());
-        drop(uses);
-        let n = next.usable.len();
-        *self
-            .snapshot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-        n
+        next
     }
 
     /// Check the store's directory version every `every` and reload when it moved (and every
@@ -355,26 +414,7 @@ impl KeyDirectory {
     /// budget)`.
     #[must_use]
     pub fn budgets(&self) -> Vec<(Uuid, Scope, Budget)> {
-        let snapshot = self
-            .snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for entry in snapshot.usable.values() {
-            let Some(policy) = &entry.identity.limits else {
-                continue;
-            };
-            for s in &policy.scopes {
-                if let Some(b) = s.budget
-                    && seen.insert(s.scope)
-                {
-                    out.push((policy.group, s.scope, b));
-                }
-            }
-        }
-        out
+        budgets_of(&self.current())
     }
 
     /// [`Authenticator::check`] at `now`.
@@ -407,6 +447,25 @@ impl KeyDirectory {
         entry.used.record(now.unix_timestamp());
         Ok(entry.identity.clone())
     }
+}
+
+/// [`KeyDirectory::budgets`] of `snapshot`.
+fn budgets_of(snapshot: &Snapshot) -> Vec<(Uuid, Scope, Budget)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for entry in snapshot.usable.values() {
+        let Some(policy) = &entry.identity.limits else {
+            continue;
+        };
+        for s in &policy.scopes {
+            if let Some(b) = s.budget
+                && seen.insert((policy.group, s.scope))
+            {
+                out.push((policy.group, s.scope, b));
+            }
+        }
+    }
+    out
 }
 
 fn scope(kind: ScopeKind, id: Uuid, s: LimitSettings) -> ScopeLimits {

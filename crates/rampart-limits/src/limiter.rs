@@ -381,20 +381,34 @@ impl Limiter {
         }
     }
 
-    /// In process: count `micros` as already spent in `budget`'s current period on `scope` (of
-    /// policy group `group`), e.g. from the usage ledger at start, so a restart does not hand
-    /// out the period's budget again. Redis keeps its own count across restarts: nothing to do.
-    pub fn seed_spent(&self, group: uuid::Uuid, scope: Scope, budget: Budget, micros: u64) {
-        if let Store::Local(l) = &self.0.backend {
-            let start = budget.period.window(self.0.clock.now_ms()).0;
-            l.seed_spent(group, scope, start, micros);
+    /// Count at least `micros` as spent in `budget`'s current period on `scope` (of policy
+    /// group `group`), e.g. what the usage ledger says was spent: at start, and when a budget
+    /// appears on a running instance (a new budget, another period, another team), so a budget
+    /// counts its whole period whenever it was set and a Redis that lost its state does not
+    /// hand a spent budget out again. What the limiter counted itself is never lowered. One
+    /// round trip with Redis.
+    ///
+    /// # Errors
+    /// The Redis call failed (the budget keeps what Redis counts).
+    pub async fn seed_spent(
+        &self,
+        group: uuid::Uuid,
+        scope: Scope,
+        budget: Budget,
+        micros: u64,
+    ) -> Result<(), RedisFailure> {
+        let now = self.0.clock.now_ms();
+        let window = budget.period.window(now);
+        match &self.0.backend {
+            Store::Local(l) => {
+                l.seed_spent(group, scope, window.0, micros);
+                Ok(())
+            }
+            Store::Redis(r) => r
+                .seed_spent(group, scope, window, micros, now)
+                .await
+                .inspect_err(|_| metrics().redis_errors.increment(1)),
         }
-    }
-
-    /// Whether budgets live only in this process (and need [`Limiter::seed_spent`] at start).
-    #[must_use]
-    pub fn is_in_process(&self) -> bool {
-        matches!(self.0.backend, Store::Local(_))
     }
 
     fn settle(&self, p: Pending, used: Used) {

@@ -12,10 +12,24 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use crate::engine::Snapshot;
-use crate::policy::{Demand, Policy, ScopeKind, Used};
+use crate::policy::{Demand, Policy, Scope, ScopeKind, Used};
 
 /// The script (see `limits.lua`).
 pub(crate) const SCRIPT: &str = include_str!("limits.lua");
+
+/// Raise a budget hash's `spent` to ARGV[1] when it is lower (never lower it: what the
+/// instances counted themselves stays), and keep the hash until ARGV[2] (ms from now) at least.
+const SEED_SCRIPT: &str = r"
+local seed = tonumber(ARGV[1])
+if seed > (tonumber(redis.call('HGET', KEYS[1], 'spent')) or 0) then
+  redis.call('HSET', KEYS[1], 'spent', ARGV[1])
+end
+local ttl = tonumber(ARGV[2])
+if ttl > redis.call('PTTL', KEYS[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
 
 /// How long budget state is kept after its period ends.
 const BUDGET_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -45,6 +59,8 @@ pub(crate) struct RedisBackend {
     /// Tells this backend's thread-local connections from another backend's.
     id: u64,
     script: redis::Script,
+    /// [`SEED_SCRIPT`].
+    seed: redis::Script,
     prefix: String,
     timeout: Duration,
 }
@@ -86,24 +102,30 @@ impl RedisBackend {
             config,
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             script: redis::Script::new(SCRIPT),
+            seed: redis::Script::new(SEED_SCRIPT),
             prefix: prefix.to_owned(),
             timeout,
         })
     }
 
+    /// The common start of a scope's keys: `<prefix>:{<group>}:<k|t>:<id>`.
+    fn base(&self, group: uuid::Uuid, scope: Scope) -> String {
+        let kind = match scope.kind {
+            ScopeKind::Key => 'k',
+            ScopeKind::Team => 't',
+        };
+        format!(
+            "{}:{{{}}}:{kind}:{}",
+            self.prefix,
+            group.simple(),
+            scope.id.simple()
+        )
+    }
+
     fn keys(&self, policy: &Policy, budget_at_ms: i64) -> Vec<String> {
         let mut keys = Vec::with_capacity(policy.scopes.len() * 4);
         for s in &policy.scopes {
-            let kind = match s.scope.kind {
-                ScopeKind::Key => 'k',
-                ScopeKind::Team => 't',
-            };
-            let base = format!(
-                "{}:{{{}}}:{kind}:{}",
-                self.prefix,
-                policy.group.simple(),
-                s.scope.id.simple()
-            );
+            let base = self.base(policy.group, s.scope);
             let period = s.budget.map_or(0, |b| b.period.window(budget_at_ms).0);
             keys.push(format!("{base}:b"));
             keys.push(format!("{base}:c"));
@@ -247,6 +269,28 @@ impl RedisBackend {
     ) -> Result<(), RedisFailure> {
         let inv = self.invocation("s", policy, demand, used, ticket, 0, now, admitted_ms);
         let _: Vec<i64> = self.run(inv).await?;
+        Ok(())
+    }
+
+    /// Count at least `micros` as spent in the budget period `window` (start and end, ms) of
+    /// `scope`, in one round trip; what the hash already counts is never lowered.
+    pub(crate) async fn seed_spent(
+        &self,
+        group: uuid::Uuid,
+        scope: Scope,
+        window: (i64, i64),
+        micros: u64,
+        now: i64,
+    ) -> Result<(), RedisFailure> {
+        let key = format!("{}:g:{}", self.base(group, scope), window.0);
+        let keep = window
+            .1
+            .saturating_add(BUDGET_KEEP_MS)
+            .saturating_sub(now)
+            .max(1);
+        let mut inv = self.seed.prepare_invoke();
+        inv.key(key).arg(micros).arg(keep);
+        let _: i64 = self.run(inv).await?;
         Ok(())
     }
 

@@ -6,6 +6,9 @@
   exceed it by more than one request's reservation.
 - The SDK's view: 429 `RateLimitError` with `retry-after` and Rampart's `anthropic-ratelimit-*`
   headers; 402 `billing_error` that the SDK does not retry.
+- Budgets count their whole period: one set (or moved to the other period) on a running
+  instance, and every budget after a restart or on a Redis that lost its state, starts from the
+  spend in the usage ledger, on both backends.
 - Redis unreachable: 503 and a failing `/readyz`, then recovery on its own; a Redis that stops
   answering (a stand-in that accepts connections and never replies, or a stopped redis-server)
   costs the requests nothing once the gateway knows: answered at once, not after the timeout.
@@ -17,6 +20,7 @@ by scripts/test.sh); without them these tests are skipped loudly, and fail when 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import shutil
@@ -471,16 +475,22 @@ def test_a_redis_that_hangs_mid_traffic_costs_one_timeout_then_nothing(upstream:
         redis.stop()
 
 
-def test_an_in_process_budget_survives_a_restart(upstream: str) -> None:
+@pytest.mark.parametrize("backend", ["in-process", "redis"])
+def test_a_spent_budget_stays_spent_after_a_restart(upstream: str, backend: str) -> None:
+    """In process the budget state dies with the process; on Redis each instance here gets a
+    fresh key prefix, as after a Redis restarted without persistence. Either way the starting
+    instance takes the period's spend from the usage ledger and does not hand it out again."""
     store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-restart-")]
     key = create_key(store, "--budget-usd", "0.000001", "--budget-period", "day")
-    proc, url = serve(store, upstream, "limits-restart-1")
+    env = redis_env if backend == "redis" else dict
+    proc, url = serve(store, upstream, "limits-restart-1", env())
     try:
         assert post(url, key).status_code == 200
+        assert post(url, key).status_code == 402
     finally:
         # SIGTERM drains the usage ledger into the database.
         assert proc.terminate() == 0, proc.stderr_tail()
-    proc, url = serve(store, upstream, "limits-restart-2")
+    proc, url = serve(store, upstream, "limits-restart-2", env())
     try:
         r = post(url, key)
         assert r.status_code == 402, r.text
@@ -631,3 +641,58 @@ def test_a_raised_team_default_applies_to_an_exhausted_key_at_once(single: Any) 
     ok = wait_until(lambda: (r := post(url, key)).status_code == 200 and r, timeout=10, interval=0.05, what="the raised default")
     assert ok.headers["anthropic-ratelimit-requests-limit"] == "60"
     assert int(ok.headers["anthropic-ratelimit-requests-remaining"]) >= 55, ok.headers
+
+
+def key_id(store: list[str], *flags: str) -> tuple[str, str]:
+    """A new key and its id (from the `created key <id> …` line)."""
+    lines = cli("keys", "create", "--name", f"k-{uuid.uuid4().hex[:8]}", *flags, store=store)
+    m = re.search(r"created key ([0-9a-f-]{36}) ", "\n".join(lines))
+    assert m and lines[-1].startswith("rk_live_"), lines
+    return lines[-1], m.group(1)
+
+
+def spent_in_ledger(store: list[str], kid: str) -> int:
+    """What the usage ledger (in the database) says `kid` spent, in micro-dollars."""
+    out = "\n".join(cli("usage", "--key", kid, "--json", store=store))
+    return sum(int(row["cost_micro_usd"]) for row in json.loads(out)["data"])
+
+
+def redis_env() -> dict[str, str]:
+    return {
+        "RAMPART_LIMITS__BACKEND": "redis",
+        "RAMPART_REDIS_URL": need("RAMPART_TEST_REDIS_URL"),
+        "RAMPART_LIMITS__REDIS_PREFIX": f"limits-{uuid.uuid4().hex[:8]}",
+        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "5000",
+    }
+
+
+@pytest.mark.parametrize("backend", ["in-process", "redis"])
+@pytest.mark.parametrize("before", ["no budget", "a daily budget"])
+def test_a_budget_set_on_a_running_instance_counts_what_the_period_already_spent(upstream: str, backend: str, before: str) -> None:
+    """A key spends without a budget (or under a daily one); a monthly budget below what it
+    spent this month is then set while the server runs: the next request is refused, as after a
+    restart, rather than the new budget counting from zero."""
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-seed-")]
+    env = redis_env() if backend == "redis" else {}
+    flags = ("--budget-usd", "1", "--budget-period", "day") if before == "a daily budget" else ()
+    key, kid = key_id(store, *flags)
+    proc, url = serve(store, upstream, "limits-seed", env)
+    try:
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+        for _ in range(3):
+            client.messages.create(**BODY)
+        spent = wait_until(lambda: (s := spent_in_ledger(store, kid)) > 0 and s, timeout=10, what="the spend in the ledger")
+        budget = f"{spent / 10 / 1e6:.6f}"
+        cli("keys", "limits", kid, "--budget-usd", budget, "--budget-period", "month", store=store)
+        # The directory reloads within ~0.1 s. The first request after it is refused: counted
+        # from zero, the new budget would admit it (something would be left).
+        time.sleep(1.5)
+        with pytest.raises(anthropic.APIStatusError) as err:
+            client.messages.create(**BODY)
+        e = err.value
+        assert e.status_code == 402, e
+        assert e.body["error"]["type"] == "billing_error"
+        assert f"monthly budget of ${budget} is spent" in e.body["error"]["message"], e.body
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
+

@@ -160,3 +160,78 @@ async fn a_key_created_after_start_works_at_its_first_request() {
     gw.stop().await;
     plane.stop().await;
 }
+
+/// The budgets one reload handed over (key or team id, budget), and how many budgets the
+/// directory in force had then.
+type Handed = (Vec<(uuid::Uuid, rampart_limits::Budget)>, usize);
+
+/// Records the budgets each reload hands over, and whether the directory in force already had
+/// them (it must not: seeding comes before the reload takes effect).
+#[derive(Debug)]
+struct Recorder {
+    dir: std::sync::OnceLock<Arc<KeyDirectory>>,
+    seen: std::sync::Mutex<Vec<Handed>>,
+}
+
+impl rampart_gateway::keydir::BudgetSeeder for Recorder {
+    fn seed<'a>(
+        &'a self,
+        budgets: &'a [(uuid::Uuid, rampart_limits::Scope, rampart_limits::Budget)],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let in_force = self.dir.get().unwrap().budgets().len();
+            let got = budgets.iter().map(|(_, s, b)| (s.id, *b)).collect();
+            self.seen.lock().unwrap().push((got, in_force));
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_reload_hands_the_budgets_it_brings_to_the_seeder_before_they_apply() {
+    use rampart_store::{BudgetPeriod, BudgetSetting, LimitSettings};
+    let db = TestStore::new().await;
+    let team = db.team("t").await;
+    let (_, row) = db.key(&team, &[]).await;
+    let dir = Arc::new(KeyDirectory::new(hasher()));
+    let recorder = Arc::new(Recorder {
+        dir: std::sync::OnceLock::new(),
+        seen: std::sync::Mutex::default(),
+    });
+    recorder.dir.set(dir.clone()).unwrap();
+    dir.set_budget_seeder(recorder.clone());
+    dir.refresh(&db).await.unwrap();
+    let budget = |micros: u64, period: BudgetPeriod| LimitSettings {
+        budget: Some(BudgetSetting { micros, period }),
+        ..LimitSettings::default()
+    };
+    let set = |l: LimitSettings| {
+        let db = &db;
+        async move { db.limits().set_key_limits(row.id, &l, None).await.unwrap() }
+    };
+    // A new budget: handed over while the directory in force has none.
+    set(budget(5_000_000, BudgetPeriod::Day)).await;
+    dir.refresh(&db).await.unwrap();
+    // The same budget raised, and a reload with no change: nothing to seed.
+    set(budget(9_000_000, BudgetPeriod::Day)).await;
+    dir.refresh(&db).await.unwrap();
+    dir.refresh(&db).await.unwrap();
+    // Another period: handed over again.
+    set(budget(9_000_000, BudgetPeriod::Month)).await;
+    dir.refresh(&db).await.unwrap();
+    let day = rampart_limits::Budget {
+        limit_micros: 5_000_000,
+        period: rampart_limits::Period::Day,
+    };
+    let month = rampart_limits::Budget {
+        limit_micros: 9_000_000,
+        period: rampart_limits::Period::Month,
+    };
+    assert_eq!(
+        *recorder.seen.lock().unwrap(),
+        [(vec![(row.id, day)], 0), (vec![(row.id, month)], 1)]
+    );
+    let [(_, scope, in_force)] = dir.budgets()[..] else {
+        panic!("one budget: {:?}", dir.budgets());
+    };
+    assert_eq!((scope.id, in_force), (row.id, month));
+}

@@ -473,3 +473,57 @@ pub async fn a_raised_limit_applies_at_once_and_a_lowered_one_caps_at_once(h: &H
     // Lowered again: nothing more until it refills at the new rate.
     assert!(admit(h, &with(rpm(2)), Demand::default()).await.is_err());
 }
+
+pub async fn a_budget_starts_from_what_the_ledger_says_was_spent_and_is_never_lowered(h: &Harness) {
+    let team = Uuid::new_v4();
+    let budget = Budget {
+        limit_micros: 1_000,
+        period: Period::Month,
+    };
+    let scope = team_scope(team, Rates::default(), Some(budget));
+    let p = Policy::new(team, [scope]).unwrap();
+    // Seeded before any request: 600 of 1,000 spent, so a worst case of 500 no longer fits whole.
+    h.limiter
+        .seed_spent(team, scope.scope, budget, 600)
+        .await
+        .unwrap();
+    assert!(!fits_whole(h, &p, cost(500)).await);
+    assert!(fits_whole(h, &p, cost(400)).await);
+    // Spend counted by the limiter itself: 300 more, 900 in all.
+    admit(h, &p, cost(300)).await.unwrap().settle(Used {
+        cost_micros: 300,
+        ..Used::default()
+    });
+    settled().await;
+    // A lower figure (the ledger lags) never undoes it; a higher one raises it.
+    h.limiter
+        .seed_spent(team, scope.scope, budget, 700)
+        .await
+        .unwrap();
+    assert!(!fits_whole(h, &p, cost(101)).await);
+    assert!(fits_whole(h, &p, cost(100)).await);
+    h.limiter
+        .seed_spent(team, scope.scope, budget, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        admit(h, &p, cost(1)).await.unwrap_err().reason,
+        Reason::Budget
+    );
+    // Next month starts afresh.
+    h.advance(31 * 24 * 3_600_000);
+    admit(h, &p, cost(1)).await.unwrap();
+}
+
+/// Whether a reservation of `d` that must fit whole is admitted (then settled with nothing used).
+async fn fits_whole(h: &Harness, p: &Arc<Policy>, d: Demand) -> bool {
+    match h.limiter.admit_whole(p, d).await {
+        Admission::Admitted(t) => {
+            t.settle(Used::default());
+            settled().await;
+            true
+        }
+        Admission::Rejected(_) => false,
+        other => panic!("backend failure: {other:?}"),
+    }
+}

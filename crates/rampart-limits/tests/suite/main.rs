@@ -118,6 +118,7 @@ on_both_backends!(
     unlimited_dimensions_are_never_checked,
     a_reservation_that_must_fit_whole_is_refused_naming_what_is_left,
     a_raised_limit_applies_at_once_and_a_lowered_one_caps_at_once,
+    a_budget_starts_from_what_the_ledger_says_was_spent_and_is_never_lowered,
 );
 
 /// A limiter on a Redis that is not there.
@@ -360,48 +361,4 @@ fn a_bad_redis_url_is_refused_without_echoing_it() {
         err.contains("limits.redis_url") && !err.contains("hunter2"),
         "{err}"
     );
-}
-
-#[tokio::test]
-async fn an_in_process_budget_can_start_from_what_the_ledger_says_was_spent() {
-    let h = in_process();
-    let scope = rampart_limits::Scope {
-        kind: rampart_limits::ScopeKind::Team,
-        id: uuid::Uuid::new_v4(),
-    };
-    let budget = rampart_limits::Budget {
-        limit_micros: 1_000,
-        period: rampart_limits::Period::Month,
-    };
-    let p = rampart_limits::Policy::new(
-        scope.id,
-        [rampart_limits::ScopeLimits {
-            scope,
-            rates: rampart_limits::Rates::default(),
-            budget: Some(budget),
-        }],
-    )
-    .unwrap();
-    assert!(h.limiter.is_in_process());
-    h.limiter.seed_spent(scope.id, scope, budget, 1_000);
-    let demand = rampart_limits::Demand {
-        cost_micros: 1,
-        ..rampart_limits::Demand::default()
-    };
-    assert!(matches!(
-        h.limiter.admit(&p, demand).await,
-        rampart_limits::Admission::Rejected(r) if r.reason == rampart_limits::Reason::Budget
-    ));
-    // A lower figure never undoes what the process counted itself.
-    h.limiter.seed_spent(scope.id, scope, budget, 10);
-    assert!(matches!(
-        h.limiter.admit(&p, demand).await,
-        rampart_limits::Admission::Rejected(_)
-    ));
-    // Next month starts afresh.
-    h.advance(31 * 24 * 3_600_000);
-    assert!(matches!(
-        h.limiter.admit(&p, demand).await,
-        rampart_limits::Admission::Admitted(_)
-    ));
 }
