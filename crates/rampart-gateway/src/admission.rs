@@ -126,8 +126,8 @@ impl crate::keydir::BudgetSeeder for LedgerSeeder {
 /// set (or moved to another period or team) on a running instance hands a period's budget out
 /// again. Both backends; what the limiter counted itself is never lowered
 /// ([`Limiter::seed_spent`](rampart_limits::Limiter::seed_spent)). The ledger lags by its flush
-/// interval, and requests in flight are not in it yet. Returns how many budgets had spend to
-/// seed; a Redis failure on one is logged and the others go on.
+/// interval, and requests in flight are not in it yet. Returns how many budgets were seeded; a
+/// Redis failure is logged and ends the seeding (the others would each wait on it).
 ///
 /// # Errors
 /// A store failure reading the rollups.
@@ -191,17 +191,20 @@ pub async fn seed_budgets(
             let Some(&micros) = sums.get(&(scope.kind, scope.id)) else {
                 continue;
             };
-            match limits
+            if let Err(e) = limits
                 .limiter
                 .seed_spent(*group, *scope, *budget, micros)
                 .await
             {
-                Ok(()) => seeded += 1,
-                Err(e) => tracing::warn!(
+                // Redis failed: the rest would wait on it one by one. They count what Redis
+                // counts.
+                tracing::warn!(
                     error = %e,
-                    "cannot start a budget from the usage ledger's spend; it counts what Redis counts"
-                ),
+                    "cannot start budgets from the usage ledger's spend; they count what Redis counts"
+                );
+                return Ok(seeded);
             }
+            seeded += 1;
         }
     }
     Ok(seeded)

@@ -389,7 +389,8 @@ impl Limiter {
     /// round trip with Redis.
     ///
     /// # Errors
-    /// The Redis call failed (the budget keeps what Redis counts).
+    /// The Redis call failed, or Redis is known to be down (then no call is made): the budget
+    /// keeps what Redis counts.
     pub async fn seed_spent(
         &self,
         group: uuid::Uuid,
@@ -404,10 +405,16 @@ impl Limiter {
                 l.seed_spent(group, scope, window.0, micros);
                 Ok(())
             }
+            Store::Redis(_) if !self.is_up() => Err(RedisFailure::Command(
+                "Redis is unreachable (a health check failed)".to_owned(),
+            )),
             Store::Redis(r) => r
                 .seed_spent(group, scope, window, micros, now)
                 .await
-                .inspect_err(|_| metrics().redis_errors.increment(1)),
+                .inspect_err(|e| {
+                    metrics().redis_errors.increment(1);
+                    self.mark(false, "seed", Some(e));
+                }),
         }
     }
 

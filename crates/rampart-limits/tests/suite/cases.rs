@@ -523,7 +523,11 @@ async fn fits_whole(h: &Harness, p: &Arc<Policy>, d: Demand) -> bool {
             settled().await;
             true
         }
-        Admission::Rejected(_) => false,
+        Admission::Rejected(_) => {
+            // Redis reserves, then releases what does not fit (fire-and-forget).
+            settled().await;
+            false
+        }
         other => panic!("backend failure: {other:?}"),
     }
 }

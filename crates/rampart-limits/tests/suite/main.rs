@@ -286,6 +286,34 @@ async fn a_redis_that_does_not_answer_is_not_waited_on_once_known_down() {
     );
 }
 
+/// Seeding budgets from the ledger (at start, or when a reload brings one) on a Redis known to
+/// be down fails at once instead of waiting out the timeout per budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_a_budget_on_a_redis_known_down_fails_at_once() {
+    let stall = Stall::start(None).await;
+    let limiter = stall.limiter(FailureMode::Closed, Duration::from_secs(2));
+    assert!(!limiter.check_health().await);
+    let scope = rampart_limits::Scope {
+        kind: rampart_limits::ScopeKind::Key,
+        id: uuid::Uuid::new_v4(),
+    };
+    let budget = rampart_limits::Budget {
+        limit_micros: 1_000,
+        period: rampart_limits::Period::Day,
+    };
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        assert!(
+            limiter
+                .seed_spent(scope.id, scope, budget, 10)
+                .await
+                .is_err()
+        );
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(100), "{took:?}");
+}
+
 /// Redis answers, then hangs: the first call to notice pays the timeout, the rest are answered
 /// at once; when it answers again the health checks bring the limiter back by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
