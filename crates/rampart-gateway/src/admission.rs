@@ -361,13 +361,15 @@ fn priced_demand(prices: &PriceTable, priced: bool, e: Estimate, model: Option<&
 
 /// Settle `ticket` with the usage the response reported (none: nothing was used) and its cost
 /// (micro-dollars, priced at the served model, else the requested one; 0 without a budget).
+/// Input tokens are the uncached input and the cache writes: cache reads are not drawn from
+/// input-token limits, as with Anthropic's own.
 pub(crate) fn settle(ticket: Ticket, usage: Option<&UsageSummary>, cost_micros: u64) {
     let Some(u) = usage else {
         ticket.settle(Used::default());
         return;
     };
     ticket.settle(Used {
-        input_tokens: u.tokens().total_input(),
+        input_tokens: u.tokens().rate_limited_input(),
         output_tokens: u.output_tokens,
         cost_micros,
     });

@@ -168,6 +168,14 @@ impl TokenUsage {
         (five_min, one_hour)
     }
 
+    /// Input that counts towards input-token rate limits: uncached input and cache writes.
+    /// Cache reads do not, as with Anthropic's own limits (cache hits are not deducted).
+    #[must_use]
+    pub fn rate_limited_input(&self) -> u64 {
+        let (w5, w1) = self.cache_writes();
+        self.input_tokens.saturating_add(w5).saturating_add(w1)
+    }
+
     /// Total input: uncached + cache writes + cache reads (what a long-context tier looks at).
     #[must_use]
     pub fn total_input(&self) -> u64 {
@@ -782,17 +790,29 @@ mod tests {
         assert_eq!(t.lookup("claude-opus-4-8").0.rates.output, 25_000_000);
     }
 
-    #[test]
-    fn cache_tiers_are_priced_separately() {
-        let t = PriceTable::builtin();
-        let u = TokenUsage {
+    /// Usage with uncached input, output, both cache-write tiers and cache reads.
+    fn every_tier() -> TokenUsage {
+        TokenUsage {
             input_tokens: 1000,
             output_tokens: 500,
             cache_creation_input_tokens: 3000,
             cache_read_input_tokens: 10_000,
             cache_creation_5m: Some(1000),
             cache_creation_1h: Some(2000),
-        };
+        }
+    }
+
+    #[test]
+    fn rate_limited_input_counts_uncached_input_and_cache_writes_not_reads() {
+        let u = every_tier();
+        assert_eq!(u.rate_limited_input(), 4000);
+        assert_eq!(u.total_input(), 14_000);
+    }
+
+    #[test]
+    fn cache_tiers_are_priced_separately() {
+        let t = PriceTable::builtin();
+        let u = every_tier();
         // Sonnet 4.6: 1000×3 + 500×15 + 1000×3.75 + 2000×6 + 10000×0.30 µ$.
         assert_eq!(
             t.cost("claude-sonnet-4-6", &u, false),

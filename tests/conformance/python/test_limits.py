@@ -624,6 +624,35 @@ def test_a_batch_ended_by_another_instance_gives_back_its_reservation(upstream: 
         sim.terminate()
 
 
+def test_prompt_cache_reads_do_not_count_against_the_input_token_limit(single: Any) -> None:
+    """As with Anthropic's own limits, cache reads are not deducted from input tokens per minute:
+    the reservation holds the whole prompt's estimate, and settlement gives back what was read
+    from the cache (cache writes and uncached input still count)."""
+    store, url = single
+    key = create_key(store, "--itpm", "100000")
+    time.sleep(0.3)
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    # ~5000 tokens, above Sonnet 4.6's 2048-token cache minimum; unique per run.
+    system_text = f"[{uuid.uuid4().hex}] " + ("You are a meticulous archivist of maritime history. " * 380)
+    kwargs: dict[str, Any] = dict(
+        model="claude-sonnet-4-6",
+        max_tokens=8,
+        system=[{"type": "text", "text": system_text, "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "echo: cached"}],
+    )
+    seen = []
+    for _ in range(3):
+        r = client.messages.with_raw_response.create(**kwargs)
+        seen.append((int(r.headers["anthropic-ratelimit-input-tokens-remaining"]), r.parse().usage))
+    (_, first), (left_2, second), (left_3, _) = seen
+    assert first.cache_creation_input_tokens > 2048
+    assert second.cache_read_input_tokens == first.cache_creation_input_tokens
+    # Each header is the bucket once that request's reservation (the same estimate each time) is
+    # taken; the third's also has the second's settlement, which drew only its uncached input
+    # (refill only adds). Counting the cache read would have drawn ~5000 more.
+    assert left_3 - left_2 >= -second.input_tokens, (left_2, left_3, second)
+
+
 def test_a_raised_team_default_applies_to_an_exhausted_key_at_once(single: Any) -> None:
     store, url = single
     team = f"t-{uuid.uuid4().hex[:8]}"
