@@ -17,6 +17,10 @@
 //!   instance is not refused until the next poll. One such read at a time and none within
 //!   [`MISS_GAP`] of the last, so unknown credentials cost the store at most one small read per
 //!   gap however many arrive.
+//! - **Budgets count their whole period.** A reload that brings a budget the directory in force
+//!   does not have (a new one, another period, a key moved to another team) hands it to the
+//!   [`BudgetSeeder`] first, which starts it from what the usage ledger says was spent; only then
+//!   does the reload apply.
 //! - **`last_used_at` without a write per request.** Each usable key has an in-memory clock (unix
 //!   seconds) that a successful authentication moves forward, at most one write per key per
 //!   second; the clocks survive reloads. [`KeyDirectory::run_last_used_flusher`] writes the
