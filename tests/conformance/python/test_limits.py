@@ -66,10 +66,34 @@ def cli(*args: str, store: list[str]) -> list[str]:
     return p.stdout.strip().splitlines()
 
 
-def create_key(store: list[str], *flags: str) -> str:
+def key_id(store: list[str], *flags: str) -> tuple[str, str]:
+    """A new key and its id (from the `created key <id> …` line)."""
     lines = cli("keys", "create", "--name", f"k-{uuid.uuid4().hex[:8]}", *flags, store=store)
-    assert lines[-1].startswith("rk_live_"), lines
-    return lines[-1]
+    m = re.search(r"created key ([0-9a-f-]{36}) ", "\n".join(lines))
+    assert m and lines[-1].startswith("rk_live_"), lines
+    return lines[-1], m.group(1)
+
+
+def create_key(store: list[str], *flags: str) -> str:
+    return key_id(store, *flags)[0]
+
+
+def spent_in_ledger(store: list[str], kid: str) -> int:
+    """What the usage ledger (in the database) says `kid` spent, in micro-dollars."""
+    out = "\n".join(cli("usage", "--key", kid, "--json", store=store))
+    return sum(int(row["cost_micro_usd"]) for row in json.loads(out)["data"])
+
+
+def redis_env(url: str | None = None, timeout_ms: int = 5000, **extra: str) -> dict[str, str]:
+    """The Redis backend on `url` (default RAMPART_TEST_REDIS_URL) under a fresh key prefix.
+    The default timeout is long: a loaded CI machine must not turn slow replies into 503s."""
+    return {
+        "RAMPART_LIMITS__BACKEND": "redis",
+        "RAMPART_REDIS_URL": url or need("RAMPART_TEST_REDIS_URL"),
+        "RAMPART_LIMITS__REDIS_PREFIX": f"limits-{uuid.uuid4().hex[:8]}",
+        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": str(timeout_ms),
+        **extra,
+    }
 
 
 def serve(store: list[str], sim_url: str, name: str, extra_env: dict[str, str] | None = None) -> tuple[RampartProcess, str]:
@@ -108,17 +132,10 @@ def upstream() -> Any:
 @pytest.fixture(scope="module")
 def cluster(upstream: str) -> Any:
     """Three instances on one PostgreSQL database and one Redis (a fresh key prefix)."""
-    redis = need("RAMPART_TEST_REDIS_URL")
+    env = redis_env()
     database = fresh_database()
     store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-"), "--database-url", database]
     cli("migrate", store=store)
-    env = {
-        "RAMPART_LIMITS__BACKEND": "redis",
-        "RAMPART_REDIS_URL": redis,
-        "RAMPART_LIMITS__REDIS_PREFIX": f"limits-{uuid.uuid4().hex[:8]}",
-        # A loaded CI machine must not turn slow Redis replies into 503s during the bursts.
-        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "5000",
-    }
     # One database and one Redis; each instance keeps its own data dir (its ledger spool).
     procs = [
         serve(["--data-dir", tempfile.mkdtemp(prefix=f"rampart-limits-{i}-"), "--database-url", database], upstream, f"instance-{i}", env)
@@ -323,11 +340,7 @@ def test_an_unreachable_redis_fails_closed_with_503_and_recovers_by_itself(upstr
     redis.start()
     store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-redis-")]
     key = create_key(store, "--rpm", "1000")
-    env = {
-        "RAMPART_LIMITS__BACKEND": "redis",
-        "RAMPART_REDIS_URL": f"redis://127.0.0.1:{redis.port}",
-        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "200",
-    }
+    env = redis_env(f"redis://127.0.0.1:{redis.port}", timeout_ms=200)
     proc, url = serve(store, upstream, "limits-redis", env)
     try:
         assert post(url, key).status_code == 200
@@ -416,12 +429,7 @@ def test_a_redis_that_stops_answering_is_not_waited_on_and_recovers_when_one_ans
     redis = RedisServer(stall.port, tempfile.mkdtemp(prefix="rampart-redis-"))
     store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-stall-")]
     key = create_key(store, "--rpm", "1000")
-    env = {
-        "RAMPART_LIMITS__BACKEND": "redis",
-        "RAMPART_REDIS_URL": f"redis://127.0.0.1:{stall.port}",
-        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "2000",
-        "RAMPART_LIMITS__ON_REDIS_FAILURE": on_failure,
-    }
+    env = redis_env(f"redis://127.0.0.1:{stall.port}", timeout_ms=2000, RAMPART_LIMITS__ON_REDIS_FAILURE=on_failure)
     proc, url = serve(store, upstream, f"limits-stall-{on_failure}", env)
     try:
         down = "requests with limits get 503" if on_failure == "closed" else "limits are not enforced"
@@ -450,11 +458,7 @@ def test_a_redis_that_hangs_mid_traffic_costs_one_timeout_then_nothing(upstream:
     assert redis.proc is not None
     store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-hang-")]
     key = create_key(store, "--rpm", "1000")
-    env = {
-        "RAMPART_LIMITS__BACKEND": "redis",
-        "RAMPART_REDIS_URL": f"redis://127.0.0.1:{redis.port}",
-        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "2000",
-    }
+    env = redis_env(f"redis://127.0.0.1:{redis.port}", timeout_ms=2000)
     proc, url = serve(store, upstream, "limits-hang", env)
     stopped = False
     try:
@@ -570,19 +574,12 @@ def test_a_batch_ended_by_another_instance_gives_back_its_reservation(upstream: 
     """Two instances on one Redis and PostgreSQL: a batch made on one and ended by the other (its
     poll, or a client's GET there) is charged what it cost, once; the worst case the creating
     instance reserved must not stay held (nor turn into spend when its lease lapses)."""
-    redis = need("RAMPART_TEST_REDIS_URL")
     database = fresh_database()
     store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-batch-"), "--database-url", database]
     cli("migrate", store=store)
     sim = RampartProcess(["sim", "--listen", "127.0.0.1:0", "--batch-processing-ms", "200"], name="limits-batch-sim")
-    env = {
-        "RAMPART_LIMITS__BACKEND": "redis",
-        "RAMPART_REDIS_URL": redis,
-        "RAMPART_LIMITS__REDIS_PREFIX": f"limits-{uuid.uuid4().hex[:8]}",
-        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "5000",
-        # Neither instance polls the upstream by itself: the second ends the batch on a client's GET.
-        "RAMPART_BATCHES__POLL_INTERVAL_MS": "600000",
-    }
+    # Neither instance polls the upstream by itself: the second ends the batch on a client's GET.
+    env = redis_env(RAMPART_BATCHES__POLL_INTERVAL_MS="600000")
     procs = []
     try:
         procs = [
@@ -671,28 +668,6 @@ def test_a_raised_team_default_applies_to_an_exhausted_key_at_once(single: Any) 
     assert ok.headers["anthropic-ratelimit-requests-limit"] == "60"
     assert int(ok.headers["anthropic-ratelimit-requests-remaining"]) >= 55, ok.headers
 
-
-def key_id(store: list[str], *flags: str) -> tuple[str, str]:
-    """A new key and its id (from the `created key <id> …` line)."""
-    lines = cli("keys", "create", "--name", f"k-{uuid.uuid4().hex[:8]}", *flags, store=store)
-    m = re.search(r"created key ([0-9a-f-]{36}) ", "\n".join(lines))
-    assert m and lines[-1].startswith("rk_live_"), lines
-    return lines[-1], m.group(1)
-
-
-def spent_in_ledger(store: list[str], kid: str) -> int:
-    """What the usage ledger (in the database) says `kid` spent, in micro-dollars."""
-    out = "\n".join(cli("usage", "--key", kid, "--json", store=store))
-    return sum(int(row["cost_micro_usd"]) for row in json.loads(out)["data"])
-
-
-def redis_env() -> dict[str, str]:
-    return {
-        "RAMPART_LIMITS__BACKEND": "redis",
-        "RAMPART_REDIS_URL": need("RAMPART_TEST_REDIS_URL"),
-        "RAMPART_LIMITS__REDIS_PREFIX": f"limits-{uuid.uuid4().hex[:8]}",
-        "RAMPART_LIMITS__REDIS_TIMEOUT_MS": "5000",
-    }
 
 
 @pytest.mark.parametrize("backend", ["in-process", "redis"])
