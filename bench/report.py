@@ -15,9 +15,35 @@ BUILDS = {
 }
 
 
+#: The runs every gateway is measured against.
+BASELINES = ("direct", "floor")
+
+
+def paired(mode, conns):
+    """Whether bench/run.sh ran the baselines beside each gateway (its paired_round) here."""
+    return any("pair" in r for r in rows if r["mode"] == mode and r.get("conns") == conns)
+
+
+def runs_in(rnd, mode, conns, pair):
+    """One round's runs by target, as `pair` is measured: the round's own (results from before the
+    baselines were paired, and the simulator's once-a-round run at 32 conns), then the runs beside
+    `pair`, which take their place."""
+    own = [
+        r
+        for r in rows
+        if r["mode"] == mode and r.get("conns") == conns and r.get("round", 1) == rnd and r.get("pair") in (None, pair)
+    ]
+    return {r["target"]: r for r in sorted(own, key=lambda r: "pair" in r)}
+
+
 def ratio_in(rnd, mode, conns, num, den="floor"):
-    """`num` against `den` in one round: added p50 over `den`'s at 1 conn, throughput otherwise."""
-    by = {r["target"]: r["wrk"] for r in rows if r["mode"] == mode and r.get("conns") == conns and r.get("round", 1) == rnd}
+    """`num` against `den` in one round: added p50 over `den`'s at 1 conn, throughput otherwise.
+    Against another gateway than the floor, with paired baselines: the two gateways' ratios to
+    the floor beside each."""
+    if den not in BASELINES and paired(mode, conns):
+        a, b = ratio_in(rnd, mode, conns, num), ratio_in(rnd, mode, conns, den)
+        return None if a is None or b is None or b <= 0 else a / b
+    by = {t: r["wrk"] for t, r in runs_in(rnd, mode, conns, num).items()}
     if not {"direct", num, den} <= by.keys():
         return None
     d, x, y = by["direct"], by[num], by[den]
@@ -45,22 +71,27 @@ def verdict(name, values, bound, at_most):
 
 
 def median_round(mode, conns):
-    """The round the big table shows: the one where rampart / floor was the median (the first
-    gateway measured stands in for rampart when BENCH_TARGETS left it out)."""
+    """The round the big table shows, and the gateway that picked it: the round where rampart /
+    floor was the median (the first gateway measured stands in for rampart when BENCH_TARGETS
+    left it out). The baselines shown are the runs beside that gateway."""
     for num in ("rampart", "all", "rampart-ledger", "limits", "rampart-store", "all-redis", "limits-redis"):
         measured = [rnd for rnd in rounds_of(mode, conns) if ratio_in(rnd, mode, conns, num) is not None]
         if measured:
             ranked = sorted(measured, key=lambda rnd: ratio_in(rnd, mode, conns, num))
-            return ranked[len(ranked) // 2]
-    return min(rounds_of(mode, conns), default=1)
+            return ranked[len(ranked) // 2], num
+    return min(rounds_of(mode, conns), default=1), None
 
 
 def get(target, mode, conns=None):
-    rnd = median_round(mode, conns) if conns is not None else None
-    for r in rows:
-        if r["target"] == target and r["mode"] == mode and (conns is None or (r.get("conns") == conns and r.get("round", 1) == rnd)):
-            return r
-    raise SystemExit(f"missing result {target} {mode} {conns}")
+    """A target's run: in the median round (beside it, for a gateway), or the only one (TTFB)."""
+    if conns is None:
+        found = next((r for r in rows if r["target"] == target and r["mode"] == mode), None)
+    else:
+        rnd, ref = median_round(mode, conns)
+        found = runs_in(rnd, mode, conns, ref if target in BASELINES else target).get(target)
+    if found is None:
+        raise SystemExit(f"missing result {target} {mode} {conns}")
+    return found
 
 
 #: Configurations with limits and a budget switched on (`limits*`: JSON only, ledger off; `all*`:
@@ -95,7 +126,13 @@ def rps(r):
 
 out = []
 out.append(
-    f"Benchmark: wrk {duration} per run, {len(rounds_of('json', 1))} interleaved round(s) per configuration at 1 conn and {len(rounds_of('json', 32))} at 32 (the table shows the round with the median rampart / floor ratio; each ratio below is the median of the rounds' own ratios), "
+    f"Benchmark: wrk {duration} per run, {len(rounds_of('json', 1))} interleaved round(s) per configuration at 1 conn and {len(rounds_of('json', 32))} at 32 (the table shows the round with the median rampart / floor ratio; each ratio below is the median of the rounds' own ratios"
+    + (
+        "; in every round each gateway ran right beside a run of the floor, and at 1 conn of the simulator directly, and its ratios are against those runs"
+        if paired("json", 32)
+        else ""
+    )
+    + "), "
     "simulator at zero latency, 2-core machine, everything on loopback; "
     + BUILDS.get(next((r["build"] for r in rows if r["mode"] == "build"), None), "build: not recorded")
     + (
@@ -116,12 +153,14 @@ verdicts = []
 PLACEMENTS = [(m, c) for m in ("json", "sse") for c in (1, 32)]
 PLACEMENTS += [(m + OWN_CPU, 1) for m in ("json", "sse") if measured("direct", m + OWN_CPU)]
 for mode, conns in PLACEMENTS:
-    d = get("direct", mode, conns)
     targets = ("direct", "floor", "rampart", "rampart-store", "rampart-ledger") if mode.startswith("json") else ("direct", "floor", "rampart", "rampart-ledger")
     targets = (*(t for t in targets if measured(t, mode)), *(t for t in LIMIT_TARGETS if measured(t, mode)))
     for t in targets:
         r = get(t, mode, conns)
         w = r["wrk"]
+        # The simulator's run beside this one (the baselines': the one beside the median round's gateway).
+        rnd, ref = median_round(mode, conns)
+        d = runs_in(rnd, mode, conns, ref if t in BASELINES else t).get("direct") or get("direct", mode, conns)
         added = (w["p50_us"] - d["wrk"]["p50_us"]) / 1000 if t != "direct" else 0.0
         out.append(
             f"| {shown(mode)} | {conns} | {t} | {rps(r):,.0f} | {w['p50_us']/1000:.3f} | {w['p99_us']/1000:.3f} | "
@@ -154,7 +193,11 @@ for t in ("direct", "floor", "rampart"):
 d, f, g = (get(t, "sse_ttfb")["p50_us"] for t in ("direct", "floor", "rampart"))
 verdicts.append(verdict("sse: added TTFB p50, rampart / floor", [(g - d) / max(f - d, 1)], 1.5, True))
 out.append("")
-out.append("| ratio (median of the rounds, each against the floor of its own round) | value | rounds | target | met |")
+out.append(
+    "| ratio (median of the rounds, each against the floor "
+    + ("run beside it" if paired("json", 32) else "of its own round")
+    + ") | value | rounds | target | met |"
+)
 out.append("|---|---|---|---|---|")
 for name, v, target, ok, values in verdicts:
     each = ", ".join(f"{x:.2f}" for x in values)

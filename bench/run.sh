@@ -2,15 +2,15 @@
 # Rampart benchmark: the simulator directly, the floor proxy in front of it, and Rampart in front
 # of it, measured in one run with wrk. Figures are reported as ratios to the floor.
 #
-#   bench/run.sh                 # full run (about 50 minutes: the PGO build, then 35 of wrk)
+#   bench/run.sh                 # full run (about 65 minutes: the PGO build, then 50 of wrk)
 #   BENCH_DURATION=3s BENCH_ROUNDS=1 bench/run.sh   # quick look
-#   BENCH_TARGETS="direct floor rampart all all-redis" bench/run.sh   # only these wrk targets
+#   BENCH_TARGETS="rampart all all-redis" bench/run.sh   # only these gateways (and their floor runs)
 #   BENCH_BUILD=release bench/run.sh   # the plain --release build (no LTO, no profile)
 #   BENCH_OWN_CPU=0 bench/run.sh       # without the 1-conn rounds with each gateway on its own CPU
 #
 # Each configuration is measured BENCH_ROUNDS times (default 5; at 1 conn BENCH_ROUNDS_1CONN,
-# default the same), the targets interleaved round by round so drift on a shared machine hits
-# them alike; the report takes the median of the rounds' ratios.
+# default the same), each gateway right beside a run of the floor (paired_round below); the
+# report takes the median of the rounds' ratios.
 #
 # Needs: wrk (Debian package `wrk`; installed automatically when apt-get is available), curl, python3.
 set -euo pipefail
@@ -116,7 +116,8 @@ echo "{\"target\": \"-\", \"mode\": \"build\", \"build\": \"$BUILD\"}" >>"$RESUL
 # ticks: their difference around a run is the share of the machine this VM did not get.
 cpu_ticks() { awk '/^cpu /{print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit}' /proc/stat; }
 
-run() { # target addr mode conns round (mode: json or sse, with @own-cpu for the own-CPU rounds)
+run() { # target addr mode conns round (mode: json or sse, with @own-cpu for the own-CPU rounds);
+  # PAIR, when set, names the gateway this run of the floor or the simulator stands beside
   local target=$1 addr=$2 mode=$3 conns=$4 round=$5 threads=1 key=$KEY body=${3%@*}
   [ "$conns" -gt 1 ] && threads=2
   [ "$target" = rampart-store ] && key=$STORE_KEY
@@ -128,7 +129,7 @@ run() { # target addr mode conns round (mode: json or sse, with @own-cpu for the
   before=$(cpu_ticks)
   line=$(BODY_FILE="$WORK/$body.json" API_KEY="$key" ${WRK_PIN:-} wrk -t"$threads" -c"$conns" -d"$DURATION" -s bench/wrk-report.lua "http://$addr" | grep '^WRK_JSON' | sed 's/^WRK_JSON //')
   steal=$(awk -v a="$before" -v b="$(cpu_ticks)" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.4f", (d > 0 ? (y[1] - x[1]) / d : 0) }')
-  echo "{\"target\":\"$target\",\"mode\":\"$mode\",\"conns\":$conns,\"round\":$round,\"steal\":$steal,\"wrk\":$line}" >>"$RESULTS"
+  echo "{\"target\":\"$target\",\"mode\":\"$mode\",\"conns\":$conns,\"round\":$round,${PAIR:+\"pair\":\"$PAIR\",}\"steal\":$steal,\"wrk\":$line}" >>"$RESULTS"
   echo "  round $round $target $mode c=$conns: $line"
 }
 
@@ -152,9 +153,35 @@ for t, xs in v.items():
     print(json.dumps({'target': t, 'mode': 'sse_ttfb', 'p50_us': statistics.median(xs), 'p99_us': xs[int(len(xs) * 0.99) - 1]}))" >>"$RESULTS"
 }
 
-# BENCH_TARGETS (space-separated) limits the wrk runs and the CPU breakdown to those targets.
+# BENCH_TARGETS (space-separated) limits the wrk runs and the CPU breakdown to those gateways
+# (the floor and the simulator run beside each).
 want() { [ -z "${BENCH_TARGETS:-}" ] || [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
-runif() { if want "$1"; then run "$@"; fi; }
+
+# One round of one placement (mode, conns): every gateway measured right beside a run of the
+# floor, and at 1 conn of the simulator directly, so that each gateway's ratio compares runs a
+# few seconds apart. On this kind of shared VM the machine's speed drifts within a minute (the
+# floor's own throughput has differed by 30 % between rounds of one run, and the simulator's
+# 1-conn p50 by nearly 2x), so a round's single floor run, up to a minute away from some
+# gateways, moved their ratios by more than the gateways differ. The order of each group
+# alternates round by round (on two vCPUs the run after another does measurably better or worse
+# by its place alone), and the gateways' order rotates. At 32 conns the simulator runs once a
+# round, for the table.
+paired_round() { # mode conns round direct-addr floor-addr target:addr...
+  local mode=$1 conns=$2 round=$3 direct=$4 floor=$5
+  shift 5
+  local gated=("$@") k t group
+  k=$(((round - 1) % ${#gated[@]}))
+  [ "$conns" -gt 1 ] && run direct "$direct" "$mode" "$conns" "$round"
+  for t in "${gated[@]:k}" "${gated[@]:0:k}"; do
+    want "${t%%:*}" || continue
+    group=("floor:$floor" "$t")
+    [ "$conns" -eq 1 ] && group=("direct:$direct" "${group[@]}")
+    [ $((round % 2)) -eq 0 ] && mapfile -t group < <(printf '%s\n' "${group[@]}" | tac)
+    for g in "${group[@]}"; do
+      PAIR=${t%%:*} run "${g%%:*}" "${g#*:}" "$mode" "$conns" "$round"
+    done
+  done
+}
 
 # BENCH_KEEP_AWAKE=1: one busy loop per CPU at the idle scheduling class (SCHED_IDLE) during the
 # wrk runs. It runs only when nothing else would, and any woken task preempts it at once; what it
@@ -177,7 +204,7 @@ fi
 
 echo "== wrk, $DURATION per run, $ROUNDS_1CONN round(s) at 1 conn, $ROUNDS at 32"
 for mode in json sse; do
-  targets=(direct:$SIM floor:$FLOOR rampart:$GW)
+  targets=(rampart:$GW)
   if [ "$mode" = json ]; then
     targets+=(rampart-store:$GWS limits:$GWLIM limits-redis:$GWLR)
   fi
@@ -185,13 +212,7 @@ for mode in json sse; do
   for conns in 1 32; do
     rounds=$ROUNDS; [ "$conns" -eq 1 ] && rounds=$ROUNDS_1CONN
     for round in $(seq 1 "$rounds"); do
-      # Each round starts one target later than the one before: no target always runs right
-      # after the same one (on this 2-vCPU machine the run after another does measurably better
-      # or worse by its place alone).
-      n=${#targets[@]}; k=$(((round - 1) % n))
-      for t in "${targets[@]:k}" "${targets[@]:0:k}"; do
-        runif "${t%%:*}" "${t#*:}" "$mode" "$conns" "$round"
-      done
+      paired_round "$mode" "$conns" "$round" "$SIM" "$FLOOR" "${targets[@]}"
     done
   done
 done
@@ -219,14 +240,11 @@ if [ "${BENCH_OWN_CPU:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
   GWA1=$(export "${ALL_ENV[@]}"; start gateway-all-1cpu taskset -c 0 "$BIN/rampart" serve --listen 127.0.0.1:0 --data-dir "$WORK/all-1cpu")
   WRK_PIN="taskset -c $REST"
   for mode in json sse; do
-    targets=(direct:$SIM floor:$F1 rampart:$G1)
+    targets=(rampart:$G1)
     [ "$mode" = json ] && targets+=(rampart-store:$GWS1 limits:$GWLIM1)
     targets+=(rampart-ledger:$GWL1 all:$GWA1)
     for round in $(seq 1 "$ROUNDS_1CONN"); do
-      n=${#targets[@]}; k=$(((round - 1) % n))
-      for t in "${targets[@]:k}" "${targets[@]:0:k}"; do
-        runif "${t%%:*}" "${t#*:}" "$mode@own-cpu" 1 "$round"
-      done
+      paired_round "$mode@own-cpu" 1 "$round" "$SIM" "$F1" "${targets[@]}"
     done
   done
   WRK_PIN=
