@@ -147,8 +147,10 @@ out.append(
     )
     + ".\n"
 )
-out.append("| path | conns | target | req/s | p50 ms | p99 ms | added p50 ms | errors |")
-out.append("|---|---|---|---|---|---|---|---|")
+# "vs floor": the row's own ratio in the round shown (added p50 at 1 conn, throughput at 32), against
+# the floor run beside it: with paired baselines the floor row is the run beside one gateway only.
+out.append("| path | conns | target | req/s | p50 ms | p99 ms | added p50 ms | vs floor | errors |")
+out.append("|---|---|---|---|---|---|---|---|---|")
 verdicts = []
 PLACEMENTS = [(m, c) for m in ("json", "sse") for c in (1, 32)]
 PLACEMENTS += [(m + OWN_CPU, 1) for m in ("json", "sse") if measured("direct", m + OWN_CPU)]
@@ -162,9 +164,10 @@ for mode, conns in PLACEMENTS:
         rnd, ref = median_round(mode, conns)
         d = runs_in(rnd, mode, conns, ref if t in BASELINES else t).get("direct") or get("direct", mode, conns)
         added = (w["p50_us"] - d["wrk"]["p50_us"]) / 1000 if t != "direct" else 0.0
+        vs = None if t in BASELINES else ratio_in(rnd, mode, conns, t)
         out.append(
             f"| {shown(mode)} | {conns} | {t} | {rps(r):,.0f} | {w['p50_us']/1000:.3f} | {w['p99_us']/1000:.3f} | "
-            f"{'' if t == 'direct' else f'{added:.3f}'} | {w['errors']} |"
+            f"{'' if t == 'direct' else f'{added:.3f}'} | {'' if vs is None else f'{vs:.2f}'} | {w['errors']} |"
         )
     kind = "added p50 at 1 conn" if conns == 1 else "throughput at 32 conns"
     at_most = conns == 1
