@@ -82,15 +82,11 @@ def median_round(mode, conns):
     return min(rounds_of(mode, conns), default=1), None
 
 
-def get(target, mode, conns=None):
-    """A target's run: in the median round (beside it, for a gateway), or the only one (TTFB)."""
-    if conns is None:
-        found = next((r for r in rows if r["target"] == target and r["mode"] == mode), None)
-    else:
-        rnd, ref = median_round(mode, conns)
-        found = runs_in(rnd, mode, conns, ref if target in BASELINES else target).get(target)
+def get(target, mode):
+    """A target's one run of `mode` (the TTFB rows)."""
+    found = next((r for r in rows if r["target"] == target and r["mode"] == mode), None)
     if found is None:
-        raise SystemExit(f"missing result {target} {mode} {conns}")
+        raise SystemExit(f"missing result {target} {mode}")
     return found
 
 
@@ -157,12 +153,14 @@ PLACEMENTS += [(m + OWN_CPU, 1) for m in ("json", "sse") if measured("direct", m
 for mode, conns in PLACEMENTS:
     targets = ("direct", "floor", "rampart", "rampart-store", "rampart-ledger") if mode.startswith("json") else ("direct", "floor", "rampart", "rampart-ledger")
     targets = (*(t for t in targets if measured(t, mode)), *(t for t in LIMIT_TARGETS if measured(t, mode)))
+    rnd, ref = median_round(mode, conns)
     for t in targets:
-        r = get(t, mode, conns)
+        # The row's run and the simulator's beside it (for the baselines: those beside `ref`).
+        beside = runs_in(rnd, mode, conns, ref if t in BASELINES else t)
+        if not {t, "direct"} <= beside.keys():
+            raise SystemExit(f"missing result {t} {mode} {conns}")
+        r, d = beside[t], beside["direct"]
         w = r["wrk"]
-        # The simulator's run beside this one (the baselines': the one beside the median round's gateway).
-        rnd, ref = median_round(mode, conns)
-        d = runs_in(rnd, mode, conns, ref if t in BASELINES else t).get("direct") or get("direct", mode, conns)
         added = (w["p50_us"] - d["wrk"]["p50_us"]) / 1000 if t != "direct" else 0.0
         vs = None if t in BASELINES else ratio_in(rnd, mode, conns, t)
         out.append(
