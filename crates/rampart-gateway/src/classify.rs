@@ -72,6 +72,17 @@ impl Class {
         !matches!(self, Self::Success | Self::ClientError)
     }
 
+    /// Whether the request was written to the upstream and no answer came: the connection broke
+    /// after it, or no headers (or no first stream event) arrived in time. The upstream may have
+    /// done the work, and billed it.
+    #[must_use]
+    pub const fn unanswered(self) -> bool {
+        matches!(
+            self,
+            Self::Reset | Self::FirstByteTimeout | Self::IdleTimeout
+        )
+    }
+
     /// Whether the target's circuit breaker counts this as a failure (a rate limit is the
     /// target working as designed; a client error is the request's fault).
     #[must_use]

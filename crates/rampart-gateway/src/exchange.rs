@@ -199,6 +199,10 @@ pub struct Failed {
     pub error: ProxyError,
     /// Upstream attempts made (0 when none could be).
     pub attempts: u32,
+    /// An attempt's request reached the upstream and got no answer (the connection broke
+    /// after it was written, or no headers or first event came in time): the upstream may have
+    /// done, and billed, the work.
+    pub unanswered: bool,
 }
 
 /// The pool, the routing rules, the retry policy and the transport. See the module docs.
@@ -315,10 +319,11 @@ impl<T: Transport> Upstreams<T> {
         let deadline = Deadline::of(call.arrived, timeouts.total, client_timeout(&call.headers));
         let clock = *self.pool.clock();
         self.budget.request(clock.now_ms());
-        let (chain, route_note) = self
-            .plan(call, deadline)
-            .await
-            .map_err(|error| Failed { error, attempts: 0 })?;
+        let (chain, route_note) = self.plan(call, deadline).await.map_err(|error| Failed {
+            error,
+            attempts: 0,
+            unanswered: false,
+        })?;
         let body = body_for(call, chain.model(0));
         let mut run = Run {
             call,
@@ -334,11 +339,13 @@ impl<T: Transport> Upstreams<T> {
             fallback_note: None,
             route_note,
             sent_at: None,
+            unanswered: false,
         };
         let result = self.run(&mut run).await;
         result.map_err(|error| Failed {
             error,
             attempts: run.attempts,
+            unanswered: run.unanswered,
         })
     }
 
@@ -646,6 +653,7 @@ impl<T: Transport> Upstreams<T> {
                         "upstream attempt failed"
                     );
                     let falls_back = failure.outcome.class.falls_back();
+                    run.unanswered |= failure.outcome.class.unanswered();
                     last = Some(failure);
                     if give_up {
                         break;
@@ -887,6 +895,8 @@ struct Run<'r, 'c> {
     fallback_note: Option<String>,
     route_note: Option<String>,
     sent_at: Option<Instant>,
+    /// An attempt was sent and left unanswered ([`Class::unanswered`]).
+    unanswered: bool,
 }
 
 impl Run<'_, '_> {

@@ -205,6 +205,10 @@ pub struct Completion {
     /// The request's duration, taken when its response ended: the completion is then handed
     /// to the accounting thread, which records it a few milliseconds later.
     ended: Option<Duration>,
+    /// The body of a Messages request sent upstream (with a usage ledger or limits), until its
+    /// outcome shows what it used or that the upstream billed nothing: what
+    /// [`Completion::estimate_unread_usage`] estimates from.
+    sent: Option<Bytes>,
 }
 
 /// [`Completion::cost`] as worked out: at which table, with or without a usage.
@@ -250,6 +254,7 @@ impl Completion {
             prepared: None,
             cost: None,
             ended: None,
+            sent: None,
         })
     }
 
@@ -277,6 +282,33 @@ impl Completion {
     /// The response ended now (its last byte released, or the client gone): the duration kept.
     fn end(&mut self) {
         self.ended.get_or_insert_with(|| self.start.elapsed());
+    }
+
+    /// A Messages request the upstream may have done (and billed) without its usage being read
+    /// is charged an estimate instead of nothing: a whole answer cut off after its head or left
+    /// by its client while it was read, a client that left while the request was with the
+    /// upstream, an attempt that timed out or lost its connection after the request was
+    /// written. The estimate is the reservation's: the input tokens by the shared estimator and,
+    /// for a whole answer (generated whole before it is sent), its `max_tokens` of output. (A
+    /// delivered stream is not estimated: its `message_start` came first, and the output it
+    /// delivered is counted.) Once (later calls do nothing).
+    fn estimate_unread_usage(&mut self) {
+        let Some(body) = self.sent.take() else {
+            return;
+        };
+        if self.usage.is_some() {
+            return;
+        }
+        let (input_tokens, max_tokens) = rampart_api::tokens::estimate_request(&body).map_or_else(
+            || ((body.len() as u64).div_ceil(4), 0),
+            |e| (e.input_tokens, e.max_tokens),
+        );
+        self.usage = Some(UsageSummary {
+            input_tokens,
+            output_tokens: if self.streamed { 0 } else { max_tokens },
+            ..UsageSummary::default()
+        });
+        telemetry::usage_estimated();
     }
 
     /// Settle the request's reservation with the usage read from the response (before the last
@@ -542,6 +574,8 @@ fn ledger_id(now: time::OffsetDateTime) -> uuid::Uuid {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.cut_at_shutdown();
+        self.estimate_unread_usage();
+        self.settle_limits();
         self.record_usage();
         telemetry::request_finished(&telemetry::Finished {
             route: self.route,
@@ -978,7 +1012,13 @@ where
         }
     }
 
-    // The upstream call: targets, breakers, retries, fallbacks, stream hold-back.
+    // The upstream call: targets, breakers, retries, fallbacks, stream hold-back. From here the
+    // upstream may do the work whatever becomes of the answer: with a ledger or limits, keep the
+    // body to estimate it from should its usage not be read.
+    if done.route == Route::Messages && is_post && (done.ledger.is_some() || done.ticket.is_some())
+    {
+        done.sent = Some(body_bytes.clone());
+    }
     let call = Call {
         route: done.route,
         method: parts.method.clone(),
@@ -996,6 +1036,9 @@ where
         request_id: &done.request_id,
         arrived: done.start,
     };
+    // Until the call returns its count: a client that leaves meanwhile leaves a record of (at
+    // least) the attempt in flight.
+    done.attempts = 1;
     let mut prepared = None;
     let called = {
         // Pinned where it is made: the call's future is large, and each move copies it.
@@ -1014,6 +1057,10 @@ where
         Ok(d) => d,
         Err(failed) => {
             done.attempts = failed.attempts;
+            if !failed.unanswered {
+                // No attempt was left unanswered: none was sent, or each was answered.
+                done.sent = None;
+            }
             if failed.error.is_upstream_failure() {
                 telemetry::upstream_error(upstream_error_kind(&failed.error));
             }
@@ -1021,6 +1068,12 @@ where
         }
     };
     done.attempts = delivered.attempts;
+    if !delivered.response.status().is_success() || done.streamed {
+        // The upstream's error answer billed nothing; a stream's first event (`message_start`,
+        // with its usage) came before it was delivered, and what follows is counted as it
+        // comes. Either way the body is not kept for the length of the answer.
+        done.sent = None;
+    }
     done.upstream = Some(delivered.headers_at - delivered.sent_at);
     Ok(Forwarded::Upstream(Box::new((
         delivered.response,
@@ -1502,6 +1555,7 @@ impl MeteredBody {
                     c.error_type.get_or_insert(kind);
                 }
                 c.usage = tap.into_usage();
+                c.estimate_unread_usage();
                 c.settle_limits();
                 if self.stage && !client_aborted {
                     self.staged = c.stage_usage();

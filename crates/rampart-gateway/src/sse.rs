@@ -1046,6 +1046,17 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
     }
 
     #[test]
+    fn a_json_body_cut_anywhere_has_no_usage() {
+        // A whole answer cut off is charged an estimate (`Completion::estimate_unread_usage`),
+        // never the part of a usage read from its prefix.
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"a \"quoted\" }{ answer"}],"model":"m","stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":31,"output_tokens":47}}"#;
+        assert_eq!(UsageSummary::from_json(body).unwrap().output_tokens, 47);
+        for cut in 0..body.len() {
+            assert_eq!(UsageSummary::from_json(&body[..cut]), None, "{cut}");
+        }
+    }
+
+    #[test]
     fn cache_writes_are_split_by_ttl_when_reported() {
         let body = br#"{"model":"m","usage":{"input_tokens":1,"output_tokens":2,"cache_creation_input_tokens":30,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":10,"ephemeral_1h_input_tokens":20}}}"#;
         let s = UsageSummary::from_json(body).unwrap();

@@ -79,6 +79,10 @@ fn describe() {
         "rampart_upstream_errors_total",
         "Upstream failures by kind (connect, timeout, io, stream_error)."
     );
+    metrics::describe_counter!(
+        "rampart_usage_estimated_total",
+        "Messages requests charged an estimate: the upstream may have billed them, their usage was not read."
+    );
     rampart_ledger::ledger::describe_metrics();
     crate::exchange::describe_metrics();
 }
@@ -508,6 +512,11 @@ pub fn cache_store(bytes: u64, evictions: u64) {
 /// Count an upstream failure by kind.
 pub fn upstream_error(kind: &'static str) {
     counter!("rampart_upstream_errors_total", "kind" => kind).increment(1);
+}
+
+/// Count a Messages request charged an estimate because its usage was not read.
+pub fn usage_estimated() {
+    counter!("rampart_usage_estimated_total").increment(1);
 }
 
 #[cfg(test)]

@@ -306,6 +306,11 @@ def test_an_answer_the_upstream_cuts_midway_leaves_one_record_saying_so(demo: De
     assert by_id["cut-stream-event"] == (200, "overloaded_error", 1, deltas["cut-stream-event"], 1), rows
     assert by_id["cut-stream-reset"] == (200, "api_error", 1, deltas["cut-stream-reset"], 1), rows
     assert by_id["cut-json"][:3] == (200, "api_error", 0), rows
+    # A whole answer is generated before it is sent: the upstream billed it all, its usage is
+    # lost with its end, so it is charged an estimate (its max_tokens of output), not nothing.
+    assert by_id["cut-json"][3] == 200, rows
+    estimated = db_rows(data_dir, "SELECT input_tokens, cost_micro_usd, model_served FROM usage_records WHERE request_id = 'cut-json'")
+    assert estimated[0][0] > 60 and estimated[0][1] > 0 and estimated[0][2] is None, estimated
 
 
 def test_a_relayed_upstream_error_records_its_error_type(demo: Demo, sim: SimControl, data_dir: str) -> None:
@@ -419,4 +424,6 @@ def test_a_stream_rampart_cuts_at_the_end_of_the_shutdown_grace_is_not_a_client_
     status, client_aborted, error_type, streamed, output_tokens = by_id["cut-by-shutdown"]
     assert (status, client_aborted, error_type, streamed) == (200, 0, "api_error", 1), (rows, repr(cut))
     assert output_tokens >= deltas, rows
-    assert by_id["cut-before-answer"] == (500, 0, "api_error", 0, 0), (rows, waiting)
+    # The upstream may still answer, and bill, a request it was given: it is charged an
+    # estimate, here its max_tokens of output (20), not nothing.
+    assert by_id["cut-before-answer"] == (500, 0, "api_error", 0, 20), (rows, waiting)

@@ -37,7 +37,7 @@ import anthropic
 import httpx
 import pytest
 from admin_support import fresh_postgres_database
-from conftest import RampartProcess, rampart_bin, wait_until
+from conftest import RampartProcess, SimControl, rampart_bin, wait_until
 
 UPSTREAM_KEY = "sk-ant-upstream-limits-" + "l" * 20
 PEPPER = "pepper-limits-" + "p" * 32
@@ -267,6 +267,27 @@ def test_a_spent_budget_is_402_and_the_sdk_does_not_retry_it(single: Any) -> Non
     assert e.response.headers["x-should-retry"] == "false"
     # One refusal, no SDK retry (max_retries=2 would have made three).
     assert metric(url, "rampart_limits_decisions_total", refused) == before + 1
+
+
+def test_a_client_that_leaves_before_its_answer_still_pays_for_it(single: Any, upstream: str) -> None:
+    """Leaving while the upstream works on the request (here the SDK's own timeout) does not make
+    it free: the upstream may finish and bill it, so the key's budget is charged an estimate, a
+    whole answer's max_tokens of output, and the next request finds the budget spent."""
+    store, url = single
+    # 400 output tokens of Sonnet 4.6 ($15/MTok) cost 6,000 micro-dollars: more than this budget.
+    key, kid = key_id(store, "--budget-usd", "0.005", "--budget-period", "day")
+    time.sleep(0.3)
+    SimControl(upstream).fault("stall_headers", delay_ms=3000, model="claude-sonnet-4-6")
+    body = {**BODY, "model": "claude-sonnet-4-6", "max_tokens": 400}
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=0.5)
+    with pytest.raises(anthropic.APITimeoutError):
+        client.messages.create(**body)
+    # Settled and recorded once the gateway has seen the client go.
+    spent = wait_until(lambda: spent_in_ledger(store, kid), timeout=10, interval=0.2, what="the left request's charge")
+    assert 6000 <= spent < 6500, spent
+    refused = post(url, key, {**BODY, "model": "claude-sonnet-4-6"})
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["type"] == "billing_error"
 
 
 def test_a_batch_that_does_not_fit_in_what_is_left_says_so_not_that_the_budget_is_spent(single: Any) -> None:

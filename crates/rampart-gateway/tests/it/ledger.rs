@@ -258,6 +258,118 @@ async fn every_request_leaves_exactly_one_priced_usage_record() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// What an unread request is charged: its input by the shared estimator and, for a whole
+/// answer, its `max_tokens` of output.
+fn estimate(body: &serde_json::Value, streamed: bool) -> (u64, u64) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let e = rampart_api::tokens::estimate_request(&bytes).unwrap();
+    (e.input_tokens, if streamed { 0 } else { e.max_tokens })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_may_have_billed_unread_is_charged_an_estimate() {
+    let db = TestStore::new().await;
+    let team = db.team("payments").await;
+    let (key, _) = db.key(&team, &[]).await;
+    let upstream = sim(Some("sk-ant-up")).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (gw, plane) = gateway(&db, &upstream.url, spool.path()).await;
+    let prices = PriceTable::builtin();
+    let client = reqwest::Client::new();
+    let fault = |f: serde_json::Value| {
+        let (client, url) = (client.clone(), format!("{}/_sim/faults", upstream.url));
+        async move {
+            let r = client.post(url).json(&f).send().await.unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    let mut whole = message("claude-haiku-4-5");
+    whole["max_tokens"] = json!(300);
+    whole["messages"][0]["content"] = json!("echo: ".to_owned() + &"word ".repeat(80));
+    let mut streamed = whole.clone();
+    streamed["stream"] = json!(true);
+    let send = |body: &serde_json::Value, id: &str, timeout: Option<Duration>| {
+        let mut req = client
+            .post(format!("{}/v1/messages", gw.url))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .header("x-request-id", id)
+            .json(body);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        req.send()
+    };
+
+    // A whole answer the upstream cuts off halfway through its body.
+    fault(json!({"kind": "abort_stream"})).await;
+    let resp = send(&whole, "cut-json", None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.is_err());
+    // The client leaves while the upstream works on a whole answer, and on a stream.
+    for (id, body) in [("left-json", &whole), ("left-stream", &streamed)] {
+        fault(json!({"kind": "stall_headers", "delay_ms": 1500})).await;
+        let err = send(body, id, Some(Duration::from_millis(300)))
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+    }
+    // Every attempt's connection is closed without an answer (three attempts by default).
+    fault(json!({"kind": "reset", "count": 3})).await;
+    let resp = send(&whole, "reset", None).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    // The upstream's own error answer: billed nothing, charged nothing.
+    fault(json!({"kind": "status", "status": 400, "error_type": "invalid_request_error"})).await;
+    let resp = send(&whole, "refused", None).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    // A stream cut after its message_start has its usage: no estimate.
+    fault(json!({"kind": "abort_stream", "after_events": 3})).await;
+    let resp = send(&streamed, "cut-stream", None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    gw.stop().await;
+    plane.stop().await;
+    let recs = records(&db).await;
+    assert_eq!(recs.len(), 6, "{:?}", recs.keys().collect::<Vec<_>>());
+    let charged = |id: &str| {
+        let r = &recs[id];
+        assert_eq!(
+            r.cost_micro_usd,
+            prices.cost("claude-haiku-4-5", &tokens(r), false),
+            "{id}"
+        );
+        (
+            r.status,
+            r.client_aborted,
+            (r.input_tokens, r.output_tokens),
+        )
+    };
+    let (json_estimate, stream_estimate) = (estimate(&whole, false), estimate(&streamed, true));
+    assert!(
+        json_estimate.0 > 80 && json_estimate.1 == 300,
+        "{json_estimate:?}"
+    );
+    assert_eq!(charged("cut-json"), (200, false, json_estimate));
+    assert_eq!(recs["cut-json"].error_type.as_deref(), Some("api_error"));
+    assert_eq!(charged("left-json"), (499, true, json_estimate));
+    assert_eq!(charged("left-stream"), (499, true, stream_estimate));
+    assert_eq!(recs["left-json"].upstream_attempts, 1);
+    assert_eq!(charged("reset"), (502, false, json_estimate));
+    assert!(recs["reset"].upstream_attempts > 1);
+    assert_eq!(charged("refused"), (400, false, (0, 0)));
+    let (status, aborted, (input, output)) = charged("cut-stream");
+    assert_eq!((status, aborted), (200, false));
+    assert!(input > 0 && (1..300).contains(&output), "{input} {output}");
+    // The model that served is known only where an answer's usage was read.
+    assert!(recs["cut-stream"].model_served.is_some());
+    for id in ["cut-json", "left-json", "left-stream", "reset"] {
+        assert_eq!(recs[id].model_served, None, "{id}");
+    }
+    assert!(recs["cut-json"].cost_micro_usd > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_spooled_before_a_crash_reach_the_database_at_the_next_start() {
     let db = TestStore::new().await;

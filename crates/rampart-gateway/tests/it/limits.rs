@@ -398,6 +398,87 @@ async fn a_stream_that_dies_midway_settles_with_what_it_reported() {
     assert!((1_000 - 1 - 16..=1_000 - 16).contains(&left), "{left}");
 }
 
+async fn unread_answers_keep_their_reservation(redis: bool) {
+    let Some(f) = fixture(redis).await else {
+        return;
+    };
+    let fault = |kind: serde_json::Value| {
+        let url = format!("{}/_sim/faults", f._sim.url);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&kind)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    let mut body = message("claude-sonnet-4-6");
+    body["max_tokens"] = serde_json::json!(400);
+    let otpm = LimitSettings {
+        otpm: Some(1_000),
+        ..LimitSettings::default()
+    };
+    // A whole answer cut off halfway through its body, and a request whose every attempt lost
+    // its connection after it was sent: the upstream may have billed either in full, and their
+    // usage is unknown, so the 400 output tokens reserved stay drawn.
+    for (kind, status) in [
+        (serde_json::json!({"kind": "abort_stream"}), 200),
+        (serde_json::json!({"kind": "reset", "count": 3}), 502),
+    ] {
+        let key = f.key("t", otpm).await;
+        fault(kind).await;
+        let start = tokio::time::Instant::now();
+        let r = f.post(&key, &body).await;
+        assert_eq!(r.status(), status);
+        let _ = r.bytes().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+        let left: u64 = header(&r, "anthropic-ratelimit-output-tokens-remaining")
+            .unwrap()
+            .parse()
+            .unwrap();
+        // What refilled meanwhile (1,000 a minute; the retries wait their backoff) comes back.
+        let refilled = start.elapsed().as_millis() as u64 * 1_000 / 60_000 + 1;
+        assert!(
+            (1_000 - 400 - 16..=1_000 - 400 - 16 + refilled).contains(&left),
+            "{left} {refilled}"
+        );
+    }
+    // And the budget is charged for it: 400 Sonnet output tokens ($15/MTok) are 6,000
+    // micro-dollars, past this budget, which a cut answer charged nothing used to leave open.
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                budget: Some(BudgetSetting {
+                    micros: 5_000,
+                    period: BudgetPeriod::Day,
+                }),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    fault(serde_json::json!({"kind": "abort_stream"})).await;
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    assert_eq!(r.status(), 402);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_usage_is_unread_keeps_its_reservation() {
+    unread_answers_keep_their_reservation(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_usage_is_unread_keeps_its_reservation_on_redis_too() {
+    unread_answers_keep_their_reservation(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admitted_request_that_fails_upstream_gives_its_reservation_back() {
     let f = fixture(false).await.unwrap();
