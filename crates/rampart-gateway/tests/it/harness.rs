@@ -105,6 +105,19 @@ pub struct TestSim {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+impl TestSim {
+    /// Queue a fault at the simulator (`POST /_sim/faults`).
+    pub async fn fault(&self, spec: serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_sim/faults", self.url))
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{spec}");
+    }
+}
+
 pub async fn sim(api_key: Option<&str>) -> TestSim {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -276,13 +276,7 @@ async fn a_request_the_upstream_may_have_billed_unread_is_charged_an_estimate() 
     let (gw, plane) = gateway(&db, &upstream.url, spool.path()).await;
     let prices = PriceTable::builtin();
     let client = reqwest::Client::new();
-    let fault = |f: serde_json::Value| {
-        let (client, url) = (client.clone(), format!("{}/_sim/faults", upstream.url));
-        async move {
-            let r = client.post(url).json(&f).send().await.unwrap();
-            assert!(r.status().is_success());
-        }
-    };
+    let fault = |f: serde_json::Value| upstream.fault(f);
     let mut whole = message("claude-haiku-4-5");
     whole["max_tokens"] = json!(300);
     whole["messages"][0]["content"] = json!("echo: ".to_owned() + &"word ".repeat(80));

@@ -369,13 +369,9 @@ async fn a_stream_that_dies_midway_settles_with_what_it_reported() {
         )
         .await;
     // The simulator cuts the stream after three events (message_start among them).
-    let fault = reqwest::Client::new()
-        .post(format!("{}/_sim/faults", f._sim.url))
-        .json(&serde_json::json!({"kind": "abort_stream", "after_events": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert!(fault.status().is_success());
+    f._sim
+        .fault(serde_json::json!({"kind": "abort_stream", "after_events": 3}))
+        .await;
     let mut body = message("claude-sonnet-4-6");
     body["stream"] = serde_json::json!(true);
     body["max_tokens"] = serde_json::json!(400);
@@ -402,18 +398,7 @@ async fn unread_answers_keep_their_reservation(redis: bool) {
     let Some(f) = fixture(redis).await else {
         return;
     };
-    let fault = |kind: serde_json::Value| {
-        let url = format!("{}/_sim/faults", f._sim.url);
-        async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&kind)
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
-        }
-    };
+    let fault = |kind: serde_json::Value| f._sim.fault(kind);
     let mut body = message("claude-sonnet-4-6");
     body["max_tokens"] = serde_json::json!(400);
     let otpm = LimitSettings {
@@ -491,13 +476,9 @@ async fn an_admitted_request_that_fails_upstream_gives_its_reservation_back() {
             },
         )
         .await;
-    let fault = reqwest::Client::new()
-        .post(format!("{}/_sim/faults", f._sim.url))
-        .json(&serde_json::json!({"kind": "status", "status": 400, "count": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert!(fault.status().is_success());
+    f._sim
+        .fault(serde_json::json!({"kind": "status", "status": 400, "count": 1}))
+        .await;
     let mut body = message("claude-sonnet-4-6");
     body["max_tokens"] = serde_json::json!(500);
     let r = f.post(&key, &body).await;

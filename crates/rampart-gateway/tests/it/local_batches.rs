@@ -120,13 +120,7 @@ impl Fixture {
     }
 
     async fn fault(&self, fault: Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/_sim/faults", self.sim.url))
-            .json(&fault)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        self.sim.fault(fault).await;
     }
 
     async fn stop(self) {
