@@ -240,6 +240,13 @@ pub enum Outcome {
         /// The error, for the dead-letter table should it be the last.
         error: String,
     },
+    /// Not run: the batch's key or team has no room under its per-minute limits until
+    /// `not_before`. Queued again as it was, the attempt it was claimed with given back (its
+    /// next claim carries the same attempt number; its last error is kept).
+    Deferred {
+        /// Earliest next claim.
+        not_before: OffsetDateTime,
+    },
     /// A retryable failure, and no attempt left: `errored`, and a dead letter.
     DeadLetter {
         /// The result object's JSON.

@@ -598,20 +598,24 @@ impl BatchRepository for EngineStore {
                 Outcome::Retry { not_before, error } => {
                     ("queued", None, Some(error.clone()), Some(*not_before))
                 }
+                Outcome::Deferred { not_before } => ("queued", None, None, Some(*not_before)),
             };
             // The claim is the fence: only the attempt that holds it may settle the item. A
             // finished item's earlier count (a replayed dead letter's) comes back unchanged.
             let counted: Option<Option<String>> = if state == "queued" {
+                // A deferred item gives back the attempt it was claimed with (`$6` = 1) and
+                // keeps its last error (`$2` NULL).
                 let n = sqlx::query(
                     "UPDATE batch_items SET state = 'queued', lease_until = NULL, not_before = $1, \
-                     last_error = $2 WHERE batch_id = $3 AND idx = $4 AND state = 'running' \
-                     AND attempts = $5",
+                     last_error = COALESCE($2, last_error), attempts = attempts - $6 \
+                     WHERE batch_id = $3 AND idx = $4 AND state = 'running' AND attempts = $5",
                 )
                 .bind(DbTime(not_before.unwrap_or(now)))
                 .bind(error.clone())
                 .bind(c.batch_id.clone())
                 .bind(int(c.idx))
                 .bind(i64::from(c.attempt))
+                .bind(i64::from(matches!(c.outcome, Outcome::Deferred { .. })))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -74,6 +74,37 @@ fn usage(batch: &str, idx: u64) -> UsageRecord {
     }
 }
 
+/// A new one-item batch `batch_id` whose first attempt (claimed at `T0`) failed with
+/// "overloaded", to be retried from `not_before`.
+async fn failed_once(db: &TestDb, batch_id: &str, not_before: OffsetDateTime) -> Completed {
+    db.batches()
+        .create_batch(&new_batch(batch_id, None, 1, T0))
+        .await
+        .unwrap();
+    let c = db.batches().claim_items(&claim(1, 1, T0)).await.unwrap();
+    assert_eq!((c.len(), c[0].attempt), (1, 1));
+    let retry = Outcome::Retry {
+        not_before,
+        error: "overloaded".to_owned(),
+    };
+    db.batches()
+        .complete_items(&[done(&c[0], retry)], T0)
+        .await
+        .unwrap()
+}
+
+/// The dead letters of `batch_id`.
+async fn dead_letters(db: &TestDb, batch_id: &str) -> Vec<DeadLetter> {
+    db.batches()
+        .list_dead_letters(&DeadLetterQuery {
+            batch_id: Some(batch_id.to_owned()),
+            limit: 10,
+            ..DeadLetterQuery::default()
+        })
+        .await
+        .unwrap()
+}
+
 fn done(c: &ClaimedItem, outcome: Outcome) -> rampart_store::batches::Completion {
     rampart_store::batches::Completion {
         batch_id: c.batch_id.clone(),
@@ -282,21 +313,72 @@ pub async fn a_lapsed_lease_is_reclaimed_as_maybe_duplicate_and_charged_once(db:
     assert_eq!((b.processing_status.as_str(), b.succeeded), ("ended", 1));
 }
 
-pub async fn retries_end_in_a_dead_letter_that_can_be_replayed(db: &TestDb) {
-    db.batches()
-        .create_batch(&new_batch("msgbatch_e", None, 1, T0))
+/// An item deferred by its key's rate limits is queued again as it was: not before the time
+/// given, with the attempt it was claimed with given back and its last error kept, so deferrals
+/// never use up the attempts of real failures.
+pub async fn a_deferred_item_keeps_its_attempts_and_its_last_error(db: &TestDb) {
+    let out = failed_once(db, "msgbatch_df", T0).await;
+    assert_eq!(out.applied, [true]);
+    let mut at = T0;
+    for _ in 0..3 {
+        let c = db.batches().claim_items(&claim(1, 1, at)).await.unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].attempt, 2, "a deferral uses no attempt");
+        let later = at + Duration::seconds(5);
+        let out = db
+            .batches()
+            .complete_items(&[done(&c[0], Outcome::Deferred { not_before: later })], at)
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.applied.as_slice(), out.usage_inserted),
+            (&[true][..], 0)
+        );
+        assert!(out.ended.is_empty(), "a deferred item is not finished");
+        // Not claimable before its time.
+        assert!(
+            db.batches()
+                .claim_items(&claim(1, 1, later - Duration::seconds(1)))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        at = later;
+    }
+    // A stale deferral (a claim that is no longer current) changes nothing.
+    let c = db.batches().claim_items(&claim(1, 1, at)).await.unwrap();
+    assert_eq!(c[0].attempt, 2);
+    let mut stale = done(&c[0], Outcome::Deferred { not_before: at });
+    stale.attempt = 1;
+    let out = db.batches().complete_items(&[stale], at).await.unwrap();
+    assert_eq!(out.applied, [false]);
+    // The failure before the deferrals is still the item's last error.
+    let kept = db
+        .raw(
+            "UPDATE batch_items SET last_error = last_error \
+             WHERE batch_id = 'msgbatch_df' AND last_error = 'overloaded'",
+        )
         .await
         .unwrap();
-    let c = db.batches().claim_items(&claim(1, 1, T0)).await.unwrap();
-    let retry = Outcome::Retry {
-        not_before: T0 + Duration::seconds(2),
-        error: "overloaded".to_owned(),
+    assert_eq!(kept, 1);
+    let dead = Outcome::DeadLetter {
+        result: r#"{"type":"errored","error":{"type":"error","error":{"type":"overloaded_error","message":"x"}}}"#.to_owned(),
+        status: Some(529),
+        error: "overloaded again".to_owned(),
     };
     let out = db
         .batches()
-        .complete_items(&[done(&c[0], retry)], T0)
+        .complete_items(&[done(&c[0], dead)], at)
         .await
         .unwrap();
+    assert_eq!(out.ended, ["msgbatch_df"]);
+    let letters = dead_letters(db, "msgbatch_df").await;
+    assert_eq!(letters[0].attempts, 2, "two real attempts, three deferrals");
+    assert_eq!(letters[0].last_error, "overloaded again");
+}
+
+pub async fn retries_end_in_a_dead_letter_that_can_be_replayed(db: &TestDb) {
+    let out = failed_once(db, "msgbatch_e", T0 + Duration::seconds(2)).await;
     assert_eq!(out.applied, [true]);
     assert_eq!(out.usage_inserted, 0, "a retried attempt is not billed");
     // Backoff: not claimable before not_before.
@@ -324,15 +406,7 @@ pub async fn retries_end_in_a_dead_letter_that_can_be_replayed(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(out.ended, ["msgbatch_e"]);
-    let letters = db
-        .batches()
-        .list_dead_letters(&DeadLetterQuery {
-            batch_id: Some("msgbatch_e".to_owned()),
-            limit: 10,
-            ..DeadLetterQuery::default()
-        })
-        .await
-        .unwrap();
+    let letters = dead_letters(db, "msgbatch_e").await;
     assert_eq!(letters.len(), 1);
     let dl = &letters[0];
     assert_eq!((dl.attempts, dl.last_status), (2, Some(529)));
