@@ -100,6 +100,8 @@ struct Entry {
 struct Snapshot {
     usable: HashMap<[u8; 32], Entry, Spread>,
     refused: HashMap<[u8; 32], Denial, Spread>,
+    /// The limits of the usable keys that have any, by key id.
+    policies: HashMap<Uuid, Arc<Policy>>,
 }
 
 /// When a key was last used (unix seconds), and how much of that the store already has.
@@ -269,6 +271,7 @@ impl KeyDirectory {
         let mut next = Snapshot {
             usable: HashMap::with_capacity_and_hasher(keys.len(), Spread),
             refused: HashMap::default(),
+            policies: HashMap::new(),
         };
         let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
         let mut live = HashSet::with_capacity(keys.len());
@@ -292,6 +295,9 @@ impl KeyDirectory {
             live.insert(k.id);
             let used = uses.entry(k.id).or_default().clone();
             let policy = policy(&k, own.get(&k.id), by_team.get(&k.team_id));
+            if let Some(p) = &policy {
+                next.policies.insert(k.id, p.clone());
+            }
             let cache = stored_caching(key_caching.get(&k.id), team_caching.get(&k.team_id));
             next.usable.insert(digest, entry(k, used, policy, cache));
         }
@@ -398,20 +404,15 @@ impl KeyDirectory {
         }
     }
 
-    /// The limits policy of the usable key `key_id`, if it has one (a scan: for rare callers,
-    /// such as a batch item settling after a restart).
+    /// The limits policy of the usable key `key_id`, if it has one.
     #[must_use]
     pub fn policy_of(&self, key_id: Uuid) -> Option<Arc<rampart_limits::Policy>> {
-        let snapshot = self
-            .snapshot
+        self.snapshot
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        snapshot
-            .usable
-            .values()
-            .find(|e| e.identity.key_id == Some(key_id))
-            .and_then(|e| e.identity.limits.clone())
+            .policies
+            .get(&key_id)
+            .cloned()
     }
 
     /// Every budget of the loaded keys and their teams, once each: `(policy group, scope,

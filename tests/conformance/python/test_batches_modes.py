@@ -1,8 +1,9 @@
 """Message batches served by Rampart from its store, through the official Python SDK
 (`client.messages.batches.*` unchanged): both execution modes with mixed good and bad items,
-scoping between teams, and crash safety of the local queue — a 1,000-item local batch through
+scoping between teams, crash safety of the local queue — a 1,000-item local batch through
 several `kill -9` / restart cycles of the real `rampart serve` ends with every item's result,
-none lost, and exactly one usage record per item.
+none lost, and exactly one usage record per item — and local items kept to their key's
+requests per minute.
 """
 
 from __future__ import annotations
@@ -198,6 +199,59 @@ def test_one_teams_batches_are_invisible_to_another_team(slow_sim: str) -> None:
         assert [x.id for x in alice.messages.batches.list()] == [created.id]
     finally:
         assert proc.terminate() == 0
+
+
+def test_a_local_batch_keeps_to_its_keys_requests_per_minute() -> None:
+    """A local batch's items draw on the same requests-per-minute bucket as the key's own
+    requests. Those with no room wait until it refills (one every half second at 120 a minute)
+    instead of failing, and each is called upstream once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sim = RampartProcess(["sim", "--listen", "127.0.0.1:0", "--latency-ms", "0"], name="sim-batch-rpm")
+    data_dir = tempfile.mkdtemp(prefix="rampart-batch-rpm-")
+    rampart(data_dir, "teams", "create", "paced")
+    out = rampart(data_dir, "keys", "create", "--name", "paced-key", "--team", "paced", "--rpm", "120").stdout
+    key = out.strip().splitlines()[-1]
+    proc, url = serve(data_dir, sim.listening_url(), "serve-batch-rpm")
+    try:
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+        # The key's own requests take 118 of its 120 at once.
+        before_us = time.time_ns() // 1000
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: client.messages.create(
+                        model=MODEL, max_tokens=5, messages=[{"role": "user", "content": f"echo: {i}"}]
+                    ),
+                    range(118),
+                )
+            )
+        assert len(answers) == 118
+        n = 8
+        created = client.messages.batches.create(
+            requests=[good(f"p{i}", f"n{i}") for i in range(n)], extra_headers={MODE_HEADER: "local"}
+        )
+        ended = wait_ended(client, created.id)
+        c = ended.request_counts
+        assert (c.succeeded, c.errored, c.expired) == (n, 0, 0)
+        results = {r.custom_id: r for r in client.messages.batches.results(created.id)}
+        assert text_of(results["p7"].result.message) == "n7"
+        rows = db_rows(
+            data_dir,
+            "SELECT at, upstream_attempts, status FROM usage_records WHERE request_id LIKE 'req_batch_%' ORDER BY at",
+        )
+        assert len(rows) == n
+        assert all(attempts == 1 and status == 200 for _, attempts, status in rows), rows
+        # Item k is the key's (118 + k)-th request (0-based): it cannot start before the bucket,
+        # full at the first request, has refilled (118 + k) - 119 requests, two a second.
+        for k, (at_us, _, _) in enumerate(rows):
+            if k < 2:
+                continue
+            waited = (at_us - before_us) / 1e6
+            assert waited >= (k - 1) / 2 - 0.05, f"item {k} ran {waited:.3f} s after the first request"
+    finally:
+        assert proc.terminate() == 0
+        sim.terminate()
 
 
 def test_kill_9_during_a_1000_item_local_batch_loses_nothing_and_bills_each_item_once(slow_sim: str) -> None:

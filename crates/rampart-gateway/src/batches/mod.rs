@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod budget;
+pub mod pacing;
 pub mod runner;
 pub mod upstream;
 
@@ -204,6 +205,8 @@ pub struct Batches {
     pub settings: BatchSettings,
     /// Budget reservations of open batches.
     pub budgets: budget::BatchBudgets,
+    /// Local items under their key's per-minute limits.
+    pub pacer: pacing::Pacer,
     /// Wakes the runner when a local batch arrives (no wait for the next claim tick).
     pub wake: tokio::sync::Notify,
 }
@@ -220,6 +223,7 @@ impl Batches {
         Arc::new(Self {
             store,
             settings,
+            pacer: pacing::Pacer::new(limits.clone(), directory.clone()),
             budgets: budget::BatchBudgets::new(limits, directory),
             wake: tokio::sync::Notify::new(),
         })

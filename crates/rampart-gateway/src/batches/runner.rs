@@ -6,16 +6,19 @@
 //!    claimed with a lease (`batches.lease_secs`), fairly across teams (round robin, each team
 //!    at most `batches.team_concurrency` running items over all instances). It claims again as
 //!    soon as items settle, when a local batch is created here, and every `claim_interval_ms`.
-//! 2. **Run** each claimed item as its own task: a `POST /v1/messages` through the upstream pool
+//! 2. **Pace** each claimed item under the per-minute limits of its batch's key and team
+//!    ([`super::pacing`]): one with no room is queued again until they free up, its attempt
+//!    given back.
+//! 3. **Run** each admitted item as its own task: a `POST /v1/messages` through the upstream pool
 //!    (routing, breakers and retries of the pool apply), the answer classified by
 //!    [`crate::classify`]: success → `succeeded`; a client error → `errored`; a retryable
 //!    failure → queued again after a backoff (`backoff_base_ms` doubling, with jitter, at least
 //!    the upstream's `retry-after`), or `errored` with a dead letter once `max_attempts` ran.
-//! 3. **Settle** finished attempts in groups, each group in one transaction with the items'
+//! 4. **Settle** finished attempts in groups, each group in one transaction with the items'
 //!    usage records and their batches' counts ([`rampart_store::BatchRepository::complete_items`]);
 //!    a failed commit is retried, the claims' leases kept alive meanwhile.
-//! 4. **Keep leases** of items in flight alive every third of the lease.
-//! 5. **Sweep** every second: expire unfinished items of batches past their expiry; every
+//! 5. **Keep leases** of items in flight alive every third of the lease.
+//! 6. **Sweep** every second: expire unfinished items of batches past their expiry; every
 //!    minute, remove the results of batches past their retention.
 //!
 //! On shutdown it claims nothing more, lets the items in flight finish and settles them (up to
@@ -36,6 +39,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::pacing::{Pace, Pacer, Spent};
 use super::{Batches, metrics};
 use crate::classify::{Observed, classify};
 use crate::proxy::AppState;
@@ -354,6 +358,9 @@ struct Answer {
     retryable: bool,
     retry_after: Option<Duration>,
     upstream_latency: Option<Duration>,
+    /// The upstream may have worked on it without its answer being read (no answer, or one
+    /// cut off).
+    unread: bool,
 }
 
 fn refused(kind: ErrorType, message: &str) -> Answer {
@@ -365,6 +372,7 @@ fn refused(kind: ErrorType, message: &str) -> Answer {
         retryable: false,
         retry_after: None,
         upstream_latency: None,
+        unread: false,
     }
 }
 
@@ -408,16 +416,20 @@ async fn attempt(state: &AppState, item: &ClaimedItem, request_id: &str) -> Answ
             let mut a = refused(kind, &failed.error.to_string());
             a.status = status;
             a.retryable = failed.error.is_upstream_failure() || outcome.class.retryable();
+            a.unread = failed.unanswered;
             return a;
         }
     };
     let latency = delivered.headers_at - delivered.sent_at;
+    let head_ok = delivered.response.status().is_success();
     let (status, headers, bytes) = match super::api::read_answer(delivered.response).await {
         Ok(a) => a,
         Err(_) => {
             let mut a = refused(ErrorType::ApiError, "the upstream's answer broke off");
             a.status = StatusCode::BAD_GATEWAY;
             a.retryable = true;
+            // A message cut off: the upstream generated it whole before sending it.
+            a.unread = head_ok;
             return a;
         }
     };
@@ -429,6 +441,7 @@ async fn attempt(state: &AppState, item: &ClaimedItem, request_id: &str) -> Answ
                 retryable: false,
                 retry_after: None,
                 upstream_latency: Some(latency),
+                unread: false,
             },
             _ => {
                 let mut a = refused(
@@ -437,6 +450,7 @@ async fn attempt(state: &AppState, item: &ClaimedItem, request_id: &str) -> Answ
                 );
                 a.status = StatusCode::BAD_GATEWAY;
                 a.retryable = true;
+                a.unread = true;
                 a
             }
         };
@@ -448,6 +462,7 @@ async fn attempt(state: &AppState, item: &ClaimedItem, request_id: &str) -> Answ
         retryable: outcome.class.retryable(),
         retry_after: outcome.retry_after,
         upstream_latency: Some(latency),
+        unread: false,
     }
 }
 
@@ -457,7 +472,24 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
     let at = time::OffsetDateTime::now_utc();
     let usage_id = item_usage_id(&item.batch_id, item.idx);
     let request_id = format!("req_batch_{}", usage_id.simple());
+    let admitted = match batches
+        .pacer
+        .admit(item.key_id, item.params.as_bytes())
+        .await
+    {
+        Pace::Go(admitted) => admitted,
+        Pace::Wait(wait) => return deferred(item, at + lease_of(wait)),
+    };
     let answer = attempt(state, &item, &request_id).await;
+    let answered = answer.status.is_success().then(|| tokens_of(&answer.doc));
+    Pacer::settle(
+        admitted,
+        match &answered {
+            Some(tokens) => Spent::Answered(tokens),
+            None if answer.unread => Spent::Unread,
+            None => Spent::Nothing,
+        },
+    );
     let settings = &batches.settings;
     let last = item.attempt >= settings.max_attempts;
     let (outcome, label) = if answer.status.is_success() {
@@ -497,12 +529,8 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
     let (usage, cost) = if matches!(outcome, Outcome::Retry { .. }) {
         (None, 0)
     } else {
-        let succeeded = answer.status.is_success();
-        let tokens = if succeeded {
-            tokens_of(&answer.doc)
-        } else {
-            TokenUsage::default()
-        };
+        let succeeded = answered.is_some();
+        let tokens = answered.unwrap_or_default();
         let served = succeeded
             .then(|| answer.doc.get("model").and_then(Value::as_str))
             .flatten();
@@ -571,6 +599,23 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
         worst: item.worst_micro_usd,
         cost,
         label,
+    }
+}
+
+/// `item` not run: its key has no room under its per-minute limits until `not_before`.
+fn deferred(item: ClaimedItem, not_before: time::OffsetDateTime) -> Finished {
+    Finished {
+        completion: Completion {
+            batch_id: item.batch_id,
+            idx: item.idx,
+            attempt: item.attempt,
+            outcome: Outcome::Deferred { not_before },
+            usage: None,
+        },
+        key_id: item.key_id,
+        worst: item.worst_micro_usd,
+        cost: 0,
+        label: "deferred",
     }
 }
 

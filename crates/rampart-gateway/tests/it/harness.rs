@@ -116,6 +116,29 @@ impl TestSim {
             .unwrap();
         assert!(r.status().is_success(), "{spec}");
     }
+
+    /// Messages requests that reached the simulator.
+    pub async fn messages_served(&self) -> u64 {
+        messages_served(&reqwest::Client::new(), &self.url).await
+    }
+}
+
+/// Messages requests that reached the simulator at `url`.
+pub async fn messages_served(http: &reqwest::Client, url: &str) -> u64 {
+    sim_counters(http, url).await["routes"]["messages"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The simulator's request counters (`GET /_sim/counters`).
+pub async fn sim_counters(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(format!("{url}/_sim/counters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 pub async fn sim(api_key: Option<&str>) -> TestSim {

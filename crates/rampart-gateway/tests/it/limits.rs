@@ -15,7 +15,7 @@ use rampart_store::{BudgetPeriod, BudgetSetting, LimitSettings, TeamLimitSetting
 use crate::harness::{TestGateway, TestStore, hasher, message, serve, settings, sim};
 
 /// A limiter: in process, or on the test Redis with a fresh prefix.
-fn limiter(redis: bool) -> Option<Limiter> {
+pub(crate) fn limiter(redis: bool) -> Option<Limiter> {
     let clock = Arc::new(TokioClock::new());
     if !redis {
         return Some(Limiter::in_process(clock));

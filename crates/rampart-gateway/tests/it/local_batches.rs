@@ -1,6 +1,6 @@
 //! Message batches served from the store: local mode end to end against the simulator (mixed
 //! items, one usage record per item, retries and dead letters, cancel), scoping between teams,
-//! and budgets refusing a batch up front.
+//! budgets refusing a batch up front, and items paced by their key's per-minute limits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,11 @@ struct Fixture {
 }
 
 async fn fixture(batches_toml: &str) -> Fixture {
+    let limiter = rampart_limits::Limiter::in_process(Arc::new(rampart_limits::TokioClock::new()));
+    fixture_with(batches_toml, limiter).await
+}
+
+async fn fixture_with(batches_toml: &str, limiter: rampart_limits::Limiter) -> Fixture {
     let db = TestStore::new().await;
     let dir = Arc::new(KeyDirectory::new(hasher()));
     let upstream = sim(None).await;
@@ -44,7 +49,7 @@ async fn fixture(batches_toml: &str) -> Fixture {
     })
     .unwrap();
     let limits = Limits {
-        limiter: rampart_limits::Limiter::in_process(Arc::new(rampart_limits::TokioClock::new())),
+        limiter,
         prices: s.prices.clone(),
     };
     let parts = ProxyParts {
@@ -478,4 +483,88 @@ async fn a_batch_its_budget_cannot_hold_is_refused_with_402_and_nothing_stored()
         .await;
     assert_eq!(status, 200, "{body}");
     f.stop().await;
+}
+
+/// A local batch's items draw on the requests per minute of the key that made it, from the same
+/// bucket as the key's own requests: the items with no room wait (queued again, their attempt
+/// given back) until it refills, and then all succeed, each called upstream once.
+async fn local_items_wait_for_their_keys_requests_per_minute(redis: bool) {
+    let Some(limiter) = crate::limits::limiter(redis) else {
+        return;
+    };
+    let f = fixture_with("", limiter).await;
+    let team = f.db.team("paced").await;
+    let (key, row) =
+        f.db.key_with_limits(
+            &team,
+            &rampart_store::LimitSettings {
+                rpm: Some(60),
+                ..rampart_store::LimitSettings::default()
+            },
+        )
+        .await;
+    f.dir.refresh(&f.db).await.unwrap();
+    // 60 a minute: a full bucket of 60, one more each second. The key's own requests take 58.
+    let before = time::OffsetDateTime::now_utc();
+    for _ in 0..58 {
+        let (status, body) =
+            f.gw.post(
+                "/v1/messages",
+                &key,
+                &crate::harness::message("claude-sonnet-4-6"),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let requests: Vec<Value> = (0..5).map(|i| item(&format!("p{i}"), "x")).collect();
+    let (status, created) =
+        f.gw.post("/v1/messages/batches", &key, &json!({"requests": requests}))
+            .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let ended = f.wait_ended(&id, &key).await;
+    assert_eq!(ended["request_counts"]["succeeded"], 5, "{ended}");
+    assert_eq!(ended["request_counts"]["errored"], 0, "{ended}");
+    assert_eq!(
+        f.sim.messages_served().await,
+        58 + 5,
+        "each item called upstream once"
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let mut items: Vec<rampart_store::UsageRecord> =
+        f.db.usage()
+            .list_usage_records(before, now + time::Duration::seconds(1), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.endpoint == rampart_gateway::batches::runner::ITEM_ENDPOINT)
+            .collect();
+    assert_eq!(items.len(), 5);
+    assert!(
+        items
+            .iter()
+            .all(|r| r.upstream_attempts == 1 && r.status == 200 && r.key_id == Some(row.id))
+    );
+    // Item k is the key's (58 + k)-th request (0-based): it cannot start before the bucket,
+    // full at the first request, has refilled (58 + k) − 59 requests, one a second.
+    items.sort_by_key(|r| r.at);
+    for (k, r) in items.iter().enumerate().skip(2) {
+        let waited = r.at - before;
+        let floor = time::Duration::seconds(k as i64 - 1) - time::Duration::milliseconds(50);
+        assert!(
+            waited >= floor,
+            "item {k} started {waited} after the first request, before {floor}"
+        );
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_items_wait_for_their_keys_requests_per_minute_in_process() {
+    local_items_wait_for_their_keys_requests_per_minute(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_items_wait_for_their_keys_requests_per_minute_on_redis() {
+    local_items_wait_for_their_keys_requests_per_minute(true).await;
 }

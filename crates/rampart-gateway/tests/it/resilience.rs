@@ -79,16 +79,7 @@ impl Sim {
 
     /// Messages requests (and count_tokens) that reached the simulator.
     async fn calls(&self) -> u64 {
-        let c: Value = self
-            .http
-            .get(format!("{}/_sim/counters", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        c["routes"]["messages"].as_u64().unwrap_or(0)
+        crate::harness::messages_served(&self.http, &self.url).await
     }
 }
 
@@ -599,15 +590,7 @@ async fn fallback_and_auto_routing_are_visible_in_headers_and_the_model_field() 
             && route.ends_with(">= 20000 (count_tokens)"),
         "{route}"
     );
-    let c: Value = sim
-        .http
-        .get(format!("{}/_sim/counters", sim.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = crate::harness::sim_counters(&sim.http, &sim.url).await;
     assert_eq!(
         (
             c["routes"]["count_tokens"].as_u64(),
