@@ -195,6 +195,9 @@ pub struct ClaimOptions {
     pub now: OffsetDateTime,
     /// Round-robin position: teams after this one are served first.
     pub after_team: Option<String>,
+    /// Batches none of whose items to claim now (the claimer's own reasons: their key has no
+    /// room under its per-minute limits for a while).
+    pub skip_batches: Vec<String>,
 }
 
 /// A claimed item, with what its batch says about the caller.

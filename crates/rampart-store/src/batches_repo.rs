@@ -487,6 +487,14 @@ impl BatchRepository for EngineStore {
                      WHERE state = 'queued' AND team_key = "
                 });
                 qb.push_bind(teams[i].clone());
+                if !o.skip_batches.is_empty() {
+                    qb.push(" AND batch_id NOT IN (");
+                    let mut list = qb.separated(", ");
+                    for id in &o.skip_batches {
+                        list.push_bind(id.clone());
+                    }
+                    qb.push(")");
+                }
                 if lapsed {
                     qb.push(" AND lease_until <= ").push_bind(now);
                 } else {

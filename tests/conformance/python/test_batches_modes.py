@@ -201,6 +201,17 @@ def test_one_teams_batches_are_invisible_to_another_team(slow_sim: str) -> None:
         assert proc.terminate() == 0
 
 
+def deferred_count(url: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("rampart_batch_items_total{") and 'outcome="deferred"' in line
+    )
+
+
 def test_a_local_batch_keeps_to_its_keys_requests_per_minute() -> None:
     """A local batch's items draw on the same requests-per-minute bucket as the key's own
     requests. Those with no room wait until it refills (one every half second at 120 a minute)
@@ -249,6 +260,21 @@ def test_a_local_batch_keeps_to_its_keys_requests_per_minute() -> None:
                 continue
             waited = (at_us - before_us) / 1e6
             assert waited >= (k - 1) / 2 - 0.05, f"item {k} ran {waited:.3f} s after the first request"
+        # A large batch of the key while its bucket is empty runs at the limit's pace, and its
+        # waiting items are not claimed and put back over and over: the queue takes one bite of
+        # a waiting batch per refill at most (16 items in flight here; about six refills in 3 s),
+        # where it went through all 400 items again and again (2,441 deferrals in 3 s) before.
+        deferred_before = deferred_count(url)
+        big = client.messages.batches.create(
+            requests=[good(f"b{i}", f"n{i}") for i in range(400)], extra_headers={MODE_HEADER: "local"}
+        )
+        time.sleep(3)
+        ran = db_rows(data_dir, "SELECT COUNT(*) FROM batch_items WHERE batch_id = ? AND state = 'succeeded'", big.id)[0][0]
+        deferred = deferred_count(url) - deferred_before
+        client.messages.batches.cancel(big.id)
+        print(f"\n400-item batch, 3 s: {ran} ran, {deferred:.0f} deferrals")
+        assert 1 <= ran <= 3 * 2 + 2, ran
+        assert deferred <= 16 * 10, deferred
     finally:
         assert proc.terminate() == 0
         sim.terminate()

@@ -35,7 +35,7 @@ pub struct Pacer {
 pub enum Pace {
     /// Run it; settle the ticket (if any) with what it used ([`Pacer::settle`]).
     Go(Option<Admitted>),
-    /// No room: queue it again, to run no sooner than this from now.
+    /// No room for this long (the limit's retry-after): queue it again.
     Wait(Duration),
 }
 
@@ -115,7 +115,7 @@ impl Pacer {
             })),
             Admission::Unchecked => Pace::Go(None),
             Admission::Unavailable => Pace::Wait(UNAVAILABLE_WAIT),
-            Admission::Rejected(r) => Pace::Wait(spread(Duration::from_millis(r.retry_after_ms))),
+            Admission::Rejected(r) => Pace::Wait(Duration::from_millis(r.retry_after_ms)),
         }
     }
 
@@ -144,7 +144,8 @@ impl Pacer {
 /// The wait of an item refused for `retry_after`: at least that, plus up to as much again at
 /// random (at least 50 ms more), so the items refused together come back spread out instead of
 /// all at the instant one of them can run.
-fn spread(retry_after: Duration) -> Duration {
+#[must_use]
+pub fn spread(retry_after: Duration) -> Duration {
     let base = retry_after.max(Duration::from_millis(10));
     let extra = base.max(Duration::from_millis(50));
     base + extra.mul_f64(rand::random::<f64>())

@@ -39,7 +39,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::pacing::{Pace, Pacer, Spent};
+use super::pacing::{Pace, Pacer, Spent, spread};
 use super::{Batches, metrics};
 use crate::classify::{Observed, classify};
 use crate::proxy::AppState;
@@ -51,6 +51,9 @@ const SETTLE_GROUP: usize = 512;
 const GATHER: Duration = Duration::from_millis(2);
 /// The endpoint usage records of batch items carry.
 pub const ITEM_ENDPOINT: &str = "/v1/messages/batches";
+
+/// Most paused batches a claim skips (the bound parameters of its statement).
+const MAX_SKIPPED: usize = 256;
 
 /// Held batch reservations looked up per sweep pass (every ~5 s), so a runner holding many
 /// open batches spends a bounded time on them before claiming again.
@@ -71,6 +74,8 @@ struct Finished {
     worst: u64,
     cost: u64,
     label: &'static str,
+    /// Deferred: claim nothing more of its batch here before this.
+    pause: Option<Instant>,
 }
 
 impl Runner {
@@ -89,6 +94,10 @@ impl Runner {
         let mut in_flight: HashMap<(String, u64), u32> = HashMap::new();
         let mut pending: Vec<Finished> = Vec::new();
         let mut after_team: Option<String> = None;
+        // Batches whose key had no room under its per-minute limits, until when: not claimed
+        // meanwhile, so a large batch of a limited key is not claimed and deferred over and
+        // over while it waits (one bite per pause at most).
+        let mut paused: HashMap<String, Instant> = HashMap::new();
         let mut claim_due = true;
         let mut claim_tick = tokio::time::interval(settings.claim_interval);
         let mut lease_tick = tokio::time::interval(settings.lease / 3);
@@ -106,12 +115,15 @@ impl Runner {
             if stop_at.is_none() && claim_due && room > 0 && (room >= bite || in_flight.is_empty())
             {
                 claim_due = false;
+                let now = Instant::now();
+                paused.retain(|_, until| *until > now);
                 let options = ClaimOptions {
                     limit: u32::try_from(room).unwrap_or(u32::MAX),
                     per_team: settings.team_concurrency,
                     lease: lease_of(settings.lease),
                     now: time::OffsetDateTime::now_utc(),
                     after_team: after_team.clone(),
+                    skip_batches: paused.keys().take(MAX_SKIPPED).cloned().collect(),
                 };
                 match self.batches.store.batches().claim_items(&options).await {
                     Ok(items) => {
@@ -156,6 +168,12 @@ impl Runner {
                         match tokio::time::timeout_at(gather, rx.recv()).await {
                             Ok(Some(f)) => pending.push(f),
                             _ => break,
+                        }
+                    }
+                    for f in &pending {
+                        if let Some(until) = f.pause {
+                            let at = paused.entry(f.completion.batch_id.clone()).or_insert(until);
+                            *at = (*at).max(until);
                         }
                     }
                     if self.settle(&mut pending, &mut in_flight).await {
@@ -478,7 +496,7 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
         .await
     {
         Pace::Go(admitted) => admitted,
-        Pace::Wait(wait) => return deferred(item, at + lease_of(wait)),
+        Pace::Wait(wait) => return deferred(item, at + lease_of(spread(wait)), wait),
     };
     let answer = attempt(state, &item, &request_id).await;
     let answered = answer.status.is_success().then(|| tokens_of(&answer.doc));
@@ -599,11 +617,13 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
         worst: item.worst_micro_usd,
         cost,
         label,
+        pause: None,
     }
 }
 
-/// `item` not run: its key has no room under its per-minute limits until `not_before`.
-fn deferred(item: ClaimedItem, not_before: time::OffsetDateTime) -> Finished {
+/// `item` not run: its key has no room under its per-minute limits for `wait`; it runs again
+/// from `not_before`.
+fn deferred(item: ClaimedItem, not_before: time::OffsetDateTime, wait: Duration) -> Finished {
     Finished {
         completion: Completion {
             batch_id: item.batch_id,
@@ -616,6 +636,7 @@ fn deferred(item: ClaimedItem, not_before: time::OffsetDateTime) -> Finished {
         worst: item.worst_micro_usd,
         cost: 0,
         label: "deferred",
+        pause: Some(Instant::now() + wait),
     }
 }
 

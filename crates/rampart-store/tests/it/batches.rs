@@ -40,6 +40,7 @@ fn claim(limit: u32, per_team: u32, now: OffsetDateTime) -> ClaimOptions {
         lease: Duration::seconds(30),
         now,
         after_team: None,
+        skip_batches: Vec::new(),
     }
 }
 
@@ -311,6 +312,28 @@ pub async fn a_lapsed_lease_is_reclaimed_as_maybe_duplicate_and_charged_once(db:
     assert_eq!(usage_rows(db).await, 1);
     let b = db.batches().get_batch("msgbatch_d").await.unwrap();
     assert_eq!((b.processing_status.as_str(), b.succeeded), ("ended", 1));
+}
+
+/// A claim leaves the batches it is asked to skip alone, and takes the others' items.
+pub async fn claims_skip_the_batches_asked(db: &TestDb) {
+    let team = Some(Uuid::from_u128(41));
+    for id in ["msgbatch_s1", "msgbatch_s2"] {
+        db.batches()
+            .create_batch(&new_batch(id, team, 3, T0))
+            .await
+            .unwrap();
+    }
+    let mut o = claim(10, 10, T0);
+    o.skip_batches = vec!["msgbatch_s1".to_owned()];
+    let c = db.batches().claim_items(&o).await.unwrap();
+    assert_eq!(c.len(), 3);
+    assert!(c.iter().all(|i| i.batch_id == "msgbatch_s2"));
+    o.skip_batches.push("msgbatch_s2".to_owned());
+    assert!(db.batches().claim_items(&o).await.unwrap().is_empty());
+    o.skip_batches.clear();
+    let c = db.batches().claim_items(&o).await.unwrap();
+    assert_eq!(c.len(), 3);
+    assert!(c.iter().all(|i| i.batch_id == "msgbatch_s1"));
 }
 
 /// An item deferred by its key's rate limits is queued again as it was: not before the time

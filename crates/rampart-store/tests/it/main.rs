@@ -94,6 +94,7 @@ on_both_engines!(
     claims_keep_each_team_within_its_limit_and_share_slots_fairly,
     a_completion_writes_its_usage_once_and_the_last_one_ends_the_batch,
     a_lapsed_lease_is_reclaimed_as_maybe_duplicate_and_charged_once,
+    claims_skip_the_batches_asked,
     a_deferred_item_keeps_its_attempts_and_its_last_error,
     retries_end_in_a_dead_letter_that_can_be_replayed,
     cancel_stops_unstarted_items_and_expiry_ends_the_rest,
