@@ -674,6 +674,36 @@ def test_prompt_cache_reads_do_not_count_against_the_input_token_limit(single: A
     assert left_3 - left_2 >= -second.input_tokens, (left_2, left_3, second)
 
 
+def test_a_response_cache_hit_is_a_request_that_draws_no_tokens(single: Any) -> None:
+    """A hit is answered without an upstream call: it counts against the request limits like any
+    request (a key out of requests gets 429 for a cached answer too), but its reservation of
+    tokens is given back whole, where the answer it replays used ~300 output tokens."""
+    store, url = single
+    key = create_key(store, "--rpm", "3", "--otpm", "2000")
+    time.sleep(0.3)
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    words = " ".join(f"w{i}" for i in range(300))
+    body: dict[str, Any] = dict(
+        model="claude-haiku-4-5",
+        max_tokens=600,
+        messages=[{"role": "user", "content": f"echo: [{uuid.uuid4().hex}] {words}"}],
+    )
+    use_cache = {"x-rampart-cache": "use"}
+    seen = []
+    for _ in range(3):
+        r = client.messages.with_raw_response.create(**body, extra_headers=use_cache)
+        seen.append((r.headers["x-rampart-cache"], int(r.headers["anthropic-ratelimit-output-tokens-remaining"]), r.parse()))
+    (first, _, miss), (second, left_2, hit), (third, left_3, _) = seen
+    assert (first, second, third) == ("miss", "hit", "hit")
+    assert miss.usage.output_tokens >= 300 and hit.content[0].text == miss.content[0].text
+    # Each header is the bucket once that request's reservation (600) is taken; the third's also
+    # has the second's settlement. A hit drawing the ~300 output tokens it replays would show here.
+    assert left_3 >= left_2, (left_2, left_3)
+    # Three requests of three a minute: a fourth is refused even though its answer is cached.
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(**body, extra_headers=use_cache)
+
+
 def test_a_raised_team_default_applies_to_an_exhausted_key_at_once(single: Any) -> None:
     store, url = single
     team = f"t-{uuid.uuid4().hex[:8]}"
