@@ -906,9 +906,11 @@ where
         max_tokens = peeked.max_tokens;
     }
 
-    // A spent budget also stops new batches (their cost arrives with their results).
-    if let (Some(limits), Some(policy), Route::Batches, true) =
-        (&state.limits, &policy, done.route, is_post)
+    // A spent budget also stops new batches passed through to the upstream (their cost arrives
+    // with their results). Rampart's own batches reserve their worst case, which refuses a spent
+    // budget in the same step.
+    if let (Some(limits), Some(policy), Route::Batches, true, None) =
+        (&state.limits, &policy, done.route, is_post, &state.batches)
         && policy.has_budget()
     {
         crate::admission::check_budget(limits, policy).await?;

@@ -299,8 +299,9 @@ impl Limiter {
 
     /// [`Limiter::admit`] for a reservation that must fit whole in what is left of every budget
     /// (a batch's worst case), where a request may overdraw a budget by its own reservation:
-    /// refused ([`crate::Reason::Budget`], with [`Rejection::needed_micros`]) when it does not,
-    /// its reservation given back. Same single round trip.
+    /// refused ([`crate::Reason::Budget`], with [`Rejection::needed_micros`]) when it does not.
+    /// The fit is checked in the same atomic step as the rest (the same single round trip on
+    /// Redis), so a refused reservation is never taken, not even for a moment.
     pub async fn admit_whole(&self, policy: &Arc<Policy>, demand: Demand) -> Admission {
         self.admit_as(policy, demand, true).await
     }
@@ -310,7 +311,7 @@ impl Limiter {
         let now = self.0.clock.now_ms();
         let id = self.0.tickets.fetch_add(1, Ordering::Relaxed);
         let (admitted, snaps) = match &self.0.backend {
-            Store::Local(l) => l.admit(policy, &demand, now),
+            Store::Local(l) => l.admit(policy, &demand, now, whole),
             Store::Redis(r) => {
                 // Known to be down (a failed call or health check): answer at once instead of
                 // making every request wait out the timeout on a Redis that does not reply. The
@@ -320,8 +321,15 @@ impl Limiter {
                 }
                 metrics().redis_admit.increment(1);
                 // Boxed: the script call's future would otherwise size every admission's.
-                match Box::pin(r.admit(policy, &demand, &ticket_name(id), self.0.lease_ms, now))
-                    .await
+                match Box::pin(r.admit(
+                    policy,
+                    &demand,
+                    &ticket_name(id),
+                    self.0.lease_ms,
+                    now,
+                    whole,
+                ))
+                .await
                 {
                     Ok(v) => {
                         if !self.is_up() {
@@ -348,16 +356,17 @@ impl Limiter {
                 status: engine::status(policy, &demand, &snaps, now, true),
                 limiter: self.clone(),
             };
-            if whole && let Some(r) = engine::unfit(policy, &demand, &snaps, now) {
-                // Dropping the ticket gives the reservation back.
-                drop(ticket);
-                metrics().rejected_budget.increment(1);
-                return Admission::Rejected(r);
-            }
             metrics().admitted.increment(1);
             Admission::Admitted(ticket)
         } else {
-            let r = engine::rejection(policy, &demand, &snaps, now);
+            // A whole reservation that does not fit is refused by the same step that checks it
+            // (nothing was reserved), for the budget it overdraws; any other refusal as usual.
+            let unfit = if whole && engine::fits(policy, &demand, &snaps) {
+                engine::unfit(policy, &demand, &snaps, now)
+            } else {
+                None
+            };
+            let r = unfit.unwrap_or_else(|| engine::rejection(policy, &demand, &snaps, now));
             match r.reason {
                 engine::Reason::Budget => metrics().rejected_budget.increment(1),
                 engine::Reason::Concurrency => metrics().rejected_concurrency.increment(1),

@@ -1,4 +1,5 @@
--- Rampart limits: one atomic script for admission ('a') and settlement ('s').
+-- Rampart limits: one atomic script for admission ('a'; 'w' for a reservation that must also
+-- fit whole in what is left of every budget, a batch's worst case) and settlement ('s').
 -- The arithmetic mirrors crates/rampart-limits/src/engine.rs and local.rs; keep them in step.
 --
 -- KEYS, four per scope (all with the team's hash tag, so one script touches one slot):
@@ -77,7 +78,7 @@ local function scope(s)
     tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
 end
 
-if op == 'a' then
+if op == 'a' or op == 'w' then
   local ok = 1
   local out = {0}
   local levels = {}
@@ -100,6 +101,7 @@ if op == 'a' then
     if blimit > 0 then
       comm = committed(g, l)
       if cost > 0 and comm >= blimit then ok = 0 end
+      if op == 'w' and cost > blimit - comm then ok = 0 end
     end
     for d = 1, 3 do table.insert(out, levels[s][d]) end
     table.insert(out, inflight)

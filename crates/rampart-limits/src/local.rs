@@ -48,11 +48,15 @@ impl Local {
     }
 
     /// Check and, when it fits, reserve; returns whether it did and what it saw.
+    ///
+    /// `whole`: the demand must also fit whole in what is left of every budget
+    /// ([`engine::unfit`]), checked in the same step, so a refused one never holds anything.
     pub(crate) fn admit(
         &self,
         policy: &Policy,
         demand: &Demand,
         now: i64,
+        whole: bool,
     ) -> (bool, Vec<Snapshot>) {
         let mut shard = self.shard(policy.group);
         let mut snaps = Vec::with_capacity(policy.scopes.len());
@@ -79,7 +83,9 @@ impl Local {
             }
             snaps.push(snap);
         }
-        if !engine::fits(policy, demand, &snaps) {
+        if !engine::fits(policy, demand, &snaps)
+            || (whole && engine::unfit(policy, demand, &snaps, now).is_some())
+        {
             return (false, snaps);
         }
         let draw = engine::draws(demand);

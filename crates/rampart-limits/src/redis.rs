@@ -227,9 +227,10 @@ impl RedisBackend {
         ticket: &str,
         lease_ms: i64,
         now: i64,
+        whole: bool,
     ) -> Result<(bool, Vec<Snapshot>), RedisFailure> {
         let inv = self.invocation(
-            "a",
+            if whole { "w" } else { "a" },
             policy,
             demand,
             &Used::default(),

@@ -179,6 +179,26 @@ def test_three_instances_hold_one_request_limit_exactly(cluster: Any) -> None:
     assert limit <= admitted <= limit + refilled, f"{admitted} admitted of limit {limit} (+{refilled} refilled in {elapsed:.2f}s)"
 
 
+def test_a_batch_refused_by_a_redis_budget_costs_one_round_trip_and_holds_nothing(cluster: Any) -> None:
+    """The fit of a batch's worst case is checked in the admission script itself: a batch that
+    does not fit is refused by that one round trip, with nothing reserved that would need a
+    second one to give back (and that a lost release would have left held until its lease).
+    It was three: a check of the spent budget, the reservation, and its release."""
+    store, urls = cluster
+    key = create_key(store, "--budget-usd", "0.0001", "--budget-period", "day")
+    url = urls[0]
+    wait_until(lambda: post(url, key, {**BODY, "max_tokens": 1}).status_code in (200, 402), timeout=5, what="the new key")
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    trips = 'rampart_limits_redis_round_trips_total{op="%s"}'
+    before = {op: metric(url, trips % op) for op in ("admit", "settle")}
+    with pytest.raises(anthropic.APIStatusError) as err:
+        client.messages.batches.create(requests=[{"custom_id": "a", "params": {**BODY, "max_tokens": 300}}])
+    assert err.value.status_code == 402
+    assert "does not fit in what is left" in err.value.body["error"]["message"]
+    after = {op: metric(url, trips % op) for op in ("admit", "settle")}
+    assert (after["admit"] - before["admit"], after["settle"] - before["settle"]) == (1, 0), (before, after)
+
+
 def test_three_instances_hold_one_token_limit_within_one_reservation(cluster: Any, upstream: str) -> None:
     store, urls = cluster
     # The gateway estimates input with the simulator's own rule: count_tokens gives it exactly.

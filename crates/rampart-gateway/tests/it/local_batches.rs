@@ -482,6 +482,36 @@ async fn a_batch_its_budget_cannot_hold_is_refused_with_402_and_nothing_stored()
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    // Once requests have spent the budget, a batch is refused as spent, not as too large.
+    let spent = async {
+        for _ in 0..200 {
+            let (status, _) =
+                f.gw.post(
+                    "/v1/messages",
+                    &key,
+                    &crate::harness::message("claude-sonnet-4-6"),
+                )
+                .await;
+            if status == 402 {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(spent.await, "200 requests did not spend $0.001");
+    let (status, body) =
+        f.gw.post(
+            "/v1/messages/batches",
+            &key,
+            &json!({"requests": [item("late", "x")]}),
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("budget exceeded: this API key's monthly budget of $0.001 is spent; "),
+        "{msg}"
+    );
     f.stop().await;
 }
 
