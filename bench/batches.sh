@@ -7,6 +7,9 @@
 #
 #   bench/batches.sh                                   # 10,000 items, 64 at once, 2 rounds
 #   BATCH_ITEMS=2000 BATCH_ROUNDS=1 bench/batches.sh   # a quick look
+#   BATCH_KEY_FLAGS="--rpm 1000000000 --itpm 1000000000 --otpm 1000000000" bench/batches.sh
+#                                                      # a key with limits: items are admitted
+#                                                      # under them (far above what is used)
 #
 # Needs: curl, python3. Writes bench/results/batches.md (BENCH_OUT to change the directory).
 set -euo pipefail
@@ -34,7 +37,8 @@ ENV=(RAMPART_UPSTREAM__BASE_URL="http://$SIM" RAMPART_UPSTREAM_API_KEY=sk-ant-be
   RAMPART_LOG=warn RAMPART_BATCHES__MODE=local RAMPART_BATCHES__WORKERS="$WORKERS"
   RAMPART_BATCHES__TEAM_CONCURRENCY="$WORKERS" RAMPART_BATCHES__CLAIM_INTERVAL_MS=10)
 env "${ENV[@]}" "$BIN" teams create bench --data-dir "$WORK/store" >/dev/null
-KEY=$(env "${ENV[@]}" "$BIN" keys create --name bench --team bench --data-dir "$WORK/store" | tail -n 1)
+# shellcheck disable=SC2086 # the flags are words
+KEY=$(env "${ENV[@]}" "$BIN" keys create --name bench --team bench ${BATCH_KEY_FLAGS:-} --data-dir "$WORK/store" | tail -n 1)
 GW=$(start gateway env "${ENV[@]}" "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/store")
 echo "simulator $SIM, gateway $GW, $N items, $WORKERS at once, $ROUNDS round(s)"
 
@@ -99,9 +103,10 @@ print(db.execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM usage_records
 EOF
 )
 
-python3 - "$N" "$WORKERS" "$OUT/batches.md" "$RSS" "$ITEMS" "${BATCH_S[*]}" "${SINGLE_S[*]}" <<'EOF'
+python3 - "$N" "$WORKERS" "$OUT/batches.md" "$RSS" "$ITEMS" "${BATCH_S[*]}" "${SINGLE_S[*]}" "${BATCH_KEY_FLAGS:-}" <<'EOF'
 import statistics, sys, datetime
 n, workers, out, rss, items = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+flags = sys.argv[8]
 batch = [float(x) for x in sys.argv[6].split()]
 single = [float(x) for x in sys.argv[7].split()]
 rows = ["| round | batch: s | batch: items/s | individual: s | individual: req/s | batch / individual |", "|---|---|---|---|---|---|"]
@@ -111,7 +116,8 @@ mb, ms = statistics.median(batch), statistics.median(single)
 rows.append(f"| median | {mb:.2f} | {n / mb:,.0f} | {ms:.2f} | {n / ms:,.0f} | {ms / mb:.2f} |")
 text = "\n".join([
     f"Local batch throughput ({datetime.date.today()}): {n:,} items, {workers} in flight, zero-latency simulator, "
-    f"SQLite store with the usage ledger on, release build, everything on one machine.",
+    f"SQLite store with the usage ledger on, release build, everything on one machine"
+    + (f"; the key made with `{flags}`." if flags else "; a key without limits."),
     "",
     *rows,
     "",
