@@ -273,7 +273,7 @@ def test_a_local_batch_keeps_to_its_keys_requests_per_minute() -> None:
         deferred = deferred_count(url) - deferred_before
         client.messages.batches.cancel(big.id)
         print(f"\n400-item batch, 3 s: {ran} ran, {deferred:.0f} deferrals")
-        assert 1 <= ran <= 3 * 2 + 2, ran
+        assert 1 <= ran <= 3 * 2 + 4, ran  # two a second, with margin for a loaded machine
         assert deferred <= 16 * 10, deferred
     finally:
         assert proc.terminate() == 0
