@@ -264,21 +264,14 @@ pub(crate) async fn count_request(
     limits: &Limits,
     policy: &Policy,
 ) -> Result<Option<Status>, ProxyError> {
-    let requests_only = Policy::new(
-        policy.group,
-        policy
-            .scopes
-            .iter()
-            .filter(|s| s.rates.rpm.is_some())
-            .map(|s| rampart_limits::ScopeLimits {
-                rates: rampart_limits::Rates {
-                    rpm: s.rates.rpm,
-                    ..rampart_limits::Rates::default()
-                },
-                budget: None,
-                ..*s
-            }),
-    );
+    let requests_only = policy.narrowed(|s| rampart_limits::ScopeLimits {
+        rates: rampart_limits::Rates {
+            rpm: s.rates.rpm,
+            ..rampart_limits::Rates::default()
+        },
+        budget: None,
+        ..s
+    });
     match requests_only {
         Some(p) => admit_and_release(limits, &p, Demand::default()).await,
         None => Ok(None),
@@ -341,7 +334,7 @@ pub(crate) async fn admit(
 /// and (`priced`) its worst-case cost at the requested model's price. One parse of the body, only
 /// for keys whose limits need it; a body it cannot read (the upstream refuses it anyway) counts
 /// a token per four bytes.
-fn demand(prices: &PriceTable, priced: bool, body: &[u8]) -> Demand {
+pub(crate) fn demand(prices: &PriceTable, priced: bool, body: &[u8]) -> Demand {
     // One borrowed pass over the body (no `serde_json::Value` built): the shared estimate,
     // `max_tokens` and `model`.
     let Some(e) = rampart_api::tokens::estimate_request(body) else {

@@ -220,6 +220,14 @@ impl Policy {
         (!scopes.is_empty()).then(|| Arc::new(Self { group, scopes }))
     }
 
+    /// This policy with each scope's limits passed through `keep` (e.g. only its budget, or
+    /// only its per-minute rates); scopes left limiting nothing are dropped, and `None` when
+    /// none is left.
+    #[must_use]
+    pub fn narrowed(&self, keep: impl Fn(ScopeLimits) -> ScopeLimits) -> Option<Arc<Self>> {
+        Self::new(self.group, self.scopes.iter().map(|s| keep(*s)))
+    }
+
     /// Whether any scope limits input or output tokens (the gateway then estimates them).
     #[must_use]
     pub fn limits_tokens(&self) -> bool {

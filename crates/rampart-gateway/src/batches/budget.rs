@@ -38,17 +38,10 @@ struct Held {
 
 /// `policy` with its budgets only (no rates, no concurrency), or `None` without budgets.
 fn budgets_only(policy: &Policy) -> Option<Arc<Policy>> {
-    Policy::new(
-        policy.group,
-        policy
-            .scopes
-            .iter()
-            .filter(|s| s.budget.is_some())
-            .map(|s| ScopeLimits {
-                rates: Rates::default(),
-                ..*s
-            }),
-    )
+    policy.narrowed(|s| ScopeLimits {
+        rates: Rates::default(),
+        ..s
+    })
 }
 
 impl BatchBudgets {

@@ -60,17 +60,14 @@ pub enum Spent<'a> {
 
 /// `policy` with its per-minute rates only (no concurrency, no budgets), or `None` without any.
 fn per_minute_only(policy: &Policy) -> Option<Arc<Policy>> {
-    Policy::new(
-        policy.group,
-        policy.scopes.iter().map(|s| ScopeLimits {
-            rates: Rates {
-                concurrency: None,
-                ..s.rates
-            },
-            budget: None,
-            ..*s
-        }),
-    )
+    policy.narrowed(|s| ScopeLimits {
+        rates: Rates {
+            concurrency: None,
+            ..s.rates
+        },
+        budget: None,
+        ..s
+    })
 }
 
 impl Pacer {
@@ -93,18 +90,9 @@ impl Pacer {
         else {
             return Pace::Go(None);
         };
+        // Tokens as a request reserves them (no cost: budgets are the batch's).
         let demand = if policy.limits_tokens() {
-            rampart_api::tokens::estimate_request(params).map_or_else(
-                || Demand {
-                    input_tokens: (params.len() as u64).div_ceil(4),
-                    ..Demand::default()
-                },
-                |e| Demand {
-                    input_tokens: e.input_tokens,
-                    output_tokens: e.max_tokens,
-                    cost_micros: 0,
-                },
-            )
+            crate::admission::demand(&limits.prices, false, params)
         } else {
             Demand::default()
         };

@@ -124,6 +124,28 @@ impl Fixture {
             .collect()
     }
 
+    /// `POST /v1/messages` of a small Sonnet request with `key`.
+    async fn ask(&self, key: &str) -> (u16, Value) {
+        self.gw
+            .post(
+                "/v1/messages",
+                key,
+                &crate::harness::message("claude-sonnet-4-6"),
+            )
+            .await
+    }
+
+    /// `POST /v1/messages/batches` of `requests` with `key`.
+    async fn submit(&self, key: &str, requests: Value) -> (u16, Value) {
+        self.gw
+            .post(
+                "/v1/messages/batches",
+                key,
+                &json!({ "requests": requests }),
+            )
+            .await
+    }
+
     async fn fault(&self, fault: Value) {
         self.sim.fault(fault).await;
     }
@@ -175,9 +197,7 @@ async fn a_local_batch_runs_good_and_bad_items_and_records_each_once() {
         .map(|i| item(&format!("g{i}"), &format!("n{i}")))
         .collect();
     requests.push(bad("bad"));
-    let (status, created) =
-        f.gw.post("/v1/messages/batches", &key, &json!({"requests": requests}))
-            .await;
+    let (status, created) = f.submit(&key, json!(requests)).await;
     assert_eq!(status, 200, "{created}");
     assert_eq!(created["type"], "message_batch");
     assert_eq!(created["processing_status"], "in_progress");
@@ -233,13 +253,7 @@ async fn another_teams_batch_is_invisible_and_untouchable() {
     let f = fixture("").await;
     let mine = f.key("mine").await;
     let theirs = f.key("theirs").await;
-    let (_, created) =
-        f.gw.post(
-            "/v1/messages/batches",
-            &mine,
-            &json!({"requests": [item("a", "x")]}),
-        )
-        .await;
+    let (_, created) = f.submit(&mine, json!([item("a", "x")])).await;
     let id = created["id"].as_str().unwrap().to_owned();
     for path in [
         format!("/v1/messages/batches/{id}"),
@@ -333,12 +347,8 @@ async fn retryable_failures_are_retried_and_then_dead_lettered() {
     flaky["params"]["model"] = json!("claude-haiku-4-5");
     let mut doomed = item("doomed", "never");
     doomed["params"]["model"] = json!("claude-opus-4-6");
-    let (status, created) =
-        f.gw.post(
-            "/v1/messages/batches",
-            &key,
-            &json!({"requests": [flaky, doomed, item("fine", "ok")]}),
-        )
+    let (status, created) = f
+        .submit(&key, json!([flaky, doomed, item("fine", "ok")]))
         .await;
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
@@ -396,9 +406,7 @@ async fn cancel_stops_the_unstarted_items_at_once() {
     f.fault(json!({"kind": "stall_headers", "delay_ms": 300, "count": 1000}))
         .await;
     let requests: Vec<Value> = (0..10).map(|i| item(&format!("i{i}"), "x")).collect();
-    let (_, created) =
-        f.gw.post("/v1/messages/batches", &key, &json!({"requests": requests}))
-            .await;
+    let (_, created) = f.submit(&key, json!(requests)).await;
     let id = created["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, canceled) =
@@ -446,9 +454,7 @@ async fn a_batch_its_budget_cannot_hold_is_refused_with_402_and_nothing_stored()
     f.dir.refresh(&f.db).await.unwrap();
     // 100 items of up to 20 output tokens on Sonnet: far over $0.001 in the worst case.
     let requests: Vec<Value> = (0..100).map(|i| item(&format!("i{i}"), "x")).collect();
-    let (status, body) =
-        f.gw.post("/v1/messages/batches", &key, &json!({"requests": requests}))
-            .await;
+    let (status, body) = f.submit(&key, json!(requests)).await;
     assert_eq!(status, 402, "{body}");
     assert_eq!(body["error"]["type"], "billing_error");
     // Nothing is spent: the message says the batch does not fit, not that the budget is spent.
@@ -474,24 +480,12 @@ async fn a_batch_its_budget_cannot_hold_is_refused_with_402_and_nothing_stored()
         json!([])
     );
     // One small item fits.
-    let (status, body) =
-        f.gw.post(
-            "/v1/messages/batches",
-            &key,
-            &json!({"requests": [item("one", "x")]}),
-        )
-        .await;
+    let (status, body) = f.submit(&key, json!([item("one", "x")])).await;
     assert_eq!(status, 200, "{body}");
     // Once requests have spent the budget, a batch is refused as spent, not as too large.
     let spent = async {
         for _ in 0..200 {
-            let (status, _) =
-                f.gw.post(
-                    "/v1/messages",
-                    &key,
-                    &crate::harness::message("claude-sonnet-4-6"),
-                )
-                .await;
+            let (status, _) = f.ask(&key).await;
             if status == 402 {
                 return true;
             }
@@ -499,13 +493,7 @@ async fn a_batch_its_budget_cannot_hold_is_refused_with_402_and_nothing_stored()
         false
     };
     assert!(spent.await, "200 requests did not spend $0.001");
-    let (status, body) =
-        f.gw.post(
-            "/v1/messages/batches",
-            &key,
-            &json!({"requests": [item("late", "x")]}),
-        )
-        .await;
+    let (status, body) = f.submit(&key, json!([item("late", "x")])).await;
     assert_eq!(status, 402, "{body}");
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(
@@ -537,19 +525,11 @@ async fn local_items_wait_for_their_keys_requests_per_minute(redis: bool) {
     // 60 a minute: a full bucket of 60, one more each second. The key's own requests take 58.
     let before = time::OffsetDateTime::now_utc();
     for _ in 0..58 {
-        let (status, body) =
-            f.gw.post(
-                "/v1/messages",
-                &key,
-                &crate::harness::message("claude-sonnet-4-6"),
-            )
-            .await;
+        let (status, body) = f.ask(&key).await;
         assert_eq!(status, 200, "{body}");
     }
     let requests: Vec<Value> = (0..5).map(|i| item(&format!("p{i}"), "x")).collect();
-    let (status, created) =
-        f.gw.post("/v1/messages/batches", &key, &json!({"requests": requests}))
-            .await;
+    let (status, created) = f.submit(&key, json!(requests)).await;
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
     let ended = f.wait_ended(&id, &key).await;
