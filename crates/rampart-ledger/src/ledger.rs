@@ -18,6 +18,9 @@
 //!   (by id and time), so a crash at any point replays without double counting.
 //! - SIGTERM: after the last request, the writer drains everything before the process exits;
 //!   when the database is unreachable the records stay in the spool for the next start.
+//! - A record the database refuses (a value it cannot store) is set aside in the spool
+//!   directory's [`REFUSED_FILE`] and its batch's other records are written: one bad record
+//!   never holds back the ledger.
 //! - If the spool cannot be written (disk full), records are kept in memory (up to
 //!   [`FALLBACK_MAX`]) and written by the next batch; `rampart_ledger_write_failures_total
 //!   {stage="spool"}` counts them (those are not crash-proof).
@@ -28,7 +31,9 @@
 //! `rampart_ledger_write_failures_total{stage}` (`spool`, `database`, `purge`),
 //! `rampart_ledger_records_total` (new records committed), `rampart_ledger_duplicates_total`
 //! (replayed records already stored), `rampart_ledger_corrupt_lines_total`,
-//! `rampart_ledger_dropped_total` (memory fallback full), `rampart_ledger_purged_total`.
+//! `rampart_ledger_dropped_total` (memory fallback full), `rampart_ledger_purged_total`,
+//! `rampart_ledger_refused_total` (records the database refused, set aside in
+//! [`REFUSED_FILE`]).
 
 use std::future::Future;
 use std::path::Path;
@@ -45,6 +50,8 @@ use crate::log_limit::LogLimiter;
 use crate::record::Prepared;
 use crate::spool::{Batch, Queued, Spool, StagedAt};
 
+/// The file in the spool directory that keeps the records the database refused (JSON lines).
+pub const REFUSED_FILE: &str = "refused.jsonl";
 /// Records kept in memory when the spool cannot be written.
 pub const FALLBACK_MAX: usize = 100_000;
 /// Raw records deleted per purge statement.
@@ -103,6 +110,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "rampart_ledger_dropped_total",
         "Usage records lost because neither the spool nor memory could hold them."
+    );
+    metrics::describe_counter!(
+        "rampart_ledger_refused_total",
+        "Usage records the database refused, set aside in the spool directory's refused.jsonl."
     );
     metrics::describe_counter!(
         "rampart_ledger_purged_total",
@@ -170,6 +181,30 @@ impl Ledger {
             ledger: self,
             at: Some(at),
         }
+    }
+
+    /// Append `refused` (records the database would not take, each with the reason) to the
+    /// spool directory's [`REFUSED_FILE`], one JSON object per line, and sync it: kept for the
+    /// operator, never dropped.
+    fn set_aside(&self, refused: &[(&UsageRecord, String)]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for (record, reason) in refused {
+            serde_json::to_writer(
+                &mut lines,
+                &serde_json::json!({ "reason": reason, "record": record }),
+            )?;
+            lines.push(b'\n');
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.spool.dir().join(REFUSED_FILE))?;
+        file.write_all(&lines)?;
+        file.sync_data()
     }
 
     fn write_staged(&self, at: StagedAt) {
@@ -524,14 +559,61 @@ impl LedgerWriter {
                     .increment(total.saturating_sub(new));
                 Ok(())
             }
+            Err(rampart_store::StoreError::Invalid(_)) => self.insert_sorting(store, records).await,
             Err(e) => {
-                metrics::counter!("rampart_ledger_write_failures_total", "stage" => "database")
-                    .increment(1);
-                tracing::error!(target: "rampart::ledger", error = %e, records = records.len(), "cannot write usage records to the database; they stay spooled and are retried");
-                self.ledger.publish_gauges();
+                self.database_failed(&e, records.len());
                 Err(())
             }
         }
+    }
+
+    fn database_failed(&self, e: &rampart_store::StoreError, records: usize) {
+        metrics::counter!("rampart_ledger_write_failures_total", "stage" => "database")
+            .increment(1);
+        tracing::error!(target: "rampart::ledger", error = %e, records, "cannot write usage records to the database; they stay spooled and are retried");
+        self.ledger.publish_gauges();
+    }
+
+    /// `records` after the database refused a value in their batch (the store already makes
+    /// every value it can storable, so this is rare): the batch is inserted in halves, each
+    /// checked for ids already stored, until each refused record stands alone; those are set
+    /// aside in the spool directory's [`REFUSED_FILE`] (and counted in
+    /// `rampart_ledger_refused_total`), so that one record never holds back the others.
+    /// `Err` when the database fails otherwise meanwhile, or the refused records cannot be set
+    /// aside: then the whole batch is tried again later (what went in is skipped by its id).
+    async fn insert_sorting(&self, store: &Store, records: &[UsageRecord]) -> Result<(), ()> {
+        let mut parts = vec![records];
+        let mut refused = Vec::new();
+        let mut new = 0u64;
+        while let Some(part) = parts.pop() {
+            match store.usage().insert_usage(part).await {
+                Ok(n) => new += n,
+                Err(rampart_store::StoreError::Invalid(why)) if part.len() == 1 => {
+                    refused.push((&part[0], why));
+                }
+                Err(rampart_store::StoreError::Invalid(_)) => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+                Err(e) => {
+                    self.database_failed(&e, records.len());
+                    return Err(());
+                }
+            }
+        }
+        if let Err(e) = self.ledger.set_aside(&refused) {
+            metrics::counter!("rampart_ledger_write_failures_total", "stage" => "refused")
+                .increment(1);
+            tracing::error!(target: "rampart::ledger", error = %e, records = refused.len(), "cannot set aside usage records the database refused; their batch is retried");
+            return Err(());
+        }
+        for (record, why) in &refused {
+            tracing::error!(target: "rampart::ledger", id = %record.id, request_id = %record.request_id, reason = %why, file = REFUSED_FILE, "the database refused a usage record; it is set aside in the spool directory");
+        }
+        metrics::counter!("rampart_ledger_refused_total").increment(refused.len() as u64);
+        metrics::counter!("rampart_ledger_records_total").increment(new);
+        Ok(())
     }
 
     async fn sync(&self) {

@@ -40,12 +40,32 @@ impl From<sqlx::Error> for StoreError {
                     ErrorKind::CheckViolation | ErrorKind::NotNullViolation => {
                         StoreError::Invalid("a value is outside what the schema allows".to_owned())
                     }
+                    _ if is_data_exception(&*db) => {
+                        StoreError::Invalid("a value cannot be stored as it is".to_owned())
+                    }
                     _ => StoreError::Backend(Box::new(sqlx::Error::Database(db))),
                 }
             }
             other => StoreError::Backend(Box::new(other)),
         }
     }
+}
+
+/// Whether the database refused a value itself, whatever the connection's state: PostgreSQL's
+/// data exceptions (SQLSTATE class 22: a NUL in text, a number out of range, …), SQLite's
+/// `SQLITE_TOOBIG` and `SQLITE_MISMATCH`. The same statement fails again the same way, so it
+/// is the input's fault, never the backend's.
+fn is_data_exception(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Primary result codes (the low byte of an extended one).
+        return code
+            .parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 18 | 20));
+    }
+    code.starts_with("22")
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {

@@ -27,7 +27,7 @@ use crate::error::{Result, StoreError};
 use crate::usage::{UsageGroupBy, UsageQuery, UsageRecord, UsageRepository, UsageRow};
 use crate::usage_rows::{
     DAY, HOUR, RECORD_BINDS, ROLLUP_BINDS, ROLLUP_INSERT, ROLLUP_UPSERT, RollupKey, Sums, int,
-    record_cols, rollup_deltas,
+    record_cols, rollup_deltas, storable,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -190,6 +190,7 @@ impl EngineStore {
         if records.is_empty() {
             return Ok(0);
         }
+        let records = storable(records);
         // A record twice in one batch counts once.
         let mut seen = HashSet::with_capacity(records.len());
         let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id)).collect();
@@ -296,6 +297,7 @@ impl EngineStore {
 #[async_trait]
 impl UsageRepository for EngineStore {
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<u64> {
+        let records = &*storable(records);
         if let Some(n) = self.insert_usage_direct(records).await? {
             return Ok(n);
         }
@@ -309,6 +311,7 @@ impl UsageRepository for EngineStore {
         if records.is_empty() {
             return Ok(0);
         }
+        let records = &*storable(records);
         if let Some(n) = self.insert_usage_direct(records).await? {
             return Ok(n);
         }

@@ -34,18 +34,158 @@ pub(crate) const ROLLUP_INSERT: &str = "INSERT INTO usage_rollups (period, bucke
      cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_micro_usd, \
      saved_micro_usd) ";
 
-/// The tail of the rollup upsert: a row that exists is added to.
-pub(crate) const ROLLUP_UPSERT: &str = " ON CONFLICT (period, bucket, key_id, team_id, user_id, \
-     model) DO UPDATE SET \
-     requests = usage_rollups.requests + excluded.requests, \
-     errors = usage_rollups.errors + excluded.errors, \
-     input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
-     output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
-     cache_write_5m_tokens = usage_rollups.cache_write_5m_tokens + excluded.cache_write_5m_tokens, \
-     cache_write_1h_tokens = usage_rollups.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
-     cache_read_tokens = usage_rollups.cache_read_tokens + excluded.cache_read_tokens, \
-     cost_micro_usd = usage_rollups.cost_micro_usd + excluded.cost_micro_usd, \
-     saved_micro_usd = usage_rollups.saved_micro_usd + excluded.saved_micro_usd";
+/// `col = usage_rollups.col + excluded.col`, held to the 64-bit range instead of overflowing
+/// (the bounds written so that no intermediate value overflows either).
+macro_rules! saturating_sum {
+    ($col:ident) => {
+        concat!(
+            stringify!($col),
+            " = CASE WHEN excluded.",
+            stringify!($col),
+            " > 0 AND usage_rollups.",
+            stringify!($col),
+            " > 9223372036854775807 - excluded.",
+            stringify!($col),
+            " THEN 9223372036854775807 WHEN excluded.",
+            stringify!($col),
+            " < 0 AND usage_rollups.",
+            stringify!($col),
+            " < (-9223372036854775807 - 1) - excluded.",
+            stringify!($col),
+            " THEN (-9223372036854775807 - 1) ELSE usage_rollups.",
+            stringify!($col),
+            " + excluded.",
+            stringify!($col),
+            " END"
+        )
+    };
+}
+
+/// The tail of the rollup upsert: a row that exists is added to, each sum saturating at the
+/// column's bounds (a sum that would overflow the integer fails the statement on both engines,
+/// and a failed batch would then hold back every record behind it).
+pub(crate) const ROLLUP_UPSERT: &str = concat!(
+    " ON CONFLICT (period, bucket, key_id, team_id, user_id, model) DO UPDATE SET ",
+    saturating_sum!(requests),
+    ", ",
+    saturating_sum!(errors),
+    ", ",
+    saturating_sum!(input_tokens),
+    ", ",
+    saturating_sum!(output_tokens),
+    ", ",
+    saturating_sum!(cache_write_5m_tokens),
+    ", ",
+    saturating_sum!(cache_write_1h_tokens),
+    ", ",
+    saturating_sum!(cache_read_tokens),
+    ", ",
+    saturating_sum!(cost_micro_usd),
+    ", ",
+    saturating_sum!(saved_micro_usd)
+);
+
+/// Longest text kept in a usage record's column (characters; model names are cut at 200 before).
+pub(crate) const MAX_RECORD_TEXT: usize = 256;
+/// Largest token count kept in a usage record: far above any request's (a million-token context
+/// window), and low enough that a rollup adds millions of such records before it saturates.
+pub(crate) const MAX_RECORD_TOKENS: u64 = 1 << 40;
+/// Largest cost (or saving, either sign) kept in a usage record, in micro-dollars: $1.1 billion.
+pub(crate) const MAX_RECORD_MICROS: u64 = 1 << 50;
+
+/// `records` as the database can take every one of them: text without NUL characters (which
+/// PostgreSQL refuses in `text`) and at most [`MAX_RECORD_TEXT`] characters, token counts at
+/// most [`MAX_RECORD_TOKENS`] and money at most [`MAX_RECORD_MICROS`]. Borrowed when nothing
+/// needs it (the usual case: one scan of short strings and a few comparisons per record).
+/// Such values can only come from a misbehaving upstream or a client's odd request, and one
+/// refused record would otherwise fail its whole batch.
+pub(crate) fn storable(records: &[UsageRecord]) -> std::borrow::Cow<'_, [UsageRecord]> {
+    if records.iter().all(is_storable) {
+        return std::borrow::Cow::Borrowed(records);
+    }
+    std::borrow::Cow::Owned(
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                make_storable(&mut r);
+                r
+            })
+            .collect(),
+    )
+}
+
+fn text_ok(s: &str) -> bool {
+    s.len() <= MAX_RECORD_TEXT && !s.as_bytes().contains(&0)
+}
+
+fn is_storable(r: &UsageRecord) -> bool {
+    let texts = [
+        Some(r.request_id.as_str()),
+        r.key_label.as_deref(),
+        Some(r.endpoint.as_str()),
+        r.model_requested.as_deref(),
+        r.model_served.as_deref(),
+        r.error_type.as_deref(),
+    ];
+    texts.into_iter().flatten().all(text_ok)
+        && [
+            r.input_tokens,
+            r.output_tokens,
+            r.cache_write_5m_tokens,
+            r.cache_write_1h_tokens,
+            r.cache_read_tokens,
+        ]
+        .into_iter()
+        .all(|t| t <= MAX_RECORD_TOKENS)
+        && r.cost_micro_usd <= MAX_RECORD_MICROS
+        && r.saved_micro_usd.unsigned_abs() <= MAX_RECORD_MICROS
+}
+
+fn make_storable(r: &mut UsageRecord) {
+    fn text(s: &mut String) {
+        if text_ok(s) {
+            return;
+        }
+        let mut clean: String = s
+            .chars()
+            .take(MAX_RECORD_TEXT)
+            .map(|c| {
+                if c == '\0' {
+                    char::REPLACEMENT_CHARACTER
+                } else {
+                    c
+                }
+            })
+            .collect();
+        std::mem::swap(s, &mut clean);
+    }
+    text(&mut r.request_id);
+    text(&mut r.endpoint);
+    for t in [
+        &mut r.key_label,
+        &mut r.model_requested,
+        &mut r.model_served,
+        &mut r.error_type,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        text(t);
+    }
+    for t in [
+        &mut r.input_tokens,
+        &mut r.output_tokens,
+        &mut r.cache_write_5m_tokens,
+        &mut r.cache_write_1h_tokens,
+        &mut r.cache_read_tokens,
+    ] {
+        *t = (*t).min(MAX_RECORD_TOKENS);
+    }
+    r.cost_micro_usd = r.cost_micro_usd.min(MAX_RECORD_MICROS);
+    let max = i64::try_from(MAX_RECORD_MICROS).unwrap_or(i64::MAX);
+    r.saved_micro_usd = r.saved_micro_usd.clamp(-max, max);
+}
 
 pub(crate) const HOUR: i64 = 3600;
 pub(crate) const DAY: i64 = 86_400;

@@ -511,3 +511,87 @@ async fn rate_limit_and_budget_refusals_are_recorded_too() {
     );
     assert_eq!(over.model_requested.as_deref(), Some("claude-opus-4-6"));
 }
+
+/// A usage record like the gateway's, numbered `n`.
+fn usage_record(n: u128) -> UsageRecord {
+    UsageRecord {
+        id: uuid::Uuid::now_v7(),
+        at: OffsetDateTime::now_utc(),
+        request_id: format!("req_refused_{n}"),
+        key_id: None,
+        team_id: None,
+        user_id: None,
+        key_label: None,
+        endpoint: "/v1/messages".to_owned(),
+        model_requested: Some("claude-haiku-4-5".to_owned()),
+        model_served: Some("claude-haiku-4-5-20251001".to_owned()),
+        status: 200,
+        error_type: None,
+        input_tokens: 10,
+        output_tokens: 5,
+        cache_write_5m_tokens: 0,
+        cache_write_1h_tokens: 0,
+        cache_read_tokens: 0,
+        cost_micro_usd: 35,
+        priced: true,
+        latency_us: 900,
+        upstream_latency_us: Some(800),
+        upstream_attempts: 1,
+        streamed: false,
+        cache_hit: false,
+        client_aborted: false,
+        saved_micro_usd: 0,
+    }
+}
+
+/// A record the database refuses (here a status outside 100–999, which the schema's check
+/// refuses on both engines) is set aside in the spool directory, and the records of its batch
+/// and those after it are written: one bad record never holds back the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_database_refuses_is_set_aside_and_the_others_are_written() {
+    let db = TestStore::new().await;
+    let spool = tempfile::tempdir().unwrap();
+    let (ledger, writer) = Ledger::open(&LedgerConfig::default(), spool.path(), 1).unwrap();
+    let mut bad = usage_record(3);
+    bad.status = 42;
+    let bad_id = bad.id;
+    let mut batch: Vec<UsageRecord> = (0..3).map(usage_record).collect();
+    batch.push(bad);
+    batch.extend((4..6).map(usage_record));
+    // A NUL in text is stored (PostgreSQL refuses it in `text`, so the store replaces it).
+    batch[1].model_requested = Some("claude\0haiku".to_owned());
+    for r in batch {
+        ledger.record_prepared(rampart_ledger::Prepared::new(r), |_| {});
+    }
+    drain(writer, &db).await;
+    let recs = records(&db).await;
+    assert_eq!(recs.len(), 5, "{:?}", recs.keys());
+    assert!(!recs.contains_key("req_refused_3"));
+    assert_eq!(
+        recs["req_refused_1"].model_requested.as_deref(),
+        Some("claude\u{fffd}haiku")
+    );
+    let refused =
+        std::fs::read_to_string(spool.path().join(rampart_ledger::ledger::REFUSED_FILE)).unwrap();
+    let lines: Vec<serde_json::Value> = refused
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{refused}");
+    assert_eq!(lines[0]["record"]["id"], json!(bad_id));
+    assert_eq!(lines[0]["record"]["status"], json!(42));
+    assert!(lines[0]["reason"].as_str().unwrap().contains("schema"));
+    // The spool is drained: a restart replays nothing.
+    drop(ledger);
+    let (ledger, writer) = Ledger::open(&LedgerConfig::default(), spool.path(), 1).unwrap();
+    ledger.record_prepared(rampart_ledger::Prepared::new(usage_record(6)), |_| {});
+    drain(writer, &db).await;
+    assert_eq!(records(&db).await.len(), 6);
+    assert_eq!(
+        std::fs::read_to_string(spool.path().join(rampart_ledger::ledger::REFUSED_FILE))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+}

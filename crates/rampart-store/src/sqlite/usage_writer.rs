@@ -168,6 +168,9 @@ fn store_error(e: rusqlite::Error) -> StoreError {
         Some(rusqlite::ErrorCode::ConstraintViolation) => {
             StoreError::Invalid("a value is outside what the schema allows".to_owned())
         }
+        Some(rusqlite::ErrorCode::TooBig | rusqlite::ErrorCode::TypeMismatch) => {
+            StoreError::Invalid("a value cannot be stored as it is".to_owned())
+        }
         _ => StoreError::Backend(Box::new(e)),
     }
 }

@@ -90,6 +90,7 @@ on_both_engines!(
     a_large_batch_is_inserted_in_one_call,
     purging_deletes_old_raw_records_and_keeps_the_rollups,
     an_empty_or_inverted_usage_range_is_invalid,
+    odd_values_are_stored_as_they_can_be_and_rollups_saturate,
     batches_are_listed_per_owner_newest_first_with_cursors,
     claims_keep_each_team_within_its_limit_and_share_slots_fairly,
     a_completion_writes_its_usage_once_and_the_last_one_ends_the_batch,

@@ -420,6 +420,62 @@ pub async fn purging_deletes_old_raw_records_and_keeps_the_rollups(db: &TestDb) 
     assert_eq!(t.requests, 5);
 }
 
+/// Values the database could not take as they are (a NUL in text, which PostgreSQL refuses;
+/// counts beyond any request's) are stored as they can be, and a rollup near the end of the
+/// 64-bit range saturates instead of failing its batch (which would hold back every record
+/// behind it).
+pub async fn odd_values_are_stored_as_they_can_be_and_rollups_saturate(db: &TestDb) {
+    let key = Some(Uuid::now_v7());
+    let mut odd = rec(1, DAY1, key, None, "claude\0x");
+    odd.request_id = "r".repeat(1000);
+    odd.input_tokens = u64::MAX;
+    odd.cost_micro_usd = u64::MAX;
+    odd.saved_micro_usd = i64::MIN;
+    assert_eq!(db.usage().insert_usage(&[odd]).await.unwrap(), 1);
+    let stored = db
+        .usage()
+        .list_usage_records(DAY1, DAY1 + Duration::DAY, 10)
+        .await
+        .unwrap();
+    let r = &stored[0];
+    assert_eq!(r.model_requested.as_deref(), Some("claude\u{fffd}x"));
+    assert_eq!(r.request_id.chars().count(), 256);
+    assert_eq!(
+        (r.input_tokens, r.cost_micro_usd, r.saved_micro_usd),
+        (1 << 40, 1 << 50, -(1 << 50))
+    );
+    db.raw(
+        "UPDATE usage_rollups SET cost_micro_usd = 9223372036854775000, \
+         input_tokens = 9223372036854775000, saved_micro_usd = -9223372036854775000",
+    )
+    .await
+    .unwrap();
+    let mut more = rec(2, DAY1 + Duration::MINUTE, key, None, "claude\0x");
+    more.cost_micro_usd = 1 << 50;
+    more.input_tokens = 1 << 40;
+    more.saved_micro_usd = -(1 << 50);
+    assert_eq!(db.usage().insert_new_usage(&[more]).await.unwrap(), 1);
+    let sum = total(
+        db,
+        &query(DAY1, DAY1 + Duration::DAY, UsageGroupBy::default()),
+    )
+    .await;
+    assert_eq!(
+        (
+            sum.requests,
+            sum.input_tokens,
+            sum.cost_micro_usd,
+            sum.saved_micro_usd
+        ),
+        (
+            2,
+            i64::MAX.unsigned_abs(),
+            i64::MAX.unsigned_abs(),
+            i64::MIN
+        )
+    );
+}
+
 pub async fn an_empty_or_inverted_usage_range_is_invalid(db: &TestDb) {
     let q = query(DAY1, DAY1, UsageGroupBy::default());
     assert!(matches!(
