@@ -61,6 +61,8 @@ const GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// At most one "cannot write the ledger spool" line per this period (the first at once; each
 /// line counts the failed records not logged since the one before).
 const SPOOL_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long [`LedgerWriter::catch_up`] may hold a start when the spool has a backlog.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
 /// How long the shutdown flush may take when the database is slow or away.
 const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(30);
 
@@ -434,6 +436,26 @@ impl LedgerWriter {
         if self.config.fsync != FsyncPolicy::Never {
             self.sync().await;
         }
+    }
+
+    /// Write what a previous run left in the spool (a crash, or a database that was away) before
+    /// the gateway serves, for at most `limit`; whether all of it went in. Budgets start from
+    /// the ledger's spend at start, so without this the spend of the last moments before a
+    /// `kill -9` would be handed out again. On `false` (the database is away or slow, a backlog
+    /// too large) the writer goes on in [`LedgerWriter::run`] as usual.
+    pub async fn catch_up(&mut self, store: &Store, limit: Duration) -> bool {
+        let caught_up = tokio::time::timeout(limit, self.drain_all(store)).await;
+        let left = self.ledger.queue_depth();
+        if matches!(caught_up, Ok(Ok(()))) && left == 0 {
+            return true;
+        }
+        tracing::warn!(
+            target: "rampart::ledger",
+            records = left,
+            "usage records a previous run left in the spool are not all written yet; budgets \
+             do not count their spend until they are"
+        );
+        false
     }
 
     /// Drain until nothing is waiting, then save the spool's committed offsets; `Err` after a

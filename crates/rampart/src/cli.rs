@@ -407,6 +407,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
             .context("cannot open the usage ledger's spool")?;
             parts.ledger = Some(ledger);
+            // What a crash left in the spool counts in the budgets seeded below.
+            let mut writer = writer;
+            writer
+                .catch_up(&ledger_store, rampart_ledger::ledger::CATCH_UP_LIMIT)
+                .await;
             plane.run_ledger(ledger_store, writer);
         }
         (store_plane, proxy_parts) = (Some(plane), parts);

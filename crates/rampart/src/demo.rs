@@ -159,6 +159,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .context("cannot open the usage ledger's spool")?;
     parts.ledger = Some(ledger);
+    // What a crash left in the spool counts in the budgets seeded below.
+    let mut writer = writer;
+    writer
+        .catch_up(&store, rampart_ledger::ledger::CATCH_UP_LIMIT)
+        .await;
     plane.run_ledger(store.clone(), writer);
     let (limits, _) = rampart_gateway::admission::Limits::start(
         &rampart_limits::LimiterConfig::default(),

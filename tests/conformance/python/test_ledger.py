@@ -427,3 +427,33 @@ def test_a_stream_rampart_cuts_at_the_end_of_the_shutdown_grace_is_not_a_client_
     # The upstream may still answer, and bill, a request it was given: it is charged an
     # estimate, here its max_tokens of output (20), not nothing.
     assert by_id["cut-before-answer"] == (500, 0, "api_error", 0, 20), (rows, waiting)
+
+
+def test_a_budget_spent_just_before_kill_9_stays_spent_after_the_restart(demo: Demo, data_dir: str) -> None:
+    # Batches go to the database once a minute here: at the kill, the spend is only in the spool.
+    key = keys_cli(
+        data_dir, "create", "--name", f"ledger-budget-{uuid.uuid4().hex[:6]}", "--budget-usd", "0.0001", "--budget-period", "day"
+    ).stdout.strip().splitlines()[-1]
+    proc, url = serve(data_dir, demo, "serve-ledger-budget", RAMPART_LEDGER__FLUSH_INTERVAL_MS="60000")
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    ask = dict(model="claude-haiku-4-5", max_tokens=8, messages=[{"role": "user", "content": "echo: spend"}])
+    answered = 0
+    with pytest.raises(anthropic.APIStatusError) as spent:
+        for _ in range(50):
+            client.messages.create(**ask)
+            answered += 1
+    assert spent.value.status_code == 402, spent.value
+    assert answered > 0
+    proc.proc.kill()  # SIGKILL
+    proc.proc.wait()
+    assert not ledger_ids(data_dir), "the spend was only in the spool at the kill"
+
+    proc2, url2 = serve(data_dir, demo, "serve-ledger-budget-restart")
+    try:
+        again = anthropic.Anthropic(base_url=url2, api_key=key, max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as still:
+            again.messages.create(**ask)
+        assert still.value.status_code == 402, "the budget counts the spend the spool held at the kill"
+        assert len(ledger_ids(data_dir)) >= answered + 1, "the spooled records were written before serving"
+    finally:
+        assert proc2.terminate() == 0, proc2.stderr_tail()
