@@ -79,7 +79,7 @@ impl Limits {
             limits: limits.clone(),
             store: store.clone(),
         }));
-        match seed_budgets(&limits, &directory.budgets(), store).await {
+        match seed_budgets(&limits, &directory.budgets(), &directory.lineage(), store).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(budgets = n, "budgets resume from the usage ledger's spend"),
             Err(e) => tracing::warn!(
@@ -104,9 +104,10 @@ impl crate::keydir::BudgetSeeder for LedgerSeeder {
     fn seed<'a>(
         &'a self,
         budgets: &'a [(uuid::Uuid, rampart_limits::Scope, rampart_limits::Budget)],
+        lineage: &'a crate::keydir::Lineage,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            match seed_budgets(&self.limits, budgets, &self.store).await {
+            match seed_budgets(&self.limits, budgets, lineage, &self.store).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     budgets = n,
@@ -138,6 +139,7 @@ impl crate::keydir::BudgetSeeder for LedgerSeeder {
 pub async fn seed_budgets(
     limits: &Limits,
     budgets: &[(uuid::Uuid, rampart_limits::Scope, rampart_limits::Budget)],
+    lineage: &crate::keydir::Lineage,
     store: &rampart_store::Store,
 ) -> rampart_store::Result<usize> {
     let now = time::OffsetDateTime::now_utc();
@@ -166,8 +168,11 @@ pub async fn seed_budgets(
             if ids.is_empty() {
                 continue;
             }
-            // One scope (a budget set on a running instance): only its rows.
-            let only = (ids.len() == 1).then(|| ids[0]);
+            // One scope (a budget set on a running instance): only its rows, unless it is a
+            // key whose line has other keys (their rows count too).
+            let only = (ids.len() == 1
+                && (kind == ScopeKind::Team || !lineage.values().any(|&line| line == ids[0])))
+            .then(|| ids[0]);
             let query = rampart_store::UsageQuery {
                 from,
                 to: now + time::Duration::hours(1),
@@ -188,7 +193,13 @@ pub async fn seed_budgets(
                     ScopeKind::Team => r.team_id,
                 };
                 if let Some(id) = id {
-                    sums.insert((kind, id), r.cost_micro_usd);
+                    // A rotated key's spend counts for its line's first key.
+                    let id = match kind {
+                        ScopeKind::Key => lineage.get(&id).copied().unwrap_or(id),
+                        ScopeKind::Team => id,
+                    };
+                    let sum: &mut u64 = sums.entry((kind, id)).or_default();
+                    *sum = sum.saturating_add(r.cost_micro_usd);
                 }
             }
         }

@@ -102,6 +102,39 @@ struct Snapshot {
     refused: HashMap<[u8; 32], Denial, Spread>,
     /// The limits of the usable keys that have any, by key id.
     policies: HashMap<Uuid, Arc<Policy>>,
+    /// Each rotated key's first key (see [`Lineage`]).
+    lineage: Arc<Lineage>,
+}
+
+/// Each key made by rotating another (`rotated_from`), mapped to the first key of its line: the
+/// key whose id names the limits and budget the whole line shares. A rotation hands the same
+/// allowance to the new key, never a fresh one: the old and new keys draw on one set of limits
+/// while both work, and the new key's budget counts what the old one spent in the period.
+pub type Lineage = HashMap<Uuid, Uuid>;
+
+/// The most rotations followed back to a line's first key (a guard, never reached in practice).
+const MAX_ROTATIONS: usize = 10_000;
+
+/// [`Lineage`] of `keys` (all of them, revoked and expired included: a line's first key is
+/// usually long revoked).
+fn lineage_of(keys: &[ApiKey]) -> Lineage {
+    let parent: HashMap<Uuid, Uuid> = keys
+        .iter()
+        .filter_map(|k| k.rotated_from.map(|from| (k.id, from)))
+        .collect();
+    parent
+        .keys()
+        .map(|&id| {
+            let mut root = id;
+            for _ in 0..MAX_ROTATIONS {
+                match parent.get(&root) {
+                    Some(&from) if from != id => root = from,
+                    _ => break,
+                }
+            }
+            (id, root)
+        })
+        .collect()
 }
 
 /// When a key was last used (unix seconds), and how much of that the store already has.
@@ -129,10 +162,12 @@ impl KeyUse {
 /// already spent in their period.
 pub trait BudgetSeeder: Send + Sync + std::fmt::Debug {
     /// Count what each of `budgets` (`(policy group, scope, budget)`) already spent in its
-    /// current period; failures are the seeder's to report (the reload goes ahead).
+    /// current period, a key's with the keys of its line (`lineage`); failures are the
+    /// seeder's to report (the reload goes ahead).
     fn seed<'a>(
         &'a self,
         budgets: &'a [(Uuid, Scope, Budget)],
+        lineage: &'a Lineage,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
 
@@ -204,7 +239,7 @@ impl KeyDirectory {
                 .filter(|(group, scope, b)| !known.contains(&(*group, *scope, b.period)))
                 .collect();
             if !brought.is_empty() {
-                seeder.seed(&brought).await;
+                seeder.seed(&brought, &next.lineage).await;
             }
         }
         let n = self.publish(next);
@@ -268,10 +303,12 @@ impl KeyDirectory {
         let by_team: HashMap<Uuid, TeamLimitSettings> = limits.teams.iter().copied().collect();
         let disabled_teams: HashSet<Uuid> =
             teams.iter().filter(|t| t.disabled).map(|t| t.id).collect();
+        let lineage = lineage_of(&keys);
         let mut next = Snapshot {
             usable: HashMap::with_capacity_and_hasher(keys.len(), Spread),
             refused: HashMap::default(),
             policies: HashMap::new(),
+            lineage: Arc::new(HashMap::new()),
         };
         let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
         let mut live = HashSet::with_capacity(keys.len());
@@ -294,13 +331,15 @@ impl KeyDirectory {
             }
             live.insert(k.id);
             let used = uses.entry(k.id).or_default().clone();
-            let policy = policy(&k, own.get(&k.id), by_team.get(&k.team_id));
+            let line = lineage.get(&k.id).copied().unwrap_or(k.id);
+            let policy = policy(&k, line, own.get(&k.id), by_team.get(&k.team_id));
             if let Some(p) = &policy {
                 next.policies.insert(k.id, p.clone());
             }
             let cache = stored_caching(key_caching.get(&k.id), team_caching.get(&k.team_id));
             next.usable.insert(digest, entry(k, used, policy, cache));
         }
+        next.lineage = Arc::new(lineage);
         // A clock whose key is gone is kept until the store has its last use.
         uses.retain(|id, u| live.contains(id) || u.unflushed().is_some());
         next
@@ -422,6 +461,12 @@ impl KeyDirectory {
         budgets_of(&self.current())
     }
 
+    /// The rotated keys' lines ([`Lineage`]) in the directory in force.
+    #[must_use]
+    pub fn lineage(&self) -> Arc<Lineage> {
+        self.current().lineage.clone()
+    }
+
     /// [`Authenticator::check`] at `now`.
     fn check_at(&self, credential: &str, now: OffsetDateTime) -> Result<Identity, Denial> {
         let slot = self.digests.slot(credential);
@@ -493,9 +538,11 @@ fn scope(kind: ScopeKind, id: Uuid, s: LimitSettings) -> ScopeLimits {
 }
 
 /// The limits of key `k`: its own settings, each unset one from its team's defaults for keys,
-/// and its team's own (shared by all the team's keys).
+/// counted under its line's first key `line` (see [`Lineage`]), and its team's own (shared by
+/// all the team's keys).
 fn policy(
     k: &ApiKey,
+    line: Uuid,
     own: Option<&LimitSettings>,
     team: Option<&TeamLimitSettings>,
 ) -> Option<Arc<Policy>> {
@@ -505,7 +552,7 @@ fn policy(
     Policy::new(
         k.team_id,
         [
-            scope(ScopeKind::Key, k.id, for_key),
+            scope(ScopeKind::Key, line, for_key),
             scope(ScopeKind::Team, k.team_id, for_team),
         ],
     )

@@ -774,3 +774,40 @@ def test_a_budget_set_on_a_running_instance_counts_what_the_period_already_spent
     finally:
         assert proc.terminate() == 0, proc.stderr_tail()
 
+
+
+@pytest.mark.parametrize("backend", ["in-process", "redis"])
+def test_rotating_a_key_hands_out_no_fresh_budget_or_limits(upstream: str, backend: str) -> None:
+    """A rotated key's successor shares its line's limits and budget: rotating (which a key's own
+    developer may do) never buys a fresh allowance, while the old key works during the overlap
+    or after a restart."""
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-rotate-")]
+    spent, spent_id = key_id(store, "--budget-usd", "0.000001", "--budget-period", "day")
+    paced, paced_id = key_id(store, "--rpm", "2")
+    env = redis_env if backend == "redis" else dict
+    proc, url = serve(store, upstream, "limits-rotate-1", env())
+    try:
+        assert post(url, spent).status_code == 200
+        assert post(url, spent).status_code == 402
+        successor = cli("keys", "rotate", spent_id, "--overlap-hours", "0", store=store)[-1]
+        r = wait_until(lambda: (r := post(url, successor)).status_code != 401 and r, timeout=10, what="the new key in force")
+        assert r.status_code == 402, r.text
+        assert "daily budget" in r.json()["error"]["message"]
+
+        assert post(url, paced).status_code == 200
+        paced_next = cli("keys", "rotate", paced_id, "--overlap-hours", "1", store=store)[-1]
+        r = wait_until(lambda: (r := post(url, paced_next)).status_code != 401 and r, timeout=10, what="the new key in force")
+        assert r.status_code == 200, "the second of the line's two requests a minute"
+        for key in (paced, paced_next):
+            r = post(url, key)
+            assert r.status_code == 429, r.text
+            assert r.json()["error"]["type"] == "rate_limit_error"
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
+    # After a restart the successor's budget counts the first key's spend from the ledger.
+    proc, url = serve(store, upstream, "limits-rotate-2", env())
+    try:
+        r = post(url, successor)
+        assert r.status_code == 402, r.text
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()

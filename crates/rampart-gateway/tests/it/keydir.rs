@@ -177,6 +177,7 @@ impl rampart_gateway::keydir::BudgetSeeder for Recorder {
     fn seed<'a>(
         &'a self,
         budgets: &'a [(uuid::Uuid, rampart_limits::Scope, rampart_limits::Budget)],
+        _lineage: &'a rampart_gateway::keydir::Lineage,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             let in_force = self.dir.get().unwrap().budgets().len();
