@@ -659,6 +659,54 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_key_is_counted_under_the_first_key_of_its_line() {
+        let dir = directory();
+        let t = team(false);
+        let mut line: Vec<ApiKey> = Vec::new();
+        for _ in 0..3 {
+            let mut k = stored(&dir, &key(&dir), &t);
+            k.rotated_from = line.last().map(|p| p.id);
+            line.push(k);
+        }
+        line[0].revoked_at = Some(at(T0));
+        // A loop in the data (never made by a rotation) ends the walk instead of spinning.
+        let (mut a, mut b) = (stored(&dir, &key(&dir), &t), stored(&dir, &key(&dir), &t));
+        a.rotated_from = Some(b.id);
+        b.rotated_from = Some(a.id);
+        let mut all = line.clone();
+        all.extend([a.clone(), b]);
+        let lineage = lineage_of(&all);
+        assert_eq!(lineage.get(&line[1].id), Some(&line[0].id));
+        assert_eq!(lineage.get(&line[2].id), Some(&line[0].id));
+        assert_eq!(
+            lineage.get(&line[0].id),
+            None,
+            "a first key maps to nothing"
+        );
+        assert!(lineage.contains_key(&a.id));
+        let limits = AllLimits {
+            keys: line
+                .iter()
+                .map(|k| {
+                    (
+                        k.id,
+                        LimitSettings {
+                            rpm: Some(5),
+                            ..LimitSettings::default()
+                        },
+                    )
+                })
+                .collect(),
+            teams: vec![],
+        };
+        dir.install(&[t], all, &limits, &AllCachePolicies::default());
+        for k in &line[1..] {
+            let policy = dir.policy_of(k.id).expect("a limited key");
+            assert_eq!(policy.scopes[0].scope.id, line[0].id);
+        }
+    }
+
+    #[test]
     fn a_usable_key_carries_its_ids_and_scopes() {
         let dir = directory();
         let (k, t) = (key(&dir), team(false));
