@@ -193,7 +193,10 @@ impl ProxyError {
                 crate::admission::rejection_headers(r, h);
             }
             Self::LimitsUnavailable => {
+                // Said outright: Redis comes back by itself, and a retry a second later is what
+                // the client should do (as for the 429's it stands in for).
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                h.insert("x-should-retry", HeaderValue::from_static("true"));
             }
             _ => {}
         }
@@ -261,5 +264,14 @@ mod tests {
             let r = e.into_response_with("r");
             assert!(!r.headers().contains_key("x-should-retry"));
         }
+        let r = ProxyError::LimitsUnavailable.into_response_with("r");
+        assert_eq!(r.status().as_u16(), 503);
+        assert_eq!(
+            (&r.headers()["x-should-retry"], &r.headers()["retry-after"]),
+            (
+                &HeaderValue::from_static("true"),
+                &HeaderValue::from_static("1")
+            )
+        );
     }
 }
