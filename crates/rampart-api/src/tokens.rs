@@ -18,10 +18,21 @@ pub const IMAGE_TOKENS: u64 = 1600;
 /// Cost of a PDF or URL document.
 pub const PDF_TOKENS: u64 = 3000;
 
+/// Characters of text per token: the rule's divisor.
+pub const CHARS_PER_TOKEN: u64 = 4;
+
+/// Tokens of `chars` characters of text: `ceil(chars / 4)`. The one rule behind
+/// [`text_tokens`] and every count of characters here, for callers that counted the characters
+/// themselves (the gateway's estimate of the output a cut stream delivered).
+#[must_use]
+pub const fn chars_tokens(chars: u64) -> u64 {
+    chars.div_ceil(CHARS_PER_TOKEN)
+}
+
 /// `ceil(chars / 4)`, counting Unicode scalar values.
 #[must_use]
 pub fn text_tokens(s: &str) -> u64 {
-    (s.chars().count() as u64).div_ceil(4)
+    chars_tokens(s.chars().count() as u64)
 }
 
 /// Characters of the value's compact JSON form, leaving out `cache_control` keys.
@@ -57,7 +68,7 @@ fn digits(n: &serde_json::Number) -> u64 {
 }
 
 fn json_tokens(v: &Value) -> u64 {
-    json_chars(v).div_ceil(4)
+    chars_tokens(json_chars(v))
 }
 
 /// Tokens of one tool definition.
@@ -265,7 +276,7 @@ mod borrowed {
     pub(super) const REPEATED: &str = "rampart: repeated key";
 
     fn quarter(chars: u64) -> u64 {
-        chars.div_ceil(4)
+        super::chars_tokens(chars)
     }
 
     /// The string values the rules compare `type` against.
