@@ -2,7 +2,9 @@
 //!
 //! The proxy sends the upstream bytes to the client untouched; a copy of each chunk is fed to
 //! [`UsageScanner::feed`], which keeps only the current line (capped) and the `data:` of the few
-//! events it cares about: `message_start`, `message_delta` and `error`.
+//! events it cares about: `message_start`, `message_delta` and `error`. Content deltas are
+//! counted, and the length of the text they carry measured (for a stream cut before its final
+//! usage), in place when the event is whole in a chunk (as the proxy's chunks are).
 
 use serde::Deserialize;
 
@@ -569,6 +571,63 @@ mod fast_json {
         whole(b, end, ev)
     }
 
+    /// Characters of the text a `content_block_delta` event's data `b` carries: the string
+    /// member `text` (a `text_delta`), `thinking` (a `thinking_delta`) or `partial_json` (an
+    /// `input_json_delta`) of its `delta`; 0 for other deltas (a thinking block's `signature`, a
+    /// citation) and for data it cannot walk. Walked like the other events (the rest skipped,
+    /// nothing decoded or copied), the string measured by [`string_chars`].
+    pub(super) fn content_delta_chars(b: &[u8]) -> u64 {
+        let mut chars = 0;
+        // What was measured counts even if the walk then fails (an estimate, not a check).
+        let _ = walk_object(b, 0, |b, k| {
+            let Some(v) = key(b, k, b"delta") else {
+                return Some(Member::Skip);
+            };
+            let end = walk_object(b, v, |b, k| {
+                let Some(v) = key(b, k, b"text")
+                    .or_else(|| key(b, k, b"thinking"))
+                    .or_else(|| key(b, k, b"partial_json"))
+                else {
+                    return Some(Member::Skip);
+                };
+                if b.get(v) != Some(&b'"') {
+                    return Some(Member::Skip);
+                }
+                let (n, end) = string_chars(b, v)?;
+                chars += n;
+                Some(Member::Read(end))
+            })?;
+            Some(Member::Read(end))
+        });
+        chars
+    }
+
+    /// The characters of the string starting at `b[i] == b'"'`, counted on its JSON form
+    /// without decoding it, and the index just past it.
+    ///
+    /// Every byte counts but UTF-8 continuation bytes (so a character is one, as the estimator
+    /// counts Unicode scalar values); an escape counts as one character (`\n`, `\"`, `\u00e9`),
+    /// so a character outside the BMP written as a `\uXXXX\uXXXX` surrogate pair counts two.
+    fn string_chars(b: &[u8], i: usize) -> Option<(u64, usize)> {
+        let (end, escaped) = scan_string(b, i)?;
+        let s = b.get(i + 1..end - 1)?;
+        let mut chars = s.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64;
+        if escaped {
+            // Each escape's bytes were counted one each: take back all but one.
+            let mut j = 0;
+            while let Some(at) = s.get(j..).and_then(|r| memchr::memchr(b'\\', r)) {
+                let len: usize = if s.get(j + at + 1) == Some(&b'u') {
+                    6
+                } else {
+                    2
+                };
+                chars = chars.saturating_sub(len as u64 - 1);
+                j += at + len;
+            }
+        }
+        Some((chars, end))
+    }
+
     #[cfg(test)]
     mod tests {
         use proptest::prelude::*;
@@ -620,6 +679,9 @@ mod fast_json {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wanted {
     Start,
+    /// A `content_block_delta` read line by line (one not whole in a chunk): its data is kept
+    /// to measure its text.
+    Content,
     Delta,
     Stop,
     Error,
@@ -636,6 +698,11 @@ pub struct UsageScanner {
     summary: UsageSummary,
     /// `content_block_delta` events seen: each carries output (at least a token).
     content_deltas: u64,
+    /// Characters of the text those deltas carried ([`fast_json::content_delta_chars`]).
+    delta_chars: u64,
+    /// Bytes of the current event's data dropped for their length (a content delta past
+    /// [`MAX_LINE`]), counted as characters.
+    dropped_data: u64,
     /// A `message_delta` reported the final usage.
     final_usage: bool,
 }
@@ -654,13 +721,18 @@ impl UsageScanner {
     }
 
     /// Consume the scanner. A stream that ended before a `message_delta` reported its usage
-    /// (cut by the upstream, or left by the client) counts at least one output token per content
-    /// delta it delivered, not only `message_start`'s count.
+    /// (cut by the upstream, or left by the client) counts the output it delivered, not only
+    /// `message_start`'s count: the text of its content deltas (`text`, `thinking`,
+    /// `partial_json`) by the input estimator's rule ([`rampart_api::tokens::chars_tokens`],
+    /// `ceil(chars / 4)`), and at least one token per content delta. The scanner is fed what
+    /// the proxy sends on, so for a client that left this is what was sent before it went.
     #[must_use]
     pub fn into_summary(self) -> UsageSummary {
         let mut summary = self.summary;
         if !self.final_usage {
-            summary.output_tokens = summary.output_tokens.max(self.content_deltas);
+            let delivered =
+                rampart_api::tokens::chars_tokens(self.delta_chars).max(self.content_deltas);
+            summary.output_tokens = summary.output_tokens.max(delivered);
         }
         summary
     }
@@ -674,8 +746,10 @@ impl UsageScanner {
             if self.between_events()
                 && let Some(len) = unwanted_event_len(chunk)
             {
-                if chunk.starts_with(CONTENT_DELTA_EVENT) {
-                    self.content_deltas += 1;
+                if let Some(rest) = chunk[..len].strip_prefix(CONTENT_DELTA_EVENT) {
+                    // `data:…\n\n`, measured in place.
+                    let data = &rest[b"data:".len()..rest.len() - 2];
+                    self.content_delta(data.strip_prefix(b" ").unwrap_or(data));
                 }
                 chunk = &chunk[len..];
                 continue;
@@ -703,12 +777,27 @@ impl UsageScanner {
             && self.data.is_empty()
     }
 
+    /// A content delta whose data is `data` was delivered.
+    fn content_delta(&mut self, data: &[u8]) {
+        self.content_deltas += 1;
+        self.delta_chars += fast_json::content_delta_chars(data);
+    }
+
+    /// `len` bytes of the current event's data dropped for their length: a content delta's
+    /// are counted as characters.
+    fn drop_data(&mut self, len: usize) {
+        if self.event == Some(Wanted::Content) {
+            self.dropped_data += len as u64;
+        }
+    }
+
     fn push_line_part(&mut self, part: &[u8]) {
         if self.skipping_line {
+            self.drop_data(part.len());
             return;
         }
-        // The data of an event named but not wanted (the text deltas, most of a stream) is
-        // dropped unseen instead of copied line by line.
+        // The data of an event named but not wanted (pings, block starts and stops) is dropped
+        // unseen instead of copied line by line.
         if self.line.is_empty()
             && self.event_named
             && self.event.is_none()
@@ -718,6 +807,8 @@ impl UsageScanner {
             return;
         }
         if self.line.len() + part.len() > MAX_LINE {
+            // (Its data line, as a content delta's line this long is.)
+            self.drop_data(self.line.len() + part.len());
             self.skipping_line = true;
             self.line.clear();
             return;
@@ -739,12 +830,9 @@ impl UsageScanner {
             self.dispatch();
         } else if let Some(rest) = line.strip_prefix(b"event:") {
             self.event_named = true;
-            let name = trim(rest);
-            if name == b"content_block_delta" {
-                self.content_deltas += 1;
-            }
-            self.event = match name {
+            self.event = match trim(rest) {
                 b"message_start" => Some(Wanted::Start),
+                b"content_block_delta" => Some(Wanted::Content),
                 b"message_delta" => Some(Wanted::Delta),
                 b"message_stop" => Some(Wanted::Stop),
                 b"error" => Some(Wanted::Error),
@@ -759,6 +847,8 @@ impl UsageScanner {
                 if self.data.len() + rest.len() <= MAX_LINE {
                     self.data
                         .extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+                } else {
+                    self.drop_data(rest.len());
                 }
             }
         }
@@ -770,7 +860,8 @@ impl UsageScanner {
         let data = std::mem::take(&mut self.data);
         let event = self.event.take();
         let named = std::mem::replace(&mut self.event_named, false);
-        if data.is_empty() && event != Some(Wanted::Stop) {
+        let dropped = std::mem::take(&mut self.dropped_data);
+        if data.is_empty() && dropped == 0 && event != Some(Wanted::Stop) {
             return;
         }
         let kind = match (event, named) {
@@ -810,6 +901,10 @@ impl UsageScanner {
                     }
                 }
             }
+            Some(Wanted::Content) => {
+                self.content_delta(&data);
+                self.delta_chars += dropped;
+            }
             Some(Wanted::Stop) => self.summary.completed = true,
             Some(Wanted::Error) => {
                 self.summary.stream_error = Some(
@@ -830,9 +925,10 @@ impl UsageScanner {
 const CONTENT_DELTA_EVENT: &[u8] = b"event: content_block_delta\n";
 
 /// The length of the event `b` starts with when it is `event: NAME\ndata: …\n\n`, whole, and
-/// NAME is a name the scanner does not want: reading it line by line would change
-/// nothing (the data line is skipped, the blank line dispatches nothing). `None` for anything
-/// else, which is read line by line.
+/// NAME is not one whose data the scanner reads: reading it line by line would change nothing
+/// (the data line is skipped, the blank line dispatches nothing), but for a content delta, whose
+/// data the caller then measures in place as [`UsageScanner::content_delta`] would after reading
+/// it line by line. `None` for anything else, which is read line by line.
 fn unwanted_event_len(b: &[u8]) -> Option<usize> {
     const PREFIX: &[u8] = b"event: ";
     let rest = b.strip_prefix(PREFIX)?;
@@ -877,6 +973,7 @@ fn sniff_type(data: &[u8]) -> Option<Wanted> {
     }
     match serde_json::from_slice::<Typed<'_>>(data).ok()?.kind {
         "message_start" => Some(Wanted::Start),
+        "content_block_delta" => Some(Wanted::Content),
         "message_delta" => Some(Wanted::Delta),
         "message_stop" => Some(Wanted::Stop),
         "error" => Some(Wanted::Error),
@@ -996,7 +1093,8 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
     #[test]
     fn a_stream_cut_before_its_final_usage_counts_a_token_per_content_delta() {
-        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a b c\"}}\n\n";
+        // One character each: the floor of a token per delta is more than their text.
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\"}}\n\n";
         let start_end = STREAM.find("event: content_block_delta").unwrap();
         let cut = format!("{}{}", &STREAM[..start_end], delta.repeat(40));
         // Whole, in one chunk, byte by byte, and with CRLF: the same count.
@@ -1019,6 +1117,168 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             &STREAM[STREAM.find("event: content_block_stop").unwrap()..]
         );
         assert_eq!(whole(&done).output_tokens, 15);
+    }
+
+    /// A `content_block_delta` event whose `delta` is of `kind` with `field` holding `text`.
+    fn content_delta(kind: &str, field: &str, text: &str) -> String {
+        let data = serde_json::json!({
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": kind, field: text},
+        });
+        format!("event: content_block_delta\ndata: {data}\n\n")
+    }
+
+    /// The summary of `stream` fed whole, with CRLF line ends, byte by byte and in 7-byte
+    /// chunks (every way agreeing).
+    fn fed_every_way(stream: &str) -> UsageSummary {
+        let feed = |text: &str, chunk: usize| {
+            let mut s = UsageScanner::new();
+            for c in text.as_bytes().chunks(chunk) {
+                s.feed(c);
+            }
+            s.into_summary()
+        };
+        let whole = feed(stream, stream.len().max(1));
+        let crlf = stream.replace('\n', "\r\n");
+        assert_eq!(feed(&crlf, crlf.len().max(1)), whole, "CRLF");
+        assert_eq!(feed(stream, 1), whole, "byte by byte");
+        assert_eq!(feed(stream, 7), whole, "7-byte chunks");
+        whole
+    }
+
+    #[test]
+    fn a_cut_stream_counts_the_text_thinking_and_tool_input_its_deltas_delivered() {
+        let head = &STREAM[..STREAM.find("event: content_block_start").unwrap()];
+        // What the gateway sends on for a stream the upstream cut.
+        let closing = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream connection lost mid-stream\"}}\n\n";
+        let text = [
+            "The gateway settles ",
+            "what a stream \"delivered\",\n",
+            "h\u{e9}llo w\u{f6}rld \u{1F600} caf\u{e9} ",
+            "tab\tand backslash\\u done.",
+        ];
+        let thinking = [
+            "Let me think about ",
+            "the question asked, ",
+            "step by step here.",
+        ];
+        let json = ["", "{\"city\": \"Par", "is\", \"unit\": \"c", "elsius\"}"];
+        let block = |index: usize, kind: &str| {
+            format!(
+                "event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":{index},\"content_block\":{{\"type\":\"{kind}\"}}}}\n\n"
+            )
+        };
+        let stop = |index: usize| {
+            format!(
+                "event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{index}}}\n\n"
+            )
+        };
+        let deltas = |kind: &str, field: &str, texts: &[&str]| -> String {
+            texts
+                .iter()
+                .map(|t| content_delta(kind, field, t))
+                .collect()
+        };
+        let text_events = deltas("text_delta", "text", &text);
+        let thinking_events = format!(
+            "{}{}",
+            deltas("thinking_delta", "thinking", &thinking),
+            // A signature is not text: a delta, counted at the floor only.
+            content_delta("signature_delta", "signature", &"Eq".repeat(200)),
+        );
+        let json_events = deltas("input_json_delta", "partial_json", &json);
+        let chars = |texts: &[&str]| texts.iter().map(|t| t.chars().count() as u64).sum::<u64>();
+        let (text_chars, thinking_chars, json_chars) =
+            (chars(&text), chars(&thinking), chars(&json));
+        for (name, events, chars, n) in [
+            ("text", text_events.clone(), text_chars, text.len()),
+            (
+                "thinking",
+                format!("{}{}", block(0, "thinking"), thinking_events),
+                thinking_chars,
+                thinking.len() + 1,
+            ),
+            (
+                "tool input",
+                format!("{}{}", block(0, "tool_use"), json_events),
+                json_chars,
+                json.len(),
+            ),
+            (
+                "all three",
+                format!(
+                    "{}{}{}{}{}{}{}",
+                    block(0, "thinking"),
+                    thinking_events,
+                    stop(0),
+                    block(1, "text"),
+                    text_events,
+                    stop(1),
+                    json_events
+                ),
+                thinking_chars + text_chars + json_chars,
+                thinking.len() + 1 + text.len() + json.len(),
+            ),
+        ] {
+            let want = chars.div_ceil(4);
+            assert!(want > n as u64, "{name}: more than the floor");
+            for tail in ["", closing] {
+                let sum = fed_every_way(&format!("{head}{events}{tail}"));
+                assert_eq!(sum.output_tokens, want, "{name} {tail}");
+                assert_eq!((sum.input_tokens, sum.completed), (25, false), "{name}");
+            }
+            // With its final usage, the upstream's count stands, whatever the text.
+            let done = format!(
+                "{head}{events}{}",
+                &STREAM[STREAM.find("event: message_delta").unwrap()..]
+            );
+            assert_eq!(fed_every_way(&done).output_tokens, 15, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_delta_cut_off_midway_is_not_counted() {
+        // The client's parser never had it whole; nor does the scanner.
+        let head = &STREAM[..STREAM.find("event: content_block_start").unwrap()];
+        let delta = content_delta("text_delta", "text", &"word ".repeat(40));
+        let mut s = UsageScanner::new();
+        s.feed(head.as_bytes());
+        s.feed(&delta.as_bytes()[..delta.len() - 10]);
+        assert_eq!(s.into_summary().output_tokens, 1);
+    }
+
+    #[test]
+    fn delta_text_is_measured_on_its_json_form_as_the_decoded_characters() {
+        for (json, chars) in [
+            (r#""""#, 0),
+            (r#""plain""#, 5),
+            (r#""a\u00e9\"\n\\""#, 5),
+            (r#""\\u00e9""#, 6),
+            (r#""h\u00e9llo""#, 5),
+            ("\"h\u{e9}llo \u{1F600}\"", 7),
+            // A surrogate pair counts two (an estimate).
+            (r#""\ud83d\ude00""#, 2),
+        ] {
+            let data = format!(
+                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":{json}}}}}"#
+            );
+            assert_eq!(
+                fast_json::content_delta_chars(data.as_bytes()),
+                chars,
+                "{json}"
+            );
+        }
+        for data in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"abcd"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"citations_delta","citation":{"cited_text":"abcd","text":"x"}}}"#,
+            r#"{"type":"content_block_delta","text":"abcd","delta":{"type":"text_delta","text":null}}"#,
+            r#"{"type":"content_block_delta","delta":"#,
+            "not json",
+            "",
+        ] {
+            assert_eq!(fast_json::content_delta_chars(data.as_bytes()), 0, "{data}");
+        }
     }
 
     #[test]
@@ -1347,6 +1607,31 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
                 bytes.feed(std::slice::from_ref(b));
             }
             prop_assert_eq!(whole.into_summary(), bytes.into_summary());
+        }
+
+        #[test]
+        fn content_deltas_measure_their_decoded_text(
+            deltas in proptest::collection::vec(
+                (prop::sample::select(vec![
+                    ("text_delta", "text"),
+                    ("thinking_delta", "thinking"),
+                    ("input_json_delta", "partial_json"),
+                ]), "\\PC{0,40}"),
+                0..8,
+            ),
+            cut in 1usize..64,
+        ) {
+            // serde writes escapes but never a surrogate pair: the count is exact.
+            let stream: String = deltas.iter().map(|((k, f), t)| content_delta(k, f, t)).collect();
+            let want = (deltas.len() as u64, deltas.iter().map(|(_, t)| t.chars().count() as u64).sum::<u64>());
+            let mut whole = UsageScanner::new();
+            whole.feed(stream.as_bytes());
+            prop_assert_eq!((whole.content_deltas, whole.delta_chars), want);
+            let mut chunked = UsageScanner::new();
+            for c in stream.as_bytes().chunks(cut) {
+                chunked.feed(c);
+            }
+            prop_assert_eq!((chunked.content_deltas, chunked.delta_chars), want);
         }
 
         #[test]
