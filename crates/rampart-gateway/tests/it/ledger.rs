@@ -595,3 +595,92 @@ async fn a_record_the_database_refuses_is_set_aside_and_the_others_are_written()
         1
     );
 }
+
+/// The text deltas of an SSE body: how many, and their text's characters.
+fn text_deltas(body: &str) -> (u64, u64) {
+    let mut n = 0;
+    let mut chars = 0;
+    for event in body.split("\n\n") {
+        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            continue;
+        };
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        if data["type"] == "content_block_delta" {
+            n += 1;
+            chars += data["delta"]["text"].as_str().unwrap().chars().count() as u64;
+        }
+    }
+    (n, chars)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_midway_is_charged_the_text_it_delivered() {
+    let db = TestStore::new().await;
+    let team = db.team("payments").await;
+    let (key, _) = db.key(&team, &[]).await;
+    let upstream = sim(Some("sk-ant-up")).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (gw, plane) = gateway(&db, &upstream.url, spool.path()).await;
+    let prices = PriceTable::builtin();
+    let client = reqwest::Client::new();
+    // Sixty words of three letters: the simulator's deltas carry three, 11 or 12 characters.
+    let mut streamed = message("claude-sonnet-4-6");
+    streamed["stream"] = json!(true);
+    streamed["max_tokens"] = json!(300);
+    streamed["messages"][0]["content"] = json!("echo: ".to_owned() + &["abc"; 60].join(" "));
+    let send = |id: &str| {
+        client
+            .post(format!("{}/v1/messages", gw.url))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .header("x-request-id", id)
+            .json(&streamed)
+            .send()
+    };
+    // message_start, content_block_start and ping, then nine text deltas (27 words).
+    let events = 12;
+
+    // The upstream breaks the stream after them (Rampart closes it with an error event).
+    upstream
+        .fault(json!({"kind": "abort_stream", "after_events": events}))
+        .await;
+    let resp = send("cut").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let cut_body = String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(cut_body.contains("event: error") && !cut_body.contains("message_stop"));
+
+    // The client reads as many and leaves (the upstream pauses after them).
+    upstream
+        .fault(json!({"kind": "stall_stream", "after_events": events, "delay_ms": 5000}))
+        .await;
+    let mut resp = send("left").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut read = Vec::new();
+    while read.windows(2).filter(|w| *w == b"\n\n").count() < events {
+        read.extend_from_slice(&resp.chunk().await.unwrap().unwrap());
+    }
+    drop(resp);
+    let left_body = String::from_utf8(read).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    gw.stop().await;
+    plane.stop().await;
+    let recs = records(&db).await;
+    for (id, body) in [("cut", &cut_body), ("left", &left_body)] {
+        let r = &recs[id];
+        let (deltas, chars) = text_deltas(body);
+        assert_eq!(deltas, 9, "{id}: {body}");
+        // The delivered text by the input estimator's rule (a token per delta was the floor):
+        // here as many tokens as words, what the upstream would have reported for them.
+        let delivered = chars.div_ceil(4);
+        assert_eq!(delivered, 27, "{id}");
+        assert_eq!(r.output_tokens, delivered, "{id}");
+        assert!(r.input_tokens > 60, "{id}: {}", r.input_tokens);
+        assert_eq!(r.client_aborted, id == "left", "{id}");
+        assert_eq!(
+            r.cost_micro_usd,
+            prices.cost("claude-sonnet-4-6", &tokens(r), false),
+            "{id}"
+        );
+    }
+}

@@ -394,6 +394,53 @@ async fn a_stream_that_dies_midway_settles_with_what_it_reported() {
     assert!((1_000 - 1 - 16..=1_000 - 16).contains(&left), "{left}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_after_text_deltas_settles_the_text_it_delivered() {
+    let f = fixture(false).await.unwrap();
+    let key = f
+        .key(
+            "t",
+            LimitSettings {
+                otpm: Some(1_000),
+                ..LimitSettings::default()
+            },
+        )
+        .await;
+    // Sixty words of three letters, cut after message_start, content_block_start, ping and nine
+    // text deltas of three words: 27 words, 107 characters.
+    f._sim
+        .fault(serde_json::json!({"kind": "abort_stream", "after_events": 12}))
+        .await;
+    let mut body = message("claude-sonnet-4-6");
+    body["stream"] = serde_json::json!(true);
+    body["max_tokens"] = serde_json::json!(400);
+    body["messages"][0]["content"] =
+        serde_json::json!("echo: ".to_owned() + &["abc"; 60].join(" "));
+    let start = tokio::time::Instant::now();
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    let text = String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned();
+    assert_eq!(
+        text.matches("event: content_block_delta").count(),
+        9,
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Settled with ceil(107 / 4) = 27 output tokens (it was one a delta, 9), not the 400
+    // reserved; the next request reserves its 16.
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    assert_eq!(r.status(), 200);
+    let left: u64 = header(&r, "anthropic-ratelimit-output-tokens-remaining")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let refilled = start.elapsed().as_millis() as u64 * 1_000 / 60_000 + 1;
+    assert!(
+        (1_000 - 27 - 16..=1_000 - 27 - 16 + refilled).contains(&left),
+        "{left} {refilled}"
+    );
+}
+
 async fn unread_answers_keep_their_reservation(redis: bool) {
     let Some(f) = fixture(redis).await else {
         return;
