@@ -15,6 +15,14 @@
 //! overdraw a token bucket or a budget: **by at most one request's reservation**, since an
 //! overdrawn bucket admits nobody until it refills. Request buckets draw exactly one unit, so
 //! admitted requests never exceed the request limit at all.
+//!
+//! # Waits
+//! A token bucket's level counts the reservations of requests still in flight, which settle
+//! with their real usage soon (a `max_tokens` of 50 000 that ends up using 49 tokens). So the
+//! waits reported (a refusal's `retry-after`, a window's reset) are not worked out from that
+//! level alone: the part of a wait that only waits for reservations in flight counts for at most
+//! [`IN_FLIGHT_WAIT_MS`]; the rest is the time the *settled* level (every reservation in flight
+//! given back) needs to refill. See [`Snapshot::reserved`].
 
 use crate::policy::{Demand, Policy, ScopeKind};
 
@@ -90,6 +98,35 @@ fn ms_until(level: i64, target: i64, limit: u64) -> u64 {
     u64::try_from(ceil_div((target - level).max(0), limit)).unwrap_or(0)
 }
 
+/// The most a reported wait counts for reservations still in flight: they settle with the real
+/// usage (usually far below the reservation) when their responses end, typically within
+/// seconds, and are not waited out as if they would all be used.
+pub const IN_FLIGHT_WAIT_MS: u64 = 1_000;
+
+/// A bucket's level with the `reserved` tokens of requests in flight given back (capped at the
+/// capacity): the level that settled usage alone leaves.
+fn settled_level(level: i64, reserved: u64, limit: u64) -> i64 {
+    let back = i64::try_from(reserved)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(WINDOW_MS);
+    let cap = i64::try_from(limit)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(WINDOW_MS);
+    level.saturating_add(back).min(cap).max(level)
+}
+
+/// The wait reported until a bucket at `level` (of which `reserved` tokens are held by
+/// requests in flight) reaches `target`: none when it is there; else the time the settled level
+/// needs, and at least the time the level needs up to [`IN_FLIGHT_WAIT_MS`] (see the module
+/// docs). Never more than the level alone would need.
+fn wait_ms(level: i64, reserved: u64, target: i64, limit: u64) -> u64 {
+    let full = ms_until(level, target, limit);
+    if full == 0 {
+        return 0;
+    }
+    ms_until(settled_level(level, reserved, limit), target, limit).max(full.min(IN_FLIGHT_WAIT_MS))
+}
+
 /// What a backend saw of one scope, before this request's reservation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -99,6 +136,10 @@ pub struct Snapshot {
     pub inflight: u64,
     /// Budget spent and reserved in the current period (micro-dollars).
     pub committed: u64,
+    /// Tokens reserved in each bucket (in [`DIMENSIONS`] order) by requests in flight, not
+    /// settled yet: part of the levels, but soon given back in part. Always 0 for requests
+    /// (a request is never given back).
+    pub reserved: [u64; 3],
 }
 
 /// How much of each bucket a demand draws on.
@@ -132,7 +173,9 @@ pub struct Window {
     pub limit: u64,
     /// Whole units left now (0 when overdrawn).
     pub remaining: u64,
-    /// When the bucket will be full again (milliseconds since the epoch).
+    /// When the bucket will be full again (milliseconds since the epoch), as settled usage
+    /// implies: reservations of requests in flight add at most [`IN_FLIGHT_WAIT_MS`] (see the
+    /// module docs).
     pub reset_at_ms: i64,
     /// Which scope this is (the most restrictive one).
     pub scope: ScopeKind,
@@ -232,20 +275,23 @@ pub(crate) fn status(
     for (s, snap) in policy.scopes.iter().zip(snaps) {
         for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
             let Some(limit) = limit else { continue };
-            let taken = if admitted {
-                i64::try_from(draw[i])
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(WINDOW_MS)
-            } else {
-                0
+            let (taken, reserved) = match (admitted, DIMENSIONS[i]) {
+                (false, _) => (0, snap.reserved[i]),
+                // A request is never given back: not a reservation in flight.
+                (true, Dimension::Requests) => (draw[i], 0),
+                (true, _) => (draw[i], snap.reserved[i].saturating_add(draw[i])),
             };
+            let taken = i64::try_from(taken)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(WINDOW_MS);
             let level = snap.levels[i].saturating_sub(taken);
             let cap = i64::try_from(limit).unwrap_or(i64::MAX) * WINDOW_MS;
             let window = Window {
                 limit,
                 remaining: u64::try_from(level.max(0) / WINDOW_MS).unwrap_or(0),
-                reset_at_ms: now
-                    .saturating_add(i64::try_from(ms_until(level, cap, limit)).unwrap_or(0)),
+                reset_at_ms: now.saturating_add(
+                    i64::try_from(wait_ms(level, reserved, cap, limit)).unwrap_or(0),
+                ),
                 scope: s.scope.kind,
             };
             let slot = status.slot(DIMENSIONS[i]);
@@ -321,7 +367,8 @@ pub(crate) fn rejection(
                 consider(Rejection {
                     reason: Reason::Rate(DIMENSIONS[i]),
                     limit,
-                    retry_after_ms: ms_until(snap.levels[i], WINDOW_MS, limit).max(1),
+                    retry_after_ms: wait_ms(snap.levels[i], snap.reserved[i], WINDOW_MS, limit)
+                        .max(1),
                     ..base
                 });
             }
@@ -406,5 +453,20 @@ mod tests {
     fn waits_are_rounded_up_to_the_millisecond() {
         assert_eq!(ms_until(0, WINDOW_MS, 7), 8572);
         assert_eq!(ms_until(WINDOW_MS, WINDOW_MS, 7), 0);
+    }
+
+    #[test]
+    fn reservations_in_flight_count_for_at_most_a_second_of_a_wait() {
+        let w = WINDOW_MS;
+        // Nothing in flight: the level's own wait.
+        assert_eq!(wait_ms(-50 * w, 0, w, 100), 30_600);
+        // 50 000 of 100 per minute reserved by a stream still running: it settles soon.
+        assert_eq!(wait_ms(-49_900 * w, 50_000, w, 100), 1_000);
+        assert_eq!(wait_ms(-49_900 * w, 50_000, 100 * w, 100), 1_000);
+        // Settled usage in debt: its own wait, whatever is in flight on top.
+        assert_eq!(wait_ms(-1_050 * w, 1_000, w, 100), 30_600);
+        // Never more than the level alone needs, and nothing when it is there.
+        assert_eq!(wait_ms(w / 2, 1, w, 100), 300);
+        assert_eq!(wait_ms(w, 5, w, 100), 0);
     }
 }

@@ -15,7 +15,10 @@
 //!   settlement, so limits hold across every instance sharing the Redis. While Redis is
 //!   unreachable the limiter fails closed (503) or open, as configured ([`FailureMode`]): once a
 //!   call or a health check has failed, admissions do not wait on Redis until a health check
-//!   ([`Limiter::run_health_checks`]) gets a reply again.
+//!   ([`Limiter::run_health_checks`]) gets a reply again. A call whose answer was lost leaves
+//!   nothing behind: every call is idempotent, an admission that failed is released and a
+//!   settlement that failed is sent again once Redis answers (see [`Limiter`]), and a
+//!   call that failed on a dropped connection (a restarted Redis) is sent again at once.
 //!
 //! Time comes from a [`Clock`] (wall-clock milliseconds, derived from `tokio::time`).
 
@@ -27,7 +30,7 @@ pub mod policy;
 mod redis;
 
 pub use clock::{Clock, ManualClock, TokioClock};
-pub use engine::{Dimension, Reason, Rejection, Snapshot, Status, Window};
-pub use limiter::{Admission, Backend, FailureMode, Limiter, LimiterConfig, Ticket};
+pub use engine::{Dimension, IN_FLIGHT_WAIT_MS, Reason, Rejection, Snapshot, Status, Window};
+pub use limiter::{Admission, Backend, FailureMode, Limiter, LimiterConfig, MAX_REPAIRS, Ticket};
 pub use policy::{Budget, Demand, Period, Policy, Rates, Scope, ScopeKind, ScopeLimits, Used};
 pub use redis::RedisFailure;

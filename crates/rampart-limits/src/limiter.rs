@@ -1,9 +1,18 @@
 //! The limiter the gateway talks to: admission ([`Limiter::admit`]) returns a [`Ticket`] that
 //! must be settled with what the request used ([`Ticket::settle`]); dropping a ticket settles it
 //! as "nothing used" (a request that never reached the upstream).
+//!
+//! # Repairs (Redis)
+//! A call whose answer is lost (a timeout, a dropped connection) may still have run, or may
+//! still run when Redis resumes. Nothing it took is left behind: an admission that failed is
+//! *released* (its ticket id was chosen before the call), and a settlement that failed is kept;
+//! both wait in a bounded queue ([`MAX_REPAIRS`]) and are sent once a health check finds Redis
+//! answering again. Every Redis call is idempotent ([`crate::redis`]), so a repair of a call that
+//! did run, or that runs after its repair, changes nothing more.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, counter, gauge};
@@ -77,6 +86,12 @@ pub enum Admission {
 }
 
 /// The limiter: cheap to clone.
+///
+/// On Redis, a call whose answer is lost (a timeout, a dropped connection) leaves nothing
+/// behind: an admission that failed is released, and a settlement that failed is sent again,
+/// once a health check ([`Limiter::check_health`]) finds Redis answering ([`MAX_REPAIRS`] kept
+/// at most; [`Limiter::pending_repairs`]). Every Redis call is idempotent, so a repair of a call
+/// that did run, or that Redis runs only after its repair, changes nothing more.
 #[derive(Debug, Clone)]
 pub struct Limiter(Arc<Inner>);
 
@@ -92,6 +107,21 @@ struct Inner {
     tickets: AtomicU64,
     /// Where fire-and-forget settlements run (Redis).
     runtime: Option<tokio::runtime::Handle>,
+    /// Releases and settlements that failed, sent again once Redis answers (see the module docs).
+    repairs: Mutex<VecDeque<Repair>>,
+}
+
+/// The most failed calls kept for repair; beyond it the oldest is dropped (its reservation is
+/// then released by its lease, as for an instance that died).
+pub const MAX_REPAIRS: usize = 65_536;
+
+/// A Redis call to send again once Redis answers.
+#[derive(Debug)]
+enum Repair {
+    /// Give back what an admission whose answer was lost took (if anything), and tombstone it.
+    Release(Pending),
+    /// A settlement that failed.
+    Settle(Pending, Used),
 }
 
 #[derive(Debug)]
@@ -109,7 +139,10 @@ struct Metrics {
     unchecked: Counter,
     redis_admit: Counter,
     redis_settle: Counter,
+    redis_release: Counter,
     redis_errors: Counter,
+    repairs_dropped: Counter,
+    repairs_pending: Gauge,
     up: Gauge,
 }
 
@@ -122,7 +155,16 @@ fn metrics() -> &'static Metrics {
         );
         metrics::describe_counter!(
             "rampart_limits_redis_round_trips_total",
-            "Round trips to Redis by operation (admit, settle, ping)."
+            "Round trips to Redis by operation (admit, settle, release)."
+        );
+        metrics::describe_gauge!(
+            "rampart_limits_redis_repairs_pending",
+            "Releases of admissions whose answer was lost and failed settlements, waiting for \
+             Redis to answer again."
+        );
+        metrics::describe_counter!(
+            "rampart_limits_redis_repairs_dropped_total",
+            "Repairs dropped because the queue was full (their leases release them)."
         );
         metrics::describe_counter!(
             "rampart_limits_backend_errors_total",
@@ -143,7 +185,10 @@ fn metrics() -> &'static Metrics {
             unchecked: decision("unchecked"),
             redis_admit: counter!("rampart_limits_redis_round_trips_total", "op" => "admit"),
             redis_settle: counter!("rampart_limits_redis_round_trips_total", "op" => "settle"),
+            redis_release: counter!("rampart_limits_redis_round_trips_total", "op" => "release"),
             redis_errors: counter!("rampart_limits_backend_errors_total"),
+            repairs_dropped: counter!("rampart_limits_redis_repairs_dropped_total"),
+            repairs_pending: gauge!("rampart_limits_redis_repairs_pending"),
             up: gauge!("rampart_limits_backend_up"),
         }
     })
@@ -190,6 +235,7 @@ impl Limiter {
             // Random start: two processes never share a ticket id (Redis leases are keyed by it).
             tickets: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
             runtime,
+            repairs: Mutex::new(VecDeque::new()),
         }))
     }
 
@@ -231,7 +277,8 @@ impl Limiter {
         let was = self.0.up.swap(up, Ordering::Relaxed);
         metrics().up.set(if up { 1.0 } else { 0.0 });
         if was && !up {
-            if what != "ping" {
+            // A failed call wakes the health checks; a failed check or repair waits for the next.
+            if what != "ping" && what != "repair" {
                 self.0.recheck.notify_one();
             }
             tracing::error!(
@@ -247,7 +294,9 @@ impl Limiter {
         }
     }
 
-    /// Ping the backend now (loading the script); updates [`Limiter::is_up`].
+    /// Ping the backend now (loading the script); updates [`Limiter::is_up`]. When Redis
+    /// answers, the repairs waiting for it are sent (see the module docs); false when one of
+    /// them fails.
     pub async fn check_health(&self) -> bool {
         let Store::Redis(r) = &self.0.backend else {
             return true;
@@ -255,7 +304,7 @@ impl Limiter {
         match r.ping().await {
             Ok(()) => {
                 self.mark(true, "ping", None);
-                true
+                self.repair(r).await
             }
             Err(e) => {
                 metrics().redis_errors.increment(1);
@@ -340,6 +389,13 @@ impl Limiter {
                     Err(e) => {
                         metrics().redis_errors.increment(1);
                         self.mark(false, "admit", Some(&e));
+                        // It may have run, or may run when Redis resumes: release it then.
+                        self.queue(Repair::Release(Pending {
+                            id,
+                            policy: policy.clone(),
+                            demand,
+                            admitted_ms: now,
+                        }));
                         return self.unreachable();
                     }
                 }
@@ -427,23 +483,134 @@ impl Limiter {
         }
     }
 
+    /// Keep `repair` for when Redis answers again (dropping the oldest when full).
+    fn queue(&self, repair: Repair) {
+        let mut q = self
+            .0
+            .repairs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if q.len() >= MAX_REPAIRS {
+            q.pop_front();
+            metrics().repairs_dropped.increment(1);
+            tracing::warn!(
+                target: "rampart::limits",
+                max = MAX_REPAIRS,
+                "too many Redis calls waiting for repair; the oldest is dropped (its lease \
+                 releases it)"
+            );
+        }
+        q.push_back(repair);
+        metrics().repairs_pending.set(q.len() as f64);
+    }
+
+    /// How many repairs wait for Redis (see the module docs).
+    #[must_use]
+    pub fn pending_repairs(&self) -> usize {
+        self.0
+            .repairs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Send the repairs waiting (oldest first) until none is left or one fails (it is kept,
+    /// Redis is marked down); whether none failed.
+    async fn repair(&self, r: &RedisBackend) -> bool {
+        loop {
+            let next = {
+                let mut q = self
+                    .0
+                    .repairs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let next = q.pop_front();
+                metrics().repairs_pending.set(q.len() as f64);
+                next
+            };
+            let Some(repair) = next else {
+                return true;
+            };
+            let now = self.0.clock.now_ms();
+            let done = match &repair {
+                Repair::Release(p) => {
+                    metrics().redis_release.increment(1);
+                    Box::pin(r.release(
+                        &p.policy,
+                        &p.demand,
+                        &ticket_name(p.id),
+                        self.0.lease_ms,
+                        p.admitted_ms,
+                        now,
+                    ))
+                    .await
+                }
+                Repair::Settle(p, used) => {
+                    metrics().redis_settle.increment(1);
+                    Box::pin(r.settle(
+                        &p.policy,
+                        &p.demand,
+                        used,
+                        &ticket_name(p.id),
+                        self.0.lease_ms,
+                        p.admitted_ms,
+                        now,
+                    ))
+                    .await
+                }
+            };
+            if let Err(e) = done {
+                metrics().redis_errors.increment(1);
+                if let RedisFailure::Server(_) = e {
+                    // Redis refuses it: sending it again would not help (its lease releases it).
+                    tracing::error!(
+                        target: "rampart::limits",
+                        error = %e,
+                        "Redis refused a repair of a lost call; dropped"
+                    );
+                    continue;
+                }
+                let mut q = self
+                    .0
+                    .repairs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                q.push_front(repair);
+                metrics().repairs_pending.set(q.len() as f64);
+                drop(q);
+                self.mark(false, "repair", Some(&e));
+                return false;
+            }
+        }
+    }
+
     fn settle(&self, p: Pending, used: Used) {
         let used = used.capped();
         let now = self.0.clock.now_ms();
         match &self.0.backend {
             Store::Local(l) => l.settle(&p.policy, &p.demand, &used, p.admitted_ms, now),
+            // Known to be down: kept for when it answers again, without waiting on it.
+            Store::Redis(_) if !self.is_up() => self.queue(Repair::Settle(p, used)),
             Store::Redis(r) => {
                 let (r, limiter) = (r.clone(), self.clone());
                 let task = async move {
                     metrics().redis_settle.increment(1);
                     let name = ticket_name(p.id);
-                    if let Err(e) = r
-                        .settle(&p.policy, &p.demand, &used, &name, p.admitted_ms, now)
-                        .await
-                    {
-                        // The lease expires on its own: the slot frees, the budget keeps the
-                        // reservation (see the module docs of `redis`).
+                    let sent = r
+                        .settle(
+                            &p.policy,
+                            &p.demand,
+                            &used,
+                            &name,
+                            limiter.0.lease_ms,
+                            p.admitted_ms,
+                            now,
+                        )
+                        .await;
+                    if let Err(e) = sent {
+                        // It may have run or not: sent again once Redis answers (idempotent).
                         metrics().redis_errors.increment(1);
+                        limiter.queue(Repair::Settle(p, used));
                         limiter.mark(false, "settle", Some(&e));
                     }
                 };
@@ -520,3 +687,4 @@ impl Drop for Ticket {
         }
     }
 }
+

@@ -1,18 +1,30 @@
 -- Rampart limits: one atomic script for admission ('a'; 'w' for a reservation that must also
--- fit whole in what is left of every budget, a batch's worst case) and settlement ('s').
+-- fit whole in what is left of every budget, a batch's worst case), settlement ('s') and
+-- release ('r': the compensation for an admission whose answer was lost).
 -- The arithmetic mirrors crates/rampart-limits/src/engine.rs and local.rs; keep them in step.
 --
 -- KEYS, four per scope (all with the team's hash tag, so one script touches one slot):
 --   bucket hash (r|i|o)l = level scaled by 60000, (r|i|o)t = last update (ms),
---     (r|i|o)c = the limit it was kept at (a raised limit adds the raise at once)
---   in-flight zset: ticket -> lease expiry (ms)
+--     (r|i|o)c = the limit it was kept at (a raised limit adds the raise at once),
+--     (i|o)v = tokens reserved by requests still in flight (not settled yet)
+--   in-flight zset: '<ticket>:<input reserved>:<output reserved>' -> lease expiry (ms), one
+--     member per admitted ticket of a scope with rates or a concurrency limit
 --   budget hash of the period: spent, reserved, r:<ticket> = reserved cost
 --   budget lease zset of the period: ticket -> lease expiry (ms)
+-- then one more: the ticket's tombstone (set by a release; an admission that finds it takes
+--   nothing, so an admission that runs after its own release leaves nothing behind).
 -- ARGV: op, now, ticket, lease_ms, scopes, need_in, need_out, cost, used_in, used_out,
 --   used_cost, then six per scope: rpm, itpm, otpm, concurrency, budget, budget keys' expiry
 --   (ms since the epoch, on the caller's clock: applied relative to `now`).
 -- Admission returns {admitted, then per scope: level r, level i, level o, in flight,
---   budget committed}, seen before the reservation. Settlement returns {1}.
+--   budget committed, input reserved, output reserved}, seen before the reservation; admitted
+--   is 1 (also when this ticket was already admitted: a resend takes nothing twice), 0 (refused)
+--   or 2 (the ticket was released). Settlement and release return {1}.
+--
+-- Idempotence: a ticket's in-flight member (or, in a budget-only scope, its budget lease) says
+-- it holds a reservation; settlement and release act only on the members they remove, so a
+-- settlement or release sent twice (retried after a lost answer) changes nothing the second
+-- time, and a release of a ticket that was never admitted only leaves its tombstone.
 local W = 60000
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -29,30 +41,69 @@ local function fmt(x)
   return string.format('%.0f', x)
 end
 
+-- A bucket's level refilled to `now`, and the tokens reserved in it by requests in flight.
 local function level_of(key, d, limit)
-  local v = redis.call('HMGET', key, d .. 'l', d .. 't', d .. 'c')
+  local v = redis.call('HMGET', key, d .. 'l', d .. 't', d .. 'c', d .. 'v')
   local cap = limit * W
-  if not v[1] then return cap end
+  local rsv = tonumber(v[4] or '0')
+  if rsv < 0 then rsv = 0 end
+  if not v[1] then return cap, rsv end
   local level = tonumber(v[1])
   local was = tonumber(v[3] or limit)
   if was < limit then level = level + (limit - was) * W end
   local room = cap - level
-  if room <= 0 then return cap end
+  if room <= 0 then return cap, rsv end
   local elapsed = now - tonumber(v[2])
   if elapsed < 0 then elapsed = 0 end
-  if elapsed >= math.ceil(room / limit) then return cap end
-  return level + elapsed * limit
+  if elapsed >= math.ceil(room / limit) then return cap, rsv end
+  return level + elapsed * limit, rsv
 end
 
-local function store(key, d, level, limit)
-  redis.call('HSET', key, d .. 'l', fmt(level), d .. 't', fmt(now), d .. 'c', fmt(limit))
-  return math.ceil((limit * W - level) / limit) + 1000
+-- Store a level (and, for token buckets, what is reserved in it); returns how long the hash
+-- must live: until the bucket is full again, and while anything is reserved, a lease longer.
+local function store(key, d, level, limit, rsv)
+  if rsv then
+    redis.call('HSET', key, d .. 'l', fmt(level), d .. 't', fmt(now), d .. 'c', fmt(limit),
+      d .. 'v', fmt(rsv))
+  else
+    redis.call('HSET', key, d .. 'l', fmt(level), d .. 't', fmt(now), d .. 'c', fmt(limit))
+  end
+  local ttl = math.ceil((limit * W - level) / limit) + 1000
+  if rsv and rsv > 0 and lease + 1000 > ttl then ttl = lease + 1000 end
+  return ttl
 end
 
 local function extend(key, ttl)
   if ttl > redis.call('PTTL', key) then
     redis.call('PEXPIRE', key, fmt(ttl))
   end
+end
+
+-- Take `amount` off what is reserved in bucket `d` (never below zero, never creating the hash).
+local function unreserve(b, d, amount)
+  if amount <= 0 then return end
+  local v = tonumber(redis.call('HGET', b, d .. 'v') or '0')
+  if v > 0 then
+    local left = v - amount
+    if left < 0 then left = 0 end
+    redis.call('HSET', b, d .. 'v', fmt(left))
+  end
+end
+
+-- Requests in flight in a scope, after dropping expired leases (and what they reserved).
+local function inflight(b, c)
+  local expired = redis.call('ZRANGEBYSCORE', c, '-inf', fmt(now))
+  for _, m in ipairs(expired) do
+    local _, _, i, o = string.find(m, ':(%d+):(%d+)$')
+    if i then
+      unreserve(b, 'i', tonumber(i))
+      unreserve(b, 'o', tonumber(o))
+    end
+  end
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', c, '-inf', fmt(now))
+  end
+  return redis.call('ZCARD', c)
 end
 
 local function committed(g, l)
@@ -78,34 +129,62 @@ local function scope(s)
     tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
 end
 
+-- Whether a scope keeps an in-flight member per ticket: any rate or a concurrency limit.
+local function tracked(lim, conc)
+  return conc > 0 or lim[1] > 0 or lim[2] > 0 or lim[3] > 0
+end
+
+-- This ticket's in-flight member in a scope with limits `lim`: the tokens it reserved there.
+local function member(lim)
+  local i, o = 0, 0
+  if lim[2] > 0 then i = need[2] end
+  if lim[3] > 0 then o = need[3] end
+  return ticket .. ':' .. fmt(i) .. ':' .. fmt(o)
+end
+
+local tomb = KEYS[n * 4 + 1]
+
 if op == 'a' or op == 'w' then
+  -- Released already (its answer was lost and the caller gave it back): take nothing.
+  if redis.call('EXISTS', tomb) == 1 then return {2} end
   local ok = 1
+  local again = false
   local out = {0}
   local levels = {}
+  local rsvs = {}
   for s = 0, n - 1 do
     local b, c, g, l, lim, conc, blimit = scope(s)
     levels[s] = {0, 0, 0}
+    rsvs[s] = {0, 0, 0}
     for d = 1, 3 do
       if lim[d] > 0 then
-        levels[s][d] = level_of(b, dims[d], lim[d])
+        levels[s][d], rsvs[s][d] = level_of(b, dims[d], lim[d])
         if need[d] > 0 and levels[s][d] < W then ok = 0 end
       end
     end
-    local inflight = 0
-    if conc > 0 then
-      redis.call('ZREMRANGEBYSCORE', c, '-inf', fmt(now))
-      inflight = redis.call('ZCARD', c)
-      if inflight >= conc then ok = 0 end
+    local busy = 0
+    if tracked(lim, conc) then
+      busy = inflight(b, c)
+      if redis.call('ZSCORE', c, member(lim)) then again = true end
+      if conc > 0 and busy >= conc then ok = 0 end
     end
     local comm = 0
     if blimit > 0 then
       comm = committed(g, l)
       if cost > 0 and comm >= blimit then ok = 0 end
       if op == 'w' and cost > blimit - comm then ok = 0 end
+      if cost > 0 and redis.call('ZSCORE', l, ticket) then again = true end
     end
     for d = 1, 3 do table.insert(out, levels[s][d]) end
-    table.insert(out, inflight)
+    table.insert(out, busy)
     table.insert(out, comm)
+    table.insert(out, rsvs[s][2])
+    table.insert(out, rsvs[s][3])
+  end
+  -- Admitted already (a resend after a lost answer): admitted, and nothing taken twice.
+  if again then
+    out[1] = 1
+    return out
   end
   out[1] = ok
   if ok == 1 then
@@ -114,13 +193,15 @@ if op == 'a' or op == 'w' then
       local ttl = 0
       for d = 1, 3 do
         if lim[d] > 0 then
-          local t = store(b, dims[d], levels[s][d] - need[d] * W, lim[d])
+          local rsv = nil
+          if d > 1 then rsv = rsvs[s][d] + need[d] end
+          local t = store(b, dims[d], levels[s][d] - need[d] * W, lim[d], rsv)
           if t > ttl then ttl = t end
         end
       end
       if ttl > 0 then extend(b, ttl) end
-      if conc > 0 then
-        redis.call('ZADD', c, fmt(now + lease), ticket)
+      if tracked(lim, conc) then
+        redis.call('ZADD', c, fmt(now + lease), member(lim))
         extend(c, lease + 1000)
       end
       if blimit > 0 and cost > 0 then
@@ -135,32 +216,46 @@ if op == 'a' or op == 'w' then
   return out
 end
 
-if op == 's' then
+if op == 's' or op == 'r' then
   for s = 0, n - 1 do
     local b, c, g, l, lim, conc, blimit, bexpire = scope(s)
-    local ttl = 0
-    for d = 2, 3 do
-      if lim[d] > 0 then
-        local level = level_of(b, dims[d], lim[d]) + (need[d] - used[d]) * W
-        if level > lim[d] * W then level = lim[d] * W end
-        local t = store(b, dims[d], level, lim[d])
-        if t > ttl then ttl = t end
+    -- Whether this call is the one that ends the ticket's reservation here: its in-flight
+    -- member is still there (absent: never admitted, settled already, or its lease expired
+    -- and the reservation went with it).
+    local held = true
+    if tracked(lim, conc) then
+      held = redis.call('ZREM', c, member(lim)) == 1
+    end
+    if held and tracked(lim, conc) then
+      local ttl = 0
+      for d = 2, 3 do
+        if lim[d] > 0 then
+          local level, rsv = level_of(b, dims[d], lim[d])
+          level = level + (need[d] - used[d]) * W
+          if level > lim[d] * W then level = lim[d] * W end
+          rsv = rsv - need[d]
+          if rsv < 0 then rsv = 0 end
+          local t = store(b, dims[d], level, lim[d], rsv)
+          if t > ttl then ttl = t end
+        end
       end
+      if ttl > 0 then extend(b, ttl) end
     end
-    if ttl > 0 then extend(b, ttl) end
-    if conc > 0 then
-      redis.call('ZREM', c, ticket)
-    end
-    if blimit > 0 and (cost > 0 or used_cost > 0) then
+    if blimit > 0 and cost > 0 then
       if redis.call('ZREM', l, ticket) == 1 then
         redis.call('HINCRBY', g, 'reserved', fmt(-cost))
         redis.call('HDEL', g, 'r:' .. ticket)
         redis.call('HINCRBY', g, 'spent', fmt(used_cost))
-      else
-        redis.call('HINCRBY', g, 'spent', fmt(used_cost - cost))
+        extend(g, bexpire - now)
       end
+    elseif blimit > 0 and used_cost > 0 and held then
+      -- Nothing was reserved, yet something was spent.
+      redis.call('HINCRBY', g, 'spent', fmt(used_cost))
       extend(g, bexpire - now)
     end
+  end
+  if op == 'r' then
+    redis.call('SET', tomb, '1', 'PX', fmt(lease + 60000))
   end
   return {1}
 end

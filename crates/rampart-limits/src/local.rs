@@ -17,6 +17,8 @@ struct ScopeState {
     /// `(level, updated_at, limit)` per dimension.
     buckets: [Option<(i64, i64, u64)>; 3],
     inflight: u64,
+    /// Tokens reserved per dimension by requests in flight (see [`Snapshot::reserved`]).
+    reserved: [u64; 3],
     /// `(period start, spent, reserved)`.
     budget: Option<(i64, u64, u64)>,
 }
@@ -69,6 +71,7 @@ impl Local {
             for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
                 if let Some(limit) = limit {
                     snap.levels[i] = engine::refill(st.buckets[i], limit, now);
+                    snap.reserved[i] = st.reserved[i];
                 }
             }
             if let Some(b) = s.budget {
@@ -95,6 +98,9 @@ impl Local {
                 if let Some(limit) = limit {
                     let taken = i64::try_from(draw[i]).unwrap_or(i64::MAX) * WINDOW_MS;
                     st.buckets[i] = Some((snap.levels[i] - taken, now, limit));
+                    if i > 0 {
+                        st.reserved[i] = st.reserved[i].saturating_add(draw[i]);
+                    }
                 }
             }
             if s.rates.concurrency.is_some() {
@@ -146,6 +152,7 @@ impl Local {
                         * WINDOW_MS;
                     let level = engine::refill(st.buckets[i], limit, now) + refund;
                     st.buckets[i] = Some((level.min(cap), now, limit));
+                    st.reserved[i] = st.reserved[i].saturating_sub(reserved[i]);
                 }
             }
             if s.rates.concurrency.is_some() {

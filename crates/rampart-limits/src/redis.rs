@@ -2,10 +2,19 @@
 //! Lua script (`limits.lua`), so every instance sharing the Redis sees one limit. One round trip
 //! per admission (`EVALSHA`, check and reserve atomically) and one per settlement.
 //!
+//! Every call is idempotent, so a call whose answer was lost can be sent again: the caller picks
+//! the ticket id before the admission runs; an admission of a ticket that is already admitted
+//! takes nothing twice; a settlement or a release acts only on the reservation the ticket still
+//! holds; and a release (the compensation for an admission whose answer never came) leaves a
+//! tombstone for the ticket, so the admission, should Redis run it after the release (another
+//! connection, a frozen server resuming), takes nothing. A call that fails on a dropped or
+//! refused connection is sent once more on a fresh one (a restarted Redis costs no failed call).
+//!
 //! Keys carry the team's id as a hash tag (`rampart:{<team>}:…`), so a script only touches one
-//! slot of a Redis Cluster. Bucket hashes expire once they would be full again, in-flight sets
-//! a second after their last lease, and budget hashes a week after their period ends, so idle
-//! keys and teams cost no memory.
+//! slot of a Redis Cluster. Bucket hashes expire once they would be full again (or, while
+//! tokens are reserved in them, a second after the last lease), in-flight sets a second after
+//! their last lease, budget hashes a week after their period ends, and a released ticket's
+//! tombstone a minute after the lease, so idle keys and teams cost no memory.
 
 use std::time::Duration;
 
@@ -43,6 +52,9 @@ pub enum RedisFailure {
     /// The connection or the command failed.
     #[error("Redis error: {0}")]
     Command(String),
+    /// Redis answered the call with an error (sending it again would get the same answer).
+    #[error("Redis answered with an error: {0}")]
+    Server(String),
 }
 
 /// A connection (reconnecting on its own) and the script.
@@ -74,9 +86,22 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
+/// Whether a failed call is worth sending again at once: its connection was dropped or refused
+/// (the connection manager reconnects on such an error), not a timeout or a server's answer.
+fn resendable(e: &redis::RedisError) -> bool {
+    (e.is_connection_dropped() || e.is_connection_refusal()) && !e.is_timeout()
+}
+
 fn command(e: &redis::RedisError) -> RedisFailure {
     // Redis errors describe the failure (kind, server message), never the connection URL.
-    RedisFailure::Command(e.to_string())
+    if matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    ) {
+        RedisFailure::Server(e.to_string())
+    } else {
+        RedisFailure::Command(e.to_string())
+    }
 }
 
 impl RedisBackend {
@@ -122,8 +147,8 @@ impl RedisBackend {
         )
     }
 
-    fn keys(&self, policy: &Policy, budget_at_ms: i64) -> Vec<String> {
-        let mut keys = Vec::with_capacity(policy.scopes.len() * 4);
+    fn keys(&self, policy: &Policy, ticket: &str, budget_at_ms: i64) -> Vec<String> {
+        let mut keys = Vec::with_capacity(policy.scopes.len() * 4 + 1);
         for s in &policy.scopes {
             let base = self.base(policy.group, s.scope);
             let period = s.budget.map_or(0, |b| b.period.window(budget_at_ms).0);
@@ -132,6 +157,12 @@ impl RedisBackend {
             keys.push(format!("{base}:g:{period}"));
             keys.push(format!("{base}:l:{period}"));
         }
+        // The ticket's tombstone, in the team's slot like the rest.
+        keys.push(format!(
+            "{}:{{{}}}:x:{ticket}",
+            self.prefix,
+            policy.group.simple()
+        ));
         keys
     }
 
@@ -148,7 +179,7 @@ impl RedisBackend {
         budget_at_ms: i64,
     ) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
-        for k in self.keys(policy, budget_at_ms) {
+        for k in self.keys(policy, ticket, budget_at_ms) {
             inv.key(k);
         }
         inv.arg(op)
@@ -207,12 +238,22 @@ impl RedisBackend {
         })
     }
 
+    /// Run a script call (every one is idempotent, see the module docs), within the timeout; a
+    /// call that fails on a dropped or refused connection is sent once more (the connection
+    /// reconnects on that error): a connection that died with a restarted Redis, or that a short
+    /// network cut broke, costs no failed call.
     async fn run<T: redis::FromRedisValue>(
         &self,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, RedisFailure> {
         let mut conn = self.connection();
-        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+        let call = async {
+            match inv.invoke_async(&mut conn).await {
+                Err(e) if resendable(&e) => inv.invoke_async(&mut conn).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(command(&e)),
             Err(_) => Err(RedisFailure::Timeout(self.timeout)),
@@ -240,35 +281,85 @@ impl RedisBackend {
             now,
         );
         let reply: Vec<i64> = self.run(inv).await?;
+        if reply.first() == Some(&2) {
+            // Only an admission nobody waits for any more can find its ticket released.
+            return Err(RedisFailure::Command(
+                "the admission's ticket was released".to_owned(),
+            ));
+        }
         let n = policy.scopes.len();
-        if reply.len() != 1 + 5 * n {
+        if reply.len() != 1 + 7 * n {
             return Err(RedisFailure::Command(format!(
                 "unexpected script reply of {} values",
                 reply.len()
             )));
         }
         let snaps = reply[1..]
-            .chunks_exact(5)
+            .chunks_exact(7)
             .map(|c| Snapshot {
                 levels: [c[0], c[1], c[2]],
                 inflight: u64::try_from(c[3]).unwrap_or(0),
                 committed: u64::try_from(c[4]).unwrap_or(0),
+                reserved: [
+                    0,
+                    u64::try_from(c[5]).unwrap_or(0),
+                    u64::try_from(c[6]).unwrap_or(0),
+                ],
             })
             .collect();
         Ok((reply[0] == 1, snaps))
     }
 
-    /// Settle an admitted request in one round trip.
+    /// Settle an admitted request in one round trip (idempotent: a settlement sent again
+    /// changes nothing).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn settle(
         &self,
         policy: &Policy,
         demand: &Demand,
         used: &Used,
         ticket: &str,
+        lease_ms: i64,
         admitted_ms: i64,
         now: i64,
     ) -> Result<(), RedisFailure> {
-        let inv = self.invocation("s", policy, demand, used, ticket, 0, now, admitted_ms);
+        let inv = self.invocation(
+            "s",
+            policy,
+            demand,
+            used,
+            ticket,
+            lease_ms,
+            now,
+            admitted_ms,
+        );
+        let _: Vec<i64> = self.run(inv).await?;
+        Ok(())
+    }
+
+    /// Undo the admission of `ticket` whose answer was lost, in one round trip: what it took is
+    /// given back as by a settlement with nothing used (nothing when it was never admitted or
+    /// is settled already), and the ticket is tombstoned for `lease_ms` and a minute more, so
+    /// the admission, should Redis run it only now, takes nothing. Idempotent.
+    pub(crate) async fn release(
+        &self,
+        policy: &Policy,
+        demand: &Demand,
+        ticket: &str,
+        lease_ms: i64,
+        admitted_ms: i64,
+        now: i64,
+    ) -> Result<(), RedisFailure> {
+        let inv = self.invocation(
+            "r",
+            policy,
+            demand,
+            &Used::default(),
+            ticket,
+            lease_ms,
+            now,
+            admitted_ms,
+        );
         let _: Vec<i64> = self.run(inv).await?;
         Ok(())
     }
@@ -299,7 +390,14 @@ impl RedisBackend {
     pub(crate) async fn ping(&self) -> Result<(), RedisFailure> {
         let mut conn = self.conn.clone();
         let load = async {
-            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+            if let Err(e) = pong {
+                if !resendable(&e) {
+                    return Err(e);
+                }
+                // The first ping after Redis came back finds the old connection dead.
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            }
             self.script.load_async(&mut conn).await
         };
         match tokio::time::timeout(self.timeout, load).await {
@@ -307,5 +405,141 @@ impl RedisBackend {
             Ok(Err(e)) => Err(command(&e)),
             Err(_) => Err(RedisFailure::Timeout(self.timeout)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The script's idempotence, on the Redis at `RAMPART_TEST_REDIS_URL` (skipped when unset;
+    //! the limits suite fails in CI without it).
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::engine::WINDOW_MS;
+    use crate::policy::{Budget, Period, Rates, ScopeLimits};
+    use std::sync::Arc;
+
+    /// 2026-06-01T12:00:00Z.
+    const T0: i64 = 1_780_315_200_000;
+    const LEASE: i64 = 900_000;
+
+    fn backend() -> Option<RedisBackend> {
+        let url = std::env::var("RAMPART_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let prefix = format!("unit-{}", uuid::Uuid::new_v4().simple());
+        Some(RedisBackend::new(&url, &prefix, Duration::from_secs(2)).unwrap())
+    }
+
+    /// One slot, 100 output tokens a minute, 1,000 µ$ a day.
+    fn policy() -> Arc<Policy> {
+        Policy::new(
+            uuid::Uuid::new_v4(),
+            [ScopeLimits {
+                scope: Scope {
+                    kind: ScopeKind::Key,
+                    id: uuid::Uuid::new_v4(),
+                },
+                rates: Rates {
+                    otpm: Some(100),
+                    concurrency: Some(1),
+                    ..Rates::default()
+                },
+                budget: Some(Budget {
+                    limit_micros: 1_000,
+                    period: Period::Day,
+                }),
+            }],
+        )
+        .unwrap()
+    }
+
+    const DEMAND: Demand = Demand {
+        input_tokens: 0,
+        output_tokens: 30,
+        cost_micros: 400,
+    };
+
+    fn untouched() -> Snapshot {
+        Snapshot {
+            levels: [0, 0, 100 * WINDOW_MS],
+            ..Snapshot::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_admission_that_runs_after_its_release_takes_nothing() {
+        let Some(r) = backend() else { return };
+        let p = policy();
+        // Released first (its answer was lost), run only then (another connection, a frozen
+        // Redis resuming): refused, nothing taken.
+        r.release(&p, &DEMAND, "t1", LEASE, T0, T0).await.unwrap();
+        assert!(r.admit(&p, &DEMAND, "t1", LEASE, T0, false).await.is_err());
+        let (ok, snaps) = r.admit(&p, &DEMAND, "t2", LEASE, T0, false).await.unwrap();
+        assert!(ok);
+        assert_eq!(snaps, [untouched()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_gives_back_what_the_admission_took_once_and_a_settlement_settles_once() {
+        let Some(r) = backend() else { return };
+        let p = policy();
+        assert!(
+            r.admit(&p, &DEMAND, "t1", LEASE, T0, false)
+                .await
+                .unwrap()
+                .0
+        );
+        for _ in 0..2 {
+            r.release(&p, &DEMAND, "t1", LEASE, T0, T0).await.unwrap();
+        }
+        let (ok, snaps) = r.admit(&p, &DEMAND, "t2", LEASE, T0, false).await.unwrap();
+        assert!(ok);
+        assert_eq!(snaps, [untouched()], "given back exactly, once");
+        let used = Used {
+            input_tokens: 0,
+            output_tokens: 10,
+            cost_micros: 100,
+        };
+        for _ in 0..2 {
+            r.settle(&p, &DEMAND, &used, "t2", LEASE, T0, T0)
+                .await
+                .unwrap();
+        }
+        // A release after the settlement (or of a ticket settled already) changes nothing.
+        r.release(&p, &DEMAND, "t2", LEASE, T0, T0).await.unwrap();
+        let (ok, snaps) = r.admit(&p, &DEMAND, "t3", LEASE, T0, false).await.unwrap();
+        assert!(ok);
+        let settled_once = Snapshot {
+            levels: [0, 0, 90 * WINDOW_MS],
+            inflight: 0,
+            committed: 100,
+            reserved: [0; 3],
+        };
+        assert_eq!(snaps, [settled_once]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_admission_sent_twice_is_taken_once() {
+        let Some(r) = backend() else { return };
+        let p = policy();
+        assert!(
+            r.admit(&p, &DEMAND, "t1", LEASE, T0, false)
+                .await
+                .unwrap()
+                .0
+        );
+        // Sent again (its first answer was lost with its connection): admitted, not taken again.
+        let (ok, _) = r.admit(&p, &DEMAND, "t1", LEASE, T0, false).await.unwrap();
+        assert!(ok);
+        let (ok, snaps) = r.admit(&p, &DEMAND, "t2", LEASE, T0, false).await.unwrap();
+        assert!(!ok, "one slot, taken once");
+        let once = Snapshot {
+            levels: [0, 0, 70 * WINDOW_MS],
+            inflight: 1,
+            committed: 400,
+            reserved: [0, 0, 30],
+        };
+        assert_eq!(snaps, [once]);
     }
 }

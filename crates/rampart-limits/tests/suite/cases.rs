@@ -158,9 +158,19 @@ pub async fn a_token_bucket_is_overdrawn_by_at_most_one_reservation(h: &Harness)
         ..Rates::default()
     });
     // 999 left: a 5000-token request still gets in (one whole token is there)…
-    let _a = admit(h, &p, tokens(1, 0)).await.unwrap();
+    let a = admit(h, &p, tokens(1, 0)).await.unwrap();
     let big = admit(h, &p, tokens(5_000, 0)).await.unwrap();
     assert_eq!(big.status().input_tokens.unwrap().remaining, 0);
+    // …(both use all they reserved)…
+    a.settle(Used {
+        input_tokens: 1,
+        ..Used::default()
+    });
+    big.settle(Used {
+        input_tokens: 5_000,
+        ..Used::default()
+    });
+    settled().await;
     // …and nothing else until the debt is paid back and one token is there again: 4002 tokens
     // at 1000 a minute.
     let r = admit(h, &p, tokens(1, 0)).await.unwrap_err();
@@ -525,4 +535,42 @@ pub async fn a_budget_starts_from_what_the_ledger_says_was_spent_and_is_never_lo
     // Next month starts afresh.
     h.advance(31 * 24 * 3_600_000);
     admit(h, &p, cost(1)).await.unwrap();
+}
+
+pub async fn waits_do_not_count_reservations_in_flight_as_used(h: &Harness) {
+    let p = key_policy(Rates {
+        otpm: Some(100),
+        ..Rates::default()
+    });
+    // A stream of max_tokens 50,000 at 100 a minute: nothing is left while it runs, but it
+    // settles with what it uses, so neither the reset nor a refusal's wait is 8 hours.
+    let stream = admit(h, &p, tokens(0, 50_000)).await.unwrap();
+    let w = stream.status().output_tokens.unwrap();
+    assert_eq!((w.remaining, w.reset_at_ms), (0, T0 + 1_000));
+    let r = admit(h, &p, tokens(0, 1)).await.unwrap_err();
+    assert_eq!(r.reason, Reason::Rate(Dimension::OutputTokens));
+    assert_eq!(r.retry_after_ms, 1_000);
+    assert_eq!(r.status.output_tokens.unwrap().reset_at_ms, T0 + 1_000);
+    // It used 49: 51 left.
+    stream.settle(Used {
+        output_tokens: 49,
+        ..Used::default()
+    });
+    settled().await;
+    let t = admit(h, &p, tokens(0, 1)).await.unwrap();
+    let w = t.status().output_tokens.unwrap();
+    assert_eq!(w.remaining, 50);
+    // Full again when the 49 used and the 1 in flight are back: 49 at 100 a minute, and the
+    // one reserved counts for no more than a second.
+    assert_eq!(w.reset_at_ms, T0 + 29_400);
+    // Settled usage in debt is waited out in full.
+    t.settle(Used {
+        output_tokens: 200,
+        ..Used::default()
+    });
+    settled().await;
+    let r = admit(h, &p, tokens(0, 1)).await.unwrap_err();
+    // 49 + 200 used of 100: 149 in debt, one token needed: 150 at 100 a minute.
+    assert_eq!(r.retry_after_ms, 90_000);
+    assert_eq!(r.status.output_tokens.unwrap().reset_at_ms, T0 + 149_400);
 }

@@ -119,6 +119,7 @@ on_both_backends!(
     a_reservation_that_must_fit_whole_is_refused_naming_what_is_left,
     a_raised_limit_applies_at_once_and_a_lowered_one_caps_at_once,
     a_budget_starts_from_what_the_ledger_says_was_spent_and_is_never_lowered,
+    waits_do_not_count_reservations_in_flight_as_used,
 );
 
 /// A limiter on a Redis that is not there.
@@ -163,10 +164,14 @@ async fn an_unreachable_redis_fails_closed_by_default_and_open_when_configured()
 
 /// A stand-in for a Redis that stops answering (a frozen server, a network partition): it
 /// accepts connections and, while `frozen`, forwards nothing either way, so calls get no reply
-/// and no error. Without a Redis behind it, it is always frozen.
+/// and no error. Without a Redis behind it, it is always frozen. It can also cut every
+/// connection open (a restarted Redis, a broken network path: what was not forwarded is lost),
+/// and while `down`, close each new connection at once (a Redis that is not running).
 struct Stall {
     url: String,
     frozen: tokio::sync::watch::Sender<bool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Stall {
@@ -174,6 +179,9 @@ impl Stall {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("redis://{}", listener.local_addr().unwrap());
         let (frozen, rx) = tokio::sync::watch::channel(to.is_none());
+        let cuts = tokio::sync::watch::Sender::new(0);
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cuts2, down2) = (cuts.clone(), down.clone());
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
@@ -181,14 +189,43 @@ impl Stall {
                     held.push(client);
                     continue;
                 };
+                if down2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let server = tokio::net::TcpStream::connect(to).await.unwrap();
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(Self::pump(cr, sw, rx.clone()));
-                tokio::spawn(Self::pump(sr, cw, rx.clone()));
+                for (from, to) in [(cr, sw), (sr, cw)].map(|(r, w)| (r, w)) {
+                    let (frozen, mut cut) = (rx.clone(), cuts2.subscribe());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = Self::pump(from, to, frozen) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
             }
         });
-        Self { url, frozen }
+        Self {
+            url,
+            frozen,
+            cuts,
+            down,
+        }
+    }
+
+    /// Close every connection open now, dropping what it holds.
+    fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Go down (cut every connection, close new ones) or come back.
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut();
+        }
     }
 
     async fn pump(
@@ -314,21 +351,24 @@ async fn seeding_a_budget_on_a_redis_known_down_fails_at_once() {
     assert!(took < Duration::from_millis(100), "{took:?}");
 }
 
-/// Redis answers, then hangs: the first call to notice pays the timeout, the rest are answered
-/// at once; when it answers again the health checks bring the limiter back by themselves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_that_hangs_then_answers_again_is_used_again_by_itself() {
-    let Some(url) = redis_url() else { return };
-    let addr = url
-        .trim_start_matches("redis://")
+/// `host:port` of the test Redis.
+fn redis_addr(url: &str) -> String {
+    url.trim_start_matches("redis://")
         .rsplit('@')
         .next()
         .unwrap()
         .split('/')
         .next()
         .unwrap()
-        .to_owned();
-    let stall = Stall::start(Some(addr)).await;
+        .to_owned()
+}
+
+/// Redis answers, then hangs: the first call to notice pays the timeout, the rest are answered
+/// at once; when it answers again the health checks bring the limiter back by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_then_answers_again_is_used_again_by_itself() {
+    let Some(url) = redis_url() else { return };
+    let stall = Stall::start(Some(redis_addr(&url))).await;
     let timeout = Duration::from_millis(500);
     let limiter = stall.limiter(FailureMode::Closed, timeout);
     assert!(limiter.check_health().await);
@@ -389,4 +429,110 @@ fn a_bad_redis_url_is_refused_without_echoing_it() {
         err.contains("limits.redis_url") && !err.contains("hunter2"),
         "{err}"
     );
+}
+
+/// One slot and 100 output tokens a minute on one key.
+fn slot_policy() -> Arc<rampart_limits::Policy> {
+    rampart_limits::Policy::new(
+        uuid::Uuid::new_v4(),
+        [rampart_limits::ScopeLimits {
+            scope: rampart_limits::Scope {
+                kind: rampart_limits::ScopeKind::Key,
+                id: uuid::Uuid::new_v4(),
+            },
+            rates: rampart_limits::Rates {
+                otpm: Some(100),
+                concurrency: Some(1),
+                ..rampart_limits::Rates::default()
+            },
+            budget: None,
+        }],
+    )
+    .unwrap()
+}
+
+fn output(n: u64) -> rampart_limits::Demand {
+    rampart_limits::Demand {
+        output_tokens: n,
+        ..rampart_limits::Demand::default()
+    }
+}
+
+fn admitted(a: rampart_limits::Admission) -> rampart_limits::Ticket {
+    match a {
+        rampart_limits::Admission::Admitted(t) => t,
+        other => panic!("not admitted: {other:?}"),
+    }
+}
+
+/// A frozen Redis (`kill -STOP`) gets an admission, which times out (503), then resumes and
+/// runs it: the slot and the tokens it took are given back once a health check finds Redis
+/// answering, not held for the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_whose_answer_was_lost_is_released_once_redis_answers() {
+    let Some(url) = redis_url() else { return };
+    let stall = Stall::start(Some(redis_addr(&url))).await;
+    let limiter = stall.limiter(FailureMode::Closed, Duration::from_millis(300));
+    assert!(limiter.check_health().await);
+    let p = slot_policy();
+    stall.frozen.send_replace(true);
+    assert!(matches!(
+        limiter.admit(&p, output(50)).await,
+        rampart_limits::Admission::Unavailable
+    ));
+    assert_eq!(limiter.pending_repairs(), 1);
+    // Resumed: Redis runs the admission nobody waits for any more, then the release.
+    stall.frozen.send_replace(false);
+    assert!(limiter.check_health().await);
+    assert_eq!(limiter.pending_repairs(), 0);
+    let t = admitted(limiter.admit(&p, output(1)).await);
+    assert_eq!(t.status().output_tokens.unwrap().remaining, 99);
+}
+
+/// A settlement lost to an outage (every connection cut, new ones refused) is sent again once
+/// Redis is back: the slot frees then, not after the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_lost_to_an_outage_is_sent_again_once_redis_answers() {
+    let Some(url) = redis_url() else { return };
+    let stall = Stall::start(Some(redis_addr(&url))).await;
+    let limiter = stall.limiter(FailureMode::Closed, Duration::from_millis(500));
+    assert!(limiter.check_health().await);
+    let p = slot_policy();
+    let t = admitted(limiter.admit(&p, output(50)).await);
+    stall.set_down(true);
+    t.settle(rampart_limits::Used {
+        output_tokens: 10,
+        ..rampart_limits::Used::default()
+    });
+    let lost = tokio::time::Instant::now();
+    while limiter.pending_repairs() == 0 {
+        assert!(lost.elapsed() < Duration::from_secs(5), "never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!limiter.is_up());
+    stall.set_down(false);
+    assert!(limiter.check_health().await);
+    assert_eq!(limiter.pending_repairs(), 0);
+    // The slot is free and the settlement counted once: 100 - 10 used - 1 reserved now.
+    let t = admitted(limiter.admit(&p, output(1)).await);
+    assert_eq!(t.status().output_tokens.unwrap().remaining, 89);
+}
+
+/// A worker's connection that died with a restarted Redis (or a broken network path) costs no
+/// failed call: the call is sent again on a fresh connection, and counted once.
+#[tokio::test]
+async fn a_connection_broken_by_a_redis_restart_costs_no_failed_call() {
+    let Some(url) = redis_url() else { return };
+    let stall = Stall::start(Some(redis_addr(&url))).await;
+    let limiter = stall.limiter(FailureMode::Closed, Duration::from_secs(2));
+    let p = rpm_policy(10);
+    let t = admitted(limiter.admit(&p, rampart_limits::Demand::default()).await);
+    assert_eq!(t.status().requests.unwrap().remaining, 9);
+    for left in [8, 7] {
+        stall.cut();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = admitted(limiter.admit(&p, rampart_limits::Demand::default()).await);
+        assert_eq!(t.status().requests.unwrap().remaining, left);
+        assert!(limiter.is_up());
+    }
 }
