@@ -140,6 +140,7 @@ struct Metrics {
     redis_admit: Counter,
     redis_settle: Counter,
     redis_release: Counter,
+    redis_ping: Counter,
     redis_errors: Counter,
     repairs_dropped: Counter,
     repairs_pending: Gauge,
@@ -155,7 +156,7 @@ fn metrics() -> &'static Metrics {
         );
         metrics::describe_counter!(
             "rampart_limits_redis_round_trips_total",
-            "Round trips to Redis by operation (admit, settle, release)."
+            "Round trips to Redis by operation (admit, settle, release, ping)."
         );
         metrics::describe_gauge!(
             "rampart_limits_redis_repairs_pending",
@@ -186,6 +187,7 @@ fn metrics() -> &'static Metrics {
             redis_admit: counter!("rampart_limits_redis_round_trips_total", "op" => "admit"),
             redis_settle: counter!("rampart_limits_redis_round_trips_total", "op" => "settle"),
             redis_release: counter!("rampart_limits_redis_round_trips_total", "op" => "release"),
+            redis_ping: counter!("rampart_limits_redis_round_trips_total", "op" => "ping"),
             redis_errors: counter!("rampart_limits_backend_errors_total"),
             repairs_dropped: counter!("rampart_limits_redis_repairs_dropped_total"),
             repairs_pending: gauge!("rampart_limits_redis_repairs_pending"),
@@ -301,6 +303,7 @@ impl Limiter {
         let Store::Redis(r) = &self.0.backend else {
             return true;
         };
+        metrics().redis_ping.increment(1);
         match r.ping().await {
             Ok(()) => {
                 self.mark(true, "ping", None);
@@ -688,3 +691,92 @@ impl Drop for Ticket {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// A recorder that keeps counters by name and labels.
+    #[derive(Default)]
+    struct Counters(Mutex<Vec<(String, Arc<AtomicU64>)>>);
+
+    impl metrics::Recorder for Counters {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let c = Arc::new(AtomicU64::new(0));
+            self.0
+                .lock()
+                .unwrap()
+                .push((format!("{}{{{}}}", key.name(), labels.join(",")), c.clone()));
+            Counter::from_arc(c)
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[tokio::test]
+    async fn health_check_pings_are_counted_as_round_trips() {
+        let counters = Counters::default();
+        metrics::with_local_recorder(&counters, || {
+            let _ = metrics();
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = LimiterConfig {
+            backend: Backend::Redis {
+                url: format!("redis://127.0.0.1:{port}"),
+                prefix: "pings".to_owned(),
+                timeout: Duration::from_millis(200),
+            },
+            ..LimiterConfig::default()
+        };
+        let limiter = Limiter::new(&config, Arc::new(ManualClock::at(0))).unwrap();
+        assert!(!limiter.check_health().await);
+        assert!(!limiter.check_health().await);
+        let pings = counters
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k == "rampart_limits_redis_round_trips_total{op=ping}")
+            .map(|(_, c)| c.load(Ordering::Relaxed));
+        assert_eq!(pings, Some(2));
+    }
+}
