@@ -284,18 +284,24 @@ def test_an_answer_the_upstream_cuts_midway_leaves_one_record_saying_so(demo: De
     proc, url = serve(data_dir, demo, "serve-ledger-cut")
     client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
     args = dict(model="claude-haiku-4-5", max_tokens=200, messages=[{"role": "user", "content": "echo: " + "word " * 60}])
-    deltas = {}
+    # A cut stream is charged the text its deltas delivered, by the shared estimator (4
+    # characters a token), and at least a token per delta.
+    charged = {}
     for rid, kind, extra in (
         ("cut-stream-event", "error_event", {"error_type": "overloaded_error"}),
         ("cut-stream-reset", "abort_stream", {}),
     ):
         sim.fault(kind, after_events=6, **extra)
-        deltas[rid] = 0
+        deltas, text = 0, ""
         with pytest.raises(anthropic.APIStatusError):
             with client.messages.stream(**args, extra_headers={"x-request-id": rid}) as stream:
                 for event in stream:
-                    deltas[rid] += event.type == "content_block_delta"
-        assert deltas[rid] > 0, rid
+                    if event.type == "content_block_delta":
+                        deltas += 1
+                        text += event.delta.text
+        assert deltas > 0, rid
+        charged[rid] = max(deltas, -(-len(text) // 4))
+        assert charged[rid] > deltas, "the deltas carried several tokens of text each"
     sim.fault("abort_stream")
     with pytest.raises(anthropic.APIConnectionError):
         client.messages.create(**args, extra_headers={"x-request-id": "cut-json"})
@@ -303,8 +309,8 @@ def test_an_answer_the_upstream_cuts_midway_leaves_one_record_saying_so(demo: De
     rows = db_rows(data_dir, "SELECT request_id, status, error_type, streamed, output_tokens, upstream_attempts FROM usage_records")
     by_id = {r[0]: r[1:] for r in rows}
     assert sorted(by_id) == sorted(r[0] for r in rows) == ["cut-json", "cut-stream-event", "cut-stream-reset"], rows
-    assert by_id["cut-stream-event"] == (200, "overloaded_error", 1, deltas["cut-stream-event"], 1), rows
-    assert by_id["cut-stream-reset"] == (200, "api_error", 1, deltas["cut-stream-reset"], 1), rows
+    assert by_id["cut-stream-event"] == (200, "overloaded_error", 1, charged["cut-stream-event"], 1), rows
+    assert by_id["cut-stream-reset"] == (200, "api_error", 1, charged["cut-stream-reset"], 1), rows
     assert by_id["cut-json"][:3] == (200, "api_error", 0), rows
     # A whole answer is generated before it is sent: the upstream billed it all, its usage is
     # lost with its end, so it is charged an estimate (its max_tokens of output), not nothing.
