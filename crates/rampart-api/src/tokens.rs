@@ -241,13 +241,55 @@ pub fn estimate_request_peeking(text: &str) -> Option<(RequestEstimate<'_>, RawF
     Some((estimate, raw))
 }
 
+/// The `max_tokens` a value asks for, as the API reads it (it validates leniently): an integer,
+/// a number with no fraction (`4000.0`, `4e3`), or a string of either (`"4000"`); else 0 (a
+/// value the API refuses, so nothing is generated). A reservation made from it then covers
+/// every answer the upstream can give, whatever the number's spelling. Above `u64::MAX`:
+/// `u64::MAX`.
+#[must_use]
+pub fn whole_tokens(v: &Value) -> u64 {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().map(whole_f64))
+            .unwrap_or(0),
+        Value::String(s) => whole_str(s),
+        _ => 0,
+    }
+}
+
+/// [`whole_tokens`] of the raw JSON text of a value.
+#[must_use]
+pub fn whole_tokens_raw(raw: &serde_json::value::RawValue) -> u64 {
+    borrowed::max_tokens_of(raw).unwrap_or(0)
+}
+
+fn whole_f64(n: f64) -> u64 {
+    if n.is_finite() && n >= 0.0 && n.fract() == 0.0 {
+        // `as` saturates: a whole number past u64::MAX reads as u64::MAX.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let whole = n as u64;
+        whole
+    } else {
+        0
+    }
+}
+
+fn whole_str(s: &str) -> u64 {
+    let s = s.trim();
+    s.parse::<u64>()
+        .ok()
+        .or_else(|| s.parse::<f64>().ok().map(whole_f64))
+        .unwrap_or(0)
+}
+
 /// [`estimate_request`] through a [`Value`] (the reference it is held equal to).
 #[must_use]
 pub fn estimate_request_from_value(body: &[u8]) -> Option<RequestEstimate<'_>> {
     let v: Value = serde_json::from_slice(body).ok()?;
     Some(RequestEstimate {
         input_tokens: estimate_input_tokens(&v),
-        max_tokens: v.get("max_tokens").and_then(Value::as_u64).unwrap_or(0),
+        max_tokens: v.get("max_tokens").map_or(0, whole_tokens),
         model: v
             .get("model")
             .and_then(Value::as_str)
@@ -847,7 +889,7 @@ mod borrowed {
         }
     }
 
-    /// `max_tokens`: a non-negative integer, else 0.
+    /// `max_tokens` as [`super::whole_tokens`] reads it, else 0.
     struct MaxTokens;
 
     impl<'de> DeserializeSeed<'de> for MaxTokens {
@@ -868,7 +910,15 @@ mod borrowed {
             Ok(n)
         }
 
-        scalars_give!(0; visit_bool(bool), visit_i64(i64), visit_f64(f64), visit_str(&str));
+        fn visit_f64<E: Error>(self, n: f64) -> Result<u64, E> {
+            Ok(super::whole_f64(n))
+        }
+
+        fn visit_str<E: Error>(self, s: &str) -> Result<u64, E> {
+            Ok(super::whole_str(s))
+        }
+
+        scalars_give!(0; visit_bool(bool), visit_i64(i64));
 
         fn visit_unit<E: Error>(self) -> Result<u64, E> {
             Ok(0)
@@ -940,6 +990,36 @@ mod tests {
         let fast = estimate_request(body.as_bytes());
         let slow = estimate_request_from_value(body.as_bytes());
         assert_eq!(fast, slow, "{body}");
+    }
+
+    #[test]
+    fn max_tokens_counts_every_spelling_of_a_whole_number() {
+        for (raw, n) in [
+            ("4000", 4000),
+            ("4000.0", 4000),
+            ("4e3", 4000),
+            ("\"4000\"", 4000),
+            ("\" 4e3 \"", 4000),
+            ("4000.5", 0),
+            ("-1", 0),
+            ("-1.0", 0),
+            ("null", 0),
+            ("true", 0),
+            ("\"many\"", 0),
+            ("1e30", u64::MAX),
+        ] {
+            let v: Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(whole_tokens(&v), n, "{raw}");
+            let raw_value: Box<serde_json::value::RawValue> = serde_json::from_str(raw).unwrap();
+            assert_eq!(whole_tokens_raw(&raw_value), n, "{raw}");
+            let body = format!(r#"{{"model":"m","max_tokens":{raw},"messages":[]}}"#);
+            assert_eq!(
+                estimate_request(body.as_bytes()).unwrap().max_tokens,
+                n,
+                "{body}"
+            );
+            same(&body);
+        }
     }
 
     #[test]

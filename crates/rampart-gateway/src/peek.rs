@@ -74,7 +74,9 @@ fn peeked(
         model,
         model_span,
         stream: stream.is_some_and(|raw| raw.get() == "true"),
-        max_tokens: max_tokens.and_then(|raw| raw.get().parse::<u64>().ok()),
+        max_tokens: max_tokens
+            .map(rampart_api::tokens::whole_tokens_raw)
+            .filter(|&n| n > 0),
     }
 }
 

@@ -337,6 +337,25 @@ def test_a_batch_that_does_not_fit_in_what_is_left_says_so_not_that_the_budget_i
     assert worst > left and abs(worst + left - 0.001) < 1e-9, message
 
 
+def test_a_batch_reserves_max_tokens_however_the_number_is_written(single: Any) -> None:
+    """The API takes `4000.0`, `4e3` and `"4000"` for a max_tokens of 4000 and generates that much:
+    a batch's worst case counts them all alike (one spelt as a float reserved no output at all,
+    and a budget could be overspent without bound)."""
+    store, url = single
+    key = create_key(store, "--budget-usd", "0.05", "--budget-period", "day")
+    time.sleep(0.3)
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    for spelt in (4000, 4000.0, 4e3, "4000"):
+        items = [
+            {"custom_id": f"r{i}", "params": {"model": "claude-sonnet-4-6", "max_tokens": spelt, "messages": [{"role": "user", "content": f"hello {i}"}]}}
+            for i in range(200)
+        ]
+        with pytest.raises(anthropic.APIStatusError) as err:
+            client.messages.batches.create(requests=items)  # type: ignore[arg-type]
+        assert err.value.status_code == 402, (spelt, err.value)
+        assert "does not fit in what is left" in err.value.body["error"]["message"], spelt
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -389,8 +389,7 @@ fn worst_case(prices: &rampart_ledger::pricing::PriceTable, params: &Value, batc
     let input = rampart_api::tokens::estimate_input_tokens(params);
     let output = params
         .get("max_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+        .map_or(0, rampart_api::tokens::whole_tokens);
     prices.worst_case(model, input, output, batch)
 }
 
