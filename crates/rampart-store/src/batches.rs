@@ -219,6 +219,8 @@ pub struct ClaimedItem {
     pub maybe_duplicate: bool,
     /// Worst-case cost reserved for it.
     pub worst_micro_usd: u64,
+    /// How many times it was replayed from the dead letters (0: its first run).
+    pub replays: u64,
     /// Batch owner's team.
     pub team_id: Option<Uuid>,
     /// Batch owner's key.
@@ -439,15 +441,26 @@ pub trait BatchRepository: Send + Sync {
 }
 
 /// The usage-record id of a batch item: derived from the batch id and the item position, so one
-/// item can never have two records.
+/// run of an item can never have two records.
 #[must_use]
 pub fn item_usage_id(batch_id: &str, idx: u64) -> Uuid {
+    item_run_usage_id(batch_id, idx, 0)
+}
+
+/// [`item_usage_id`] of the item's run after `replays` replays from the dead letters: a replay
+/// is a new upstream call with a record of its own (the first run's id is unchanged).
+#[must_use]
+pub fn item_run_usage_id(batch_id: &str, idx: u64, replays: u64) -> Uuid {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(b"rampart-batch-item\0");
     h.update(batch_id.as_bytes());
     h.update(b"\0");
     h.update(idx.to_be_bytes());
+    if replays > 0 {
+        h.update(b"\0replay\0");
+        h.update(replays.to_be_bytes());
+    }
     let digest = h.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);

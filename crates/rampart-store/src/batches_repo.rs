@@ -505,7 +505,7 @@ impl BatchRepository for EngineStore {
                     .push(CLAIM_SKIP_LOCKED)
                     .push(
                         ") RETURNING batch_id, idx, custom_id, team_key, params, attempts, \
-                         maybe_duplicate, worst_micro_usd",
+                         maybe_duplicate, worst_micro_usd, replays",
                     );
                 for row in qb.build().fetch_all(&mut *tx).await? {
                     left -= 1;
@@ -519,6 +519,7 @@ impl BatchRepository for EngineStore {
                             .unwrap_or(u32::MAX),
                         maybe_duplicate: row.try_get("maybe_duplicate")?,
                         worst_micro_usd: uint(row.try_get("worst_micro_usd")?),
+                        replays: uint(row.try_get("replays")?),
                         team_id: None,
                         key_id: None,
                         user_id: None,
@@ -877,8 +878,8 @@ impl BatchRepository for EngineStore {
         let dl = dead_letter_by_id(&mut *tx, id).await?;
         let queued = sqlx::query(
             "UPDATE batch_items SET state = 'queued', attempts = 0, not_before = $1, \
-             lease_until = NULL, maybe_duplicate = FALSE WHERE batch_id = $2 AND idx = $3 \
-             AND state = 'errored'",
+             lease_until = NULL, maybe_duplicate = FALSE, replays = replays + 1 \
+             WHERE batch_id = $2 AND idx = $3 AND state = 'errored'",
         )
         .bind(DbTime(now))
         .bind(dl.batch_id.clone())

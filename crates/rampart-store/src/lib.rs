@@ -550,6 +550,11 @@ fn migrator_up_to(engine: Engine, last: i64) -> sqlx::migrate::Migrator {
                 "usage_records_by_time",
                 include_str!("../migrations/sqlite/0010_usage_records_by_time.sql"),
             ),
+            (
+                11,
+                "batch_item_replays",
+                include_str!("../migrations/sqlite/0011_batch_item_replays.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (
@@ -596,6 +601,12 @@ fn migrator_up_to(engine: Engine, last: i64) -> sqlx::migrate::Migrator {
                 9,
                 "cache_policies",
                 include_str!("../migrations/postgres/0009_cache_policies.sql"),
+            ),
+            // 10 is SQLite's alone (its usage_records rebuilt keyed by time).
+            (
+                11,
+                "batch_item_replays",
+                include_str!("../migrations/postgres/0011_batch_item_replays.sql"),
             ),
         ],
     };

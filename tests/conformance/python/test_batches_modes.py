@@ -329,13 +329,11 @@ def test_kill_9_during_a_1000_item_local_batch_loses_nothing_and_bills_each_item
         assert proc.terminate() == 0
 
 
-def test_dead_letters_are_listed_shown_and_replayed_with_the_cli(slow_sim: str) -> None:
-    import httpx
-
-    data_dir = tempfile.mkdtemp(prefix="rampart-batch-dlq-")
-    key = team_key(data_dir, "unlucky")
+def serve_dead_lettering(data_dir: str, sim_url: str, name: str) -> tuple[RampartProcess, str]:
+    """Local batches whose items go to the dead letters after two attempts (no upstream retries,
+    no breaker), claimed every 20 ms."""
     env = serve_env(
-        slow_sim,
+        sim_url,
         RAMPART_UPSTREAM_API_KEY=UPSTREAM_KEY,
         RAMPART_BATCHES__MODE="local",
         RAMPART_BATCHES__MAX_ATTEMPTS="2",
@@ -344,7 +342,15 @@ def test_dead_letters_are_listed_shown_and_replayed_with_the_cli(slow_sim: str) 
         RAMPART_UPSTREAM__BREAKER__ENABLED="false",
         RAMPART_UPSTREAM__RETRY__MAX_ATTEMPTS="1",
     )
-    proc, url = start_serve(data_dir, env, "serve-batch-dlq")
+    return start_serve(data_dir, env, name)
+
+
+def test_dead_letters_are_listed_shown_and_replayed_with_the_cli(slow_sim: str) -> None:
+    import httpx
+
+    data_dir = tempfile.mkdtemp(prefix="rampart-batch-dlq-")
+    key = team_key(data_dir, "unlucky")
+    proc, url = serve_dead_lettering(data_dir, slow_sim, "serve-batch-dlq")
     try:
         fault = {"kind": "status", "status": 529, "count": 1000, "model": "claude-opus-4-8"}
         assert httpx.post(f"{slow_sim}/_sim/faults", json=fault).status_code < 300
@@ -379,5 +385,58 @@ def test_dead_letters_are_listed_shown_and_replayed_with_the_cli(slow_sim: str) 
         assert again.returncode != 0 and "not errored" in again.stderr
         audit = db_rows(data_dir, "SELECT actor, action FROM audit_log WHERE action = 'dead_letter.replay'")
         assert len(audit) == 1 and audit[0][0].startswith("cli:")
+    finally:
+        assert proc.terminate() == 0
+
+
+def test_a_replayed_dead_letter_waits_for_budget_room_and_has_a_record_of_its_own(slow_sim: str) -> None:
+    """A replay is a new upstream call: its batch's reservation for the item was given back when
+    it failed, so it reserves its own worst case in the key's budget (and waits queued while the
+    budget has no room), and its usage record has an id of its own beside the failed run's."""
+    import re
+
+    import httpx
+
+    data_dir = tempfile.mkdtemp(prefix="rampart-batch-dlq-budget-")
+    rampart(data_dir, "teams", "create", "thrifty")
+    out = rampart(
+        data_dir, "keys", "create", "--name", "thrifty-key", "--team", "thrifty", "--budget-usd", "0.002", "--budget-period", "day"
+    ).stdout
+    key = out.strip().splitlines()[-1]
+    key_id = re.search(r"created key ([0-9a-f-]{36}) ", out).group(1)  # type: ignore[union-attr]
+    proc, url = serve_dead_lettering(data_dir, slow_sim, "serve-batch-dlq-budget")
+    try:
+        fault = {"kind": "status", "status": 529, "count": 2, "model": "claude-haiku-4-5"}
+        assert httpx.post(f"{slow_sim}/_sim/faults", json=fault).status_code < 300
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+        doomed = {"custom_id": "doomed", "params": {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "echo: again"}]}}
+        created = client.messages.batches.create(requests=[doomed])  # type: ignore[list-item]
+        ended = wait_ended(client, created.id)
+        assert ended.request_counts.errored == 1
+        dl_id = rampart(data_dir, "dlq", "list", "--batch", created.id).stdout.split()[0]
+        # Spend the rest of the budget with requests of the key's own.
+        with pytest.raises(anthropic.APIStatusError) as spent:
+            for _ in range(200):
+                client.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=[{"role": "user", "content": "echo: spend"}])
+        assert spent.value.status_code == 402
+
+        assert "queued again" in rampart(data_dir, "dlq", "replay", dl_id).stdout
+        time.sleep(2)
+        state = db_rows(data_dir, "SELECT state FROM batch_items WHERE batch_id = ?", created.id)
+        assert state == [("queued",)], "the replay waits for budget room instead of running"
+        item_ids = lambda: db_rows(  # noqa: E731
+            data_dir, "SELECT hex(id), status FROM usage_records WHERE request_id LIKE 'req_batch_%' ORDER BY at"
+        )
+        assert [s for _, s in item_ids()] == [529], item_ids()
+
+        rampart(data_dir, "keys", "limits", key_id, "--budget-usd", "1", "--budget-period", "day")
+        wait_until(
+            lambda: client.messages.batches.retrieve(created.id).request_counts.succeeded == 1,
+            timeout=30,
+            what="the replayed item to run once the budget has room",
+        )
+        records = wait_until(lambda: len(r := item_ids()) == 2 and r, timeout=10, what="the replay's record")
+        assert [s for _, s in records] == [529, 200], records
+        assert records[0][0] != records[1][0], "the replay's record has an id of its own"
     finally:
         assert proc.terminate() == 0

@@ -9,6 +9,10 @@
 //!
 //! Concurrency and budgets are left out on purpose: the queue has its own bound on running items
 //! (`team_concurrency`), and the batch reserved its worst case in the budgets at submission.
+//! Except for an item replayed from the dead letters: its batch's reservation for it was given
+//! back when it failed (the batch may have ended since), so a replay reserves its own worst case
+//! in the key's and team's budgets as a request does, is charged its cost on that reservation,
+//! and waits in the queue while a budget has no room for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,9 @@ use crate::keydir::KeyDirectory;
 
 /// How long an item waits when the limits backend is unreachable and fails closed.
 const UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
+/// How long a replayed item waits when a budget has no room for it: a budget frees up when its
+/// period ends or when an admin raises it, which a refusal cannot foresee; so it looks again.
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
 
 /// Admits local batch items under their key's per-minute limits.
 #[derive(Debug)]
@@ -46,6 +53,14 @@ pub struct Admitted {
     demand: Demand,
 }
 
+impl Admitted {
+    /// Whether the reservation includes the item's cost (a replay's: see the module docs).
+    #[must_use]
+    pub fn charges_cost(&self) -> bool {
+        self.demand.cost_micros > 0
+    }
+}
+
 /// What an item's attempt used of its reservation.
 #[derive(Debug, Clone, Copy)]
 pub enum Spent<'a> {
@@ -58,14 +73,15 @@ pub enum Spent<'a> {
     Nothing,
 }
 
-/// `policy` with its per-minute rates only (no concurrency, no budgets), or `None` without any.
-fn per_minute_only(policy: &Policy) -> Option<Arc<Policy>> {
+/// `policy` with its per-minute rates (no concurrency), and with its budgets when `budgets`; or
+/// `None` without any.
+fn per_minute_only(policy: &Policy, budgets: bool) -> Option<Arc<Policy>> {
     policy.narrowed(|s| ScopeLimits {
         rates: Rates {
             concurrency: None,
             ..s.rates
         },
-        budget: None,
+        budget: s.budget.filter(|_| budgets),
         ..s
     })
 }
@@ -78,21 +94,23 @@ impl Pacer {
         Self { limits, directory }
     }
 
-    /// Admit an item of a batch made by `key_id` whose Messages params are `params`.
-    pub async fn admit(&self, key_id: Option<Uuid>, params: &[u8]) -> Pace {
+    /// Admit an item of a batch made by `key_id` whose Messages params are `params`; a
+    /// `replayed` one under the budgets too (see the module docs).
+    pub async fn admit(&self, key_id: Option<Uuid>, params: &[u8], replayed: bool) -> Pace {
         let (Some(limits), Some(directory), Some(key_id)) = (&self.limits, &self.directory, key_id)
         else {
             return Pace::Go(None);
         };
         let Some(policy) = directory
             .policy_of(key_id)
-            .and_then(|p| per_minute_only(&p))
+            .and_then(|p| per_minute_only(&p, replayed))
         else {
             return Pace::Go(None);
         };
-        // Tokens as a request reserves them (no cost: budgets are the batch's).
-        let demand = if policy.limits_tokens() {
-            crate::admission::demand(&limits.prices, false, params)
+        // Tokens as a request reserves them; no cost (budgets are the batch's) but a replay's.
+        let priced = replayed && policy.scopes.iter().any(|s| s.budget.is_some());
+        let demand = if policy.limits_tokens() || priced {
+            crate::admission::demand(&limits.prices, priced, params)
         } else {
             Demand::default()
         };
@@ -103,12 +121,16 @@ impl Pacer {
             })),
             Admission::Unchecked => Pace::Go(None),
             Admission::Unavailable => Pace::Wait(UNAVAILABLE_WAIT),
+            Admission::Rejected(r) if r.reason == rampart_limits::Reason::Budget => {
+                Pace::Wait(BUDGET_WAIT)
+            }
             Admission::Rejected(r) => Pace::Wait(Duration::from_millis(r.retry_after_ms)),
         }
     }
 
-    /// Settle an admitted item's reservation with what its attempt `spent`.
-    pub fn settle(admitted: Option<Admitted>, spent: Spent<'_>) {
+    /// Settle an admitted item's reservation with what its attempt `spent`, and `cost` when the
+    /// reservation [charges it](Admitted::charges_cost).
+    pub fn settle(admitted: Option<Admitted>, spent: Spent<'_>, cost: u64) {
         let Some(Admitted { ticket, demand }) = admitted else {
             return;
         };
@@ -116,12 +138,12 @@ impl Pacer {
             Spent::Answered(u) => Used {
                 input_tokens: u.rate_limited_input(),
                 output_tokens: u.output_tokens,
-                cost_micros: 0,
+                cost_micros: if demand.cost_micros > 0 { cost } else { 0 },
             },
             Spent::Unread => Used {
                 input_tokens: demand.input_tokens,
                 output_tokens: demand.output_tokens,
-                cost_micros: 0,
+                cost_micros: demand.cost_micros,
             },
             Spent::Nothing => Used::default(),
         };
@@ -174,7 +196,7 @@ mod tests {
             budget: None,
         };
         let policy = Policy::new(group, [key, team]).unwrap();
-        let paced = per_minute_only(&policy).unwrap();
+        let paced = per_minute_only(&policy, false).unwrap();
         assert_eq!(paced.scopes.len(), 1, "the team limits nothing per minute");
         assert_eq!(
             paced.scopes[0].rates,
@@ -192,7 +214,7 @@ mod tests {
             }],
         )
         .unwrap();
-        assert!(per_minute_only(&budget_only).is_none());
+        assert!(per_minute_only(&budget_only, false).is_none());
     }
 
     #[test]

@@ -34,12 +34,12 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use rampart_api::{ErrorEnvelope, ErrorType};
 use rampart_ledger::pricing::TokenUsage;
 use rampart_store::UsageRecord;
-use rampart_store::batches::{ClaimOptions, ClaimedItem, Completion, Outcome, item_usage_id};
+use rampart_store::batches::{ClaimOptions, ClaimedItem, Completion, Outcome, item_run_usage_id};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::pacing::{Pace, Pacer, Spent, spread};
+use super::pacing::{Admitted, Pace, Pacer, Spent, spread};
 use super::{Batches, metrics};
 use crate::classify::{Observed, classify};
 use crate::proxy::AppState;
@@ -245,7 +245,8 @@ impl Runner {
                 continue;
             }
             metrics::item(f.label);
-            if c.usage.is_some() {
+            // A replayed item was charged on its own reservation (worst and cost 0 here).
+            if c.usage.is_some() && (f.worst > 0 || f.cost > 0) {
                 self.batches
                     .budgets
                     .settle_item(&c.batch_id, f.key_id, f.worst, f.cost)
@@ -488,11 +489,11 @@ async fn attempt(state: &AppState, item: &ClaimedItem, request_id: &str) -> Answ
 async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Finished {
     let started = Instant::now();
     let at = time::OffsetDateTime::now_utc();
-    let usage_id = item_usage_id(&item.batch_id, item.idx);
+    let usage_id = item_run_usage_id(&item.batch_id, item.idx, item.replays);
     let request_id = format!("req_batch_{}", usage_id.simple());
     let admitted = match batches
         .pacer
-        .admit(item.key_id, item.params.as_bytes())
+        .admit(item.key_id, item.params.as_bytes(), item.replays > 0)
         .await
     {
         Pace::Go(admitted) => admitted,
@@ -500,14 +501,6 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
     };
     let answer = attempt(state, &item, &request_id).await;
     let answered = answer.status.is_success().then(|| tokens_of(&answer.doc));
-    Pacer::settle(
-        admitted,
-        match &answered {
-            Some(tokens) => Spent::Answered(tokens),
-            None if answer.unread => Spent::Unread,
-            None => Spent::Nothing,
-        },
-    );
     let settings = &batches.settings;
     let last = item.attempt >= settings.max_attempts;
     let (outcome, label) = if answer.status.is_success() {
@@ -605,6 +598,22 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
         };
         (Some(record), cost)
     };
+    // A replay's own reservation is charged its cost; the batch's then has nothing to settle.
+    let charged_here = admitted.as_ref().is_some_and(Admitted::charges_cost);
+    Pacer::settle(
+        admitted,
+        match &answered {
+            Some(tokens) => Spent::Answered(tokens),
+            None if answer.unread => Spent::Unread,
+            None => Spent::Nothing,
+        },
+        cost,
+    );
+    let (worst, cost) = if charged_here || item.replays > 0 {
+        (0, 0)
+    } else {
+        (item.worst_micro_usd, cost)
+    };
     Finished {
         completion: Completion {
             batch_id: item.batch_id,
@@ -614,7 +623,7 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
             usage,
         },
         key_id: item.key_id,
-        worst: item.worst_micro_usd,
+        worst,
         cost,
         label,
         pause: None,
