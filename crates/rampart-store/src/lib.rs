@@ -38,7 +38,8 @@ pub use batches::BatchRepository;
 pub use cache_policy::{AllCachePolicies, CachePolicy, CachePolicyRepository};
 pub use error::{Result, StoreError};
 pub use limits::{
-    AllLimits, BudgetPeriod, BudgetSetting, LimitSettings, LimitsRepository, TeamLimitSettings,
+    AllLimits, BudgetPeriod, BudgetSetting, LimitField, LimitSettings, LimitsRepository,
+    TeamLimitSettings, field_path,
 };
 pub use model::*;
 pub use postgres::PgStore;

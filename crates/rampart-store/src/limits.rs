@@ -82,29 +82,47 @@ impl LimitSettings {
         *self == LimitSettings::default()
     }
 
+    /// The first value outside its range (each must be at least 1 and at most [`MAX_RATE`],
+    /// [`MAX_CONCURRENCY`] or [`MAX_BUDGET_MICROS`]): which limit, and its largest accepted
+    /// value. Each surface words the answer in its own units ([`LimitSettings::validate`] for the
+    /// stored fields, the command line in its flags).
+    pub fn out_of_range(&self) -> Option<(LimitField, u64)> {
+        let checks = [
+            (LimitField::Rpm, self.rpm, MAX_RATE),
+            (LimitField::Itpm, self.itpm, MAX_RATE),
+            (LimitField::Otpm, self.otpm, MAX_RATE),
+            (LimitField::Concurrency, self.concurrency, MAX_CONCURRENCY),
+            (
+                LimitField::Budget,
+                self.budget.map(|b| b.micros),
+                MAX_BUDGET_MICROS,
+            ),
+        ];
+        checks.into_iter().find_map(|(field, value, max)| {
+            value.filter(|v| *v == 0 || *v > max).map(|_| (field, max))
+        })
+    }
+
     /// Each value must be positive and at most [`MAX_RATE`], [`MAX_CONCURRENCY`] or
-    /// [`MAX_BUDGET_MICROS`]; `what` names the settings in the message.
+    /// [`MAX_BUDGET_MICROS`]. The message names the field as stored and as the admin API
+    /// spells it (`budget_micros`), under `what` when it is not empty (e.g. `team.rpm`).
     ///
     /// # Errors
     /// [`StoreError::Invalid`] naming the first bad field.
     pub fn validate(&self, what: &str) -> Result<()> {
-        let checks = [
-            ("rpm", self.rpm, MAX_RATE),
-            ("itpm", self.itpm, MAX_RATE),
-            ("otpm", self.otpm, MAX_RATE),
-            ("concurrency", self.concurrency, MAX_CONCURRENCY),
-            ("budget", self.budget.map(|b| b.micros), MAX_BUDGET_MICROS),
-        ];
-        for (field, value, max) in checks {
-            if let Some(v) = value
-                && (v == 0 || v > max)
-            {
-                return Err(StoreError::Invalid(format!(
-                    "{what}.{field} must be between 1 and {max}"
-                )));
+        match self.out_of_range() {
+            None => Ok(()),
+            Some((field, max)) => {
+                let unit = match field {
+                    LimitField::Budget => " (micro-dollars: 1 US dollar is 1000000)",
+                    _ => "",
+                };
+                Err(StoreError::Invalid(format!(
+                    "{} must be between 1 and {max}{unit}",
+                    field_path(what, field.name())
+                )))
             }
         }
-        Ok(())
     }
 
     /// These settings, each unset one taken from `defaults`.
@@ -115,6 +133,44 @@ impl LimitSettings {
             otpm: self.otpm.or(defaults.otpm),
             concurrency: self.concurrency.or(defaults.concurrency),
             budget: self.budget.or(defaults.budget),
+        }
+    }
+}
+
+/// `what.field`, or `field` alone when `what` is empty.
+pub fn field_path(what: &str, field: &str) -> String {
+    if what.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{what}.{field}")
+    }
+}
+
+/// One of the limits of [`LimitSettings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitField {
+    /// Requests per minute.
+    Rpm,
+    /// Input tokens per minute.
+    Itpm,
+    /// Output tokens per minute.
+    Otpm,
+    /// Requests in flight at once.
+    Concurrency,
+    /// The spending limit (micro-dollars).
+    Budget,
+}
+
+impl LimitField {
+    /// The field's name as stored and in the admin API: `rpm`, `itpm`, `otpm`, `concurrency`,
+    /// `budget_micros`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitField::Rpm => "rpm",
+            LimitField::Itpm => "itpm",
+            LimitField::Otpm => "otpm",
+            LimitField::Concurrency => "concurrency",
+            LimitField::Budget => "budget_micros",
         }
     }
 }

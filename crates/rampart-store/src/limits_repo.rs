@@ -117,7 +117,7 @@ impl LimitsRepository for EngineStore {
         limits: &LimitSettings,
         audit: Option<&NewAuditEvent>,
     ) -> Result<LimitSettings> {
-        limits.validate("limits")?;
+        limits.validate("")?;
         let mut tx = self.begin_write().await?;
         if !exists(&mut tx, "SELECT id FROM api_keys WHERE id = $1", key_id).await? {
             return Err(StoreError::NotFound);
@@ -148,7 +148,7 @@ impl LimitsRepository for EngineStore {
         limits: &TeamLimitSettings,
         audit: Option<&NewAuditEvent>,
     ) -> Result<TeamLimitSettings> {
-        limits.team.validate("limits")?;
+        limits.team.validate("team")?;
         limits.key_defaults.validate("key_defaults")?;
         let mut tx = self.begin_write().await?;
         if !exists(&mut tx, "SELECT id FROM teams WHERE id = $1", team_id).await? {

@@ -11,8 +11,9 @@ use clap::{Args, Subcommand};
 use rampart_crypto::Secret;
 use rampart_crypto::apikey::KeyHasher;
 use rampart_gateway::auth::Endpoint;
+use rampart_store::limits::MAX_BUDGET_MICROS;
 use rampart_store::{
-    BudgetPeriod, BudgetSetting, LimitSettings, NewApiKey, NewAuditEvent, StoreError,
+    BudgetPeriod, BudgetSetting, LimitField, LimitSettings, NewApiKey, NewAuditEvent, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -144,11 +145,14 @@ impl LimitArgs {
             && self.budget_usd.is_none()
     }
 
-    /// The settings, validated as the store will.
-    pub fn settings(&self) -> anyhow::Result<LimitSettings> {
+    /// The settings, validated as the store will; `flag_prefix` is what precedes the limit's
+    /// name in the flags given (`--` for `--rpm`, `--key-` for `--key-rpm`), so that an
+    /// error names the flag, in its own unit.
+    pub fn settings(&self, flag_prefix: &str) -> anyhow::Result<LimitSettings> {
+        let budget_flag = format!("{flag_prefix}budget-usd");
         let budget = match (&self.budget_usd, &self.budget_period) {
             (Some(usd), Some(period)) => Some(BudgetSetting {
-                micros: usd_to_micros(usd)?,
+                micros: usd_to_micros(usd, &budget_flag)?,
                 period: period.parse::<BudgetPeriod>()?,
             }),
             _ => None,
@@ -160,15 +164,37 @@ impl LimitArgs {
             concurrency: self.concurrency,
             budget,
         };
-        settings
-            .validate("limits")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(settings)
+        match settings.out_of_range() {
+            None => Ok(settings),
+            Some((LimitField::Budget, _)) => Err(budget_range(&budget_flag)),
+            Some((field, max)) => Err(anyhow::anyhow!(
+                "{flag_prefix}{} must be between 1 and {max}",
+                field.name()
+            )),
+        }
     }
 }
 
+/// The budget flag's accepted range, in dollars (the store's bounds are micro-dollars).
+fn budget_range(flag: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{flag} must be between {} and {} (US dollars)",
+        dollars(1),
+        dollars(MAX_BUDGET_MICROS)
+    )
+}
+
+/// Micro-dollars as a plain dollar amount without trailing zeros: 1 → `0.000001`,
+/// 12 500 000 → `12.5`.
+fn dollars(micros: u64) -> String {
+    let text = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 /// `12.5` → 12 500 000 micro-dollars, exactly (no floating point); at most six decimals.
-fn usd_to_micros(usd: &str) -> anyhow::Result<u64> {
+/// `flag` names the option in errors. The amount's range is checked by
+/// [`LimitSettings::out_of_range`], except for amounts too large to count in micro-dollars.
+fn usd_to_micros(usd: &str, flag: &str) -> anyhow::Result<u64> {
     let usd = usd.trim().trim_start_matches('$');
     let (whole, frac) = match usd.split_once('.') {
         Some((whole, frac)) => (whole, Some(frac)),
@@ -177,16 +203,17 @@ fn usd_to_micros(usd: &str) -> anyhow::Result<u64> {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     anyhow::ensure!(
         digits(whole) && frac.is_none_or(|f| digits(f) && f.len() <= 6),
-        "--budget-usd must be an amount like 12.50 (at most six decimals)"
+        "{flag} must be an amount like 12.50 (at most six decimals)"
     );
-    let whole: u64 = whole
+    let frac: u64 = format!("{:0<6}", frac.unwrap_or(""))
         .parse()
-        .map_err(|_| anyhow::anyhow!("--budget-usd is too large"))?;
-    let frac: u64 = format!("{:0<6}", frac.unwrap_or("")).parse().unwrap_or(0);
+        .map_err(|_| budget_range(flag))?;
     whole
-        .checked_mul(1_000_000)
+        .parse::<u64>()
+        .ok()
+        .and_then(|w| w.checked_mul(1_000_000))
         .and_then(|m| m.checked_add(frac))
-        .ok_or_else(|| anyhow::anyhow!("--budget-usd is too large"))
+        .ok_or_else(|| budget_range(flag))
 }
 
 /// The key hasher: pepper from `RAMPART_KEY_PEPPER`, else from `<data dir>/key-pepper`
@@ -238,7 +265,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     anyhow::ensure!(!args.name.trim().is_empty(), "--name must not be empty");
-    let limits = args.limits.settings()?;
+    let limits = args.limits.settings("--")?;
     let hasher = key_hasher(&args.store.data_dir)?;
     let store = opened(&args.store).await?;
     let team = match store
@@ -421,7 +448,7 @@ async fn key_limits(
     anyhow::ensure!(!clear || args.is_empty(), "--clear takes no limits with it");
     let store = existing(store_args).await?;
     let limits = if clear || !args.is_empty() {
-        let settings = args.settings()?;
+        let settings = args.settings("--")?;
         let mut e = NewAuditEvent::new(actor(), "key.limits", format!("key:{id}"));
         e.details = serde_json::json!({ "limits": settings });
         store
@@ -474,6 +501,7 @@ mod tests {
 
     #[test]
     fn dollars_become_micro_dollars_exactly() {
+        let usd_to_micros = |usd| usd_to_micros(usd, "--budget-usd");
         assert_eq!(usd_to_micros("12.50").unwrap(), 12_500_000);
         assert_eq!(usd_to_micros("$0.000001").unwrap(), 1);
         assert_eq!(usd_to_micros("7").unwrap(), 7_000_000);

@@ -68,8 +68,8 @@ pub async fn run(args: &TeamLimitsArgs) -> anyhow::Result<()> {
     let team = find_team(&store, &args.team).await?;
     let limits = if args.clear || given {
         let settings = TeamLimitSettings {
-            team: args.team_limits.settings()?,
-            key_defaults: defaults.settings()?,
+            team: args.team_limits.settings("--")?,
+            key_defaults: defaults.settings("--key-")?,
         };
         let mut e = NewAuditEvent::new(actor(), "team.limits", format!("team:{}", team.id));
         e.details = serde_json::json!({ "limits": settings });

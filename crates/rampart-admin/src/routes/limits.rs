@@ -5,7 +5,9 @@
 //! instance within a fraction of a second.
 
 use axum::extract::State;
-use rampart_store::{BudgetPeriod, BudgetSetting, LimitSettings, Role, TeamLimitSettings};
+use rampart_store::{
+    BudgetPeriod, BudgetSetting, LimitSettings, Role, TeamLimitSettings, field_path,
+};
 
 use super::{audited, event};
 use crate::AdminState;
@@ -14,6 +16,8 @@ use crate::http::{Ctx, Id, Json};
 use crate::session::Caller;
 use crate::views::{Limits, PeriodName, TeamLimits};
 
+/// The settings of `l`, validated; `what` is where `l` sits in the request body (`team`,
+/// `key_defaults`, or empty for a key's limits), so that messages name the body's real fields.
 fn to_settings(l: &Limits, what: &str) -> Result<LimitSettings, ApiError> {
     let budget = match (l.budget_micros, l.budget_period) {
         (Some(micros), Some(period)) => Some(BudgetSetting {
@@ -26,7 +30,9 @@ fn to_settings(l: &Limits, what: &str) -> Result<LimitSettings, ApiError> {
         (None, None) => None,
         _ => {
             return Err(ApiError::bad(format!(
-                "{what}: budget_micros and budget_period go together"
+                "{} and {} go together",
+                field_path(what, "budget_micros"),
+                field_path(what, "budget_period")
             )));
         }
     };
@@ -101,7 +107,7 @@ pub(crate) async fn put_key(
         allowed,
     )
     .await?;
-    let settings = to_settings(&req, "limits")?;
+    let settings = to_settings(&req, "")?;
     let mut e = event(&ctx, &caller.actor(), "key.limits", target);
     e.details = serde_json::json!({ "limits": settings });
     let saved = state

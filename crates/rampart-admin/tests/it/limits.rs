@@ -88,6 +88,15 @@ async fn key_and_team_limits_follow_the_role_rules_and_are_audited() {
     // not see a key that is not theirs; auditors are refused.
     let (s, _, body) = call(&state, "PUT", &key_path, Some(&ta), Some(limits.clone())).await;
     assert_eq!((s, &body), (StatusCode::OK, &limits));
+    // A key's limits are the body itself: the message names `budget_micros`, in micro-dollars.
+    let too_much = json!({"budget_micros": 1_000_000_000_000_001_u64, "budget_period": "day"});
+    let (s, _, body) = call(&state, "PUT", &key_path, Some(&ta), Some(too_much)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "budget_micros must be between 1 and 1000000000000000 (micro-dollars: 1 US dollar is 1000000)",
+        "{body}"
+    );
     for (who, status, kind) in [
         (&dev, StatusCode::NOT_FOUND, "not_found_error"),
         (&view, StatusCode::FORBIDDEN, "permission_error"),
@@ -164,6 +173,22 @@ async fn bad_limits_are_refused_with_nothing_written() {
         let (s, _, body) = call(&state, "PUT", &path, Some(&root), Some(bad.clone())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} -> {body}");
         assert_error(&body, "invalid_request_error");
+    }
+    // Out-of-range messages name the body's real field, in its unit.
+    for (bad, says) in [
+        (
+            json!({"team": {"budget_micros": 0, "budget_period": "day"}}),
+            "team.budget_micros must be between 1 and 1000000000000000 (micro-dollars",
+        ),
+        (
+            json!({"key_defaults": {"rpm": 0}}),
+            "key_defaults.rpm must be between 1 and 1000000000",
+        ),
+    ] {
+        let (s, _, body) = call(&state, "PUT", &path, Some(&root), Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} -> {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{bad} -> {body}");
     }
     let (_, _, body) = call(&state, "GET", &path, Some(&root), None).await;
     assert_eq!(body, json!({"team": {}, "key_defaults": {}}));

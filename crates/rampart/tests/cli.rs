@@ -1,0 +1,133 @@
+//! The `rampart` binary's messages for bad input: what an operator reads must name the flag or
+//! the setting, in its own unit, once, and never echo a file that is not what it was meant to be.
+//! Each test runs the real binary on a fresh SQLite data dir, with none of the caller's
+//! `RAMPART_*` environment.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+/// A fresh data dir, migrated, with team `t` and one key in it.
+struct Store {
+    dir: tempfile::TempDir,
+    key_id: String,
+}
+
+impl Store {
+    fn new() -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store {
+            dir,
+            key_id: String::new(),
+        };
+        store.ok(&["migrate"]);
+        store.ok(&["teams", "create", "t"]);
+        store.ok(&["keys", "create", "--name", "k", "--team", "t"]);
+        let list = store.ok(&["keys", "list"]);
+        let key_id = list.split_whitespace().next().unwrap().to_owned();
+        Store { key_id, ..store }
+    }
+
+    /// `rampart ARGS --data-dir DIR`.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--data-dir", self.dir.path().to_str().unwrap()]);
+        rampart(&all, &[])
+    }
+
+    /// As [`Store::run`], which must succeed; its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// As [`Store::run`], which must fail; its standard error.
+    fn refused(&self, args: &[&str]) -> String {
+        refused(self.run(args), args)
+    }
+}
+
+/// The binary with `args`, only `env` in its environment (and `HOME`).
+fn rampart(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .env_clear()
+        .env("HOME", std::env::temp_dir())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `out` must be a failure; its standard error.
+fn refused(out: Output, args: &[&str]) -> String {
+    assert!(
+        !out.status.success(),
+        "{args:?} was accepted: {}",
+        text(&out)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn budgets_out_of_range_are_told_in_dollars_naming_the_flag() {
+    let s = Store::new();
+    let range = "must be between 0.000001 and 1000000000 (US dollars)";
+    for usd in [
+        "0",
+        "0.0000",
+        "18446744073709",
+        "1000000000.000001",
+        "99999999999999999999",
+    ] {
+        let budget = ["--budget-usd", usd, "--budget-period", "day"];
+        let key_budget = ["--key-budget-usd", usd, "--key-budget-period", "day"];
+        let cases: [(Vec<&str>, &str); 4] = [
+            (
+                [&["keys", "create", "--name", "b"][..], &budget].concat(),
+                "--budget-usd",
+            ),
+            (
+                [&["keys", "limits", &s.key_id][..], &budget].concat(),
+                "--budget-usd",
+            ),
+            (
+                [&["teams", "limits", "t"][..], &budget].concat(),
+                "--budget-usd",
+            ),
+            (
+                [&["teams", "limits", "t"][..], &key_budget].concat(),
+                "--key-budget-usd",
+            ),
+        ];
+        for (args, flag) in cases {
+            let err = s.refused(&args);
+            assert!(err.contains(&format!("{flag} {range}")), "{args:?}: {err}");
+            assert!(!err.contains("1000000000000000"), "micro-dollars: {err}");
+            assert!(!err.contains("limits.budget"), "{err}");
+        }
+    }
+    // Other limits name their flag too.
+    let err = s.refused(&["teams", "limits", "t", "--key-rpm", "0"]);
+    assert!(err.contains("--key-rpm must be between 1 and"), "{err}");
+    // The bounds themselves are accepted.
+    for usd in ["0.000001", "1000000000"] {
+        s.ok(&[
+            "keys",
+            "limits",
+            &s.key_id,
+            "--budget-usd",
+            usd,
+            "--budget-period",
+            "month",
+        ]);
+    }
+}
