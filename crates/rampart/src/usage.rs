@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use rampart_admin::usage::{RANGE_BOUNDS, UsageReport, parse_group_by, reportable};
-use rampart_store::{Store, UsageGroupBy, UsageQuery};
+use rampart_admin::usage::{Spelling, UsageInputs, UsageReport, check_inputs};
+use rampart_store::{Store, StoreError, UsageGroupBy};
 use time::format_description::well_known::Rfc3339;
-use time::{Date, Duration, OffsetDateTime, Time};
+use time::{Date, OffsetDateTime, Time};
 use uuid::Uuid;
 
 use crate::cli::MigrateArgs;
@@ -45,54 +45,63 @@ pub struct UsageArgs {
     store: MigrateArgs,
 }
 
-/// A time argument: RFC 3339, or a day meaning its start (UTC).
+/// A time argument: RFC 3339, or a day meaning its start (UTC). An error names `flag`, says why
+/// once and what is accepted.
 fn instant(flag: &str, text: &str) -> anyhow::Result<OffsetDateTime> {
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(t);
-    }
+    let rfc3339 = match OffsetDateTime::parse(text, &Rfc3339) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
     let day = Date::parse(
         text,
         time::macros::format_description!("[year]-[month]-[day]"),
+    );
+    let why = match day {
+        Ok(day) => return Ok(day.with_time(Time::MIDNIGHT).assume_utc()),
+        // The reason of the format the text looks like; `time`'s errors repeat their cause in
+        // their source, so only their own text is shown (no chain).
+        Err(e) if !text.contains(['T', 't', ' ']) => e.to_string(),
+        Err(_) => rfc3339.to_string(),
+    };
+    let shown: String = text.chars().take(40).collect();
+    bail!(
+        "{flag}: `{shown}` is not a time ({why}); expected RFC 3339 (2026-06-01T09:30:00Z) or a UTC day (2026-06-01)"
     )
-    .with_context(|| format!("{flag}: `{text}` is neither RFC 3339 nor YYYY-MM-DD"))?;
-    Ok(day.with_time(Time::MIDNIGHT).assume_utc())
 }
 
 /// Run `rampart usage`.
 ///
 /// # Errors
-/// Bad arguments, an unknown team, or a store failure.
+/// Bad arguments (refused as `GET /admin/v1/usage` refuses them), an unknown key or team, or a
+/// store failure.
 pub async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
-    let group_by = parse_group_by(args.group_by.as_deref()).map_err(anyhow::Error::msg)?;
-    let to = match &args.to {
-        Some(t) => instant("--to", t)?,
-        None => OffsetDateTime::now_utc(),
-    };
-    let from = match &args.from {
-        Some(f) => instant("--from", f)?,
-        None => to.checked_sub(Duration::days(30)).context(RANGE_BOUNDS)?,
-    };
-    if from >= to {
-        bail!("--from must be before --to");
-    }
-    if !reportable(from, to) {
-        bail!(RANGE_BOUNDS);
-    }
-    let store = existing(&args.store).await?;
-    let names = Names::load(&store).await?;
-    let team_id = match &args.team {
-        Some(t) => Some(names.team(t).with_context(|| format!("no team `{t}`"))?),
-        None => None,
-    };
-    let query = UsageQuery {
+    let from = args
+        .from
+        .as_deref()
+        .map(|f| instant("--from", f))
+        .transpose()?;
+    let to = args.to.as_deref().map(|t| instant("--to", t)).transpose()?;
+    let inputs = UsageInputs {
         from,
         to,
-        key_id: args.key,
-        team_id,
-        user_id: None,
-        model: args.model.clone(),
-        group_by,
+        group_by: args.group_by.as_deref(),
+        model: args.model.as_deref(),
     };
+    let mut query = check_inputs(&inputs, OffsetDateTime::now_utc(), Spelling::Cli)
+        .map_err(anyhow::Error::msg)?;
+    let group_by = query.group_by;
+    let store = existing(&args.store).await?;
+    let names = Names::load(&store).await?;
+    if let Some(t) = &args.team {
+        query.team_id = Some(names.team(t).with_context(|| format!("no team `{t}`"))?);
+    }
+    if let Some(id) = args.key {
+        match store.get_api_key(id).await {
+            Ok(_) => query.key_id = Some(id),
+            Err(StoreError::NotFound) => bail!("no key `{id}`"),
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot look up --key")),
+        }
+    }
     let rows = store.usage().usage_summary(&query).await?;
     store.close().await;
     let report = UsageReport::new(&query, rows);
@@ -249,5 +258,19 @@ mod tests {
         );
         let err = instant("--from", "yesterday").unwrap_err().to_string();
         assert!(err.contains("--from"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_time_says_why_once_and_what_is_accepted() {
+        for (text, why) in [
+            ("garbage", "the 'year' component could not be parsed"),
+            ("2026-02-30", "day was not in range"),
+            ("2026-02-30T00:00:00Z", "day was not in range"),
+        ] {
+            let err = format!("{:#}", instant("--from", text).unwrap_err());
+            assert!(err.starts_with("--from: "), "{err}");
+            assert_eq!(err.matches(why).count(), 1, "{err}");
+            assert!(err.contains("RFC 3339") && err.contains("UTC day"), "{err}");
+        }
     }
 }

@@ -131,3 +131,55 @@ fn budgets_out_of_range_are_told_in_dollars_naming_the_flag() {
         ]);
     }
 }
+
+#[test]
+fn bad_usage_times_say_why_once_with_the_formats_accepted() {
+    let s = Store::new();
+    for (from, why) in [
+        ("garbage", "the 'year' component could not be parsed"),
+        ("2026-02-30", "day was not in range"),
+    ] {
+        let err = s.refused(&["usage", "--from", from]);
+        assert_eq!(err.matches(why).count(), 1, "{err}");
+        assert!(err.contains("--from"), "{err}");
+        assert!(
+            err.contains("RFC 3339") && err.contains("YYYY-MM-DD") || err.contains("UTC day"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn usage_refuses_what_the_admin_api_refuses() {
+    let s = Store::new();
+    let unknown = uuid::Uuid::now_v7().to_string();
+    for (args, says) in [
+        (
+            vec!["--from", "0000-01-01"],
+            "--from and --to may be at most 400 days apart",
+        ),
+        (vec!["--model", ""], "--model must be 1 to 200 characters"),
+        (vec!["--key", &unknown], "no key"),
+        (vec!["--team", "nobody"], "no team"),
+        (
+            vec!["--group-by", "key,,team"],
+            "--group-by: an empty dimension",
+        ),
+        (
+            vec!["--group-by", "key,key"],
+            "--group-by: `key` is given twice",
+        ),
+        (
+            vec!["--from", "2026-06-02", "--to", "2026-06-01"],
+            "--from must be before --to",
+        ),
+    ] {
+        let all = [&["usage"][..], &args].concat();
+        let err = s.refused(&all);
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
+    // What the API accepts, the command accepts: a known key, a range of 400 days.
+    s.ok(&["usage", "--key", &s.key_id, "--group-by", "key,model"]);
+    s.ok(&["usage", "--from", "2025-01-01", "--to", "2026-02-05"]);
+}
+

@@ -3,21 +3,16 @@
 //! viewers their team, developers their own keys, auditors nothing.
 
 use axum::extract::State;
-use rampart_store::{Role, StoreError, UsageGroupBy, UsageQuery};
+use rampart_store::{Role, StoreError, UsageQuery};
 use serde::Deserialize;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AdminState;
 use crate::error::{ApiError, Errors};
 use crate::http::Query;
 use crate::session::Caller;
-use crate::usage::{RANGE_BOUNDS, UsageReport, parse_group_by, reportable};
-
-/// The default range: the last 30 days.
-const DEFAULT_RANGE: Duration = Duration::days(30);
-/// The longest range one query may cover.
-const MAX_RANGE: Duration = Duration::days(400);
+use crate::usage::{Spelling, UsageInputs, UsageReport, check_inputs};
 
 /// What `GET /usage` takes.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -53,14 +48,14 @@ pub(crate) async fn summary(
     caller: Caller,
     Query(params): Query<UsageParams>,
 ) -> Result<axum::Json<UsageReport>, ApiError> {
-    let mut q = scoped(&state, &caller, &params).await?;
-    q.group_by = parse_group_by(params.group_by.as_deref()).map_err(ApiError::bad)?;
+    let q = scoped(&state, &caller, &params).await?;
     let rows = state.store().usage().usage_summary(&q).await?;
     Ok(axum::Json(UsageReport::new(&q, rows)))
 }
 
-/// The query the parameters ask for, narrowed to what the caller may see: out-of-scope filters
-/// are `404` (existence is not revealed), auditors `403`.
+/// The query the parameters ask for, checked as `rampart usage` checks its flags
+/// ([`check_inputs`]) and narrowed to what the caller may see: out-of-scope filters are `404`
+/// (existence is not revealed), auditors `403`.
 async fn scoped(
     state: &AdminState,
     caller: &Caller,
@@ -69,32 +64,17 @@ async fn scoped(
     if caller.role() == Role::Auditor {
         return Err(ApiError::Forbidden("auditors may read the audit log only"));
     }
-    let to = p.to.unwrap_or_else(OffsetDateTime::now_utc);
-    let from = p.from.unwrap_or(to - DEFAULT_RANGE);
-    if from >= to {
-        return Err(ApiError::bad("from must be before to"));
-    }
-    if to - from > MAX_RANGE {
-        return Err(ApiError::bad("the range may cover at most 400 days"));
-    }
-    if !reportable(from, to) {
-        return Err(ApiError::bad(RANGE_BOUNDS));
-    }
-    if p.model
-        .as_ref()
-        .is_some_and(|m| m.is_empty() || m.chars().count() > 200)
-    {
-        return Err(ApiError::bad("model must be 1 to 200 characters"));
-    }
-    let mut q = UsageQuery {
-        from,
-        to,
-        key_id: p.key_id,
-        team_id: p.team_id,
-        user_id: p.user_id,
-        model: p.model.clone(),
-        group_by: UsageGroupBy::default(),
+    let inputs = UsageInputs {
+        from: p.from,
+        to: p.to,
+        group_by: p.group_by.as_deref(),
+        model: p.model.as_deref(),
     };
+    let mut q =
+        check_inputs(&inputs, OffsetDateTime::now_utc(), Spelling::Api).map_err(ApiError::bad)?;
+    q.key_id = p.key_id;
+    q.team_id = p.team_id;
+    q.user_id = p.user_id;
     // Developers see their own keys, which are in their team: another team is out of scope.
     if caller.role() == Role::Developer && q.team_id.is_some_and(|t| Some(t) != caller.team()) {
         return Err(ApiError::NotFound("team"));

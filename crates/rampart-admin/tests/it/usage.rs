@@ -303,6 +303,34 @@ async fn bad_parameters_are_400_and_no_token_is_401() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
         assert_error(&body, "invalid_request_error");
     }
+    // Each message names the parameter and says what is wrong, as `rampart usage` does.
+    for (query, says) in [
+        (
+            format!("{RANGE}&group_by=key,,team"),
+            "group_by: an empty dimension",
+        ),
+        (
+            format!("{RANGE}&group_by=key,"),
+            "group_by: an empty dimension",
+        ),
+        (
+            format!("{RANGE}&group_by=team,team"),
+            "group_by: `team` is given twice",
+        ),
+        (
+            format!("{RANGE}&model="),
+            "model must be 1 to 200 characters",
+        ),
+        (
+            "from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z".to_owned(),
+            "from and to may be at most 400 days apart",
+        ),
+    ] {
+        let (status, body) = usage(&w, &admin, &query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{query}: {body}");
+    }
     let (status, _, body) = call(&w.state, "GET", "/admin/v1/usage", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_error(&body, "authentication_error");
