@@ -295,7 +295,19 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
     let mut fig = Figment::new();
     if let Some(path) = &sources.file {
         if path.is_file() {
-            fig = fig.merge(Toml::file_exact(path));
+            // Checked here first so that a file that is not TOML is reported without its text
+            // (figment's message would quote the offending line, whatever file it is).
+            match std::fs::read_to_string(path) {
+                Ok(text) => match toml::from_str::<toml::Table>(&text) {
+                    Ok(_) => fig = fig.merge(Toml::file_exact(path)),
+                    Err(e) => problems.push(format!(
+                        "config file {}: not valid TOML: {}",
+                        path.display(),
+                        rampart_ledger::toml_text::describe(&e, &text)
+                    )),
+                },
+                Err(e) => problems.push(format!("config file {}: {e}", path.display())),
+            }
         } else {
             problems.push(format!(
                 "config file {}: not found or not a file",
@@ -748,6 +760,31 @@ pub(crate) mod tests {
             "no client API keys",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_toml_is_not_shown() {
+        let dir = std::env::temp_dir().join(format!("rampart-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("shadow");
+        std::fs::write(&path, "root:$6$c2FsdA$aGFzaA:19000:0:99999:7:::\n").unwrap();
+        let err = load(&Sources {
+            file: Some(path.clone()),
+            ..sources("")
+        })
+        .unwrap_err()
+        .to_string();
+        std::fs::remove_dir_all(dir).unwrap();
+        assert!(
+            err.contains(&format!(
+                "config file {}: not valid TOML: line 1, column 5",
+                path.display()
+            )),
+            "{err}"
+        );
+        for shown in ["root", "$6$", "c2FsdA", "19000"] {
+            assert!(!err.contains(shown), "{err}");
         }
     }
 

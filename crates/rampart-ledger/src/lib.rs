@@ -6,7 +6,9 @@
 //! - [`ledger`]: one usage record per proxied request, appended to a crash-proof local
 //!   [`spool`] on the request path and drained into the database in batches, with rollups;
 //! - [`record`]: a usage record prepared before its response ends;
-//! - [`config`]: the `[ledger]` settings.
+//! - [`config`]: the `[ledger]` settings;
+//! - [`toml_text`]: errors about a TOML file told without quoting it (for the pricing file and
+//!   the configuration file itself).
 
 pub mod config;
 pub mod ledger;
@@ -15,6 +17,7 @@ mod log_limit;
 pub mod pricing;
 pub mod record;
 pub mod spool;
+pub mod toml_text;
 
 pub use config::{FsyncPolicy, LedgerConfig};
 pub use ledger::{Commit, Ledger, LedgerWriter, Staged};

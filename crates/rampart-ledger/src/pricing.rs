@@ -719,10 +719,25 @@ impl PriceSpec {
     }
 }
 
+/// The pricing file's overrides. A problem names the file, the line and column and what was
+/// expected, never the file's text (the path may name any file: see [`crate::toml_text`]).
 fn read_file(path: &Path) -> Result<PricingOverrides, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("pricing.file: cannot read {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("pricing.file {}: {e}", path.display()))
+    toml::from_str::<toml::Table>(&text).map_err(|e| {
+        format!(
+            "pricing.file {}: not valid TOML: {}",
+            path.display(),
+            crate::toml_text::describe(&e, &text)
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        format!(
+            "pricing.file {}: {} (further problems in the file are reported once this one is fixed)",
+            path.display(),
+            crate::toml_text::describe(&e, &text)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1015,6 +1030,29 @@ mod tests {
         std::fs::write(&path, "[models.\"x\"]\ninput = 1\n").unwrap();
         let err = PriceTable::from_config(&cfg).unwrap_err();
         assert!(err[0].contains("prices.toml"), "{err:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_pricing_file_that_is_not_toml_is_not_shown() {
+        let dir = std::env::temp_dir().join(format!("rampart-pricing-x-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("shadow");
+        std::fs::write(&path, "root:$6$c2FsdA$aGFzaA:19000:0:99999:7:::\n").unwrap();
+        let cfg = PricingConfig {
+            file: Some(path.clone()),
+            overrides: PricingOverrides::default(),
+        };
+        let err = PriceTable::from_config(&cfg).unwrap_err().join("\n");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("line 1, column "), "{err}");
+        for shown in ["root", "$6$", "c2FsdA", "19000"] {
+            assert!(!err.contains(shown), "{err}");
+        }
+        std::fs::write(&path, "[models.\"x\"]\ninput = \"secret\"\noutput = 1\n").unwrap();
+        let err = PriceTable::from_config(&cfg).unwrap_err().join("\n");
+        assert!(err.contains("line 2, column 9"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// A fresh data dir, migrated, with team `t` and one key in it.
@@ -183,3 +184,41 @@ fn usage_refuses_what_the_admin_api_refuses() {
     s.ok(&["usage", "--from", "2025-01-01", "--to", "2026-02-05"]);
 }
 
+/// The lines of a file that must never be shown.
+const SHADOW: &str =
+    "root:$6$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n";
+
+fn config_check(dir: &Path, config: &str) -> String {
+    let path = dir.join("rampart.toml");
+    std::fs::write(&path, config).unwrap();
+    let args = ["config", "check", "--config", path.to_str().unwrap()];
+    let env = [
+        ("RAMPART_UPSTREAM_API_KEY", "sk-test-upstream"),
+        ("RAMPART_API_KEYS", "rk_test_0123456789abcdef"),
+    ];
+    refused(rampart(&args, &env), &args)
+}
+
+#[test]
+fn config_check_never_shows_the_text_of_a_file_it_cannot_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let shadow = dir.path().join("shadow");
+    std::fs::write(&shadow, SHADOW).unwrap();
+    let pricing = config_check(
+        dir.path(),
+        &format!("[pricing]\nfile = {:?}\n", shadow.to_str().unwrap()),
+    );
+    // As the configuration file itself.
+    let args = ["config", "check", "--config", shadow.to_str().unwrap()];
+    let itself = refused(rampart(&args, &[]), &args);
+    for err in [pricing, itself] {
+        assert!(
+            err.contains(shadow.to_str().unwrap()),
+            "names the file: {err}"
+        );
+        assert!(err.contains("line 1, column "), "says where: {err}");
+        for secret in ["root", "$6$", "c2FsdHNhbHQ", "19000", "daemon"] {
+            assert!(!err.contains(secret), "shows `{secret}`: {err}");
+        }
+    }
+}
