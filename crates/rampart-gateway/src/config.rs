@@ -530,6 +530,16 @@ fn check_admin(admin: &AdminConfig, problems: &mut Vec<String>) {
     }
 }
 
+/// Most problems reported for one section (each one leaves a value out: see [`section`]).
+const MAX_SECTION_PROBLEMS: usize = 100;
+
+/// `[name]` as `T` (its default when absent). Every value that does not fit (unknown field,
+/// wrong type, bad variant) is a problem, and is left out, its default taken instead, so that
+/// the section's other values are still read and then checked: one mistake does not hide the
+/// others. An incomplete table (a required field missing) is left out whole, and a problem says
+/// that the rest of it is checked once the others are fixed. When a bad value
+/// cannot be left out (a whole array element, a section that is not a table), the section is
+/// its default and a problem says that more may follow once those reported are fixed.
 fn section<T: Default + for<'de> Deserialize<'de>>(
     fig: &Figment,
     name: &str,
@@ -538,10 +548,91 @@ fn section<T: Default + for<'de> Deserialize<'de>>(
     if !fig.contains(name) {
         return T::default();
     }
-    fig.extract_inner::<T>(name).unwrap_or_else(|e| {
-        problems.extend(describe(e));
-        T::default()
-    })
+    let mut error = match fig.extract_inner::<T>(name) {
+        Ok(v) => return v,
+        Err(e) => e,
+    };
+    let Ok(mut value) = fig.find_value(name) else {
+        problems.extend(describe(error));
+        return T::default();
+    };
+    // Paths (inside the section) of the values left out so far.
+    let mut left_out: Vec<Vec<String>> = Vec::new();
+    loop {
+        // Figment puts the section's name last in the path.
+        let mut at = error.path.clone();
+        if at.last().is_some_and(|last| last == name) {
+            at.pop();
+        }
+        // A missing field leaves its whole table out; unless the field is one left out here
+        // before (reported already, as it was), it is news.
+        let (news, whole_table) = match &error.kind {
+            figment::error::Kind::MissingField(field) => (
+                !left_out
+                    .iter()
+                    .any(|p| p.split_last() == Some((&field.to_string(), at.as_slice()))),
+                true,
+            ),
+            _ => (true, false),
+        };
+        let error_metadata = error.metadata.clone();
+        if news {
+            problems.extend(describe(error));
+        }
+        if left_out.len() >= MAX_SECTION_PROBLEMS || !remove_at(&mut value, &at) {
+            problems.push(format!(
+                "[{name}]: any further problems in this section are reported once those above are fixed"
+            ));
+            return T::default();
+        }
+        if whole_table {
+            problems.push(format!(
+                "{}: the rest of this table is checked once the problems above are fixed",
+                std::iter::once(name)
+                    .chain(at.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(".")
+            ));
+        }
+        left_out.push(at);
+        match value.deserialize::<T>() {
+            Ok(v) => return v,
+            Err(e) => {
+                // Where the value came from (file or environment), as figment would say.
+                let key = std::iter::once(name)
+                    .chain(e.path.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                error = e.with_path(name);
+                error.metadata = fig.find_metadata(&key).cloned().or(error_metadata);
+            }
+        }
+    }
+}
+
+/// Remove the table entry at `path` from `value`; whether there was one. An array element is not
+/// removed: the next ones would take its place, and problems about them would name the wrong one.
+fn remove_at(value: &mut figment::value::Value, path: &[String]) -> bool {
+    use figment::value::Value;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for key in parents {
+        let next = match at {
+            Value::Dict(_, dict) => dict.get_mut(key),
+            Value::Array(_, items) => key.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match at {
+        Value::Dict(_, dict) => dict.remove(last).is_some(),
+        _ => false,
+    }
 }
 
 fn describe(e: figment::Error) -> Vec<String> {
@@ -761,6 +852,49 @@ pub(crate) mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_bad_field_does_not_hide_the_other_problems_of_its_section() {
+        let err = load(&sources(
+            "[ledger]\nfsync = \"sometimes\"\nretention_days = -5\nbatch_max = 0\n\
+             [pricing]\nbatch_discount_percent = 120\n\
+             [pricing.models.\"a\"]\ninput = -1\noutput = 1\ncache_reed = 1\n\
+             [pricing.models.\"b\"]\ninput = \"x\"\n\
+             [pricing.models.\"\"]\ninput = 1\noutput = 1\n",
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "ledger.fsync: unknown variant",
+            "ledger.retention_days",
+            "ledger.batch_max",
+            "pricing.models.a.cache_reed: unknown field",
+            "pricing.models.b.input: invalid type",
+            "pricing.models.b: the rest of this table is checked once",
+            "pricing.batch_discount_percent",
+            "pricing.models.\"a\".input",
+            "a model id is empty",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        // `b`'s input, left out for its type, is not reported missing as well.
+        assert!(!text.contains("missing field"), "{text}");
+        assert_eq!(err.0.len(), 9, "{text}");
+    }
+
+    #[test]
+    fn a_bad_array_element_says_more_may_follow() {
+        let err = load(&sources(
+            "[[upstream.targets]]\nname = \"x\"\nbase_url = 5\n",
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("upstream.targets.0.base_url"), "{text}");
+        assert!(
+            text.contains("[upstream]: any further problems in this section are reported once"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -579,13 +579,36 @@ pub fn note_unknown_model(model: &str) {
 ///
 /// A model entry replaces the built-in one for that id and its dated ids.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "PricingSection")]
 pub struct PricingConfig {
     /// A TOML file with the same keys, applied before the inline ones.
     pub file: Option<PathBuf>,
     /// The inline overrides.
-    #[serde(flatten)]
     pub overrides: PricingOverrides,
+}
+
+/// `[pricing]` as written, its keys side by side. (With `#[serde(flatten)]` the overrides'
+/// errors would lose their path, e.g. which model has an unknown field.)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PricingSection {
+    file: Option<PathBuf>,
+    batch_discount_percent: Option<u8>,
+    default: Option<PriceSpec>,
+    models: BTreeMap<String, PriceSpec>,
+}
+
+impl From<PricingSection> for PricingConfig {
+    fn from(s: PricingSection) -> Self {
+        Self {
+            file: s.file,
+            overrides: PricingOverrides {
+                batch_discount_percent: s.batch_discount_percent,
+                default: s.default,
+                models: s.models,
+            },
+        }
+    }
 }
 
 /// The keys of `[pricing]` (and of a pricing file).

@@ -222,3 +222,41 @@ fn config_check_never_shows_the_text_of_a_file_it_cannot_parse() {
         }
     }
 }
+
+#[test]
+fn config_check_reports_every_problem_of_a_section_despite_a_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = config_check(
+        dir.path(),
+        r#"
+[pricing]
+batch_discount_percent = 120
+
+[pricing.models."a"]
+input = -1
+output = 1
+cache_reed = 0.1
+
+[pricing.models.""]
+input = 1
+output = 1
+
+[ledger]
+fsync = "sometimes"
+retention_days = -5
+batch_max = 0
+"#,
+    );
+    for problem in [
+        "cache_reed",
+        "batch_discount_percent",
+        "models.\"a\".input",
+        "a model id is empty",
+        "ledger.fsync",
+        "ledger.retention_days",
+        "ledger.batch_max",
+    ] {
+        assert!(err.contains(problem), "`{problem}` missing from:\n{err}");
+    }
+    assert!(err.contains("7 problem(s)"), "{err}");
+}
