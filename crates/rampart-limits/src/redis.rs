@@ -323,18 +323,17 @@ impl RedisBackend {
         admitted_ms: i64,
         now: i64,
     ) -> Result<(), RedisFailure> {
-        let inv = self.invocation(
+        self.end(
             "s",
             policy,
             demand,
             used,
             ticket,
             lease_ms,
-            now,
             admitted_ms,
-        );
-        let _: Vec<i64> = self.run(inv).await?;
-        Ok(())
+            now,
+        )
+        .await
     }
 
     /// Undo the admission of `ticket` whose answer was lost, in one round trip: what it took is
@@ -350,16 +349,34 @@ impl RedisBackend {
         admitted_ms: i64,
         now: i64,
     ) -> Result<(), RedisFailure> {
-        let inv = self.invocation(
+        let nothing = Used::default();
+        self.end(
             "r",
             policy,
             demand,
-            &Used::default(),
+            &nothing,
             ticket,
             lease_ms,
-            now,
             admitted_ms,
-        );
+            now,
+        )
+        .await
+    }
+
+    /// The script's end of a ticket (`op` `s`, a settlement, or `r`, a release).
+    #[allow(clippy::too_many_arguments)]
+    async fn end(
+        &self,
+        op: &str,
+        policy: &Policy,
+        demand: &Demand,
+        used: &Used,
+        ticket: &str,
+        lease_ms: i64,
+        admitted_ms: i64,
+        now: i64,
+    ) -> Result<(), RedisFailure> {
+        let inv = self.invocation(op, policy, demand, used, ticket, lease_ms, now, admitted_ms);
         let _: Vec<i64> = self.run(inv).await?;
         Ok(())
     }

@@ -93,6 +93,49 @@ impl Fixture {
     async fn post(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
         self.gw.send("/v1/messages", key, body).await
     }
+
+    /// A key in team `t` with 1,000 output tokens a minute.
+    async fn otpm_key(&self) -> String {
+        self.key(
+            "t",
+            LimitSettings {
+                otpm: Some(1_000),
+                ..LimitSettings::default()
+            },
+        )
+        .await
+    }
+
+    /// A key with 1,000 output tokens a minute, and the text of a stream of `content` (at most
+    /// 400 tokens) that the simulator cuts after `after_events` events.
+    async fn cut_stream(&self, after_events: u32, content: Option<String>) -> (String, String) {
+        let key = self.otpm_key().await;
+        self._sim
+            .fault(serde_json::json!({"kind": "abort_stream", "after_events": after_events}))
+            .await;
+        let mut body = message("claude-sonnet-4-6");
+        body["stream"] = serde_json::json!(true);
+        body["max_tokens"] = serde_json::json!(400);
+        if let Some(content) = content {
+            body["messages"][0]["content"] = serde_json::json!(content);
+        }
+        let r = self.post(&key, &body).await;
+        assert_eq!(r.status(), 200);
+        let text = String::from_utf8_lossy(&r.bytes().await.unwrap_or_default()).into_owned();
+        (key, text)
+    }
+
+    /// The output tokens `key` has left once its last request has settled, as the next
+    /// request's headers say (that request reserves 16).
+    async fn output_left(&self, key: &str) -> u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = self.post(key, &message("claude-sonnet-4-6")).await;
+        assert_eq!(r.status(), 200);
+        header(&r, "anthropic-ratelimit-output-tokens-remaining")
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
 }
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
@@ -225,15 +268,7 @@ async fn tokens_are_settled_on_redis_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_settle_with_the_usage_of_their_events() {
     let f = fixture(false).await.unwrap();
-    let key = f
-        .key(
-            "t",
-            LimitSettings {
-                otpm: Some(1_000),
-                ..LimitSettings::default()
-            },
-        )
-        .await;
+    let key = f.otpm_key().await;
     let mut body = message("claude-sonnet-4-6");
     body["stream"] = serde_json::json!(true);
     body["max_tokens"] = serde_json::json!(400);
@@ -359,81 +394,35 @@ async fn team_limits_are_shared_and_team_defaults_apply_to_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_dies_midway_settles_with_what_it_reported() {
     let f = fixture(false).await.unwrap();
-    let key = f
-        .key(
-            "t",
-            LimitSettings {
-                otpm: Some(1_000),
-                ..LimitSettings::default()
-            },
-        )
-        .await;
     // The simulator cuts the stream after three events (message_start among them).
-    f._sim
-        .fault(serde_json::json!({"kind": "abort_stream", "after_events": 3}))
-        .await;
-    let mut body = message("claude-sonnet-4-6");
-    body["stream"] = serde_json::json!(true);
-    body["max_tokens"] = serde_json::json!(400);
-    let r = f.post(&key, &body).await;
-    assert_eq!(r.status(), 200);
+    let (key, text) = f.cut_stream(3, None).await;
     // Rampart ends a stream the upstream cut with a well-formed error event.
-    let text = String::from_utf8_lossy(&r.bytes().await.unwrap_or_default()).into_owned();
     assert!(
         text.contains("message_start") && !text.contains("message_stop"),
         "{text}"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
     // Settled with message_start's usage (one output token), not the 400 reserved.
-    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
-    assert_eq!(r.status(), 200);
-    let left: u64 = header(&r, "anthropic-ratelimit-output-tokens-remaining")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let left = f.output_left(&key).await;
     assert!((1_000 - 1 - 16..=1_000 - 16).contains(&left), "{left}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_after_text_deltas_settles_the_text_it_delivered() {
     let f = fixture(false).await.unwrap();
-    let key = f
-        .key(
-            "t",
-            LimitSettings {
-                otpm: Some(1_000),
-                ..LimitSettings::default()
-            },
-        )
-        .await;
     // Sixty words of three letters, cut after message_start, content_block_start, ping and nine
     // text deltas of three words: 27 words, 107 characters.
-    f._sim
-        .fault(serde_json::json!({"kind": "abort_stream", "after_events": 12}))
-        .await;
-    let mut body = message("claude-sonnet-4-6");
-    body["stream"] = serde_json::json!(true);
-    body["max_tokens"] = serde_json::json!(400);
-    body["messages"][0]["content"] =
-        serde_json::json!("echo: ".to_owned() + &["abc"; 60].join(" "));
     let start = tokio::time::Instant::now();
-    let r = f.post(&key, &body).await;
-    assert_eq!(r.status(), 200);
-    let text = String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned();
+    let (key, text) = f
+        .cut_stream(12, Some("echo: ".to_owned() + &["abc"; 60].join(" ")))
+        .await;
     assert_eq!(
         text.matches("event: content_block_delta").count(),
         9,
         "{text}"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
     // Settled with ceil(107 / 4) = 27 output tokens (it was one a delta, 9), not the 400
     // reserved; the next request reserves its 16.
-    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
-    assert_eq!(r.status(), 200);
-    let left: u64 = header(&r, "anthropic-ratelimit-output-tokens-remaining")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let left = f.output_left(&key).await;
     let refilled = start.elapsed().as_millis() as u64 * 1_000 / 60_000 + 1;
     assert!(
         (1_000 - 27 - 16..=1_000 - 27 - 16 + refilled).contains(&left),
@@ -514,15 +503,7 @@ async fn an_answer_whose_usage_is_unread_keeps_its_reservation_on_redis_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admitted_request_that_fails_upstream_gives_its_reservation_back() {
     let f = fixture(false).await.unwrap();
-    let key = f
-        .key(
-            "t",
-            LimitSettings {
-                otpm: Some(1_000),
-                ..LimitSettings::default()
-            },
-        )
-        .await;
+    let key = f.otpm_key().await;
     f._sim
         .fault(serde_json::json!({"kind": "status", "status": 400, "count": 1}))
         .await;

@@ -122,6 +122,25 @@ on_both_backends!(
     waits_do_not_count_reservations_in_flight_as_used,
 );
 
+/// A limiter on the Redis at `url`, keys under `prefix`, with a 900 s lease.
+fn redis_limiter(
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    on_failure: FailureMode,
+) -> Limiter {
+    let config = LimiterConfig {
+        backend: Backend::Redis {
+            url,
+            prefix,
+            timeout,
+        },
+        on_failure,
+        lease: Duration::from_secs(900),
+    };
+    Limiter::new(&config, Arc::new(ManualClock::at(T0))).unwrap()
+}
+
 /// A limiter on a Redis that is not there.
 fn unreachable(on_failure: FailureMode) -> Limiter {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -129,16 +148,12 @@ fn unreachable(on_failure: FailureMode) -> Limiter {
         .local_addr()
         .unwrap()
         .port();
-    let config = LimiterConfig {
-        backend: Backend::Redis {
-            url: format!("redis://127.0.0.1:{port}"),
-            prefix: "unreachable".to_owned(),
-            timeout: Duration::from_millis(200),
-        },
+    redis_limiter(
+        format!("redis://127.0.0.1:{port}"),
+        "unreachable".to_owned(),
+        Duration::from_millis(200),
         on_failure,
-        lease: Duration::from_secs(900),
-    };
-    Limiter::new(&config, Arc::new(ManualClock::at(T0))).unwrap()
+    )
 }
 
 #[tokio::test]
@@ -247,20 +262,17 @@ impl Stall {
     }
 
     fn limiter(&self, on_failure: FailureMode, timeout: Duration) -> Limiter {
-        let config = LimiterConfig {
-            backend: Backend::Redis {
-                url: self.url.clone(),
-                prefix: format!("stall-{}", uuid::Uuid::new_v4().simple()),
-                timeout,
-            },
+        redis_limiter(
+            self.url.clone(),
+            format!("stall-{}", uuid::Uuid::new_v4().simple()),
+            timeout,
             on_failure,
-            lease: Duration::from_secs(900),
-        };
-        Limiter::new(&config, Arc::new(ManualClock::at(T0))).unwrap()
+        )
     }
 }
 
-fn rpm_policy(n: u64) -> Arc<rampart_limits::Policy> {
+/// `rates` on a new key (in a new group), no budget.
+fn key_policy(rates: rampart_limits::Rates) -> Arc<rampart_limits::Policy> {
     rampart_limits::Policy::new(
         uuid::Uuid::new_v4(),
         [rampart_limits::ScopeLimits {
@@ -268,14 +280,18 @@ fn rpm_policy(n: u64) -> Arc<rampart_limits::Policy> {
                 kind: rampart_limits::ScopeKind::Key,
                 id: uuid::Uuid::new_v4(),
             },
-            rates: rampart_limits::Rates {
-                rpm: Some(n),
-                ..rampart_limits::Rates::default()
-            },
+            rates,
             budget: None,
         }],
     )
     .unwrap()
+}
+
+fn rpm_policy(n: u64) -> Arc<rampart_limits::Policy> {
+    key_policy(rampart_limits::Rates {
+        rpm: Some(n),
+        ..rampart_limits::Rates::default()
+    })
 }
 
 /// The longest of `n` admissions on `limiter`, each of which must be `expected`.
@@ -433,22 +449,11 @@ fn a_bad_redis_url_is_refused_without_echoing_it() {
 
 /// One slot and 100 output tokens a minute on one key.
 fn slot_policy() -> Arc<rampart_limits::Policy> {
-    rampart_limits::Policy::new(
-        uuid::Uuid::new_v4(),
-        [rampart_limits::ScopeLimits {
-            scope: rampart_limits::Scope {
-                kind: rampart_limits::ScopeKind::Key,
-                id: uuid::Uuid::new_v4(),
-            },
-            rates: rampart_limits::Rates {
-                otpm: Some(100),
-                concurrency: Some(1),
-                ..rampart_limits::Rates::default()
-            },
-            budget: None,
-        }],
-    )
-    .unwrap()
+    key_policy(rampart_limits::Rates {
+        otpm: Some(100),
+        concurrency: Some(1),
+        ..rampart_limits::Rates::default()
+    })
 }
 
 fn output(n: u64) -> rampart_limits::Demand {
