@@ -186,11 +186,18 @@ impl EngineStore {
         tx: &mut sqlx::Transaction<'static, Db>,
         records: &[UsageRecord],
     ) -> Result<u64> {
+        Self::insert_storable_in(tx, &storable(records)).await
+    }
+
+    /// [`EngineStore::insert_usage_in`] of records already made [`storable`].
+    async fn insert_storable_in(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        records: &[UsageRecord],
+    ) -> Result<u64> {
         let tx = &mut **tx;
         if records.is_empty() {
             return Ok(0);
         }
-        let records = storable(records);
         // A record twice in one batch counts once.
         let mut seen = HashSet::with_capacity(records.len());
         let unique: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(r.id)).collect();
@@ -302,7 +309,7 @@ impl UsageRepository for EngineStore {
             return Ok(n);
         }
         let mut tx = self.begin_write().await?;
-        let n = Self::insert_usage_in(&mut tx, records).await?;
+        let n = Self::insert_storable_in(&mut tx, records).await?;
         tx.commit().await?;
         Ok(n)
     }
