@@ -518,6 +518,14 @@ fn budgets_of(snapshot: &Snapshot) -> Vec<(Uuid, Scope, Budget)> {
     out
 }
 
+// The store validates limits with the same bounds the limiter clamps to: if either side
+// changed alone, a value the admin API accepts would be cut silently here.
+const _: () = {
+    assert!(rampart_store::limits::MAX_RATE == rampart_limits::policy::MAX_RATE);
+    assert!(rampart_store::limits::MAX_CONCURRENCY == rampart_limits::policy::MAX_CONCURRENCY);
+    assert!(rampart_store::limits::MAX_BUDGET_MICROS == rampart_limits::policy::MAX_BUDGET_MICROS);
+};
+
 fn scope(kind: ScopeKind, id: Uuid, s: LimitSettings) -> ScopeLimits {
     ScopeLimits {
         scope: Scope { kind, id },
