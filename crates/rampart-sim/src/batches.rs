@@ -170,6 +170,12 @@ impl Batches {
         let mut seen = HashSet::with_capacity(requests.len());
         let mut items = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
+            if !r.is_object() {
+                return Err(bad_field(
+                    &format!("requests.{i}"),
+                    "Input should be a valid dictionary",
+                ));
+            }
             let custom_id = match r.get("custom_id") {
                 Some(Value::String(s)) if valid_custom_id(s) => s.clone(),
                 Some(Value::String(_)) => {
@@ -178,15 +184,30 @@ impl Batches {
                         "String should match pattern '^[a-zA-Z0-9_-]{1,64}$'",
                     ));
                 }
-                _ => return Err(required(&format!("requests.{i}.custom_id"))),
+                None | Some(Value::Null) => {
+                    return Err(required(&format!("requests.{i}.custom_id")));
+                }
+                Some(_) => {
+                    return Err(bad_field(
+                        &format!("requests.{i}.custom_id"),
+                        "Input should be a valid string",
+                    ));
+                }
             };
             if !seen.insert(custom_id.clone()) {
                 return Err(ApiError::invalid(format!(
                     "requests: custom_id values must be unique; '{custom_id}' is repeated"
                 )));
             }
-            let Some(params) = r.get("params").filter(|p| p.is_object()) else {
-                return Err(required(&format!("requests.{i}.params")));
+            let params = match r.get("params") {
+                Some(p) if p.is_object() => p,
+                None | Some(Value::Null) => return Err(required(&format!("requests.{i}.params"))),
+                Some(_) => {
+                    return Err(bad_field(
+                        &format!("requests.{i}.params"),
+                        "Input should be a valid dictionary",
+                    ));
+                }
             };
             let result = match crate::engine::run(sim, params, None) {
                 Ok(outcome) => BatchResult::Succeeded {

@@ -340,6 +340,9 @@ fn valid_custom_id(id: &str) -> bool {
 /// they run: bad params become `errored` results).
 fn parse_items(body: &[u8], max: u64) -> Result<Vec<(String, Value)>, String> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    if !doc.is_object() {
+        return Err("body: Input should be a valid dictionary".to_owned());
+    }
     let requests = match doc.get("requests") {
         None | Some(Value::Null) => return Err("requests: Field required".to_owned()),
         Some(Value::Array(r)) => r,
@@ -359,6 +362,9 @@ fn parse_items(body: &[u8], max: u64) -> Result<Vec<(String, Value)>, String> {
     let mut seen = HashSet::with_capacity(requests.len());
     let mut items = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
+        if !r.is_object() {
+            return Err(format!("requests.{i}: Input should be a valid dictionary"));
+        }
         let custom_id = match r.get("custom_id") {
             Some(Value::String(s)) if valid_custom_id(s) => s.clone(),
             Some(Value::String(_)) => {
@@ -366,15 +372,28 @@ fn parse_items(body: &[u8], max: u64) -> Result<Vec<(String, Value)>, String> {
                     "requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
                 ));
             }
-            _ => return Err(format!("requests.{i}.custom_id: Field required")),
+            None | Some(Value::Null) => {
+                return Err(format!("requests.{i}.custom_id: Field required"));
+            }
+            Some(_) => {
+                return Err(format!(
+                    "requests.{i}.custom_id: Input should be a valid string"
+                ));
+            }
         };
         if !seen.insert(custom_id.clone()) {
             return Err(format!(
                 "requests: custom_id values must be unique; '{custom_id}' is repeated"
             ));
         }
-        let Some(params) = r.get("params").filter(|p| p.is_object()) else {
-            return Err(format!("requests.{i}.params: Field required"));
+        let params = match r.get("params") {
+            Some(p) if p.is_object() => p,
+            None | Some(Value::Null) => return Err(format!("requests.{i}.params: Field required")),
+            Some(_) => {
+                return Err(format!(
+                    "requests.{i}.params: Input should be a valid dictionary"
+                ));
+            }
         };
         items.push((custom_id, params.clone()));
     }
@@ -740,7 +759,16 @@ mod tests {
             (br#"{"requests":[{"params":{}}]}"#, "requests.0.custom_id: Field required"),
             (br#"{"requests":[{"custom_id":"a b","params":{}}]}"#, "should match pattern"),
             (br#"{"requests":[{"custom_id":"a"}]}"#, "requests.0.params: Field required"),
-            (br#"{"requests":[{"custom_id":"a","params":[]}]}"#, "requests.0.params: Field required"),
+            (
+                br#"{"requests":[{"custom_id":"a","params":[]}]}"#,
+                "requests.0.params: Input should be a valid dictionary",
+            ),
+            (
+                br#"{"requests":[{"custom_id":"a","params":[1]}]}"#,
+                "requests.0.params: Input should be a valid dictionary",
+            ),
+            (br#"{"requests":[{"custom_id":7,"params":{}}]}"#, "custom_id: Input should be a valid string"),
+            (br#"{"requests":[1]}"#, "requests.0: Input should be a valid dictionary"),
             (
                 br#"{"requests":[{"custom_id":"a","params":{}},{"custom_id":"a","params":{}}]}"#,
                 "'a' is repeated",
@@ -749,7 +777,7 @@ mod tests {
                 br#"{"requests":[{"custom_id":"a","params":{}},{"custom_id":"b","params":{}},{"custom_id":"c","params":{}},{"custom_id":"d","params":{}}]}"#,
                 "at most 3 items",
             ),
-            (b"[1]", "requests: Field required"),
+            (b"[1]", "body: Input should be a valid dictionary"),
             (b"{", "invalid JSON"),
         ] {
             let e = parse_items(body, max).unwrap_err();

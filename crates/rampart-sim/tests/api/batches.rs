@@ -177,11 +177,37 @@ async fn batches_list_newest_first_with_cursors() {
 #[tokio::test]
 async fn batch_creation_validates_the_envelope() {
     let sim = spawn().await;
-    for body in [
-        json!({}),
-        json!({"requests": []}),
-        json!({"requests": [{"custom_id": "a b", "params": {}}]}),
-        json!({"requests": [item("x", "claude-opus-5"), item("x", "claude-opus-5")]}),
+    for (body, message) in [
+        (json!({}), "requests: Field required"),
+        (json!({"requests": []}), "at least 1 item"),
+        (
+            json!({"requests": [{"custom_id": "a b", "params": {}}]}),
+            "should match pattern",
+        ),
+        (
+            json!({"requests": [item("x", "claude-opus-5"), item("x", "claude-opus-5")]}),
+            "'x' is repeated",
+        ),
+        (
+            json!({"requests": [1]}),
+            "requests.0: Input should be a valid dictionary",
+        ),
+        (
+            json!({"requests": [{"params": {}}]}),
+            "requests.0.custom_id: Field required",
+        ),
+        (
+            json!({"requests": [{"custom_id": 7, "params": {}}]}),
+            "requests.0.custom_id: Input should be a valid string",
+        ),
+        (
+            json!({"requests": [{"custom_id": "a"}]}),
+            "requests.0.params: Field required",
+        ),
+        (
+            json!({"requests": [{"custom_id": "a", "params": [1]}]}),
+            "requests.0.params: Input should be a valid dictionary",
+        ),
     ] {
         let r = sim
             .post("/v1/messages/batches")
@@ -190,5 +216,8 @@ async fn batch_creation_validates_the_envelope() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400, "{body}");
+        let error: Value = r.json().await.unwrap();
+        let got = error["error"]["message"].as_str().unwrap();
+        assert!(got.contains(message), "{body}: {got}");
     }
 }
