@@ -192,10 +192,13 @@ fn read_requests(
 
 fn report_problems(file: &Path, problems: &[Problem]) -> ExitCode {
     let name = file.display();
-    eprintln!(
-        "rampart batch submit: {name}: {} invalid line(s); nothing was submitted",
-        problems.iter().filter(|p| p.line > 0).count()
-    );
+    match problems.iter().filter(|p| p.line > 0).count() {
+        // Only problems of the file as a whole (empty, too many requests, too large).
+        0 => eprintln!("rampart batch submit: {name}: nothing was submitted"),
+        bad => {
+            eprintln!("rampart batch submit: {name}: {bad} invalid line(s); nothing was submitted");
+        }
+    }
     for p in problems.iter().take(MAX_PRINTED_PROBLEMS) {
         if p.line == 0 {
             eprintln!("  {name}: {}", p.reason);

@@ -107,7 +107,9 @@ def test_malformed_lines_are_all_reported_and_nothing_is_submitted(demo: Demo, t
     # The file is checked before the key: a bad file is reported even without one.
     assert "nothing was submitted" in failed(batch(demo, "submit", requests, key=""))
     empty = write(tmp_path, ["", "  "])
-    assert "no requests" in failed(batch(demo, "submit", empty))
+    err = failed(batch(demo, "submit", empty))
+    assert "no requests" in err
+    assert f"{empty}: nothing was submitted" in err and "invalid line" not in err, err
 
 
 def test_submit_status_list_and_cancel(demo: Demo, tmp_path: Path) -> None:
