@@ -406,6 +406,9 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
         &mut problems,
     );
     let routing = crate::resilience_config::validate_routing(&routing, &mut problems);
+    // A request that names an alias (or `auto`) is reserved, and estimated when its usage cannot
+    // be read, at what it will be served as, not at the unknown-model default.
+    let prices = std::sync::Arc::new(prices.with_routing_names(routing.served_as()));
     // The `[upstream]` key is needed unless every target brings its own.
     let needs_default_key = resilience
         .as_ref()
@@ -483,7 +486,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigErrors> {
             last_used_flush: Duration::from_secs(auth.last_used_flush_secs),
             log,
             admin,
-            prices: std::sync::Arc::new(prices),
+            prices,
             ledger,
             limits: limits.unwrap_or_default(),
             cache,
@@ -828,6 +831,24 @@ pub(crate) mod tests {
         assert_eq!(s.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(s.upstream.scheme, http::uri::Scheme::HTTPS);
         assert_eq!(s.upstream.authority.as_str(), "api.anthropic.com");
+    }
+
+    #[test]
+    fn routing_names_are_priced_at_what_they_are_served_as() {
+        use rampart_ledger::pricing::Known;
+        let s = load(&sources(
+            "[routing.aliases]\nfast = \"claude-haiku-4-5\"\nodd = \"claude-unpriced-1\"\n\
+             [routing.auto]\nhaiku = \"fast\"\n",
+        ))
+        .unwrap();
+        let p = &s.prices;
+        assert_eq!(p.lookup("fast"), p.lookup("claude-haiku-4-5"));
+        let (auto, known) = p.lookup("auto");
+        assert_eq!(known, Known::Listed);
+        let opus = s.routing.auto.as_ref().unwrap().models[2].clone();
+        assert_eq!(auto.rates.output, p.lookup(&opus).0.rates.output, "{opus}");
+        // An alias of a model with no price stays at the default (and is reported as unknown).
+        assert_eq!(p.lookup("odd").1, Known::Default);
     }
 
     #[test]

@@ -229,6 +229,22 @@ impl RoutingSettings {
         )
     }
 
+    /// Each name routing serves as other models, with those models: an alias and its model,
+    /// the `auto` model and its tiers' models (for [`PriceTable::with_routing_names`]).
+    ///
+    /// [`PriceTable::with_routing_names`]: rampart_ledger::pricing::PriceTable::with_routing_names
+    pub fn served_as(&self) -> impl Iterator<Item = (&str, &[String])> {
+        let aliases = self
+            .aliases
+            .iter()
+            .map(|(alias, model)| (alias.as_str(), std::slice::from_ref(model)));
+        let auto = self
+            .auto
+            .iter()
+            .map(|a| (a.name.as_str(), a.models.as_slice()));
+        aliases.chain(auto)
+    }
+
     /// The models to try for `model` (itself first), skipping fallbacks `scopes` refuses.
     #[must_use]
     pub fn chain(&self, model: &str, scopes: Option<&Scopes>) -> Vec<String> {

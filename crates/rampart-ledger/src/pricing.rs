@@ -84,6 +84,17 @@ impl Rates {
             .max(self.cache_read)
     }
 
+    /// Each rate the higher of the two.
+    fn max(&self, other: &Self) -> Self {
+        Self {
+            input: self.input.max(other.input),
+            output: self.output.max(other.output),
+            cache_write_5m: self.cache_write_5m.max(other.cache_write_5m),
+            cache_write_1h: self.cache_write_1h.max(other.cache_write_1h),
+            cache_read: self.cache_read.max(other.cache_read),
+        }
+    }
+
     fn all(&self) -> [u64; 5] {
         [
             self.input,
@@ -371,6 +382,45 @@ impl PriceTable {
         } else {
             Err(problems)
         }
+    }
+
+    /// Price the names routing serves as other models: each `(name, models)` is a routing alias
+    /// and the model it names, or the `auto` model and the models it chooses from. A name is
+    /// priced at its one model's prices, or at the dearest of several (each rate the highest of
+    /// theirs, long-context tiers included, so no usage of any of them costs more), so a request
+    /// that names it is reserved and, when its usage cannot be read, estimated at what it will
+    /// be served as rather than at the unknown-model default. A name the table already prices
+    /// (an alias named like a listed model) keeps its price, and so does one none of whose models
+    /// is listed.
+    #[must_use]
+    pub fn with_routing_names<'a>(
+        mut self,
+        names: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Self {
+        for (name, models) in names {
+            if self.find(name).is_some() {
+                continue;
+            }
+            let listed: Vec<Prices> = models
+                .iter()
+                .filter_map(|m| self.find(m))
+                .copied()
+                .collect();
+            let priced = match listed.as_slice() {
+                [] => continue,
+                [one] => *one,
+                several => Prices {
+                    rates: several
+                        .iter()
+                        .flat_map(|p| [Some(p.rates), p.long_context.map(|l| l.rates)])
+                        .flatten()
+                        .fold(Rates::from_input_output(0, 0), |a, b| a.max(&b)),
+                    long_context: None,
+                },
+            };
+            self.models.insert(name.to_owned(), priced);
+        }
+        self
     }
 
     fn apply(&mut self, o: &PricingOverrides, at: &str, problems: &mut Vec<String>) {
@@ -804,6 +854,49 @@ mod tests {
         ] {
             assert_eq!(table.lookup(id).1, Known::Listed, "{id}");
         }
+    }
+
+    #[test]
+    fn routing_names_are_priced_as_the_models_they_are_served_as() {
+        let models = |m: &[&str]| m.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>();
+        let (fast, auto, nowhere, shadow) = (
+            models(&["claude-haiku-4-5"]),
+            models(&["claude-haiku-4-5", "claude-sonnet-4-6", "claude-haiku-5-5"]),
+            models(&["claude-nope-1"]),
+            models(&["claude-haiku-4-5"]),
+        );
+        let t = PriceTable::builtin().with_routing_names([
+            ("fast", fast.as_slice()),
+            ("auto", auto.as_slice()),
+            ("nowhere", nowhere.as_slice()),
+            ("claude-sonnet-4-6", shadow.as_slice()),
+        ]);
+        // An alias: its model's prices exactly.
+        assert_eq!(t.lookup("fast"), t.lookup("claude-haiku-4-5"));
+        // Several models: every rate the dearest of them, long-context tiers included.
+        let (auto, known) = t.lookup("auto");
+        assert_eq!(known, Known::Listed);
+        assert_eq!(auto.long_context, None);
+        let candidates = ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-haiku-5-5"];
+        let every = candidates.iter().flat_map(|m| {
+            let p = t.lookup(m).0;
+            [Some(p.rates), p.long_context.map(|l| l.rates)]
+        });
+        for r in every.flatten() {
+            for (have, of) in auto.rates.all().into_iter().zip(r.all()) {
+                assert!(have >= of, "{:?} / {r:?}", auto.rates);
+            }
+        }
+        assert_eq!(
+            auto.rates.output,
+            t.lookup("claude-sonnet-4-6").0.rates.output
+        );
+        // Nothing listed behind it, or a listed model's own name: as before.
+        assert_eq!(t.lookup("nowhere").1, Known::Default);
+        assert_eq!(
+            t.lookup("claude-sonnet-4-6"),
+            PriceTable::builtin().lookup("claude-sonnet-4-6")
+        );
     }
 
     #[test]
