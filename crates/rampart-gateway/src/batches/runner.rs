@@ -549,6 +549,10 @@ async fn execute(state: &AppState, batches: &Batches, item: ClaimedItem) -> Fini
         let (cost, priced) = match served.or(requested) {
             Some(m) if tokens != TokenUsage::default() => {
                 let (p, known) = prices.lookup(m);
+                if known == rampart_ledger::pricing::Known::Default {
+                    // Priced at the default: counted and reported as the proxy's requests are.
+                    rampart_ledger::pricing::note_unknown_model(m);
+                }
                 (
                     prices.cost_at(&p, &tokens, false),
                     known == rampart_ledger::pricing::Known::Listed,

@@ -258,6 +258,10 @@ fn record_of(
     let (cost, priced) = match model {
         Some(m) => {
             let (p, known) = prices.lookup(m);
+            if known == rampart_ledger::pricing::Known::Default {
+                // Priced at the default: counted and reported as the proxy's requests are.
+                rampart_ledger::pricing::note_unknown_model(m);
+            }
             (
                 prices.cost_at(&p, &tokens, true),
                 known == rampart_ledger::pricing::Known::Listed,
