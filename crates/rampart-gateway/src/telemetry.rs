@@ -83,6 +83,7 @@ fn describe() {
         "rampart_usage_estimated_total",
         "Messages requests charged an estimate: the upstream may have billed them, their usage was not read."
     );
+    counter!("rampart_usage_estimated_total").increment(0);
     rampart_ledger::ledger::describe_metrics();
     crate::exchange::describe_metrics();
 }

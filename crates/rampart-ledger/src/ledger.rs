@@ -125,6 +125,16 @@ pub fn describe_metrics() {
         "rampart_pricing_unknown_model_total",
         "Requests priced at the default price because their model is not in the price table."
     );
+    // What alerts watch is exported from the start, at 0, not only after its first event (a
+    // dashboard shows 0 rather than "no data").
+    for name in [
+        "rampart_ledger_corrupt_lines_total",
+        "rampart_ledger_dropped_total",
+        "rampart_ledger_refused_total",
+        "rampart_pricing_unknown_model_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
 }
 
 impl Ledger {
