@@ -270,6 +270,20 @@ def metric(url: str, name: str, labels: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def test_the_counters_alerts_watch_are_exported_from_the_start(single: Any) -> None:
+    """At 0 before their first event, so a dashboard shows 0 rather than no data."""
+    _, url = single
+    text = httpx.get(f"{url}/metrics").text
+    for name in (
+        "rampart_pricing_unknown_model_total",
+        "rampart_ledger_refused_total",
+        "rampart_ledger_dropped_total",
+        "rampart_ledger_corrupt_lines_total",
+        "rampart_usage_estimated_total",
+    ):
+        assert re.search(rf"^{name} \d+$", text, re.M), name
+
+
 def test_a_spent_budget_is_402_and_the_sdk_does_not_retry_it(single: Any) -> None:
     store, url = single
     key = create_key(store, "--budget-usd", "0.000001", "--budget-period", "month")
@@ -308,6 +322,41 @@ def test_a_client_that_leaves_before_its_answer_still_pays_for_it(single: Any, u
     refused = post(url, key, {**BODY, "model": "claude-sonnet-4-6"})
     assert refused.status_code == 402, refused.text
     assert refused.json()["error"]["type"] == "billing_error"
+
+
+def test_a_routing_alias_is_priced_as_the_model_it_names(upstream: str) -> None:
+    """A request naming an alias reserves, and when its usage cannot be read is charged, at the
+    prices of the model the alias names. At the unknown-model default ($30 in, $75 out per MTok
+    worst case) one request in flight would hold this budget whole and refuse the next, and a
+    left request would be charged 15 times a Haiku request's estimate."""
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-alias-")]
+    proc, url = serve(store, upstream, "limits-alias", {"RAMPART_ROUTING__ALIASES__FAST": "claude-haiku-4-5"})
+    try:
+        key, kid = key_id(store, "--budget-usd", "0.02", "--budget-period", "day")
+        time.sleep(0.3)
+        unknown = metric(url, "rampart_pricing_unknown_model_total")
+        body = {**BODY, "model": "fast", "max_tokens": 1000}
+        sim = SimControl(upstream)
+        # One request in flight (its answer held back) while a second one comes.
+        sim.fault("stall_headers", delay_ms=2000, model="claude-haiku-4-5")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post, url, key, body)
+            time.sleep(0.5)
+            second = post(url, key, body)
+            assert second.status_code == 200, second.text
+            assert first.result().status_code == 200
+        before = wait_until(lambda: spent_in_ledger(store, kid), timeout=10, interval=0.2, what="two records")
+        # A client that leaves before its answer: charged the estimate, 1,000 output tokens of
+        # Haiku 4.5 ($5/MTok) and a few input tokens.
+        sim.fault("stall_headers", delay_ms=3000, model="claude-haiku-4-5")
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=0.5)
+        with pytest.raises(anthropic.APITimeoutError):
+            client.messages.create(**body)
+        spent = wait_until(lambda: (s := spent_in_ledger(store, kid)) > before and s, timeout=10, interval=0.2, what="the left request's charge")
+        assert 5000 <= spent - before < 5500, (before, spent)
+        assert metric(url, "rampart_pricing_unknown_model_total") == unknown == 0
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
 
 
 def test_a_batch_that_does_not_fit_in_what_is_left_says_so_not_that_the_budget_is_spent(single: Any) -> None:
