@@ -186,6 +186,15 @@ pub fn check_inputs(
             name("model")
         ));
     }
+    if inputs
+        .model
+        .is_some_and(|m| m.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "{} must not contain control characters",
+            name("model")
+        ));
+    }
     Ok(UsageQuery {
         from,
         to,
@@ -340,6 +349,14 @@ mod tests {
         assert_eq!(
             check(empty_model, Spelling::Cli).unwrap_err(),
             "--model must be 1 to 200 characters"
+        );
+        let nul = UsageInputs {
+            model: Some("claude\u{0}x"),
+            ..UsageInputs::default()
+        };
+        assert_eq!(
+            check(nul, Spelling::Api).unwrap_err(),
+            "model must not contain control characters"
         );
         let backwards = UsageInputs {
             from: Some(now),

@@ -87,6 +87,24 @@ async fn scoped(
             Err(e) => return Err(e.into()),
         }
     }
+    // An admin's filter names a team or user that exists, else 404, as a key filter does
+    // (teams and users are never deleted: an unknown id is a mistake, not past usage).
+    if caller.role() == Role::Admin {
+        if let Some(id) = q.team_id {
+            match state.store().get_team(id).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound) => return Err(ApiError::NotFound("team")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(id) = q.user_id {
+            match state.store().get_user(id).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound) => return Err(ApiError::NotFound("user")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     super::keys::narrow_to_visible_keys(caller, &mut q.team_id, &mut q.user_id)?;
     // A key filter names a key the caller may see, else 404.
     if let Some(id) = q.key_id {

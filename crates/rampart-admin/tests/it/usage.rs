@@ -218,6 +218,13 @@ async fn admins_see_every_team_grouped_as_asked() {
     assert_eq!(body["data"][0]["requests"], 1);
     let (_, body) = usage(&w, &admin, &format!("{RANGE}&key_id={}", w.other_key)).await;
     assert_eq!(body["data"][0]["cost_micro_usd"], 5_000);
+    // An id that names nothing is 404 for every filter, not an empty report.
+    for filter in ["key_id", "team_id", "user_id"] {
+        let query = format!("{RANGE}&{filter}={}", Uuid::now_v7());
+        let (status, body) = usage(&w, &admin, &query).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{query}: {body}");
+        assert_error(&body, "not_found_error");
+    }
 }
 
 #[tokio::test]
@@ -320,6 +327,10 @@ async fn bad_parameters_are_400_and_no_token_is_401() {
         (
             format!("{RANGE}&model="),
             "model must be 1 to 200 characters",
+        ),
+        (
+            format!("{RANGE}&model=claude%00"),
+            "model must not contain control characters",
         ),
         (
             "from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z".to_owned(),
