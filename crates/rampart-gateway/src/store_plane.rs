@@ -78,15 +78,16 @@ impl<S: std::future::Future<Output = ()>> Ticks<S> {
     }
 }
 
-/// Why the store-backed data plane cannot start.
+/// Why the store-backed data plane cannot start. The message carries its cause (not also as
+/// its `source`, which an error chain would print a second time).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The keys could not be loaded.
     #[error("cannot load API keys from the store: {0}")]
-    Keys(#[source] StoreError),
+    Keys(StoreError),
     /// The stored upstream credential cannot be used.
     #[error("no upstream API key: {0}")]
-    Upstream(#[source] StoredUpstreamError),
+    Upstream(StoredUpstreamError),
 }
 
 /// The running tasks. See the module docs.

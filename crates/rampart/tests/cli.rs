@@ -260,3 +260,21 @@ batch_max = 0
     }
     assert!(err.contains("7 problem(s)"), "{err}");
 }
+
+#[test]
+fn serve_without_an_upstream_key_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let keygen = rampart(&["keygen"], &[]);
+    let secret = String::from_utf8(keygen.stdout).unwrap();
+    let secret = secret.trim();
+    let args = ["serve", "--data-dir", data, "--listen", "127.0.0.1:0"];
+    let env = [
+        ("RAMPART_JWT_SECRET", secret),
+        ("RAMPART_MASTER_KEY", secret),
+    ];
+    let err = refused(rampart(&args, &env), &args);
+    let why = "no upstream credential is stored";
+    assert!(err.contains("no upstream API key"), "{err}");
+    assert_eq!(err.matches(why).count(), 1, "{err}");
+}
