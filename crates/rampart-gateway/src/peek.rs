@@ -211,15 +211,22 @@ pub fn validate(body: &[u8]) -> Result<(), ProxyError> {
 }
 
 fn position(e: &serde_json::Error) -> String {
-    // serde_json's messages name the class and position only (no input echoed back).
+    // The class and position only: serde_json's own messages may echo the input back. A field
+    // given twice is named, as its name is one of the fields read here, never the client's text.
+    let duplicate = (e.classify() == serde_json::error::Category::Data)
+        .then(|| e.to_string())
+        .and_then(|m| {
+            let name = m.strip_prefix("duplicate field `")?.split('`').next()?;
+            Some(format!("duplicate field `{name}`"))
+        });
     format!(
         "{} at line {} column {}",
-        match e.classify() {
+        duplicate.as_deref().unwrap_or(match e.classify() {
             serde_json::error::Category::Eof => "unexpected end of input",
             serde_json::error::Category::Syntax => "syntax error",
             serde_json::error::Category::Data => "unexpected value",
             serde_json::error::Category::Io => "read error",
-        },
+        }),
         e.line(),
         e.column()
     )
@@ -390,6 +397,20 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((refused.custom_id.len(), refused.model.len()), (64, 100));
+    }
+
+    #[test]
+    fn a_field_given_twice_is_named() {
+        let body = br#"{"model":"m","max_tokens":1,"messages":[],"max_tokens":9}"#;
+        for got in [peek(body).err(), peek_estimating(body).err()] {
+            let Some(ProxyError::MalformedJson(m)) = got else {
+                panic!("{got:?}");
+            };
+            assert!(
+                m.starts_with("duplicate field `max_tokens` at line 1"),
+                "{m}"
+            );
+        }
     }
 
     #[test]
