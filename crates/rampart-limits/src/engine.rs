@@ -17,12 +17,15 @@
 //! admitted requests never exceed the request limit at all.
 //!
 //! # Waits
-//! A token bucket's level counts the reservations of requests still in flight, which settle
-//! with their real usage soon (a `max_tokens` of 50 000 that ends up using 49 tokens). So the
-//! waits reported (a refusal's `retry-after`, a window's reset) are not worked out from that
-//! level alone: the part of a wait that only waits for reservations in flight counts for at most
-//! [`IN_FLIGHT_WAIT_MS`]; the rest is the time the *settled* level (every reservation in flight
-//! given back) needs to refill. See [`Snapshot::reserved`].
+//! The waits reported (a refusal's `retry-after`, a window's reset) are the time the level needs
+//! to refill, with one exception: **output tokens** reserved by requests still in flight. Those
+//! are `max_tokens`, which settle with the real usage soon and usually far below it (a
+//! `max_tokens` of 50 000 that ends up using 49 tokens), so the part of an output wait that only
+//! waits for them counts for at most [`IN_FLIGHT_WAIT_MS`]; the rest is the time the *settled*
+//! output level (those reservations given back) needs. Input tokens get no such allowance: their
+//! reservation is the shared estimator's count of the prompt, which is what the upstream reports
+//! (prompt-cache reads aside), so it is as good as spent and is waited out in full — a shorter
+//! wait would only make clients retry into a second refusal. See [`Snapshot::reserved`].
 
 use crate::policy::{Demand, Policy, ScopeKind};
 
@@ -98,10 +101,21 @@ fn ms_until(level: i64, target: i64, limit: u64) -> u64 {
     u64::try_from(ceil_div((target - level).max(0), limit)).unwrap_or(0)
 }
 
-/// The most a reported wait counts for reservations still in flight: they settle with the real
-/// usage (usually far below the reservation) when their responses end, typically within
-/// seconds, and are not waited out as if they would all be used.
+/// The most a reported wait counts for output tokens reserved by requests still in flight: they
+/// settle with the real usage (usually far below `max_tokens`) when their responses end,
+/// typically within seconds, and are not waited out as if they would all be used. (Input
+/// reservations are waited out in full: see the module docs.)
 pub const IN_FLIGHT_WAIT_MS: u64 = 1_000;
+
+/// Of the `reserved` tokens of dimension `d` held by requests in flight, those a wait may count
+/// for at most [`IN_FLIGHT_WAIT_MS`]: output tokens only (see the module docs). Requests are
+/// never given back, and an input reservation is the prompt's count, as good as spent.
+fn soon_given_back(d: Dimension, reserved: u64) -> u64 {
+    match d {
+        Dimension::OutputTokens => reserved,
+        Dimension::Requests | Dimension::InputTokens => 0,
+    }
+}
 
 /// A bucket's level with the `reserved` tokens of requests in flight given back (capped at the
 /// capacity): the level that settled usage alone leaves.
@@ -116,9 +130,9 @@ fn settled_level(level: i64, reserved: u64, limit: u64) -> i64 {
 }
 
 /// The wait reported until a bucket at `level` (of which `reserved` tokens are held by
-/// requests in flight) reaches `target`: none when it is there; else the time the settled level
-/// needs, and at least the time the level needs up to [`IN_FLIGHT_WAIT_MS`] (see the module
-/// docs). Never more than the level alone would need.
+/// requests in flight and soon given back: see [`soon_given_back`]) reaches `target`: none when
+/// it is there; else the time the settled level needs, and at least the time the level needs up
+/// to [`IN_FLIGHT_WAIT_MS`] (see the module docs). Never more than the level alone would need.
 fn wait_ms(level: i64, reserved: u64, target: i64, limit: u64) -> u64 {
     let full = ms_until(level, target, limit);
     if full == 0 {
@@ -137,8 +151,9 @@ pub struct Snapshot {
     /// Budget spent and reserved in the current period (micro-dollars).
     pub committed: u64,
     /// Tokens reserved in each bucket (in [`DIMENSIONS`] order) by requests in flight, not
-    /// settled yet: part of the levels, but soon given back in part. Always 0 for requests
-    /// (a request is never given back).
+    /// settled yet: part of the levels. Always 0 for requests (a request is never given back).
+    /// Only the output tokens' shorten the waits reported (they are soon given back in part);
+    /// input reservations count as spent there (see the module docs).
     pub reserved: [u64; 3],
 }
 
@@ -173,15 +188,25 @@ pub struct Window {
     pub limit: u64,
     /// Whole units left now (0 when overdrawn).
     pub remaining: u64,
-    /// When the bucket will be full again (milliseconds since the epoch), as settled usage
-    /// implies: reservations of requests in flight add at most [`IN_FLIGHT_WAIT_MS`] (see the
-    /// module docs).
+    /// When the bucket will be full again (milliseconds since the epoch); for output tokens as
+    /// settled usage implies: output reserved by requests in flight adds at most
+    /// [`IN_FLIGHT_WAIT_MS`] (see the module docs).
     pub reset_at_ms: i64,
     /// Which scope this is (the most restrictive one).
     pub scope: ScopeKind,
 }
 
-/// The state of a request's per-minute limits, most restrictive scope per dimension.
+impl Window {
+    /// More restrictive than `other`: fewer units left, or as few and a later reset (two
+    /// windows with nothing left differ only in how long they hold a client back).
+    #[must_use]
+    pub fn tighter(&self, other: &Self) -> bool {
+        (self.remaining, other.reset_at_ms) < (other.remaining, self.reset_at_ms)
+    }
+}
+
+/// The state of a request's per-minute limits, most restrictive scope per dimension
+/// ([`Window::tighter`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Status {
     /// Requests per minute.
@@ -201,12 +226,12 @@ impl Status {
             .filter_map(|(d, w)| w.map(|w| (d, w)))
     }
 
-    /// The more restrictive of the input and output windows (fewest units left), for the
+    /// The more restrictive of the input and output windows ([`Window::tighter`]), for the
     /// combined `anthropic-ratelimit-tokens-*` headers.
     #[must_use]
     pub fn tokens(&self) -> Option<Window> {
         match (self.input_tokens, self.output_tokens) {
-            (Some(i), Some(o)) => Some(if o.remaining < i.remaining { o } else { i }),
+            (Some(i), Some(o)) => Some(if o.tighter(&i) { o } else { i }),
             (i, o) => i.or(o),
         }
     }
@@ -275,12 +300,9 @@ pub(crate) fn status(
     for (s, snap) in policy.scopes.iter().zip(snaps) {
         for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
             let Some(limit) = limit else { continue };
-            let (taken, reserved) = match (admitted, DIMENSIONS[i]) {
-                (false, _) => (0, snap.reserved[i]),
-                // A request is never given back: not a reservation in flight.
-                (true, Dimension::Requests) => (draw[i], 0),
-                (true, _) => (draw[i], snap.reserved[i].saturating_add(draw[i])),
-            };
+            // Once admitted, this request's own reservation is in flight too.
+            let taken = if admitted { draw[i] } else { 0 };
+            let reserved = soon_given_back(DIMENSIONS[i], snap.reserved[i].saturating_add(taken));
             let taken = i64::try_from(taken)
                 .unwrap_or(i64::MAX)
                 .saturating_mul(WINDOW_MS);
@@ -295,7 +317,7 @@ pub(crate) fn status(
                 scope: s.scope.kind,
             };
             let slot = status.slot(DIMENSIONS[i]);
-            if slot.is_none_or(|w| window.remaining < w.remaining) {
+            if slot.is_none_or(|w| window.tighter(&w)) {
                 *slot = Some(window);
             }
         }
@@ -367,8 +389,13 @@ pub(crate) fn rejection(
                 consider(Rejection {
                     reason: Reason::Rate(DIMENSIONS[i]),
                     limit,
-                    retry_after_ms: wait_ms(snap.levels[i], snap.reserved[i], WINDOW_MS, limit)
-                        .max(1),
+                    retry_after_ms: wait_ms(
+                        snap.levels[i],
+                        soon_given_back(DIMENSIONS[i], snap.reserved[i]),
+                        WINDOW_MS,
+                        limit,
+                    )
+                    .max(1),
                     ..base
                 });
             }
@@ -468,5 +495,60 @@ mod tests {
         // Never more than the level alone needs, and nothing when it is there.
         assert_eq!(wait_ms(w / 2, 1, w, 100), 300);
         assert_eq!(wait_ms(w, 5, w, 100), 0);
+    }
+
+    /// A key at 1 000 input and 1 000 output tokens a minute, and its state with `level` input
+    /// and output tokens left, `reserved` of each held by requests in flight.
+    fn key_at(level: i64, reserved: u64) -> (std::sync::Arc<Policy>, Snapshot) {
+        use crate::policy::{Rates, Scope, ScopeLimits};
+        let id = uuid::Uuid::new_v4();
+        let scope = ScopeLimits {
+            scope: Scope {
+                kind: ScopeKind::Key,
+                id,
+            },
+            rates: Rates {
+                itpm: Some(1_000),
+                otpm: Some(1_000),
+                ..Rates::default()
+            },
+            budget: None,
+        };
+        let snap = Snapshot {
+            levels: [0, level * WINDOW_MS, level * WINDOW_MS],
+            reserved: [0, reserved, reserved],
+            ..Snapshot::default()
+        };
+        (Policy::new(id, [scope]).unwrap(), snap)
+    }
+
+    #[test]
+    fn input_reservations_are_waited_out_in_full_and_output_ones_for_a_second() {
+        let tokens = |input, output| Demand {
+            input_tokens: input,
+            output_tokens: output,
+            cost_micros: 0,
+        };
+        // Nothing in flight: a 904-token prompt leaves 96, and refilling 904 at 1 000 a minute
+        // takes 54.24 s; its own input reservation is not a wait of a second.
+        let (p, snap) = key_at(1_000, 0);
+        let s = status(&p, &tokens(904, 904), &[snap], 0, true);
+        let (i, o) = (s.input_tokens.unwrap(), s.output_tokens.unwrap());
+        assert_eq!((i.remaining, i.reset_at_ms), (96, 54_240));
+        // The same 904 as max_tokens settles soon.
+        assert_eq!((o.remaining, o.reset_at_ms), (96, 1_000));
+        // The combined window is the one that holds a client back longer.
+        assert_eq!(s.tokens(), Some(i));
+        // 1 788 in flight of which 1 000 are used up and 788 overdrawn: the next request waits
+        // for 789 input tokens (47.34 s), not a second; on output alone it would wait a second.
+        let (p, snap) = key_at(-788, 1_788);
+        let r = rejection(&p, &tokens(894, 0), &[snap], 0);
+        assert_eq!(r.reason, Reason::Rate(Dimension::InputTokens));
+        assert_eq!(r.retry_after_ms, 47_340);
+        assert_eq!(r.status.input_tokens.unwrap().reset_at_ms, 107_280);
+        assert_eq!(r.status.output_tokens.unwrap().reset_at_ms, 1_000);
+        let r = rejection(&p, &tokens(0, 894), &[snap], 0);
+        assert_eq!(r.reason, Reason::Rate(Dimension::OutputTokens));
+        assert_eq!(r.retry_after_ms, 1_000);
     }
 }

@@ -613,3 +613,64 @@ async fn count_tokens_counts_as_a_request_against_the_rpm_but_draws_no_tokens_or
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("limit of 3 requests per minute"), "{msg}");
 }
+
+/// An `anthropic-ratelimit-*-reset` header as milliseconds since the epoch.
+fn reset_ms(r: &reqwest::Response, dimension: &str) -> i128 {
+    let v = header(r, &format!("anthropic-ratelimit-{dimension}-reset")).unwrap();
+    let t = time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339);
+    t.unwrap().unix_timestamp_nanos() / 1_000_000
+}
+
+fn now_ms() -> i128 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
+}
+
+async fn large_prompts_wait(redis: bool) {
+    let Some(f) = fixture(redis).await else {
+        return;
+    };
+    let itpm = LimitSettings {
+        itpm: Some(1_000),
+        ..LimitSettings::default()
+    };
+    let key = f.key("t", itpm).await;
+    let mut body = message("claude-sonnet-4-6");
+    body["messages"][0]["content"] = serde_json::json!(format!("echo: {}", "abcd ".repeat(720)));
+    let input = rampart_api::tokens::estimate_input_tokens(&body);
+    assert!((800..1_000).contains(&input), "{input}");
+    let input = i128::from(input);
+    // The prompt's tokens come back only as the bucket refills (1 000 a minute: 60 ms each), and
+    // the reset says so: not a second ahead because the reservation is still in flight.
+    let before = now_ms();
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    let remaining = header(&r, "anthropic-ratelimit-input-tokens-remaining");
+    assert_eq!(remaining, Some((1_000 - input).to_string()));
+    let wait = reset_ms(&r, "input-tokens") - before;
+    assert!(
+        (input * 60 - 1_000..=input * 60 + 2_000).contains(&wait),
+        "{wait}"
+    );
+    assert_eq!(reset_ms(&r, "tokens"), reset_ms(&r, "input-tokens"));
+    // A second one overdraws the bucket; the third waits until one token is back.
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    let r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 429);
+    let retry: i128 = header(&r, "retry-after").unwrap().parse().unwrap();
+    let debt = 2 * input - 1_000;
+    assert!(
+        ((debt + 1) * 60 / 1_000 - 2..=(debt + 1) * 60 / 1_000 + 1).contains(&retry),
+        "retry-after {retry} for {debt} tokens of debt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_prompt_is_waited_out_in_full_by_its_reset_and_the_next_retry_after() {
+    large_prompts_wait(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_prompt_is_waited_out_in_full_on_redis_too() {
+    large_prompts_wait(true).await;
+}

@@ -43,6 +43,13 @@ fn rpm(n: u64) -> Rates {
     }
 }
 
+fn itpm(n: u64) -> Rates {
+    Rates {
+        itpm: Some(n),
+        ..Rates::default()
+    }
+}
+
 fn tokens(input: u64, output: u64) -> Demand {
     Demand {
         input_tokens: input,
@@ -132,10 +139,7 @@ pub async fn concurrent_admissions_never_exceed_the_request_limit(h: &Harness) {
 }
 
 pub async fn input_tokens_are_reserved_then_the_unused_part_is_returned(h: &Harness) {
-    let p = key_policy(Rates {
-        itpm: Some(1_000),
-        ..Rates::default()
-    });
+    let p = key_policy(itpm(1_000));
     let t = admit(h, &p, tokens(600, 0)).await.unwrap();
     assert_eq!(t.status().input_tokens.unwrap().remaining, 400);
     t.settle(Used {
@@ -153,10 +157,7 @@ pub async fn input_tokens_are_reserved_then_the_unused_part_is_returned(h: &Harn
 }
 
 pub async fn a_token_bucket_is_overdrawn_by_at_most_one_reservation(h: &Harness) {
-    let p = key_policy(Rates {
-        itpm: Some(1_000),
-        ..Rates::default()
-    });
+    let p = key_policy(itpm(1_000));
     // 999 left: a 5000-token request still gets in (one whole token is there)…
     let a = admit(h, &p, tokens(1, 0)).await.unwrap();
     let big = admit(h, &p, tokens(5_000, 0)).await.unwrap();
@@ -573,4 +574,26 @@ pub async fn waits_do_not_count_reservations_in_flight_as_used(h: &Harness) {
     // 49 + 200 used of 100: 149 in debt, one token needed: 150 at 100 a minute.
     assert_eq!(r.retry_after_ms, 90_000);
     assert_eq!(r.status.output_tokens.unwrap().reset_at_ms, T0 + 149_400);
+}
+
+pub async fn input_reservations_in_flight_are_waited_out_in_full(h: &Harness) {
+    let p = key_policy(itpm(1_000));
+    // A 904-token prompt leaves 96 of 1 000: full again when 904 have refilled (54.24 s), not
+    // in a second — an input reservation is the prompt's count and comes back only as it refills.
+    let a = admit(h, &p, tokens(904, 0)).await.unwrap();
+    let w = a.status().input_tokens.unwrap();
+    assert_eq!((w.remaining, w.reset_at_ms), (96, T0 + 54_240));
+    // Another, then the third is refused: 808 overdrawn while both are in flight, so a retry
+    // succeeds once 809 have refilled (48.54 s), and a retry after a second would be refused.
+    let b = admit(h, &p, tokens(904, 0)).await.unwrap();
+    assert_eq!(b.status().input_tokens.unwrap().reset_at_ms, T0 + 108_480);
+    let r = admit(h, &p, tokens(904, 0)).await.unwrap_err();
+    assert_eq!(r.reason, Reason::Rate(Dimension::InputTokens));
+    assert_eq!(r.retry_after_ms, 48_540);
+    assert_eq!(r.status.input_tokens.unwrap().reset_at_ms, T0 + 108_480);
+    h.advance(48_539);
+    assert!(admit(h, &p, tokens(904, 0)).await.is_err());
+    h.advance(1);
+    admit(h, &p, tokens(904, 0)).await.unwrap();
+    drop((a, b));
 }

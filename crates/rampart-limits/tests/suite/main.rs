@@ -120,6 +120,7 @@ on_both_backends!(
     a_raised_limit_applies_at_once_and_a_lowered_one_caps_at_once,
     a_budget_starts_from_what_the_ledger_says_was_spent_and_is_never_lowered,
     waits_do_not_count_reservations_in_flight_as_used,
+    input_reservations_in_flight_are_waited_out_in_full,
 );
 
 /// A limiter on the Redis at `url`, keys under `prefix`, with a 900 s lease.
