@@ -16,7 +16,8 @@
 //!   released to the client, so a client's next request already sees its slot free.
 //! - **Headers** ([`write_status`]): every response of a limited key carries Rampart's own
 //!   `anthropic-ratelimit-{requests,input-tokens,output-tokens,tokens}-{limit,remaining,reset}`
-//!   (the most restrictive of key and team); the upstream's, which describe the organisation's
+//!   (the most restrictive of key and team; brought up to date when the answer comes a second
+//!   or more after admission, [`aged`]); the upstream's, which describe the organisation's
 //!   shared upstream key, are removed.
 
 use std::sync::Arc;
@@ -423,9 +424,27 @@ pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
     StatusHeaders::of(status).write(headers);
 }
 
+/// How long after the limits were read their headers are brought up to date ([`aged`]).
+/// Sooner, the values read are shown: a reset is to the second, so one read less than a
+/// second ago is not earlier than the response's `Date`, and `remaining` lags by less than a
+/// second's refill (never more than there is). So a prompt answer makes no new header values.
+const STALE_AFTER_MS: u64 = 1_000;
+
+/// `status`, read `elapsed_ms` ago, as it stands now if that is [`STALE_AFTER_MS`] or more
+/// (a slow or retried answer): refilled meanwhile, no reset in the past.
+pub(crate) fn aged(status: &Status, elapsed_ms: u64) -> Option<Status> {
+    (elapsed_ms >= STALE_AFTER_MS).then(|| status.after(elapsed_ms))
+}
+
+/// [`write_status`] of `status` read `elapsed_ms` ago ([`aged`]).
+pub(crate) fn write_status_aged(status: &Status, elapsed_ms: u64, headers: &mut HeaderMap) {
+    write_status(&aged(status, elapsed_ms).unwrap_or(*status), headers);
+}
+
 /// The `anthropic-ratelimit-*` values of a [`Status`], made ahead of the response they go on
 /// (while the upstream answers): one for each of the twelve [`HEADERS`] whose window the status
-/// has.
+/// has. Made again only if the answer comes so late that they are stale
+/// ([`StatusHeaders::write_aged`]).
 #[derive(Debug)]
 pub(crate) struct StatusHeaders {
     status: Status,
@@ -443,6 +462,15 @@ impl StatusHeaders {
         Self {
             status: *status,
             values: std::array::from_fn(|i| windows[i / 3].map(|w| window_value(i, &w))),
+        }
+    }
+
+    /// [`StatusHeaders::write`], of the status as it stands `elapsed_ms` after it was read
+    /// ([`aged`]): made again only when the values made beforehand are that old.
+    pub(crate) fn write_aged(self, elapsed_ms: u64, headers: &mut HeaderMap) {
+        match aged(&self.status, elapsed_ms) {
+            Some(now) => write_status(&now, headers),
+            None => self.write(headers),
         }
     }
 
@@ -776,6 +804,7 @@ mod tests {
             limit: 60,
             remaining: 59,
             reset_at_ms: 1_780_315_201_000,
+            full_at_ms: 1_780_315_201_000,
             scope: ScopeKind::Key,
         };
         write_status(
@@ -800,6 +829,7 @@ mod tests {
             limit,
             remaining,
             reset_at_ms: 1_780_315_201_000,
+            full_at_ms: 1_780_315_201_000,
             scope: ScopeKind::Key,
         };
         let statuses = [
@@ -812,6 +842,7 @@ mod tests {
                 requests: Some(w(60, 59)),
                 input_tokens: Some(w(1000, 10)),
                 output_tokens: Some(w(500, 1)),
+                at_ms: 1_780_315_200_000,
             },
         ];
         let upstream: Vec<Vec<(&str, &str)>> = vec![

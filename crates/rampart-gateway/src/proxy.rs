@@ -192,6 +192,9 @@ pub struct Completion {
     ticket: Option<(rampart_limits::Ticket, Arc<PriceTable>)>,
     /// The limits' state after admission, for the response headers.
     limit_status: Option<rampart_limits::Status>,
+    /// When `limit_status` was read: a response whose headers go out long after (a slow or
+    /// retried answer) shows the limits as they stand then (`admission::aged`).
+    limits_read_at: Instant,
     /// The key has limits: the upstream's `anthropic-ratelimit-*` (its shared key's) never
     /// reach the client, even where Rampart has no state of its own to show.
     limited: bool,
@@ -224,6 +227,7 @@ impl Completion {
     /// accounting thread, and it is several hundred bytes.
     fn new(route: Route, method: Method, request_id: String) -> Box<Self> {
         telemetry::request_started();
+        let start = Instant::now();
         Box::new(Self {
             route,
             method,
@@ -233,7 +237,7 @@ impl Completion {
             // Until a response is produced, a drop means the client went away.
             status: 499,
             streamed: false,
-            start: Instant::now(),
+            start,
             upstream: None,
             overhead: None,
             usage: None,
@@ -250,6 +254,7 @@ impl Completion {
             ledger: None,
             ticket: None,
             limit_status: None,
+            limits_read_at: start,
             limited: false,
             prepared: None,
             cost: None,
@@ -403,23 +408,27 @@ impl Completion {
     }
 
     /// The `anthropic-ratelimit-*` headers of the limits' state after admission, if admitted
-    /// (made beforehand when they were prepared).
-    fn write_limit_headers(&mut self, headers: &mut HeaderMap) {
+    /// (made beforehand when they were prepared), as it stands at `now` if that is long after
+    /// ([`crate::admission::aged`]).
+    fn write_limit_headers(&mut self, headers: &mut HeaderMap, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.limits_read_at);
+        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         if let Some(h) = self.prepared.as_mut().and_then(|p| p.status_headers.take()) {
-            h.write(headers);
+            h.write_aged(elapsed_ms, headers);
         } else if let Some(s) = &self.limit_status {
-            crate::admission::write_status(s, headers);
+            crate::admission::write_status_aged(s, elapsed_ms, headers);
         }
     }
 
-    /// [`Completion::write_limit_headers`] on the upstream's answer: a limited key that was not
-    /// admitted here (models, count_tokens without a request limit, fail open) gets none of the
-    /// upstream's `anthropic-ratelimit-*` either, which describe the organisation's shared key.
-    fn replace_upstream_limit_headers(&mut self, headers: &mut HeaderMap) {
+    /// [`Completion::write_limit_headers`] on the upstream's answer (its headers arrived at
+    /// `now`): a limited key that was not admitted here (models, count_tokens without a request
+    /// limit, fail open) gets none of the upstream's `anthropic-ratelimit-*` either, which
+    /// describe the organisation's shared key.
+    fn replace_upstream_limit_headers(&mut self, headers: &mut HeaderMap, now: Instant) {
         if self.limit_status.is_none() && self.limited {
             crate::admission::write_status(&rampart_limits::Status::default(), headers);
         } else {
-            self.write_limit_headers(headers);
+            self.write_limit_headers(headers, now);
         }
     }
 
@@ -700,7 +709,10 @@ fn error_response(e: ProxyError, mut done: Box<Completion>) -> Response {
     let mut resp = e.into_response_with(&done.request_id);
     // Admitted, then failed (upstream unreachable, timeout …): the limits still describe the
     // key, and the reservation is released when `done` drops.
-    done.write_limit_headers(resp.headers_mut());
+    if done.limit_status.is_some() {
+        // A failure after admission, maybe after a long wait: the limits as they stand now.
+        done.write_limit_headers(resp.headers_mut(), Instant::now());
+    }
     done.status = resp.status().as_u16();
     done.client_aborted = false;
     // The usage record is written when `done` drops here, before the response is returned.
@@ -943,6 +955,7 @@ where
         (&state.limits, &policy, done.route, is_post)
     {
         done.limit_status = crate::admission::count_request(limits, policy).await?;
+        done.limits_read_at = Instant::now();
     }
     // Rate limits and budgets: reserve now, settle when the response is done.
     if let (Some(limits), Some(policy), Route::Messages, true) =
@@ -956,6 +969,7 @@ where
         .await?
     {
         done.limit_status = Some(*ticket.status());
+        done.limits_read_at = Instant::now();
         done.ticket = Some((ticket, limits.prices.clone()));
     }
 
@@ -1333,7 +1347,7 @@ fn build_response(
         Tap::None
     };
     done.status = parts.status.as_u16();
-    done.replace_upstream_limit_headers(&mut parts.headers);
+    done.replace_upstream_limit_headers(&mut parts.headers, headers_at);
     done.overhead = Some((sent_at - done.start) + headers_at.elapsed());
     if let Some(c) = &cache {
         parts.headers.insert(

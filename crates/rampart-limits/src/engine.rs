@@ -192,6 +192,10 @@ pub struct Window {
     /// settled usage implies: output reserved by requests in flight adds at most
     /// [`IN_FLIGHT_WAIT_MS`] (see the module docs).
     pub reset_at_ms: i64,
+    /// When the bucket will be full again with every reservation in flight counted as used:
+    /// [`Window::reset_at_ms`] without the output tokens' allowance. `remaining` grows towards
+    /// the limit by this ([`Status::after`]).
+    pub full_at_ms: i64,
     /// Which scope this is (the most restrictive one).
     pub scope: ScopeKind,
 }
@@ -202,6 +206,22 @@ impl Window {
     #[must_use]
     pub fn tighter(&self, other: &Self) -> bool {
         (self.remaining, other.reset_at_ms) < (other.remaining, self.reset_at_ms)
+    }
+
+    /// This window at `now_ms` if nothing was drawn or given back since it was read: what
+    /// refilled meanwhile (continuously, `limit` a minute) is left too, up to the limit, and a
+    /// reset already past is now.
+    fn at(self, now_ms: i64) -> Self {
+        let window = u128::from(WINDOW_MS.unsigned_abs());
+        // Whole units still missing at `now_ms` (rounded up: never more left than there is).
+        let short_ms = u128::from(self.full_at_ms.saturating_sub(now_ms).max(0).unsigned_abs());
+        let missing = (short_ms * u128::from(self.limit)).div_ceil(window);
+        let refilled = u64::try_from(u128::from(self.limit).saturating_sub(missing)).unwrap_or(0);
+        Self {
+            remaining: self.remaining.max(refilled),
+            reset_at_ms: self.reset_at_ms.max(now_ms),
+            ..self
+        }
     }
 }
 
@@ -215,9 +235,28 @@ pub struct Status {
     pub input_tokens: Option<Window>,
     /// Output tokens per minute.
     pub output_tokens: Option<Window>,
+    /// When it was read (milliseconds since the epoch, the limiter's clock).
+    pub at_ms: i64,
 }
 
 impl Status {
+    /// This status `elapsed_ms` after it was read, if nothing was drawn or given back
+    /// meanwhile: each bucket has refilled by then (so `remaining` may be more), and no reset is
+    /// earlier than that moment. For headers that go out well after admission (a slow or
+    /// retried answer).
+    #[must_use]
+    pub fn after(&self, elapsed_ms: u64) -> Self {
+        let now = self
+            .at_ms
+            .saturating_add(i64::try_from(elapsed_ms).unwrap_or(i64::MAX));
+        Self {
+            requests: self.requests.map(|w| w.at(now)),
+            input_tokens: self.input_tokens.map(|w| w.at(now)),
+            output_tokens: self.output_tokens.map(|w| w.at(now)),
+            at_ms: now,
+        }
+    }
+
     /// The windows present, with their dimension.
     pub fn windows(&self) -> impl Iterator<Item = (Dimension, Window)> + '_ {
         DIMENSIONS
@@ -296,7 +335,10 @@ pub(crate) fn status(
     admitted: bool,
 ) -> Status {
     let draw = draws(demand);
-    let mut status = Status::default();
+    let mut status = Status {
+        at_ms: now,
+        ..Status::default()
+    };
     for (s, snap) in policy.scopes.iter().zip(snaps) {
         for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
             let Some(limit) = limit else { continue };
@@ -314,6 +356,8 @@ pub(crate) fn status(
                 reset_at_ms: now.saturating_add(
                     i64::try_from(wait_ms(level, reserved, cap, limit)).unwrap_or(0),
                 ),
+                full_at_ms: now
+                    .saturating_add(i64::try_from(ms_until(level, cap, limit)).unwrap_or(0)),
                 scope: s.scope.kind,
             };
             let slot = status.slot(DIMENSIONS[i]);
@@ -550,5 +594,32 @@ mod tests {
         let r = rejection(&p, &tokens(0, 894), &[snap], 0);
         assert_eq!(r.reason, Reason::Rate(Dimension::OutputTokens));
         assert_eq!(r.retry_after_ms, 1_000);
+    }
+
+    #[test]
+    fn a_status_read_earlier_is_refilled_to_the_moment_it_goes_out() {
+        let tokens = Demand {
+            input_tokens: 904,
+            output_tokens: 904,
+            cost_micros: 0,
+        };
+        let (p, snap) = key_at(1_000, 0);
+        let s = status(&p, &tokens, &[snap], 0, true);
+        assert_eq!(s.after(0), s);
+        // 14 s later 233⅓ tokens are back; the input reset stands, the output one (a second
+        // ahead at admission) is now, not in the past.
+        let later = s.after(14_000);
+        let (i, o) = (later.input_tokens.unwrap(), later.output_tokens.unwrap());
+        assert_eq!((i.remaining, i.reset_at_ms), (329, 54_240));
+        assert_eq!((o.remaining, o.reset_at_ms), (329, 14_000));
+        assert_eq!(later.at_ms, 14_000);
+        // Full after a minute, and never beyond the limit.
+        let i = s.after(60_000).input_tokens.unwrap();
+        assert_eq!((i.remaining, i.reset_at_ms), (1_000, 60_000));
+        // A debt is paid back before anything is left: 788 overdrawn, 1 000 a minute.
+        let (p, snap) = key_at(-788, 1_788);
+        let s = rejection(&p, &tokens, &[snap], 0).status;
+        assert_eq!(s.after(47_279).input_tokens.unwrap().remaining, 0);
+        assert_eq!(s.after(60_000).input_tokens.unwrap().remaining, 212);
     }
 }

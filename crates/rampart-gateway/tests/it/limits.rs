@@ -674,3 +674,37 @@ async fn a_large_prompt_is_waited_out_in_full_by_its_reset_and_the_next_retry_af
 async fn a_large_prompt_is_waited_out_in_full_on_redis_too() {
     large_prompts_wait(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_of_a_slow_answer_show_the_limits_as_they_stand_when_it_goes_out() {
+    let f = fixture(false).await.unwrap();
+    let rpm = LimitSettings {
+        rpm: Some(60),
+        ..LimitSettings::default()
+    };
+    let key = f.key("t", rpm).await;
+    // At admission one request of 60 is used (back in a second); the answer comes 2.5 s later.
+    f._sim
+        .fault(serde_json::json!({"kind": "stall_headers", "count": 1, "delay_ms": 2_500}))
+        .await;
+    let before = now_ms();
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    assert_eq!(r.status(), 200);
+    // By then it is back, and the reset is not in the past.
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-requests-remaining").as_deref(),
+        Some("60")
+    );
+    let reset = reset_ms(&r, "requests");
+    assert!(
+        reset >= before + 2_500,
+        "reset {} ms after the request",
+        reset - before
+    );
+    // A prompt answer shows the values read at admission.
+    let r = f.post(&key, &message("claude-sonnet-4-6")).await;
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-requests-remaining").as_deref(),
+        Some("59")
+    );
+}
