@@ -93,6 +93,16 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// Before the process exits, once nothing settles any more: send Redis what is still on its
+    /// way or waits for repair (settlements of responses cut at the shutdown deadline, dropped
+    /// with their worker's runtime), within a few seconds ([`Limiter::flush`]), so their
+    /// reservations free now, not after the lease.
+    pub async fn flush(&self) {
+        self.limiter.flush(std::time::Duration::from_secs(3)).await;
+    }
+}
+
 /// Seeds the budgets a directory reload brings ([`crate::keydir::BudgetSeeder`]) from the
 /// usage ledger.
 #[derive(Debug)]

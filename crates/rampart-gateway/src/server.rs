@@ -126,7 +126,8 @@ impl Gateway {
     }
 
     /// Serve on `listener` until `shutdown` resolves, then stop accepting, let in-flight requests
-    /// and streams finish for up to `shutdown_grace`, and return.
+    /// and streams finish for up to `shutdown_grace`, settle with the limits backend what the
+    /// ones cut at the deadline held ([`crate::admission::Limits::flush`]), and return.
     ///
     /// # Errors
     /// Never in practice; accept errors are logged and retried.
@@ -159,6 +160,11 @@ impl Gateway {
         let result = serve_on_workers(listener, dispatch, shutdown, grace, &self.state).await;
         upkeep.abort();
         crate::accounting::drain();
+        // The workers' runtimes are gone: what they dropped unsent (the settlements of the
+        // responses cut at the deadline) waits for repair; send it while this runtime runs.
+        if let Some(limits) = &self.state.limits {
+            limits.flush().await;
+        }
         result
     }
 }

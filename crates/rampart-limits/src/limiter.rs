@@ -9,9 +9,15 @@
 //! both wait in a bounded queue ([`MAX_REPAIRS`]) and are sent once a health check finds Redis
 //! answering again. Every Redis call is idempotent ([`crate::redis`]), so a repair of a call that
 //! did run, or that runs after its repair, changes nothing more.
+//!
+//! A settlement or repair whose call is dropped before its answer came (its runtime shut down:
+//! a gateway worker's, at the end of the shutdown grace; or it was spawned on a runtime shutting
+//! down, which drops it at once) is queued for repair the same way, and [`Limiter::flush`] sends
+//! what is queued before the process exits, so a stream cut at shutdown does not hold its
+//! reservation for the lease.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -109,6 +115,9 @@ struct Inner {
     runtime: Option<tokio::runtime::Handle>,
     /// Releases and settlements that failed, sent again once Redis answers (see the module docs).
     repairs: Mutex<VecDeque<Repair>>,
+    /// Settlements and repairs on their way to Redis ([`Sending`]): [`Limiter::flush`] waits for
+    /// them to end (sent, or queued for repair).
+    sending: AtomicUsize,
 }
 
 /// The most failed calls kept for repair; beyond it the oldest is dropped (its reservation is
@@ -238,6 +247,7 @@ impl Limiter {
             tickets: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
             runtime,
             repairs: Mutex::new(VecDeque::new()),
+            sending: AtomicUsize::new(0),
         }))
     }
 
@@ -534,8 +544,13 @@ impl Limiter {
             let Some(repair) = next else {
                 return true;
             };
+            // Queued again if this task is dropped before the answer (a runtime shutting down).
+            let call = Sending::new(self, repair);
             let now = self.0.clock.now_ms();
-            let done = match &repair {
+            let Some(repair) = &call.call else {
+                continue;
+            };
+            let done = match repair {
                 Repair::Release(p) => {
                     metrics().redis_release.increment(1);
                     Box::pin(r.release(
@@ -562,29 +577,57 @@ impl Limiter {
                     .await
                 }
             };
-            if let Err(e) = done {
-                metrics().redis_errors.increment(1);
-                if let RedisFailure::Server(_) = e {
-                    // Redis refuses it: sending it again would not help (its lease releases it).
-                    tracing::error!(
-                        target: "rampart::limits",
-                        error = %e,
-                        "Redis refused a repair of a lost call; dropped"
-                    );
-                    continue;
+            match done {
+                Ok(()) => call.sent(),
+                Err(e) => {
+                    metrics().redis_errors.increment(1);
+                    if let RedisFailure::Server(_) = e {
+                        // Redis refuses it: sending it again would not help (its lease releases
+                        // it).
+                        tracing::error!(
+                            target: "rampart::limits",
+                            error = %e,
+                            "Redis refused a repair of a lost call; dropped"
+                        );
+                        call.sent();
+                        continue;
+                    }
+                    // Kept (queued again by the drop), for the next health check.
+                    drop(call);
+                    self.mark(false, "repair", Some(&e));
+                    return false;
                 }
-                let mut q = self
-                    .0
-                    .repairs
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                q.push_front(repair);
-                metrics().repairs_pending.set(q.len() as f64);
-                drop(q);
-                self.mark(false, "repair", Some(&e));
-                return false;
             }
         }
+    }
+
+    /// Before the process exits, once nothing settles any more (the gateway's workers are
+    /// gone): wait for the settlements on their way to Redis to end, then, if any call waits
+    /// for repair, send them all if Redis answers. Waits `wait` at most (a few seconds: an
+    /// unreachable Redis must not hold the exit up); what is still queued then is logged and
+    /// left to its lease. Returns how many calls are left unsent (0 in process).
+    pub async fn flush(&self, wait: Duration) -> usize {
+        if matches!(self.0.backend, Store::Local(_)) {
+            return 0;
+        }
+        let _ = tokio::time::timeout(wait, async {
+            while self.0.sending.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if self.pending_repairs() > 0 {
+                self.check_health().await;
+            }
+        })
+        .await;
+        let left = self.pending_repairs() + self.0.sending.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(
+                target: "rampart::limits",
+                left,
+                "settlements not sent to Redis before exit; their leases release them"
+            );
+        }
+        left
     }
 
     fn settle(&self, p: Pending, used: Used) {
@@ -595,26 +638,36 @@ impl Limiter {
             // Known to be down: kept for when it answers again, without waiting on it.
             Store::Redis(_) if !self.is_up() => self.queue(Repair::Settle(p, used)),
             Store::Redis(r) => {
-                let (r, limiter) = (r.clone(), self.clone());
+                let r = r.clone();
+                // Dropped unsent (its runtime shut down), it is queued for repair: see `flush`.
+                let call = Sending::new(self, Repair::Settle(p, used));
                 let task = async move {
+                    let Some(Repair::Settle(p, used)) = &call.call else {
+                        return;
+                    };
                     metrics().redis_settle.increment(1);
                     let name = ticket_name(p.id);
                     let sent = r
                         .settle(
                             &p.policy,
                             &p.demand,
-                            &used,
+                            used,
                             &name,
-                            limiter.0.lease_ms,
+                            call.limiter.0.lease_ms,
                             p.admitted_ms,
                             now,
                         )
                         .await;
-                    if let Err(e) = sent {
-                        // It may have run or not: sent again once Redis answers (idempotent).
-                        metrics().redis_errors.increment(1);
-                        limiter.queue(Repair::Settle(p, used));
-                        limiter.mark(false, "settle", Some(&e));
+                    match sent {
+                        Ok(()) => call.sent(),
+                        Err(e) => {
+                            // It may have run or not: sent again once Redis answers
+                            // (idempotent); queued by the drop, before the health check wakes.
+                            metrics().redis_errors.increment(1);
+                            let limiter = call.limiter.clone();
+                            drop(call);
+                            limiter.mark(false, "settle", Some(&e));
+                        }
                     }
                 };
                 // On a worker, its own thread (and connection): the settlement is sent before the
@@ -631,6 +684,39 @@ impl Limiter {
                 }
             }
         }
+    }
+}
+
+/// A settlement or repair on its way to Redis. Unless [`Sending::sent`] says it was answered, it
+/// is queued for repair when dropped: a call that failed, and one whose task was dropped before
+/// its answer came (its runtime shut down, or it was spawned on a runtime shutting down, which
+/// drops the task at once). A call that did run is harmless to send again (idempotent).
+struct Sending {
+    limiter: Limiter,
+    call: Option<Repair>,
+}
+
+impl Sending {
+    fn new(limiter: &Limiter, call: Repair) -> Self {
+        limiter.0.sending.fetch_add(1, Ordering::AcqRel);
+        Self {
+            limiter: limiter.clone(),
+            call: Some(call),
+        }
+    }
+
+    /// Answered (or refused for good): nothing to repair.
+    fn sent(mut self) {
+        self.call = None;
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            self.limiter.queue(call);
+        }
+        self.limiter.0.sending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -425,7 +425,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .map_err(anyhow::Error::msg)?;
-        limits_health = Some(health);
+        limits_health = Some((health, limits.clone()));
         // Message batches from the store: scoped, upstream or local mode, the durable queue.
         proxy_parts.batches = Some(rampart_gateway::batches::Batches::new(
             limits_store.clone(),
@@ -477,7 +477,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(plane) = store_plane {
         plane.stop().await;
     }
-    if let Some(task) = limits_health {
+    if let Some((task, limits)) = limits_health {
+        // The batch items settled above went out on this runtime: sent before it stops.
+        limits.flush().await;
         task.abort();
     }
     Ok(ExitCode::SUCCESS)

@@ -16,10 +16,14 @@ use crate::harness::{TestGateway, TestStore, hasher, message, serve, settings, s
 
 /// A limiter: in process, or on the test Redis with a fresh prefix.
 pub(crate) fn limiter(redis: bool) -> Option<Limiter> {
-    let clock = Arc::new(TokioClock::new());
     if !redis {
-        return Some(Limiter::in_process(clock));
+        return Some(Limiter::in_process(Arc::new(TokioClock::new())));
     }
+    redis_limiter(&format!("gw-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// A limiter on the test Redis under `prefix` (`None` when there is no test Redis).
+fn redis_limiter(prefix: &str) -> Option<Limiter> {
     let url = std::env::var("RAMPART_TEST_REDIS_URL")
         .ok()
         .filter(|u| !u.is_empty());
@@ -34,12 +38,12 @@ pub(crate) fn limiter(redis: bool) -> Option<Limiter> {
     let config = LimiterConfig {
         backend: Backend::Redis {
             url,
-            prefix: format!("gw-{}", uuid::Uuid::new_v4().simple()),
+            prefix: prefix.to_owned(),
             timeout: Duration::from_secs(2),
         },
         ..LimiterConfig::default()
     };
-    Some(Limiter::new(&config, clock).unwrap())
+    Some(Limiter::new(&config, Arc::new(TokioClock::new())).unwrap())
 }
 
 struct Fixture {
@@ -50,11 +54,14 @@ struct Fixture {
 }
 
 async fn fixture(redis: bool) -> Option<Fixture> {
-    let limiter = limiter(redis)?;
-    let db = TestStore::new().await;
-    let upstream = sim(None).await;
-    let dir = Arc::new(KeyDirectory::new(hasher()));
-    let s = settings(&upstream.url, Some("sk-ant-up"));
+    fixture_with(limiter(redis)?, Duration::from_secs(5)).await
+}
+
+/// A gateway in front of `upstream` with the keys of `dir`, limited by `limiter`, whose
+/// shutdown grace is `grace`.
+fn gateway(limiter: Limiter, upstream: &str, dir: &Arc<KeyDirectory>, grace: Duration) -> Gateway {
+    let mut s = settings(upstream, Some("sk-ant-up"));
+    s.shutdown_grace = grace;
     let parts = ProxyParts {
         limits: Some(Limits {
             limiter,
@@ -62,7 +69,15 @@ async fn fixture(redis: bool) -> Option<Fixture> {
         }),
         ..ProxyParts::default()
     };
-    let gw = serve(Gateway::with_parts(s, dir.clone(), parts).unwrap()).await;
+    Gateway::with_parts(s, dir.clone(), parts).unwrap()
+}
+
+/// A gateway on `limiter` whose shutdown grace is `grace`.
+async fn fixture_with(limiter: Limiter, grace: Duration) -> Option<Fixture> {
+    let db = TestStore::new().await;
+    let upstream = sim(None).await;
+    let dir = Arc::new(KeyDirectory::new(hasher()));
+    let gw = serve(gateway(limiter, &upstream.url, &dir, grace)).await;
     Some(Fixture {
         db,
         gw,
@@ -94,16 +109,21 @@ impl Fixture {
         self.gw.send("/v1/messages", key, body).await
     }
 
+    /// A key in team `t` with the limits `set` sets.
+    async fn key_in_t(&self, set: impl FnOnce(&mut LimitSettings)) -> String {
+        let mut limits = LimitSettings::default();
+        set(&mut limits);
+        self.key("t", limits).await
+    }
+
     /// A key in team `t` with 1,000 output tokens a minute.
     async fn otpm_key(&self) -> String {
-        self.key(
-            "t",
-            LimitSettings {
-                otpm: Some(1_000),
-                ..LimitSettings::default()
-            },
-        )
-        .await
+        self.key_in_t(|l| l.otpm = Some(1_000)).await
+    }
+
+    /// A key in team `t` with one concurrency slot.
+    async fn slot_key(&self) -> String {
+        self.key_in_t(|l| l.concurrency = Some(1)).await
     }
 
     /// A key with 1,000 output tokens a minute, and the text of a stream of `content` (at most
@@ -292,15 +312,7 @@ async fn streams_settle_with_the_usage_of_their_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequential_client_never_trips_its_concurrency_limit() {
     let f = fixture(false).await.unwrap();
-    let key = f
-        .key(
-            "t",
-            LimitSettings {
-                concurrency: Some(1),
-                ..LimitSettings::default()
-            },
-        )
-        .await;
+    let key = f.slot_key().await;
     for _ in 0..20 {
         let r = f.post(&key, &message("claude-haiku-4-5")).await;
         assert_eq!(r.status(), 200);
@@ -707,4 +719,52 @@ async fn headers_of_a_slow_answer_show_the_limits_as_they_stand_when_it_goes_out
         header(&r, "anthropic-ratelimit-requests-remaining").as_deref(),
         Some("59")
     );
+}
+
+/// A rolling deploy on Redis: a stream still open when the shutdown grace ends is cut, and its
+/// concurrency slot is given back before the instance exits, not held for the lease: another
+/// instance admits the key at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_at_the_shutdown_deadline_frees_its_slot_on_redis() {
+    let prefix = format!("gw-{}", uuid::Uuid::new_v4().simple());
+    let Some(limiter) = redis_limiter(&prefix) else {
+        return;
+    };
+    let f = fixture_with(limiter, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let key = f.slot_key().await;
+    f._sim
+        .fault(serde_json::json!({"kind": "stall_stream", "after_events": 2, "delay_ms": 30_000}))
+        .await;
+    let mut body = message("claude-sonnet-4-6");
+    body["stream"] = serde_json::json!(true);
+    let mut r = f.post(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some());
+    assert_eq!(
+        f.post(&key, &message("claude-sonnet-4-6")).await.status(),
+        429
+    );
+    let Fixture {
+        db: _db,
+        gw,
+        dir,
+        _sim: upstream,
+    } = f;
+    gw.stop().await;
+    drop(r);
+    // Another instance on the same Redis.
+    let limiter = redis_limiter(&prefix).unwrap();
+    let next = serve(gateway(
+        limiter,
+        &upstream.url,
+        &dir,
+        Duration::from_secs(5),
+    ))
+    .await;
+    let r = next
+        .send("/v1/messages", &key, &message("claude-sonnet-4-6"))
+        .await;
+    assert_eq!(r.status(), 200);
 }

@@ -542,3 +542,57 @@ async fn a_connection_broken_by_a_redis_restart_costs_no_failed_call() {
         assert!(limiter.is_up());
     }
 }
+
+/// A gateway worker's runtime shut down at the end of the shutdown grace: a settlement it had
+/// spawned and not sent yet, and a ticket its dropped tasks still held, are queued for repair
+/// and sent by `flush` from the runtime that outlives it; their slots free at once, not after
+/// the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_dropped_with_their_runtime_are_sent_by_flush() {
+    let Some(url) = redis_url() else { return };
+    let limiter = redis_limiter(
+        url,
+        format!("flush-{}", uuid::Uuid::new_v4().simple()),
+        Duration::from_secs(2),
+        FailureMode::Closed,
+    );
+    assert!(limiter.check_health().await);
+    let (settled, held) = (slot_policy(), slot_policy());
+    let a = admitted(limiter.admit(&settled, output(50)).await);
+    let b = admitted(limiter.admit(&held, output(50)).await);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            // Spawned on this runtime, never polled before it shuts down.
+            a.settle(rampart_limits::Used {
+                output_tokens: 10,
+                ..rampart_limits::Used::default()
+            });
+            // A response still open at the deadline: dropped with the runtime.
+            tokio::spawn(async move {
+                let _held = b;
+                std::future::pending::<()>().await;
+            });
+            tokio::task::yield_now().await;
+        });
+    })
+    .join()
+    .unwrap();
+    assert_eq!(limiter.pending_repairs(), 2);
+    for p in [&settled, &held] {
+        assert!(matches!(
+            limiter.admit(p, output(1)).await,
+            rampart_limits::Admission::Rejected(_)
+        ));
+    }
+    assert_eq!(limiter.flush(Duration::from_secs(3)).await, 0);
+    assert_eq!(limiter.pending_repairs(), 0);
+    // Both slots are free; the settlement counted its usage, the dropped ticket nothing.
+    let t = admitted(limiter.admit(&settled, output(1)).await);
+    assert_eq!(t.status().output_tokens.unwrap().remaining, 89);
+    let t = admitted(limiter.admit(&held, output(1)).await);
+    assert_eq!(t.status().output_tokens.unwrap().remaining, 99);
+}
