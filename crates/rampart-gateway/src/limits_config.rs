@@ -34,7 +34,8 @@ pub struct LimitsConfig {
     pub redis_timeout_ms: u64,
     /// `closed` (default: 503 while Redis is unreachable) or `open` (unlimited meanwhile).
     pub on_redis_failure: String,
-    /// Lease of a reservation in Redis (longer than any request). Default 900 s.
+    /// Lease of a reservation in Redis: how long a crashed instance's reservations are held
+    /// (a live instance renews its requests' leases, so they may run longer). Default 900 s.
     pub lease_secs: u64,
 }
 

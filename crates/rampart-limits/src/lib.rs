@@ -18,7 +18,9 @@
 //!   ([`Limiter::run_health_checks`]) gets a reply again. A call whose answer was lost leaves
 //!   nothing behind: every call is idempotent, an admission that failed is released and a
 //!   settlement that failed is sent again once Redis answers (see [`Limiter`]), and a
-//!   call that failed on a dropped connection (a restarted Redis) is sent again at once.
+//!   call that failed on a dropped connection (a restarted Redis) is sent again at once. A live
+//!   instance renews the leases of its requests in flight, so only a dead instance's
+//!   reservations expire ([`Limiter::renew_leases`]).
 //!
 //! Time comes from a [`Clock`] (wall-clock milliseconds, derived from `tokio::time`).
 

@@ -15,8 +15,16 @@
 //! down, which drops it at once) is queued for repair the same way, and [`Limiter::flush`] sends
 //! what is queued before the process exits, so a stream cut at shutdown does not hold its
 //! reservation for the lease.
+//!
+//! # Leases (Redis)
+//! A reservation in Redis carries a lease, so that one held by an instance that died is let go.
+//! A live instance renews the leases of its tickets in flight ([`Limiter::renew_leases`], every
+//! third of a lease with the health checks), so a request that runs longer than the lease keeps
+//! its concurrency slot and its budget reservation: the lease only bounds how long a dead
+//! instance's reservations are held. Admission and settlement stay one round trip each; they
+//! only add and remove the ticket in an in-memory map the renewals read.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -27,7 +35,7 @@ use crate::clock::Clock;
 use crate::engine::{self, Rejection, Status};
 use crate::local::Local;
 use crate::policy::{Budget, Demand, Policy, Scope, Used};
-use crate::redis::{RedisBackend, RedisFailure};
+use crate::redis::{RENEW_BATCH, RedisBackend, RedisFailure};
 
 /// What to do when the shared backend (Redis) cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,7 +72,9 @@ pub struct LimiterConfig {
     /// Redis only: behaviour while Redis is unreachable.
     pub on_failure: FailureMode,
     /// Redis only: how long a reservation outlives an instance that died holding it (its
-    /// concurrency slot frees, its budget reservation is charged). Longer than any request.
+    /// concurrency slot frees, its budget reservation is charged). A live instance renews the
+    /// leases of its requests in flight every third of it ([`Limiter::run_health_checks`]), so
+    /// requests may run longer.
     pub lease: Duration,
 }
 
@@ -118,7 +128,12 @@ struct Inner {
     /// Settlements and repairs on their way to Redis ([`Sending`]): [`Limiter::flush`] waits for
     /// them to end (sent, or queued for repair).
     sending: AtomicUsize,
+    /// Redis: the tickets admitted and not settled yet, by id, whose leases
+    /// [`Limiter::renew_leases`] keeps running.
+    live: Mutex<LiveTickets>,
 }
+
+type LiveTickets = HashMap<u64, Pending, foldhash::fast::RandomState>;
 
 /// The most failed calls kept for repair; beyond it the oldest is dropped (its reservation is
 /// then released by its lease, as for an instance that died).
@@ -150,6 +165,7 @@ struct Metrics {
     redis_settle: Counter,
     redis_release: Counter,
     redis_ping: Counter,
+    redis_renew: Counter,
     redis_errors: Counter,
     repairs_dropped: Counter,
     repairs_pending: Gauge,
@@ -165,7 +181,7 @@ fn metrics() -> &'static Metrics {
         );
         metrics::describe_counter!(
             "rampart_limits_redis_round_trips_total",
-            "Round trips to Redis by operation (admit, settle, release, ping)."
+            "Round trips to Redis by operation (admit, settle, release, renew, ping)."
         );
         metrics::describe_gauge!(
             "rampart_limits_redis_repairs_pending",
@@ -197,6 +213,7 @@ fn metrics() -> &'static Metrics {
             redis_settle: counter!("rampart_limits_redis_round_trips_total", "op" => "settle"),
             redis_release: counter!("rampart_limits_redis_round_trips_total", "op" => "release"),
             redis_ping: counter!("rampart_limits_redis_round_trips_total", "op" => "ping"),
+            redis_renew: counter!("rampart_limits_redis_round_trips_total", "op" => "renew"),
             redis_errors: counter!("rampart_limits_backend_errors_total"),
             repairs_dropped: counter!("rampart_limits_redis_repairs_dropped_total"),
             repairs_pending: gauge!("rampart_limits_redis_repairs_pending"),
@@ -248,6 +265,7 @@ impl Limiter {
             runtime,
             repairs: Mutex::new(VecDeque::new()),
             sending: AtomicUsize::new(0),
+            live: Mutex::new(HashMap::default()),
         }))
     }
 
@@ -330,7 +348,8 @@ impl Limiter {
     /// Check the backend every `every` until `shutdown` resolves (Redis only; returns at once
     /// in process), so readiness follows Redis even without traffic, and at once when a call
     /// fails: while the backend is down, admissions wait on nothing and only these checks (or a
-    /// call that was already in flight) bring it back.
+    /// call that was already in flight) bring it back. Every third of a lease, the leases of
+    /// the requests in flight are renewed too ([`Limiter::renew_leases`]).
     pub async fn run_health_checks(
         self,
         every: Duration,
@@ -342,9 +361,13 @@ impl Limiter {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let third = u64::try_from(self.0.lease_ms / 3).unwrap_or(1).max(1);
+        let mut renew = tokio::time::interval(Duration::from_millis(third));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => { self.check_health().await; }
+                _ = renew.tick() => { self.renew_leases().await; }
                 () = self.0.recheck.notified() => {
                     self.check_health().await;
                     tick.reset();
@@ -415,13 +438,17 @@ impl Limiter {
             }
         };
         if admitted {
+            let pending = Pending {
+                id,
+                policy: policy.clone(),
+                demand,
+                admitted_ms: now,
+            };
+            if let Store::Redis(_) = &self.0.backend {
+                self.live().insert(id, pending.clone());
+            }
             let ticket = Ticket {
-                pending: Some(Pending {
-                    id,
-                    policy: policy.clone(),
-                    demand,
-                    admitted_ms: now,
-                }),
+                pending: Some(pending),
                 status: engine::status(policy, &demand, &snaps, now, true),
                 limiter: self.clone(),
             };
@@ -601,6 +628,55 @@ impl Limiter {
         }
     }
 
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveTickets> {
+        self.0.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Renew the leases of the tickets in flight on Redis that were admitted more than a third
+    /// of a lease ago, to a lease from now (512 tickets per round trip), so a live request keeps
+    /// its concurrency slot and budget reservation however long it runs. A lease that lapsed
+    /// already stays lapsed. [`Limiter::run_health_checks`] calls it every third of a lease.
+    /// Returns how many tickets were renewed: 0 in process, when none is due, or when Redis is
+    /// known to be down (the next round tries again).
+    pub async fn renew_leases(&self) -> usize {
+        let Store::Redis(r) = &self.0.backend else {
+            return 0;
+        };
+        if !self.is_up() {
+            return 0;
+        }
+        let now = self.0.clock.now_ms();
+        let due: Vec<Pending> = self
+            .live()
+            .values()
+            .filter(|p| now - p.admitted_ms >= self.0.lease_ms / 3)
+            .cloned()
+            .collect();
+        let mut renewed = 0;
+        for chunk in due.chunks(RENEW_BATCH) {
+            let tickets: Vec<_> = chunk
+                .iter()
+                .map(|p| (&*p.policy, &p.demand, ticket_name(p.id), p.admitted_ms))
+                .collect();
+            metrics().redis_renew.increment(1);
+            if let Err(e) = r.renew(&tickets, self.0.lease_ms, now).await {
+                metrics().redis_errors.increment(1);
+                if let RedisFailure::Server(_) = e {
+                    tracing::error!(
+                        target: "rampart::limits",
+                        error = %e,
+                        "Redis refused to renew the leases of requests in flight"
+                    );
+                } else {
+                    self.mark(false, "renew", Some(&e));
+                }
+                break;
+            }
+            renewed += chunk.len();
+        }
+        renewed
+    }
+
     /// Before the process exits, once nothing settles any more (the gateway's workers are
     /// gone): wait for the settlements on their way to Redis to end, then, if any call waits
     /// for repair, send them all if Redis answers. Waits `wait` at most (a few seconds: an
@@ -633,6 +709,11 @@ impl Limiter {
     fn settle(&self, p: Pending, used: Used) {
         let used = used.capped();
         let now = self.0.clock.now_ms();
+        if let Store::Redis(_) = &self.0.backend {
+            // Ended here: no more renewals (one that runs meanwhile is harmless: the settlement
+            // removes what it renews, and a renewal after the settlement finds nothing).
+            self.live().remove(&p.id);
+        }
         match &self.0.backend {
             Store::Local(l) => l.settle(&p.policy, &p.demand, &used, p.admitted_ms, now),
             // Known to be down: kept for when it answers again, without waiting on it.
@@ -724,7 +805,7 @@ fn ticket_name(id: u64) -> String {
     format!("{id:016x}")
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pending {
     id: u64,
     policy: Arc<Policy>,
@@ -834,8 +915,10 @@ mod tests {
         }
     }
 
+    /// Health check pings (and, on the Redis at `RAMPART_TEST_REDIS_URL`, lease renewals) are
+    /// counted as round trips. One test: the metrics are registered once per process.
     #[tokio::test]
-    async fn health_check_pings_are_counted_as_round_trips() {
+    async fn health_check_pings_and_renewals_are_counted_as_round_trips() {
         let counters = Counters::default();
         metrics::with_local_recorder(&counters, || {
             let _ = metrics();
@@ -856,13 +939,52 @@ mod tests {
         let limiter = Limiter::new(&config, Arc::new(ManualClock::at(0))).unwrap();
         assert!(!limiter.check_health().await);
         assert!(!limiter.check_health().await);
-        let pings = counters
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| k == "rampart_limits_redis_round_trips_total{op=ping}")
-            .map(|(_, c)| c.load(Ordering::Relaxed));
-        assert_eq!(pings, Some(2));
+        let count = |op: &str| {
+            counters
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| *k == format!("rampart_limits_redis_round_trips_total{{op={op}}}"))
+                .map(|(_, c)| c.load(Ordering::Relaxed))
+        };
+        assert_eq!(count("ping"), Some(2));
+        let Some(url) = std::env::var("RAMPART_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            return;
+        };
+        let config = LimiterConfig {
+            backend: Backend::Redis {
+                url,
+                prefix: format!("renews-{}", uuid::Uuid::new_v4().simple()),
+                timeout: Duration::from_secs(2),
+            },
+            ..LimiterConfig::default()
+        };
+        let clock = Arc::new(ManualClock::at(0));
+        let limiter = Limiter::new(&config, clock.clone()).unwrap();
+        let policy = Policy::new(
+            uuid::Uuid::new_v4(),
+            [crate::policy::ScopeLimits {
+                scope: Scope {
+                    kind: crate::policy::ScopeKind::Key,
+                    id: uuid::Uuid::new_v4(),
+                },
+                rates: crate::policy::Rates {
+                    concurrency: Some(1),
+                    ..crate::policy::Rates::default()
+                },
+                budget: None,
+            }],
+        )
+        .unwrap();
+        let Admission::Admitted(_held) = limiter.admit(&policy, Demand::default()).await else {
+            panic!("not admitted");
+        };
+        clock.advance(300_000);
+        assert_eq!(limiter.renew_leases().await, 1);
+        assert_eq!(count("renew"), Some(1));
     }
 }

@@ -1,6 +1,7 @@
 -- Rampart limits: one atomic script for admission ('a'; 'w' for a reservation that must also
--- fit whole in what is left of every budget, a batch's worst case), settlement ('s') and
--- release ('r': the compensation for an admission whose answer was lost).
+-- fit whole in what is left of every budget, a batch's worst case), settlement ('s'), release
+-- ('r': the compensation for an admission whose answer was lost) and renewal ('k': a live
+-- ticket's leases move to now + lease, so only a dead instance's reservations expire).
 -- The arithmetic mirrors crates/rampart-limits/src/engine.rs and local.rs; keep them in step.
 --
 -- KEYS, four per scope (all with the team's hash tag, so one script touches one slot):
@@ -19,7 +20,7 @@
 -- Admission returns {admitted, then per scope: level r, level i, level o, in flight,
 --   budget committed, input reserved, output reserved}, seen before the reservation; admitted
 --   is 1 (also when this ticket was already admitted: a resend takes nothing twice), 0 (refused)
---   or 2 (the ticket was released). Settlement and release return {1}.
+--   or 2 (the ticket was released). Settlement, release and renewal return {1}.
 --
 -- Idempotence: a ticket's in-flight member (or, in a budget-only scope, its budget lease) says
 -- it holds a reservation; settlement and release act only on the members they remove, so a
@@ -256,6 +257,32 @@ if op == 's' or op == 'r' then
   end
   if op == 'r' then
     redis.call('SET', tomb, '1', 'PX', fmt(lease + 60000))
+  end
+  return {1}
+end
+
+if op == 'k' then
+  -- Only leases still running move (in the admission's period keys, which the caller passes):
+  -- one that lapsed already (its instance was taken for dead, or the ticket is settled) is
+  -- not brought back, even while its member waits for the next admission to sweep it.
+  for s = 0, n - 1 do
+    local b, c, _, l, lim, conc, blimit = scope(s)
+    if tracked(lim, conc) then
+      local m = member(lim)
+      local at = tonumber(redis.call('ZSCORE', c, m))
+      if at and at > now then
+        redis.call('ZADD', c, 'XX', fmt(now + lease), m)
+        extend(c, lease + 1000)
+        -- What it reserved in the token buckets stays counted while it runs.
+        if lim[2] > 0 or lim[3] > 0 then extend(b, lease + 1000) end
+      end
+    end
+    if blimit > 0 and cost > 0 then
+      local at = tonumber(redis.call('ZSCORE', l, ticket))
+      if at and at > now then
+        redis.call('ZADD', l, 'XX', fmt(now + lease), ticket)
+      end
+    end
   end
   return {1}
 end

@@ -1,6 +1,7 @@
 //! The Redis backend: the same state as [`crate::local`], kept in Redis and changed only by one
 //! Lua script (`limits.lua`), so every instance sharing the Redis sees one limit. One round trip
-//! per admission (`EVALSHA`, check and reserve atomically) and one per settlement.
+//! per admission (`EVALSHA`, check and reserve atomically) and one per settlement. The leases
+//! of live tickets are renewed in the background, many tickets per round trip ([`RENEW_BATCH`]).
 //!
 //! Every call is idempotent, so a call whose answer was lost can be sent again: the caller picks
 //! the ticket id before the admission runs; an admission of a ticket that is already admitted
@@ -39,6 +40,9 @@ if ttl > redis.call('PTTL', KEYS[1]) then
 end
 return 1
 ";
+
+/// The most tickets renewed in one round trip (one pipeline of script calls).
+pub(crate) const RENEW_BATCH: usize = 512;
 
 /// How long budget state is kept after its period ends.
 const BUDGET_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -379,6 +383,51 @@ impl RedisBackend {
         let inv = self.invocation(op, policy, demand, used, ticket, lease_ms, now, admitted_ms);
         let _: Vec<i64> = self.run(inv).await?;
         Ok(())
+    }
+
+    /// Renew the leases of live `tickets` (`(policy, demand, ticket, admitted at)`, at most
+    /// [`RENEW_BATCH`]) to `now + lease_ms`, in one round trip: the script loaded, then one call
+    /// per ticket, pipelined. A lease that lapsed already stays lapsed. Idempotent.
+    pub(crate) async fn renew(
+        &self,
+        tickets: &[(&Policy, &Demand, String, i64)],
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<(), RedisFailure> {
+        let nothing = Used::default();
+        let calls: Vec<_> = tickets
+            .iter()
+            .map(|(policy, demand, ticket, admitted_ms)| {
+                self.invocation(
+                    "k",
+                    policy,
+                    demand,
+                    &nothing,
+                    ticket,
+                    lease_ms,
+                    now,
+                    *admitted_ms,
+                )
+            })
+            .collect();
+        // A pipeline does not load a missing script by itself: it goes first.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.script).ignore();
+        for call in &calls {
+            pipe.invoke_script(call).ignore();
+        }
+        let mut conn = self.connection();
+        let sent = async {
+            match pipe.query_async::<()>(&mut conn).await {
+                Err(e) if resendable(&e) => pipe.query_async::<()>(&mut conn).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(command(&e)),
+            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
+        }
     }
 
     /// Count at least `micros` as spent in the budget period `window` (start and end, ms) of

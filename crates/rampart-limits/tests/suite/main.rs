@@ -130,7 +130,17 @@ fn redis_limiter(
     timeout: Duration,
     on_failure: FailureMode,
 ) -> Limiter {
-    let config = LimiterConfig {
+    let config = redis_config(url, prefix, timeout, on_failure);
+    Limiter::new(&config, Arc::new(ManualClock::at(T0))).unwrap()
+}
+
+fn redis_config(
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    on_failure: FailureMode,
+) -> LimiterConfig {
+    LimiterConfig {
         backend: Backend::Redis {
             url,
             prefix,
@@ -138,8 +148,33 @@ fn redis_limiter(
         },
         on_failure,
         lease: Duration::from_secs(900),
+    }
+}
+
+/// A limiter on the test Redis at `url` (keys under a fresh prefix, a 2 s timeout, failing
+/// closed) with `lease`, on `clock`.
+fn leased_limiter(url: String, lease: Duration, clock: Arc<dyn Clock>) -> Limiter {
+    let prefix = format!("lease-{}", uuid::Uuid::new_v4().simple());
+    let config = LimiterConfig {
+        lease,
+        ..redis_config(url, prefix, Duration::from_secs(2), FailureMode::Closed)
     };
-    Limiter::new(&config, Arc::new(ManualClock::at(T0))).unwrap()
+    Limiter::new(&config, clock).unwrap()
+}
+
+/// `limiter`'s health checks every `every` (and lease renewals), until the sender is used.
+fn health_checks(
+    limiter: &Limiter,
+    every: Duration,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let checks = tokio::spawn(limiter.clone().run_health_checks(every, async move {
+        let _ = stopped.await;
+    }));
+    (stop, checks)
 }
 
 /// A limiter on a Redis that is not there.
@@ -389,13 +424,7 @@ async fn a_redis_that_hangs_then_answers_again_is_used_again_by_itself() {
     let timeout = Duration::from_millis(500);
     let limiter = stall.limiter(FailureMode::Closed, timeout);
     assert!(limiter.check_health().await);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let checks = tokio::spawn(limiter.clone().run_health_checks(
-        Duration::from_millis(100),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, checks) = health_checks(&limiter, Duration::from_millis(100));
     let admitted =
         |a: &rampart_limits::Admission| matches!(a, rampart_limits::Admission::Admitted(_));
     let unavailable =
@@ -550,12 +579,7 @@ async fn a_connection_broken_by_a_redis_restart_costs_no_failed_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlements_dropped_with_their_runtime_are_sent_by_flush() {
     let Some(url) = redis_url() else { return };
-    let limiter = redis_limiter(
-        url,
-        format!("flush-{}", uuid::Uuid::new_v4().simple()),
-        Duration::from_secs(2),
-        FailureMode::Closed,
-    );
+    let limiter = leased_limiter(url, Duration::from_secs(900), Arc::new(ManualClock::at(T0)));
     assert!(limiter.check_health().await);
     let (settled, held) = (slot_policy(), slot_policy());
     let a = admitted(limiter.admit(&settled, output(50)).await);
@@ -595,4 +619,115 @@ async fn settlements_dropped_with_their_runtime_are_sent_by_flush() {
     assert_eq!(t.status().output_tokens.unwrap().remaining, 89);
     let t = admitted(limiter.admit(&held, output(1)).await);
     assert_eq!(t.status().output_tokens.unwrap().remaining, 99);
+}
+
+/// One slot, 100 output tokens a minute and 1,000 µ$ a day on one key.
+fn slot_and_budget_policy() -> Arc<rampart_limits::Policy> {
+    let budget = rampart_limits::Budget {
+        limit_micros: 1_000,
+        period: rampart_limits::Period::Day,
+    };
+    slot_policy()
+        .narrowed(|s| rampart_limits::ScopeLimits {
+            budget: Some(budget),
+            ..s
+        })
+        .unwrap()
+}
+
+/// 30 output tokens and 600 µ$.
+const LONG: rampart_limits::Demand = rampart_limits::Demand {
+    input_tokens: 0,
+    output_tokens: 30,
+    cost_micros: 600,
+};
+
+/// What `p`'s budget counts as spent and reserved, as a refused whole reservation says (under
+/// the budget alone, so a full concurrency limit does not answer instead).
+async fn committed(limiter: &Limiter, p: &Arc<rampart_limits::Policy>) -> u64 {
+    let huge = rampart_limits::Demand {
+        cost_micros: 1_000_000,
+        ..rampart_limits::Demand::default()
+    };
+    let budget = p
+        .narrowed(|s| rampart_limits::ScopeLimits {
+            rates: rampart_limits::Rates::default(),
+            ..s
+        })
+        .unwrap();
+    match limiter.admit_whole(&budget, huge).await {
+        rampart_limits::Admission::Rejected(r) => r.committed_micros,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+/// A request that runs for three leases on a live instance (its health checks running) keeps
+/// its concurrency slot and its budget reservation throughout, and settles as a short one
+/// would: its real cost charged, not its reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_request_keeps_its_reservation_past_its_lease() {
+    let Some(url) = redis_url() else { return };
+    let clock = Arc::new(rampart_limits::TokioClock::new());
+    let limiter = leased_limiter(url, Duration::from_secs(2), clock);
+    assert!(limiter.check_health().await);
+    let (stop, checks) = health_checks(&limiter, Duration::from_secs(1));
+    let p = slot_and_budget_policy();
+    let t = admitted(limiter.admit(&p, LONG).await);
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match limiter.admit(&p, output(1)).await {
+            rampart_limits::Admission::Rejected(r) => {
+                assert_eq!(r.reason, rampart_limits::Reason::Concurrency);
+            }
+            other => panic!("the slot of a live request was taken: {other:?}"),
+        }
+        assert_eq!(committed(&limiter, &p).await, 600, "reserved, not charged");
+    }
+    t.settle(rampart_limits::Used {
+        output_tokens: 10,
+        cost_micros: 100,
+        ..rampart_limits::Used::default()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(committed(&limiter, &p).await, 100, "charged what it used");
+    // 20 of its 30 tokens given back (plus what refilled meanwhile), 1 reserved now.
+    let t = admitted(limiter.admit(&p, output(1)).await);
+    let left = t.status().output_tokens.unwrap().remaining;
+    assert!(left >= 89, "{left}");
+    let _ = stop.send(());
+    checks.await.unwrap();
+}
+
+/// A lease that lapsed (its instance was taken for dead) is not renewed: its slot stays free
+/// and its reservation charged; leases still running are, many per round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_is_not_renewed() {
+    let Some(url) = redis_url() else { return };
+    let clock = Arc::new(ManualClock::at(T0));
+    let limiter = leased_limiter(url, Duration::from_secs(3), clock.clone());
+    let (lapsing, live) = (slot_and_budget_policy(), slot_and_budget_policy());
+    let held = admitted(limiter.admit(&lapsing, LONG).await);
+    clock.advance(999);
+    assert_eq!(
+        limiter.renew_leases().await,
+        0,
+        "not due before a third of a lease"
+    );
+    clock.advance(2_001);
+    let running = admitted(limiter.admit(&live, LONG).await);
+    // Lapsed exactly now (a lease ends at its expiry): not brought back.
+    assert_eq!(limiter.renew_leases().await, 1);
+    clock.advance(1_000);
+    assert_eq!(limiter.renew_leases().await, 2);
+    assert!(matches!(
+        limiter.admit(&live, output(1)).await,
+        rampart_limits::Admission::Rejected(_)
+    ));
+    let t = admitted(limiter.admit(&lapsing, output(1)).await);
+    assert_eq!(
+        committed(&limiter, &lapsing).await,
+        600,
+        "charged at its lapse"
+    );
+    drop((t, held, running));
 }
