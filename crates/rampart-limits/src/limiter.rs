@@ -131,6 +131,11 @@ struct Inner {
     /// Redis: the tickets admitted and not settled yet, by id, whose leases
     /// [`Limiter::renew_leases`] keeps running.
     live: Mutex<LiveTickets>,
+    /// Whether the last health check (or seeding) found Redis's seeding mark: the budgets were
+    /// started from the usage ledger since Redis last lost its state (always true in process).
+    seeded: AtomicBool,
+    /// Wakes [`Limiter::budgets_unseeded`] when a health check finds the mark missing.
+    unseeded: tokio::sync::Notify,
 }
 
 type LiveTickets = HashMap<u64, Pending, foldhash::fast::RandomState>;
@@ -254,7 +259,6 @@ impl Limiter {
     ) -> Self {
         metrics().up.set(1.0);
         Self(Arc::new(Inner {
-            backend,
             clock,
             lease_ms: i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX),
             on_failure: config.on_failure,
@@ -262,6 +266,10 @@ impl Limiter {
             recheck: tokio::sync::Notify::new(),
             // Random start: two processes never share a ticket id (Redis leases are keyed by it).
             tickets: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
+            // On Redis, unknown until a health check reads the mark.
+            seeded: AtomicBool::new(matches!(backend, Store::Local(_))),
+            unseeded: tokio::sync::Notify::new(),
+            backend,
             runtime,
             repairs: Mutex::new(VecDeque::new()),
             sending: AtomicUsize::new(0),
@@ -333,7 +341,8 @@ impl Limiter {
         };
         metrics().redis_ping.increment(1);
         match r.ping().await {
-            Ok(()) => {
+            Ok(seeded) => {
+                self.note_seeded(seeded);
                 self.mark(true, "ping", None);
                 self.repair(r).await
             }
@@ -343,6 +352,87 @@ impl Limiter {
                 false
             }
         }
+    }
+
+    /// Whether the budgets were started from the usage ledger since Redis last lost its state,
+    /// as the last health check or [`Limiter::finish_seeding`] found (always true in process:
+    /// its state is lost only with the process, whose start seeds it).
+    #[must_use]
+    pub fn budgets_seeded(&self) -> bool {
+        self.0.seeded.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when a health check finds Redis without the seeding mark (it lost its state, or
+    /// was never seeded): its budgets count from zero until started from the usage ledger again
+    /// ([`Limiter::seed_spent`] between [`Limiter::begin_seeding`] and
+    /// [`Limiter::finish_seeding`]). Never in process. May resolve once more for a loss already
+    /// seeded: check [`Limiter::budgets_seeded`].
+    pub async fn budgets_unseeded(&self) {
+        self.0.unseeded.notified().await;
+    }
+
+    fn note_seeded(&self, seeded: bool) {
+        if self.0.seeded.swap(seeded, Ordering::Relaxed) && !seeded {
+            tracing::warn!(
+                target: "rampart::limits",
+                "Redis has lost the limits' state (no seeding mark): budgets count from zero \
+                 until started from the usage ledger again"
+            );
+        }
+        if !seeded {
+            self.0.unseeded.notify_one();
+        }
+    }
+
+    /// Before starting the budgets from the usage ledger ([`Limiter::seed_spent`]): on Redis,
+    /// mark the seeding begun unless it is marked already (one round trip; nothing in
+    /// process). Then [`Limiter::finish_seeding`].
+    ///
+    /// # Errors
+    /// The Redis call failed, or Redis is known to be down (then no call is made).
+    pub async fn begin_seeding(&self) -> Result<(), RedisFailure> {
+        match self.redis()? {
+            Some(r) => r
+                .begin_seeding()
+                .await
+                .inspect_err(|e| self.failed("seed", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// After every budget was seeded: on Redis, mark them seeded (one round trip), which the
+    /// health checks of every instance read ([`Limiter::budgets_seeded`]). False when Redis lost
+    /// its state since [`Limiter::begin_seeding`]: the seeds may be lost with it; seed again.
+    ///
+    /// # Errors
+    /// The Redis call failed, or Redis is known to be down (then no call is made).
+    pub async fn finish_seeding(&self) -> Result<bool, RedisFailure> {
+        let Some(r) = self.redis()? else {
+            return Ok(true);
+        };
+        let done = r
+            .finish_seeding()
+            .await
+            .inspect_err(|e| self.failed("seed", e))?;
+        self.0.seeded.store(done, Ordering::Relaxed);
+        Ok(done)
+    }
+
+    /// The Redis backend (`None` in process), or an error when it is known to be down.
+    fn redis(&self) -> Result<Option<&RedisBackend>, RedisFailure> {
+        match &self.0.backend {
+            Store::Local(_) => Ok(None),
+            Store::Redis(_) if !self.is_up() => Err(RedisFailure::Command(
+                "Redis is unreachable (a health check failed)".to_owned(),
+            )),
+            Store::Redis(r) => Ok(Some(r)),
+        }
+    }
+
+    /// Count a failed call and mark Redis down.
+    fn failed(&self, what: &str, e: &RedisFailure) {
+        metrics().redis_errors.increment(1);
+        self.mark(false, what, Some(e));
     }
 
     /// Check the backend every `every` until `shutdown` resolves (Redis only; returns at once

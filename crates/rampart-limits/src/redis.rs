@@ -16,6 +16,10 @@
 //! tokens are reserved in them, a second after the last lease), in-flight sets a second after
 //! their last lease, budget hashes a week after their period ends, and a released ticket's
 //! tombstone a minute after the lease, so idle keys and teams cost no memory.
+//!
+//! One key never expires: the seeding mark (`<prefix>:seeded`, see [`SEEDED`]), set once the
+//! budgets were started from the usage ledger; a Redis without it lost its state, which the
+//! health check ([`RedisBackend::ping`]) reads in its single round trip.
 
 use std::time::Duration;
 
@@ -43,6 +47,13 @@ return 1
 
 /// The most tickets renewed in one round trip (one pipeline of script calls).
 pub(crate) const RENEW_BATCH: usize = 512;
+/// The values of the seeding mark (`<prefix>:seeded`, no expiry): `seeding` while an instance
+/// starts the budgets from the usage ledger on a Redis that had no mark, `seeded` once one did.
+/// A Redis without it lost its state (a restart without persistence, `FLUSHALL`) or was never
+/// seeded; one where `seeding` became `seeded` was not emptied meanwhile (`SET … XX` needs the
+/// key that the emptying would have removed).
+const SEEDING: &str = "seeding";
+const SEEDED: &str = "seeded";
 
 /// How long budget state is kept after its period ends.
 const BUDGET_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -257,6 +268,14 @@ impl RedisBackend {
                 other => other,
             }
         };
+        self.within(call).await
+    }
+
+    /// `call`'s answer, or its failure, or a timeout after the configured one.
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisFailure> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(command(&e)),
@@ -452,25 +471,57 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// `PING`, and load the script so admissions need no second round trip.
-    pub(crate) async fn ping(&self) -> Result<(), RedisFailure> {
+    /// `PING`, read the seeding mark, and load the script so admissions need no second round
+    /// trip: one pipeline, one round trip. Whether the mark says the budgets were seeded.
+    pub(crate) async fn ping(&self) -> Result<bool, RedisFailure> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING")
+            .cmd("GET")
+            .arg(self.mark())
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SCRIPT);
+        let (_, mark, _): (String, Option<String>, String) = self.query(&pipe).await?;
+        Ok(mark.as_deref() == Some(SEEDED))
+    }
+
+    /// The seeding mark's key (see [`SEEDED`]).
+    fn mark(&self) -> String {
+        format!("{}:seeded", self.prefix)
+    }
+
+    /// Before seeding the budgets: mark the seeding begun, unless the mark is there already.
+    pub(crate) async fn begin_seeding(&self) -> Result<(), RedisFailure> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(self.mark()).arg(SEEDING).arg("NX");
+        let _: (Option<String>,) = self.query(&pipe).await?;
+        Ok(())
+    }
+
+    /// After seeding the budgets: mark them seeded, only if the mark is still there (whether it
+    /// was; if not, Redis was emptied meanwhile and the seeds may be lost with it).
+    pub(crate) async fn finish_seeding(&self) -> Result<bool, RedisFailure> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(self.mark()).arg(SEEDED).arg("XX");
+        let (done,): (Option<String>,) = self.query(&pipe).await?;
+        Ok(done.is_some())
+    }
+
+    /// Send `pipe` (idempotent) on the shared connection within the timeout, once more when
+    /// the connection was dropped or refused (the first call after Redis came back finds the
+    /// old connection dead).
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisFailure> {
         let mut conn = self.conn.clone();
-        let load = async {
-            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-            if let Err(e) = pong {
-                if !resendable(&e) {
-                    return Err(e);
-                }
-                // The first ping after Redis came back finds the old connection dead.
-                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let call = async {
+            match pipe.query_async(&mut conn).await {
+                Err(e) if resendable(&e) => pipe.query_async(&mut conn).await,
+                other => other,
             }
-            self.script.load_async(&mut conn).await
         };
-        match tokio::time::timeout(self.timeout, load).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(command(&e)),
-            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
-        }
+        self.within(call).await
     }
 }
 

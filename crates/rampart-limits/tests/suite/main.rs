@@ -731,3 +731,72 @@ async fn a_lapsed_lease_is_not_renewed() {
     );
     drop((t, held, running));
 }
+
+/// Delete every key under `prefix` on the Redis at `url`: the state lost, as by a restart without
+/// persistence or `FLUSHALL`, for this prefix alone (other tests share the Redis).
+async fn wipe(url: &str, prefix: &str) {
+    let mut conn = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = ::redis::Script::new(
+        "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 1",
+    )
+    .arg(format!("{prefix}:*"))
+    .invoke_async(&mut conn)
+    .await
+    .unwrap();
+}
+
+/// The seeding mark: a Redis is unseeded until a seeding finishes on it, every instance's health
+/// check reads the mark, one that lost its state is found unseeded by the next check (which
+/// wakes `budgets_unseeded`), and a seeding during which it lost its state does not mark it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_state_is_found_unseeded_by_the_next_health_check() {
+    let Some(url) = redis_url() else { return };
+    let prefix = format!("seeded-{}", uuid::Uuid::new_v4().simple());
+    let instance = || {
+        redis_limiter(
+            url.clone(),
+            prefix.clone(),
+            Duration::from_secs(2),
+            FailureMode::Closed,
+        )
+    };
+    let (limiter, other) = (instance(), instance());
+    let woken = |l: &Limiter| {
+        let l = l.clone();
+        async move {
+            tokio::time::timeout(Duration::from_millis(200), l.budgets_unseeded())
+                .await
+                .is_ok()
+        }
+    };
+    assert!(limiter.check_health().await);
+    assert!(!limiter.budgets_seeded(), "never seeded");
+    assert!(woken(&limiter).await);
+    limiter.begin_seeding().await.unwrap();
+    assert!(other.check_health().await);
+    assert!(!other.budgets_seeded(), "a seeding under way is not done");
+    assert!(limiter.finish_seeding().await.unwrap());
+    assert!(limiter.budgets_seeded());
+    assert!(other.check_health().await);
+    assert!(other.budgets_seeded(), "every instance reads the mark");
+    // Seeded: a health check wakes nobody.
+    let _ = woken(&other).await;
+    assert!(other.check_health().await);
+    assert!(!woken(&other).await);
+
+    wipe(&url, &prefix).await;
+    assert!(other.check_health().await);
+    assert!(!other.budgets_seeded());
+    assert!(woken(&other).await);
+    // Lost again during a seeding: the seeds may be gone with it, so it is not marked seeded.
+    other.begin_seeding().await.unwrap();
+    wipe(&url, &prefix).await;
+    assert!(!other.finish_seeding().await.unwrap());
+    assert!(!other.budgets_seeded());
+    assert!(other.check_health().await);
+    assert!(!other.budgets_seeded());
+}
