@@ -46,16 +46,19 @@ pub struct Limits {
 impl Limits {
     /// The limiter as `config` says, ready for `rampart serve`: the metrics recorder installed
     /// first (so the limiter's metrics are exported), the backend checked (and its script
-    /// loaded), a task that checks it every second (so readiness follows Redis without traffic;
-    /// it ends at once in process), and budgets started from the usage ledger's spend
-    /// ([`seed_budgets`]): those loaded now, and those a later reload of `directory` brings.
+    /// loaded), and budgets started from the usage ledger's spend ([`seed_budgets`]): those
+    /// loaded now, and those a later reload of `directory` brings. The task returned checks the
+    /// backend every second (so readiness follows Redis without traffic) and keeps the budgets
+    /// seeded ([`keep_seeded`]): every budget of `directory` is started from the ledger again
+    /// when Redis lost its state, and until it succeeds when a seeding failed (Redis or the
+    /// store unreachable at start).
     ///
     /// # Errors
     /// An unusable Redis URL.
     pub async fn start(
         config: &rampart_limits::LimiterConfig,
         prices: Arc<PriceTable>,
-        directory: &crate::keydir::KeyDirectory,
+        directory: &Arc<crate::keydir::KeyDirectory>,
         store: &rampart_store::Store,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), String> {
         if let Err(e) = crate::telemetry::install() {
@@ -68,28 +71,144 @@ impl Limits {
                 "limits backend unreachable at start; retrying every second"
             );
         }
-        let health = tokio::spawn(
-            limiter
-                .clone()
-                .run_health_checks(std::time::Duration::from_secs(1), std::future::pending()),
-        );
+        let health = limiter
+            .clone()
+            .run_health_checks(std::time::Duration::from_secs(1), std::future::pending());
         let limits = Self { limiter, prices };
+        let again = Arc::new(SeedAgain::default());
         // Budgets a later reload brings are seeded before it takes effect; those loaded
         // already, now (a budget loaded in between is seeded twice, harmlessly).
         directory.set_budget_seeder(Arc::new(LedgerSeeder {
             limits: limits.clone(),
             store: store.clone(),
+            again: again.clone(),
         }));
-        match seed_budgets(&limits, &directory.budgets(), &directory.lineage(), store).await {
+        match seed_directory(&limits, directory, store).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(budgets = n, "budgets resume from the usage ledger's spend"),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "cannot read this period's spend from the usage ledger; budgets count only what \
-                 the limiter counts"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot start budgets from the usage ledger's spend; they count only what \
+                     the limiter counts until a retry succeeds"
+                );
+                again.request();
+            }
         }
-        Ok((limits, health))
+        let seeding = keep_seeded(limits.clone(), directory.clone(), store.clone(), again);
+        let task = tokio::spawn(async move {
+            tokio::join!(health, seeding);
+        });
+        Ok((limits, task))
+    }
+}
+
+/// A seeding of every budget that failed and must be done again ([`keep_seeded`]).
+#[derive(Debug, Default)]
+struct SeedAgain {
+    needed: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl SeedAgain {
+    fn request(&self) {
+        self.needed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+}
+
+/// Why a seeding of budgets ([`seed_budgets`]) did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedFailure {
+    /// The usage ledger's rollups could not be read.
+    #[error("cannot read this period's spend from the usage ledger: {0}")]
+    Store(#[from] rampart_store::StoreError),
+    /// The limiter's backend (Redis) failed.
+    #[error(transparent)]
+    Limiter(#[from] rampart_limits::RedisFailure),
+    /// Redis lost its state meanwhile: what was seeded may be lost with it.
+    #[error("Redis lost its state while the budgets were being seeded")]
+    Lost,
+}
+
+/// Start every budget of `directory` from the usage ledger's spend ([`seed_budgets`]), marked on
+/// Redis as a seeding that every instance's health check reads
+/// ([`Limiter::begin_seeding`](rampart_limits::Limiter::begin_seeding),
+/// [`Limiter::finish_seeding`](rampart_limits::Limiter::finish_seeding)); how many were seeded.
+async fn seed_directory(
+    limits: &Limits,
+    directory: &crate::keydir::KeyDirectory,
+    store: &rampart_store::Store,
+) -> Result<usize, SeedFailure> {
+    limits.limiter.begin_seeding().await?;
+    let n = seed_budgets(limits, &directory.budgets(), &directory.lineage(), store).await?;
+    if limits.limiter.finish_seeding().await? {
+        Ok(n)
+    } else {
+        Err(SeedFailure::Lost)
+    }
+}
+
+/// The first wait before a failed seeding is tried again; it doubles up to [`RESEED_MAX_WAIT`].
+const RESEED_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest wait between tries of a failed seeding.
+const RESEED_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keep the budgets of `directory` started from the usage ledger's spend, forever: seed all of
+/// them again ([`seed_directory`]) whenever the limiter finds that Redis lost its state
+/// ([`Limiter::budgets_unseeded`](rampart_limits::Limiter::budgets_unseeded)), and whenever a
+/// seeding failed (`again`), until it succeeds: at once once Redis answers (it is not called
+/// while known down), with a growing wait after other failures (the store). Requests are served
+/// meanwhile; several instances seeding at once is harmless (a seed never lowers a count).
+async fn keep_seeded(
+    limits: Limits,
+    directory: Arc<crate::keydir::KeyDirectory>,
+    store: rampart_store::Store,
+    again: Arc<SeedAgain>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut wait = RESEED_FIRST_WAIT;
+    loop {
+        if limits.limiter.budgets_seeded() && !again.needed.load(Ordering::Relaxed) {
+            tokio::select! {
+                () = limits.limiter.budgets_unseeded() => {}
+                () = again.wake.notified() => {}
+            }
+            continue;
+        }
+        if !limits.limiter.is_up() {
+            // Its health checks bring it back; a seeding now would fail at once.
+            tokio::time::sleep(RESEED_FIRST_WAIT).await;
+            continue;
+        }
+        again.needed.store(false, Ordering::Relaxed);
+        match seed_directory(&limits, &directory, &store).await {
+            Ok(n) => {
+                wait = RESEED_FIRST_WAIT;
+                tracing::info!(
+                    budgets = n,
+                    "budgets started again from the usage ledger's spend"
+                );
+            }
+            Err(e) => {
+                again.needed.store(true, Ordering::Relaxed);
+                // Lost meanwhile: Redis answers, so seed again at once.
+                let pause = match e {
+                    SeedFailure::Lost => std::time::Duration::ZERO,
+                    _ => wait,
+                };
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                    "cannot start budgets from the usage ledger's spend; retrying"
+                );
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                    wait = (wait * 2).min(RESEED_MAX_WAIT);
+                }
+            }
+        }
     }
 }
 
@@ -109,6 +228,8 @@ impl Limits {
 struct LedgerSeeder {
     limits: Limits,
     store: rampart_store::Store,
+    /// Told when a seeding fails, so every budget is seeded again once it can be.
+    again: Arc<SeedAgain>,
 }
 
 impl crate::keydir::BudgetSeeder for LedgerSeeder {
@@ -124,11 +245,14 @@ impl crate::keydir::BudgetSeeder for LedgerSeeder {
                     budgets = n,
                     "new budgets start from what the usage ledger says their period spent"
                 ),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "cannot read this period's spend from the usage ledger; the new budgets \
-                     count from now"
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot start the new budgets from the usage ledger's spend; they count \
+                         from now until a retry succeeds"
+                    );
+                    self.again.request();
+                }
             }
         })
     }
@@ -142,17 +266,17 @@ impl crate::keydir::BudgetSeeder for LedgerSeeder {
 /// interval, and requests in flight are not in it yet. On Redis the seeds go out 64 at a time
 /// over the limiter's multiplexed connections, so thousands of budgets take a few round trips'
 /// time rather than one round trip each (20,000 budgets on a local Redis: about half a second
-/// instead of five). Returns how many budgets were
-/// seeded; a Redis failure is logged and ends the seeding (the others would each wait on it).
+/// instead of five). Returns how many budgets were seeded.
 ///
 /// # Errors
-/// A store failure reading the rollups.
+/// A store failure reading the rollups, or a Redis failure (it ends the seeding: the others
+/// would each wait on it).
 pub async fn seed_budgets(
     limits: &Limits,
     budgets: &[(uuid::Uuid, rampart_limits::Scope, rampart_limits::Budget)],
     lineage: &crate::keydir::Lineage,
     store: &rampart_store::Store,
-) -> rampart_store::Result<usize> {
+) -> Result<usize, SeedFailure> {
     let now = time::OffsetDateTime::now_utc();
     let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
     // (group, scope, budget, what the ledger says its period spent)
@@ -226,15 +350,8 @@ pub async fn seed_budgets(
         .buffer_unordered(SEEDS_IN_FLIGHT);
     let mut seeded = 0;
     while let Some(result) = done.next().await {
-        if let Err(e) = result {
-            // Redis failed: the rest would wait on it too (those in flight are dropped). They
-            // count what Redis counts.
-            tracing::warn!(
-                error = %e,
-                "cannot start budgets from the usage ledger's spend; they count what Redis counts"
-            );
-            break;
-        }
+        // A Redis failure: the rest would wait on it too (those in flight are dropped).
+        result?;
         seeded += 1;
     }
     Ok(seeded)

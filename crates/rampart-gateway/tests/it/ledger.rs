@@ -24,6 +24,18 @@ async fn gateway(
     spool: &std::path::Path,
 ) -> (TestGateway, StorePlane) {
     let directory = Arc::new(KeyDirectory::new(hasher()));
+    let (plane, parts) = ledger_plane(db, &directory, spool).await;
+    let gw = Gateway::with_parts(settings(upstream, Some("sk-ant-up")), directory, parts).unwrap();
+    (serve(gw).await, plane)
+}
+
+/// The store plane of keys from `db` in `directory`, running a usage ledger that spools under
+/// `spool` (its writer drains into `db`), and the proxy's parts with the ledger.
+pub(crate) async fn ledger_plane(
+    db: &TestStore,
+    directory: &Arc<KeyDirectory>,
+    spool: &std::path::Path,
+) -> (StorePlane, rampart_gateway::proxy::ProxyParts) {
     let (mut plane, mut parts) = StorePlane::start(
         db.store(),
         directory.clone(),
@@ -35,8 +47,7 @@ async fn gateway(
     let (ledger, writer) = Ledger::open(&LedgerConfig::default(), spool, 2).unwrap();
     parts.ledger = Some(ledger);
     plane.run_ledger(db.store(), writer);
-    let gw = Gateway::with_parts(settings(upstream, Some("sk-ant-up")), directory, parts).unwrap();
-    (serve(gw).await, plane)
+    (plane, parts)
 }
 
 /// `POST /v1/messages`: the status, the request id Rampart returned and the body.
@@ -48,7 +59,7 @@ async fn call(gw: &TestGateway, key: &str, body: &serde_json::Value) -> (u16, St
 }
 
 /// Totals over the last day, from the rollups.
-async fn total(db: &TestStore) -> UsageRow {
+pub(crate) async fn total(db: &TestStore) -> UsageRow {
     let rows = db
         .usage()
         .usage_summary(&UsageQuery {
@@ -416,7 +427,7 @@ async fn records_spooled_before_a_crash_reach_the_database_at_the_next_start() {
 }
 
 /// A key with `limits` in a new team, loaded into `directory`.
-async fn limited_key(
+pub(crate) async fn limited_key(
     db: &TestStore,
     directory: &KeyDirectory,
     limits: rampart_store::LimitSettings,

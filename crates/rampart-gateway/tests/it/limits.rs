@@ -19,31 +19,44 @@ pub(crate) fn limiter(redis: bool) -> Option<Limiter> {
     if !redis {
         return Some(Limiter::in_process(Arc::new(TokioClock::new())));
     }
-    redis_limiter(&format!("gw-{}", uuid::Uuid::new_v4().simple()))
+    redis_limiter(&fresh_prefix())
 }
 
 /// A limiter on the test Redis under `prefix` (`None` when there is no test Redis).
 fn redis_limiter(prefix: &str) -> Option<Limiter> {
+    let config = redis_config(test_redis_url()?, prefix);
+    Some(Limiter::new(&config, Arc::new(TokioClock::new())).unwrap())
+}
+
+/// `RAMPART_TEST_REDIS_URL`; `None` (said loudly) when unset, a failure when `CI` is set.
+fn test_redis_url() -> Option<String> {
     let url = std::env::var("RAMPART_TEST_REDIS_URL")
         .ok()
         .filter(|u| !u.is_empty());
-    let Some(url) = url else {
+    if url.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI is set but RAMPART_TEST_REDIS_URL is not"
         );
         eprintln!("SKIPPING the Redis half: RAMPART_TEST_REDIS_URL is unset");
-        return None;
-    };
-    let config = LimiterConfig {
+    }
+    url
+}
+
+fn fresh_prefix() -> String {
+    format!("gw-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The Redis limiter on `url`, keys under `prefix`.
+fn redis_config(url: String, prefix: &str) -> LimiterConfig {
+    LimiterConfig {
         backend: Backend::Redis {
             url,
             prefix: prefix.to_owned(),
             timeout: Duration::from_secs(2),
         },
         ..LimiterConfig::default()
-    };
-    Some(Limiter::new(&config, Arc::new(TokioClock::new())).unwrap())
+    }
 }
 
 struct Fixture {
@@ -155,6 +168,18 @@ impl Fixture {
             .unwrap()
             .parse()
             .unwrap()
+    }
+}
+
+/// A budget of one micro-dollar a day: the first request is admitted (it reserves its worst
+/// case), the next finds the budget spent.
+fn one_micro_a_day() -> LimitSettings {
+    LimitSettings {
+        budget: Some(BudgetSetting {
+            micros: 1,
+            period: BudgetPeriod::Day,
+        }),
+        ..LimitSettings::default()
     }
 }
 
@@ -330,20 +355,7 @@ async fn a_sequential_client_never_trips_its_concurrency_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_budget_is_402_naming_the_budget_and_its_reset() {
     let f = fixture(false).await.unwrap();
-    // One micro-dollar: the first request is admitted (it reserves its worst case), the
-    // second finds the budget spent.
-    let key = f
-        .key(
-            "t",
-            LimitSettings {
-                budget: Some(BudgetSetting {
-                    micros: 1,
-                    period: BudgetPeriod::Day,
-                }),
-                ..LimitSettings::default()
-            },
-        )
-        .await;
+    let key = f.key("t", one_micro_a_day()).await;
     assert_eq!(
         f.post(&key, &message("claude-sonnet-4-6")).await.status(),
         200
@@ -767,4 +779,186 @@ async fn a_stream_cut_at_the_shutdown_deadline_frees_its_slot_on_redis() {
         .send("/v1/messages", &key, &message("claude-sonnet-4-6"))
         .await;
     assert_eq!(r.status(), 200);
+}
+
+/// A gateway as `rampart serve` starts one: keys from the store, a usage ledger, and limits
+/// from [`Limits::start`] (budgets started from the ledger's spend, and kept so).
+struct Served {
+    gw: TestGateway,
+    dir: Arc<KeyDirectory>,
+    limiter: Limiter,
+    plane: rampart_gateway::store_plane::StorePlane,
+    limits_task: tokio::task::JoinHandle<()>,
+    _spool: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(db: &TestStore, upstream: &str, config: &LimiterConfig) -> Served {
+        let dir = Arc::new(KeyDirectory::new(hasher()));
+        let spool = tempfile::tempdir().unwrap();
+        let (plane, mut parts) = crate::ledger::ledger_plane(db, &dir, spool.path()).await;
+        let s = settings(upstream, Some("sk-ant-up"));
+        let (limits, limits_task) = Limits::start(config, s.prices.clone(), &dir, &db.store())
+            .await
+            .unwrap();
+        let limiter = limits.limiter.clone();
+        parts.limits = Some(limits);
+        let gw = serve(Gateway::with_parts(s, dir.clone(), parts).unwrap()).await;
+        Served {
+            gw,
+            dir,
+            limiter,
+            plane,
+            limits_task,
+            _spool: spool,
+        }
+    }
+
+    /// A key with [`one_micro_a_day`], spent.
+    async fn spent_key(&self, db: &TestStore) -> String {
+        let (key, _) = crate::ledger::limited_key(db, &self.dir, one_micro_a_day()).await;
+        assert_eq!(self.status(&key).await, 200);
+        assert_eq!(self.status(&key).await, 402);
+        key
+    }
+
+    async fn status(&self, key: &str) -> u16 {
+        let r = self
+            .gw
+            .send("/v1/messages", key, &message("claude-haiku-4-5"))
+            .await;
+        r.status().as_u16()
+    }
+
+    /// After long enough for a health check to find Redis's state lost and the budgets to be
+    /// seeded again, the spent budget of `key` still refuses it; then stop.
+    async fn still_refuses(self, key: &str) {
+        tokio::time::sleep(RESEEDED).await;
+        assert_eq!(
+            self.status(key).await,
+            402,
+            "the budget was handed out again"
+        );
+        self.stop().await;
+    }
+
+    /// Stop it; the ledger is drained into the store.
+    async fn stop(self) {
+        self.gw.stop().await;
+        self.limits_task.abort();
+        self.plane.stop().await;
+    }
+}
+
+/// Delete every key under `prefix` on the Redis at `url`: its state lost, as by a restart
+/// without persistence or `FLUSHALL`, for this prefix alone (other tests share the Redis).
+async fn wipe(url: &str, prefix: &str) {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::Script::new(
+        "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 1",
+    )
+    .arg(format!("{prefix}:*"))
+    .invoke_async(&mut conn)
+    .await
+    .unwrap();
+}
+
+/// Wait (at most 10 s) until `check` holds.
+async fn within_10s<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Longer than a health check (every second) and a seeding of a few budgets.
+const RESEEDED: Duration = Duration::from_secs(3);
+
+/// A running gateway whose Redis loses its state finds out by its next health check and starts
+/// every budget from the usage ledger's spend again: a spent budget stays spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_state_does_not_hand_a_spent_budget_out_again() {
+    let Some(url) = test_redis_url() else { return };
+    let prefix = fresh_prefix();
+    let db = TestStore::new().await;
+    let upstream = sim(Some("sk-ant-up")).await;
+    let served = Served::start(&db, &upstream.url, &redis_config(url.clone(), &prefix)).await;
+    let key = served.spent_key(&db).await;
+    within_10s("the ledger to flush", || async {
+        crate::ledger::total(&db).await.cost_micro_usd > 0
+    })
+    .await;
+    wipe(&url, &prefix).await;
+    served.still_refuses(&key).await;
+}
+
+/// A TCP stand-in for the Redis at `to` (`host:port`): closes every connection until opened,
+/// then forwards them.
+struct Gate {
+    url: String,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    async fn closed(to: String) -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_open = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !is_open.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let to = to.clone();
+                tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(to).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        Gate { url, open }
+    }
+
+    fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An instance that starts while Redis is unreachable cannot start its budgets from the usage
+/// ledger; it does so once Redis answers, so a budget spent before (here on another instance)
+/// is not handed out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_while_redis_was_unreachable_seeds_its_budgets_once_it_answers() {
+    let Some(url) = test_redis_url() else { return };
+    let db = TestStore::new().await;
+    let upstream = sim(Some("sk-ant-up")).await;
+    let first = Served::start(&db, &upstream.url, &LimiterConfig::default()).await;
+    let key = first.spent_key(&db).await;
+    first.stop().await;
+
+    let to = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_info()
+        .addr()
+        .to_string();
+    let gate = Gate::closed(to).await;
+    let served = Served::start(
+        &db,
+        &upstream.url,
+        &redis_config(gate.url.clone(), &fresh_prefix()),
+    )
+    .await;
+    assert_eq!(served.status(&key).await, 503, "fails closed");
+    gate.open();
+    within_10s("Redis to answer", || async { served.limiter.is_up() }).await;
+    served.still_refuses(&key).await;
 }
