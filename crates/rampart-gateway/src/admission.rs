@@ -178,8 +178,12 @@ async fn keep_seeded(
             continue;
         }
         if !limits.limiter.is_up() {
-            // Its health checks bring it back; a seeding now would fail at once.
-            tokio::time::sleep(RESEED_FIRST_WAIT).await;
+            // Its health checks bring it back (and wake this when Redis comes back empty); a
+            // seeding now would fail at once.
+            tokio::select! {
+                () = tokio::time::sleep(RESEED_FIRST_WAIT) => {}
+                () = limits.limiter.budgets_unseeded() => {}
+            }
             continue;
         }
         again.needed.store(false, Ordering::Relaxed);

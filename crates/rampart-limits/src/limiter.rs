@@ -342,8 +342,9 @@ impl Limiter {
         metrics().redis_ping.increment(1);
         match r.ping().await {
             Ok(seeded) => {
-                self.note_seeded(seeded);
+                // Up first: whoever the note wakes may call Redis at once.
                 self.mark(true, "ping", None);
+                self.note_seeded(seeded);
                 self.repair(r).await
             }
             Err(e) => {
