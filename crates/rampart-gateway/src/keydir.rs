@@ -16,7 +16,8 @@
 //!   reload when it moved, then check again: a key made a moment ago by the CLI or on another
 //!   instance is not refused until the next poll. One such read at a time and none within
 //!   [`MISS_GAP`] of the last, so unknown credentials cost the store at most one small read per
-//!   gap however many arrive.
+//!   gap however many arrive; each miss waits for the first read that begins after it (its own,
+//!   or one that serves every miss waiting with it).
 //! - **Budgets count their whole period.** A reload that brings a budget the directory in force
 //!   does not have (a new one, another period, a key moved to another team) hands it to the
 //!   [`BudgetSeeder`] first, which starts it from what the usage ledger says was spent; only then
@@ -59,7 +60,7 @@ pub const MISS_GAP: Duration = Duration::from_millis(10);
 pub struct MissRefresh {
     directory: Arc<KeyDirectory>,
     store: Store,
-    /// When the last read for an unknown credential ended; held while one runs.
+    /// When the last read for an unknown credential began; held while one runs.
     last: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
@@ -74,17 +75,25 @@ impl MissRefresh {
         }
     }
 
-    /// Reload the directory if the store's directory version moved; whether it reloaded (and
-    /// an unknown credential is worth checking again). `false` without reading the store within
-    /// [`MISS_GAP`] of the last read, and on a store error (logged by the background reload).
-    pub async fn refresh(&self) -> bool {
+    /// Bring the directory up to what the store had when this miss came: reload it if the
+    /// store's directory version moved, by a read that began after the miss, its own or another
+    /// miss's (the first requests of a new key often come together: one read serves them all).
+    /// Reads begin at least [`MISS_GAP`] apart, so a stream of unknown credentials costs the
+    /// store at most one small read per gap; a miss waits for the next one, at most a gap and a
+    /// read. Check the credential again afterwards. A store error is logged by the background
+    /// reload.
+    pub async fn refresh(&self) {
+        let arrived = tokio::time::Instant::now();
         let mut last = self.last.lock().await;
-        if last.is_some_and(|t| t.elapsed() < MISS_GAP) {
-            return false;
+        if let Some(began) = *last {
+            if began >= arrived {
+                return;
+            }
+            tokio::time::sleep_until(began + MISS_GAP).await;
         }
-        let reloaded = self.directory.refresh_if_changed(&self.store).await;
-        *last = Some(tokio::time::Instant::now());
-        matches!(reloaded, Ok(true))
+        let began = tokio::time::Instant::now();
+        let _ = self.directory.refresh_if_changed(&self.store).await;
+        *last = Some(began);
     }
 }
 

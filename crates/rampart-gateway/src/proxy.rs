@@ -837,8 +837,8 @@ where
     // A key created a moment ago (the CLI, another instance) is looked up before it is refused.
     if matches!(checked, Err(Denial::Unknown))
         && let Some(misses) = &state.key_misses
-        && misses.refresh().await
     {
+        misses.refresh().await;
         checked = state.auth.check(credential);
     }
     let identity = match checked {

@@ -152,6 +152,20 @@ async fn a_key_created_after_start_works_at_its_first_request() {
         .await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
 
+    // So does one whose first requests come together: those that waited while another read
+    // the store look again too.
+    for _ in 0..5 {
+        let (key, _) = db.key(&team, &[]).await;
+        let body = message("claude-sonnet-4-6");
+        let burst = (0..8).map(|_| gw.send("/v1/messages", &key, &body));
+        let statuses: Vec<u16> = futures_util::future::join_all(burst)
+            .await
+            .iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+
     let unknown = format!("{}x", &key[..key.len() - 1]);
     let resp = gw
         .send("/v1/messages", &unknown, &message("claude-sonnet-4-6"))
