@@ -18,6 +18,9 @@ use std::time::Duration;
 use rampart_limits::{Backend, FailureMode, LimiterConfig};
 use serde::Deserialize;
 
+/// The shortest `lease_secs` accepted.
+const MIN_LEASE_SECS: u64 = 10;
+
 /// `[limits]` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,8 +85,14 @@ pub fn validate(
     if c.redis_timeout_ms == 0 {
         problems.push("limits.redis_timeout_ms: must be greater than 0".to_owned());
     }
-    if c.lease_secs == 0 {
-        problems.push("limits.lease_secs: must be greater than 0".to_owned());
+    // A live request's leases are renewed every third of a lease by the loop that also pings
+    // Redis: a third must hold a ping and a renewal that each take up to the timeout.
+    let least = (6 * c.redis_timeout_ms).div_ceil(1_000).max(MIN_LEASE_SECS);
+    if c.lease_secs < least {
+        problems.push(format!(
+            "limits.lease_secs: must be at least {least} (at least {MIN_LEASE_SECS}, and six \
+             times redis_timeout_ms: live requests' leases are renewed every third of it)"
+        ));
     }
     if c.redis_url.as_deref().is_some_and(has_password) {
         problems.push(
@@ -168,6 +177,26 @@ mod tests {
         };
         assert!(validate(&c, false, &mut problems).is_none());
         assert_eq!(problems.len(), 4, "{problems:?}");
+        // A lease must outlast a third of itself spent on a slow ping and a slow renewal.
+        for (lease_secs, redis_timeout_ms, ok) in [
+            (9, 1_000, false),
+            (10, 1_000, true),
+            (30, 5_001, false),
+            (31, 5_001, true),
+        ] {
+            let mut problems = Vec::new();
+            let c = LimitsConfig {
+                lease_secs,
+                redis_timeout_ms,
+                ..LimitsConfig::default()
+            };
+            let _ = validate(&c, false, &mut problems);
+            assert_eq!(
+                problems.is_empty(),
+                ok,
+                "{lease_secs} {redis_timeout_ms}: {problems:?}"
+            );
+        }
         let mut problems = Vec::new();
         let redis_without_url = LimitsConfig {
             backend: "redis".into(),
