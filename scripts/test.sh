@@ -341,7 +341,12 @@ build_rust_if_missing() {
 }
 
 main() {
-  trap stop_services EXIT
+  # Every temporary file of the run (the suites' data directories and process logs, Claude
+  # Code's homes, the PostgreSQL and Redis directories) goes under one directory, removed at
+  # the end: a run leaves nothing behind in the system's temporary directory.
+  RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/rampart-tests.XXXXXX")"
+  export TMPDIR="$RUN_TMP"
+  trap 'stop_services; rm -rf "$RUN_TMP"' EXIT
   start_services
   if [[ $# -eq 0 ]]; then
     setup_python

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -217,6 +218,18 @@ def start_demo(tokens_per_sec: float = 0, extra_args: list[str] | None = None, n
     key = proc.wait_for_line(r"^\s*(?:export\s+)?ANTHROPIC_API_KEY=(\S+)").group(1).strip("'\"")
     sim = proc.wait_for_line(r"^\s*(?:export\s+)?RAMPART_SIM_URL=(\S+)").group(1).strip("'\"")
     return Demo(proc=proc, base_url=base.rstrip("/"), api_key=key, sim_url=sim.rstrip("/"), data_dir=data_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_temp_dir() -> Any:
+    """Every temporary file and directory of this run (data directories, the processes' logs)
+    goes into one directory that is removed at the end: a run leaves nothing behind in the
+    system's temporary directory."""
+    root = tempfile.mkdtemp(prefix="rampart-tests-")
+    tempfile.tempdir = root
+    yield root
+    tempfile.tempdir = None
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
