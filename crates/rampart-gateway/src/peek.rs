@@ -21,7 +21,8 @@ pub struct Peeked {
     pub model: Option<String>,
     /// `stream: true`.
     pub stream: bool,
-    /// `max_tokens`, when it is a non-negative integer.
+    /// `max_tokens`, when it is a whole number above 0 (as [`rampart_api::tokens::whole_tokens`]
+    /// reads it).
     pub max_tokens: Option<u64>,
     /// Where the `model` value (the JSON string, quotes included) sits in the body, for routing
     /// to rewrite it in place.

@@ -74,7 +74,8 @@ pub(super) fn read(text: &str) -> Option<(Peeked, Estimate)> {
         Peeked {
             model,
             stream,
-            max_tokens,
+            // 0 asks for nothing the API generates: absent, as the general reader has it.
+            max_tokens: max_tokens.filter(|&n| n > 0),
             model_span,
         },
         Estimate {
@@ -416,6 +417,7 @@ mod tests {
             r#"{"max_tokens": 1024, "messages": [{"role": "user", "content": [{"type": "text", "text": "Hällo, 世界 🌍"}]}, {"role": "assistant", "content": "Hi"}], "model": "claude-haiku-4-5", "stream": true, "system": "Be brief.", "temperature": 0.7, "top_p": 1, "top_k": 5}"#,
             "{\n  \"model\": \"m\",\n  \"messages\": []\n}\n",
             "{}",
+            r#"{"max_tokens":0}"#,
         ];
         for text in bodies {
             assert!(read(text).is_some(), "{text}");
