@@ -128,6 +128,9 @@ struct Inner {
     /// Settlements and repairs on their way to Redis ([`Sending`]): [`Limiter::flush`] waits for
     /// them to end (sent, or queued for repair).
     sending: AtomicUsize,
+    /// How many calls the last [`Limiter::flush`] left unsent, so that a second flush (after the
+    /// batch workers) does not log the same ones again.
+    unsent_logged: AtomicUsize,
     /// Redis: the tickets admitted and not settled yet, by id, whose leases
     /// [`Limiter::renew_leases`] keeps running.
     live: Mutex<LiveTickets>,
@@ -273,6 +276,7 @@ impl Limiter {
             runtime,
             repairs: Mutex::new(VecDeque::new()),
             sending: AtomicUsize::new(0),
+            unsent_logged: AtomicUsize::new(0),
             live: Mutex::new(HashMap::default()),
         }))
     }
@@ -772,7 +776,8 @@ impl Limiter {
     /// gone): wait for the settlements on their way to Redis to end, then, if any call waits
     /// for repair, send them all if Redis answers. Waits `wait` at most (a few seconds: an
     /// unreachable Redis must not hold the exit up); what is still queued then is logged and
-    /// left to its lease. Returns how many calls are left unsent (0 in process).
+    /// left to its lease (logged once for the same count). Returns how many calls are left unsent
+    /// (0 in process).
     pub async fn flush(&self, wait: Duration) -> usize {
         if matches!(self.0.backend, Store::Local(_)) {
             return 0;
@@ -787,7 +792,7 @@ impl Limiter {
         })
         .await;
         let left = self.pending_repairs() + self.0.sending.load(Ordering::Acquire);
-        if left > 0 {
+        if left > 0 && self.0.unsent_logged.swap(left, Ordering::AcqRel) != left {
             tracing::warn!(
                 target: "rampart::limits",
                 left,

@@ -553,6 +553,56 @@ async fn a_settlement_lost_to_an_outage_is_sent_again_once_redis_answers() {
     assert_eq!(t.status().output_tokens.unwrap().remaining, 89);
 }
 
+/// A log writer keeping what it is given.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Redis is down at exit: the gateway's flush, then `serve`'s after the batch workers, each
+/// leave the settlement unsent; it is logged once, by the first.
+#[tokio::test]
+async fn a_settlement_left_unsent_at_exit_is_logged_once() {
+    let Some(url) = redis_url() else { return };
+    let stall = Stall::start(Some(redis_addr(&url))).await;
+    let limiter = stall.limiter(FailureMode::Closed, Duration::from_millis(200));
+    assert!(limiter.check_health().await);
+    let t = admitted(limiter.admit(&slot_policy(), output(50)).await);
+    stall.set_down(true);
+    t.settle(rampart_limits::Used::default());
+    let lost = tokio::time::Instant::now();
+    while limiter.pending_repairs() == 0 {
+        assert!(lost.elapsed() < Duration::from_secs(5), "never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    for _ in 0..2 {
+        assert_eq!(limiter.flush(Duration::from_millis(500)).await, 1);
+    }
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let unsent: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("settlements not sent"))
+        .collect();
+    assert_eq!(unsent.len(), 1, "{text}");
+    assert!(unsent[0].contains("left=1"), "{text}");
+}
+
 /// A worker's connection that died with a restarted Redis (or a broken network path) costs no
 /// failed call: the call is sent again on a fresh connection, and counted once.
 #[tokio::test]
