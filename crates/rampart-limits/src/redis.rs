@@ -101,10 +101,11 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
-/// Whether a failed call is worth sending again at once: its connection was dropped or refused
-/// (the connection manager reconnects on such an error), not a timeout or a server's answer.
+/// Whether a failed call is worth sending again at once: its connection was dropped (the
+/// connection manager reconnects on such an error), not refused (the manager has already tried
+/// again, with backoff, before it says so), a timeout or a server's answer.
 fn resendable(e: &redis::RedisError) -> bool {
-    (e.is_connection_dropped() || e.is_connection_refusal()) && !e.is_timeout()
+    e.is_connection_dropped() && !e.is_connection_refusal() && !e.is_timeout()
 }
 
 fn command(e: &redis::RedisError) -> RedisFailure {

@@ -850,3 +850,36 @@ async fn a_redis_that_lost_its_state_is_found_unseeded_by_the_next_health_check(
     assert!(other.check_health().await);
     assert!(!other.budgets_seeded());
 }
+
+/// A Redis that refuses connections (not running, as at a start before it) is reported as
+/// refusing them, once the connection's own retries are spent, not as a timeout.
+#[tokio::test]
+async fn a_refused_connection_is_reported_as_refused_not_as_a_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let timeout = Duration::from_secs(3);
+    let limiter = redis_limiter(
+        format!("redis://127.0.0.1:{port}"),
+        "refused".to_owned(),
+        timeout,
+        FailureMode::Closed,
+    );
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let started = tokio::time::Instant::now();
+    assert!(!limiter.check_health().await);
+    assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("limits backend unreachable") && text.contains("Connection refused"),
+        "{text}"
+    );
+}
