@@ -747,9 +747,13 @@ impl UsageScanner {
                 && let Some(len) = unwanted_event_len(chunk)
             {
                 if let Some(rest) = chunk[..len].strip_prefix(CONTENT_DELTA_EVENT) {
-                    // `data:…\n\n`, measured in place.
+                    // `data:…\n\n`, measured in place. Empty data dispatches no event (as
+                    // read line by line).
                     let data = &rest[b"data:".len()..rest.len() - 2];
-                    self.content_delta(data.strip_prefix(b" ").unwrap_or(data));
+                    let data = data.strip_prefix(b" ").unwrap_or(data);
+                    if !data.is_empty() {
+                        self.content_delta(data);
+                    }
                 }
                 chunk = &chunk[len..];
                 continue;
