@@ -178,6 +178,12 @@ struct Metrics {
     repairs_dropped: Counter,
     repairs_pending: Gauge,
     up: Gauge,
+    budgets_seeded: Gauge,
+}
+
+/// A gauge's value for a yes or no.
+fn gauge_value(yes: bool) -> f64 {
+    if yes { 1.0 } else { 0.0 }
 }
 
 fn metrics() -> &'static Metrics {
@@ -208,6 +214,12 @@ fn metrics() -> &'static Metrics {
             "rampart_limits_backend_up",
             "1 when the limits backend is reachable (always 1 in process)."
         );
+        metrics::describe_gauge!(
+            "rampart_limits_budgets_seeded",
+            "1 when the budgets were started from the usage ledger since Redis last lost its \
+             state; 0 while they count from zero (Redis emptied, and the seeding not done yet: \
+             the store unreachable, say). Always 1 in process."
+        );
         let decision =
             |d: &'static str| counter!("rampart_limits_decisions_total", "decision" => d);
         Metrics {
@@ -226,6 +238,7 @@ fn metrics() -> &'static Metrics {
             repairs_dropped: counter!("rampart_limits_redis_repairs_dropped_total"),
             repairs_pending: gauge!("rampart_limits_redis_repairs_pending"),
             up: gauge!("rampart_limits_backend_up"),
+            budgets_seeded: gauge!("rampart_limits_budgets_seeded"),
         }
     })
 }
@@ -261,6 +274,8 @@ impl Limiter {
         clock: Arc<dyn Clock>,
     ) -> Self {
         metrics().up.set(1.0);
+        let seeded = matches!(backend, Store::Local(_));
+        metrics().budgets_seeded.set(gauge_value(seeded));
         Self(Arc::new(Inner {
             clock,
             lease_ms: i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX),
@@ -270,7 +285,7 @@ impl Limiter {
             // Random start: two processes never share a ticket id (Redis leases are keyed by it).
             tickets: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
             // On Redis, unknown until a health check reads the mark.
-            seeded: AtomicBool::new(matches!(backend, Store::Local(_))),
+            seeded: AtomicBool::new(seeded),
             unseeded: tokio::sync::Notify::new(),
             backend,
             runtime,
@@ -317,7 +332,7 @@ impl Limiter {
 
     fn mark(&self, up: bool, what: &str, err: Option<&RedisFailure>) {
         let was = self.0.up.swap(up, Ordering::Relaxed);
-        metrics().up.set(if up { 1.0 } else { 0.0 });
+        metrics().up.set(gauge_value(up));
         if was && !up {
             // A failed call wakes the health checks; a failed check or repair waits for the next.
             if what != "ping" && what != "repair" {
@@ -377,6 +392,7 @@ impl Limiter {
     }
 
     fn note_seeded(&self, seeded: bool) {
+        metrics().budgets_seeded.set(gauge_value(seeded));
         if self.0.seeded.swap(seeded, Ordering::Relaxed) && !seeded {
             tracing::warn!(
                 target: "rampart::limits",
@@ -420,6 +436,7 @@ impl Limiter {
             .await
             .inspect_err(|e| self.failed("seed", e))?;
         self.0.seeded.store(done, Ordering::Relaxed);
+        metrics().budgets_seeded.set(gauge_value(done));
         Ok(done)
     }
 

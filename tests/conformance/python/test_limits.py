@@ -477,6 +477,27 @@ def test_an_unreachable_redis_fails_closed_with_503_and_recovers_by_itself(upstr
         redis.stop()
 
 
+
+def test_a_gauge_says_whether_redis_budgets_were_started_from_the_ledger(upstream: str) -> None:
+    """`rampart_limits_budgets_seeded` is 0 while Redis budgets count from zero (here the gateway
+    started before Redis, so it could not start them from the usage ledger; as when the store does
+    not answer after Redis lost its state) and 1 once they were started, so an alert can tell."""
+    need("RAMPART_TEST_REDIS_URL")
+    redis = RedisServer(free_port(), tempfile.mkdtemp(prefix="rampart-redis-"))
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-redis-")]
+    key = create_key(store, "--budget-usd", "1", "--budget-period", "day")
+    env = redis_env(f"redis://127.0.0.1:{redis.port}", timeout_ms=200)
+    proc, url = serve(store, upstream, "limits-redis-seeded", env)
+    try:
+        text = httpx.get(f"{url}/metrics").text
+        assert re.search(r"^rampart_limits_budgets_seeded 0$", text, re.M), text
+        redis.start()
+        wait_until(lambda: metric(url, "rampart_limits_budgets_seeded") == 1.0, timeout=15, what="budgets seeded")
+        wait_until(lambda: post(url, key).status_code == 200, timeout=10, what="requests admitted")
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
+        redis.stop()
+
 class Stall:
     """A stand-in for a Redis that stops answering (a frozen server, a network partition): it
     accepts connections and never replies, nor closes them."""
