@@ -15,6 +15,11 @@
 //! - Items that ran out of attempts on retryable failures are `errored` and kept in
 //!   `batch_dead_letters` with their last error; [`BatchRepository::replay_dead_letter`] queues
 //!   the item again.
+//! - An upstream-mode batch keeps the model each of its items asked ([`ItemModels`],
+//!   `upstream_item_models`), written in the transaction that inserts its row and deleted in the
+//!   one that ends it, so the usage records of its results name the model asked.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -120,7 +125,93 @@ pub struct NewBatchItem {
     pub worst_micro_usd: u64,
 }
 
-/// A new batch; `items` is empty in upstream mode.
+/// Longest model name kept for an upstream-mode item (characters), as long as a usage record's.
+pub const MAX_MODEL_CHARS: usize = 200;
+
+/// The model each item of an upstream-mode batch asked (`params.model` as written; `None`: none,
+/// or not a string), kept from creation until the batch ends so its usage records can name it.
+///
+/// Compact for the usual batch of one model: the model most items asked is kept once, and only
+/// the items that asked another are kept one by one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemModels {
+    /// The model most items asked.
+    common: Option<String>,
+    /// `custom_id` → the model of an item that asked another than `common`.
+    others: HashMap<String, Option<String>>,
+}
+
+impl ItemModels {
+    /// From each item's `(custom_id, model asked)` (`custom_id`s are unique in a batch). Names
+    /// longer than [`MAX_MODEL_CHARS`] cannot be stored.
+    #[must_use]
+    pub fn from_items<'a>(items: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Self {
+        let items: Vec<(&str, Option<&str>)> = items.into_iter().collect();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for m in items.iter().filter_map(|(_, m)| *m) {
+            *counts.entry(m).or_default() += 1;
+        }
+        // Ties go to the smallest name, so the same items are always kept the same way.
+        let common = counts
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(m, _)| m);
+        let others = items
+            .into_iter()
+            .filter(|(_, m)| *m != common)
+            .map(|(id, m)| (id.to_owned(), m.map(str::to_owned)))
+            .collect();
+        Self {
+            common: common.map(str::to_owned),
+            others,
+        }
+    }
+
+    /// The model the item `custom_id` asked, when one was kept.
+    #[must_use]
+    pub fn asked(&self, custom_id: &str) -> Option<&str> {
+        match self.others.get(custom_id) {
+            Some(m) => m.as_deref(),
+            None => self.common.as_deref(),
+        }
+    }
+
+    /// Whether nothing is kept (local mode, a batch whose items named no model, or one created
+    /// before the models were kept).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.common.is_none() && self.others.is_empty()
+    }
+
+    /// As stored: `(custom_id, model)` rows, the common model under the `custom_id` `""` (never
+    /// a valid one).
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.common
+            .as_deref()
+            .map(|m| ("", Some(m)))
+            .into_iter()
+            .chain(
+                self.others
+                    .iter()
+                    .map(|(id, m)| (id.as_str(), m.as_deref())),
+            )
+    }
+
+    /// From stored rows (see [`Self::rows`]).
+    pub(crate) fn from_rows(rows: impl IntoIterator<Item = (String, Option<String>)>) -> Self {
+        let mut out = Self::default();
+        for (id, m) in rows {
+            if id.is_empty() {
+                out.common = m;
+            } else {
+                out.others.insert(id, m);
+            }
+        }
+        out
+    }
+}
+
+/// A new batch; `items` is empty in upstream mode, `item_models` in local mode.
 #[derive(Debug, Clone)]
 pub struct NewBatch {
     /// The public id.
@@ -149,6 +240,8 @@ pub struct NewBatch {
     pub results_until: OffsetDateTime,
     /// The requests (local mode).
     pub items: Vec<NewBatchItem>,
+    /// The model each item asked (upstream mode), stored with the batch's row.
+    pub item_models: ItemModels,
 }
 
 /// A page of batches, newest first.
@@ -353,7 +446,7 @@ pub struct UpstreamState {
 /// The batches' persistence, on both engines.
 #[async_trait]
 pub trait BatchRepository: Send + Sync {
-    /// Store a new batch and its items in one transaction.
+    /// Store a new batch, its items and its items' models in one transaction.
     ///
     /// # Errors
     /// [`crate::StoreError::Conflict`] if the id exists or two items share a `custom_id`.
@@ -408,9 +501,12 @@ pub trait BatchRepository: Send + Sync {
         state: &UpstreamState,
         now: OffsetDateTime,
     ) -> Result<()>;
+    /// The models an upstream-mode batch's items asked, as kept at creation (empty once it has
+    /// ended, or for a batch created before they were kept).
+    async fn item_models(&self, id: &str) -> Result<ItemModels>;
     /// End an upstream-mode batch: its final counts, the usage records of its items, and
-    /// `ended_at`, in one transaction (records already stored are skipped). Returns whether it
-    /// ended now (false if it had already).
+    /// `ended_at`, in one transaction (records already stored are skipped; its items' models,
+    /// no longer needed, are deleted). Returns whether it ended now (false if it had already).
     async fn end_upstream_batch(
         &self,
         id: &str,
@@ -465,4 +561,47 @@ pub fn item_run_usage_id(batch_id: &str, idx: u64, replays: u64) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(items: &[(&'static str, Option<&'static str>)]) -> ItemModels {
+        ItemModels::from_items(items.iter().copied())
+    }
+
+    #[test]
+    fn a_batch_of_one_model_keeps_it_once() {
+        let one = kept(&[("a", Some("m")), ("b", Some("m")), ("c", Some("m"))]);
+        assert_eq!(one.rows().collect::<Vec<_>>(), [("", Some("m"))]);
+        assert_eq!((one.asked("a"), one.asked("c")), (Some("m"), Some("m")));
+    }
+
+    #[test]
+    fn only_the_items_asking_another_model_are_kept_one_by_one() {
+        let mixed = kept(&[
+            ("a", Some("m")),
+            ("b", Some("n")),
+            ("c", None),
+            ("d", Some("m")),
+        ]);
+        let mut rows: Vec<_> = mixed.rows().collect();
+        rows.sort_unstable();
+        assert_eq!(rows, [("", Some("m")), ("b", Some("n")), ("c", None)]);
+        let asked: Vec<_> = ["a", "b", "c", "d"].map(|id| mixed.asked(id)).into();
+        assert_eq!(asked, [Some("m"), Some("n"), None, Some("m")]);
+        assert_eq!(
+            ItemModels::from_rows(
+                rows.iter()
+                    .map(|(id, m)| { ((*id).to_owned(), m.map(str::to_owned)) })
+            ),
+            mixed
+        );
+        // A tie goes to the smallest name, whatever the order.
+        let tied = kept(&[("x", Some("z")), ("y", Some("b"))]);
+        assert_eq!(tied.asked("unknown"), Some("b"));
+        // Nothing named: nothing kept.
+        assert!(kept(&[("a", None)]).is_empty());
+    }
 }

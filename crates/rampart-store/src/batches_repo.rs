@@ -16,7 +16,7 @@ use super::{CLAIM_SKIP_LOCKED, Db, EngineStore, lock_claims};
 use crate::DbTime;
 use crate::batches::{
     Batch, BatchMode, BatchPage, BatchRepository, ClaimOptions, ClaimedItem, Completed, Completion,
-    Cursor, DeadLetter, DeadLetterQuery, ItemResult, NewBatch, Outcome, UpstreamState,
+    Cursor, DeadLetter, DeadLetterQuery, ItemModels, ItemResult, NewBatch, Outcome, UpstreamState,
 };
 use crate::error::{Result, StoreError};
 use crate::model::NewAuditEvent;
@@ -42,6 +42,9 @@ macro_rules! dead_letter_cols {
 
 /// Items per INSERT statement (5 binds each... well under both engines' bind limits).
 const ITEM_CHUNK: usize = 500;
+/// Item models per INSERT statement (3 binds each: 6,000, under SQLite's 32,766 and
+/// PostgreSQL's 65,535).
+const MODEL_CHUNK: usize = 2000;
 /// Largest page of batches.
 const MAX_PAGE: u32 = 1000;
 /// The result of an item that never ran.
@@ -252,6 +255,19 @@ impl BatchRepository for EngineStore {
                     .push_bind(int(item.worst_micro_usd))
                     .push_bind("queued")
                     .push_bind(DbTime(b.created_at));
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        // In the batch's transaction: never a batch without its models, nor models without it.
+        let models: Vec<(&str, Option<&str>)> = b.item_models.rows().collect();
+        for chunk in models.chunks(MODEL_CHUNK) {
+            let mut qb = QueryBuilder::<Db>::new(
+                "INSERT INTO upstream_item_models (batch_id, custom_id, model) ",
+            );
+            qb.push_values(chunk, |mut row, (custom_id, model)| {
+                row.push_bind(b.id.clone())
+                    .push_bind((*custom_id).to_owned())
+                    .push_bind(model.map(str::to_owned));
             });
             qb.build().execute(&mut *tx).await?;
         }
@@ -806,6 +822,18 @@ impl BatchRepository for EngineStore {
         Ok(())
     }
 
+    async fn item_models(&self, id: &str) -> Result<ItemModels> {
+        let rows =
+            sqlx::query("SELECT custom_id, model FROM upstream_item_models WHERE batch_id = $1")
+                .bind(id.to_owned())
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get("custom_id")?, row.try_get("model")?)))
+                .collect::<Result<Vec<(String, Option<String>)>>>()?;
+        Ok(ItemModels::from_rows(rows))
+    }
+
     async fn end_upstream_batch(
         &self,
         id: &str,
@@ -834,6 +862,11 @@ impl BatchRepository for EngineStore {
             > 0;
         if ended {
             EngineStore::insert_usage_in(&mut tx, usage).await?;
+            // Read only to write these records: kept no longer than the batch is open.
+            sqlx::query("DELETE FROM upstream_item_models WHERE batch_id = $1")
+                .bind(id.to_owned())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(ended)

@@ -556,6 +556,11 @@ fn migrator_up_to(engine: Engine, last: i64) -> sqlx::migrate::Migrator {
                 "batch_item_replays",
                 include_str!("../migrations/sqlite/0011_batch_item_replays.sql"),
             ),
+            (
+                12,
+                "upstream_item_models",
+                include_str!("../migrations/sqlite/0012_upstream_item_models.sql"),
+            ),
         ],
         Engine::Postgres => &[
             (
@@ -608,6 +613,11 @@ fn migrator_up_to(engine: Engine, last: i64) -> sqlx::migrate::Migrator {
                 11,
                 "batch_item_replays",
                 include_str!("../migrations/postgres/0011_batch_item_replays.sql"),
+            ),
+            (
+                12,
+                "upstream_item_models",
+                include_str!("../migrations/postgres/0012_upstream_item_models.sql"),
             ),
         ],
     };

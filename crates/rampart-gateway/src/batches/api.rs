@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use rampart_api::ErrorType;
 use rampart_api::error::ErrorEnvelope;
 use rampart_store::StoreError;
-use rampart_store::batches::{Batch, BatchMode, Cursor, NewBatch, NewBatchItem};
+use rampart_store::batches::{Batch, BatchMode, Cursor, ItemModels, NewBatch, NewBatchItem};
 use serde_json::Value;
 
 use super::{Batches, batch_object, new_batch_id, owner_of};
@@ -472,6 +472,7 @@ async fn create(
         expires_at,
         results_until,
         items: Vec::new(),
+        item_models: ItemModels::default(),
     };
     if mode == BatchMode::Upstream {
         return create_upstream(state, batches, req, new, reserved, base).await;

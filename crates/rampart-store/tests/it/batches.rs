@@ -30,6 +30,7 @@ fn new_batch(id: &str, team: Option<Uuid>, n: usize, at: OffsetDateTime) -> NewB
                 worst_micro_usd: 10,
             })
             .collect(),
+        item_models: ItemModels::default(),
     }
 }
 
@@ -576,5 +577,119 @@ pub async fn an_upstream_batch_ends_with_its_usage_in_one_transaction(db: &TestD
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A new upstream-mode batch `id` of `n` items (`item-{i}`) asking `model(i)`.
+fn upstream_batch(id: &str, n: usize, model: impl Fn(usize) -> Option<String>) -> NewBatch {
+    let mut b = new_batch(id, None, 0, T0);
+    b.mode = BatchMode::Upstream;
+    b.request_count = n as u64;
+    let items: Vec<(String, Option<String>)> =
+        (0..n).map(|i| (format!("item-{i}"), model(i))).collect();
+    b.item_models = ItemModels::from_items(items.iter().map(|(id, m)| (id.as_str(), m.as_deref())));
+    b
+}
+
+pub async fn an_upstream_batch_keeps_its_items_models_until_it_ends(db: &TestDb) {
+    // 5,000 items (more than one INSERT's worth of the 2,000 rows a statement takes), two in
+    // three asking the common model, the rest another, every 7th none.
+    let model = |i: usize| match (i % 7, i % 3) {
+        (0, _) => None,
+        (_, 0) => Some("claude-haiku-4-5".to_owned()),
+        _ => Some("claude-sonnet-4-6".to_owned()),
+    };
+    let b = upstream_batch("msgbatch_models", 5000, model);
+    db.batches().create_batch(&b).await.unwrap();
+    let kept = db.batches().item_models("msgbatch_models").await.unwrap();
+    assert_eq!(kept, b.item_models);
+    for i in 0..5000 {
+        assert_eq!(kept.asked(&format!("item-{i}")), model(i).as_deref(), "{i}");
+    }
+    assert!(
+        db.batches()
+            .item_models("msgbatch_other")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let state = UpstreamState {
+        processing_status: "ended".to_owned(),
+        succeeded: 5000,
+        errored: 0,
+        canceled: 0,
+        expired: 0,
+        cancel_initiated_at: None,
+    };
+    assert!(
+        db.batches()
+            .end_upstream_batch("msgbatch_models", &state, &[], T0)
+            .await
+            .unwrap()
+    );
+    // Read only for the usage records written as it ends: gone with them.
+    assert!(
+        db.batches()
+            .item_models("msgbatch_models")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A batch's row going first (an operator's delete) takes its models with it.
+    db.batches()
+        .create_batch(&upstream_batch("msgbatch_gone", 2, |_| {
+            Some("claude-haiku-4-5".to_owned())
+        }))
+        .await
+        .unwrap();
+    db.raw("DELETE FROM message_batches WHERE id = 'msgbatch_gone'")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.raw("DELETE FROM upstream_item_models").await.unwrap(),
+        0,
+        "no models outlive their batch"
+    );
+}
+
+pub async fn a_batch_is_stored_with_all_its_items_models_or_not_at_all(db: &TestDb) {
+    // The last item's model cannot be stored (over 200 characters): nor can the batch.
+    let long = "m".repeat(MAX_MODEL_CHARS + 1);
+    let bad = upstream_batch("msgbatch_bad", 3000, |i| {
+        Some(if i == 2999 {
+            long.clone()
+        } else {
+            format!("model-{}", i % 2)
+        })
+    });
+    assert!(matches!(
+        db.batches().create_batch(&bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        db.batches().get_batch("msgbatch_bad").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(
+        db.batches()
+            .item_models("msgbatch_bad")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A batch id already stored is a conflict, and its models are not touched.
+    let first = upstream_batch("msgbatch_twice", 2, |_| Some("a".to_owned()));
+    db.batches().create_batch(&first).await.unwrap();
+    let second = upstream_batch("msgbatch_twice", 3, |i| Some(format!("b{i}")));
+    assert!(matches!(
+        db.batches().create_batch(&second).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        db.batches().item_models("msgbatch_twice").await.unwrap(),
+        first.item_models
     );
 }

@@ -100,6 +100,8 @@ on_both_engines!(
     retries_end_in_a_dead_letter_that_can_be_replayed,
     cancel_stops_unstarted_items_and_expiry_ends_the_rest,
     an_upstream_batch_ends_with_its_usage_in_one_transaction,
+    an_upstream_batch_keeps_its_items_models_until_it_ends,
+    a_batch_is_stored_with_all_its_items_models_or_not_at_all,
     team_webhooks_round_trip_and_keep_their_secret,
     an_ended_batch_is_due_until_delivered_and_each_attempt_is_claimed_once,
     retries_stop_at_max_attempts_and_disabled_or_later_webhooks_send_nothing,

@@ -50,6 +50,7 @@ async fn ended_batch(db: &TestDb, id: &str, team: Uuid, ended: OffsetDateTime) {
                 params: r#"{"model":"m","max_tokens":5,"messages":[]}"#.to_owned(),
                 worst_micro_usd: 0,
             }],
+            item_models: ItemModels::default(),
         })
         .await
         .unwrap();
