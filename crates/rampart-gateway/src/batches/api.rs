@@ -400,6 +400,17 @@ fn parse_items(body: &[u8], max: u64) -> Result<Vec<(String, Value)>, String> {
     Ok(items)
 }
 
+/// The model an item's params ask (as written, at most as long as a usage record keeps it).
+fn asked_model(params: &Value) -> Option<&str> {
+    let model = params.get("model")?.as_str()?;
+    Some(
+        model
+            .char_indices()
+            .nth(rampart_store::batches::MAX_MODEL_CHARS)
+            .map_or(model, |(end, _)| &model[..end]),
+    )
+}
+
 /// The worst-case cost of one item's params (0 without a model or prices).
 fn worst_case(prices: &rampart_ledger::pricing::PriceTable, params: &Value, batch: bool) -> u64 {
     let Some(model) = params.get("model").and_then(Value::as_str) else {
@@ -475,6 +486,13 @@ async fn create(
         item_models: ItemModels::default(),
     };
     if mode == BatchMode::Upstream {
+        // The upstream answers with the model that served each item; the one it asked is kept
+        // here, stored with the batch's row, for the items' usage records.
+        new.item_models = ItemModels::from_items(
+            items
+                .iter()
+                .map(|(custom_id, params)| (custom_id.as_str(), asked_model(params))),
+        );
         return create_upstream(state, batches, req, new, reserved, base).await;
     }
     new.items = items
@@ -784,6 +802,23 @@ mod tests {
             let e = parse_items(body, max).unwrap_err();
             assert!(e.contains(want), "{e} / {want}");
         }
+    }
+
+    #[test]
+    fn an_items_model_is_kept_as_written_up_to_a_usage_records_length() {
+        let asked = |params: Value| asked_model(&params).map(str::to_owned);
+        assert_eq!(
+            asked(serde_json::json!({"model": "claude-haiku-4-5"})).as_deref(),
+            Some("claude-haiku-4-5")
+        );
+        assert_eq!(asked(serde_json::json!({"model": 7})), None);
+        assert_eq!(asked(serde_json::json!({})), None);
+        // Longer would not be stored, and the batch with it (after the upstream took it).
+        let long = "é".repeat(rampart_store::batches::MAX_MODEL_CHARS + 1);
+        assert_eq!(
+            asked(serde_json::json!({ "model": long })),
+            Some("é".repeat(rampart_store::batches::MAX_MODEL_CHARS))
+        );
     }
 
     #[test]

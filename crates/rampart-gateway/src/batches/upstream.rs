@@ -1,8 +1,10 @@
 //! Upstream mode: poll the upstream for batches Rampart forwarded, and when one has ended, price
 //! every result line at batch rates and write the usage records (key, team, user of the batch)
 //! in the transaction that marks it `ended` with its final counts
-//! ([`rampart_store::BatchRepository::end_upstream_batch`]). A batch the upstream no longer knows
-//! ends with its unfinished requests counted as expired.
+//! ([`rampart_store::BatchRepository::end_upstream_batch`]). Each record names the model its item
+//! asked, kept with the batch at creation (read once per results pass), and the model that
+//! answered. A batch the upstream no longer knows ends with its unfinished requests counted as
+//! expired.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use rampart_store::UsageRecord;
-use rampart_store::batches::{Batch, UpstreamState, item_usage_id};
+use rampart_store::batches::{Batch, ItemModels, MAX_MODEL_CHARS, UpstreamState, item_usage_id};
 use serde_json::Value;
 
 use super::Batches;
@@ -159,7 +161,15 @@ pub(crate) async fn sync_one(state: &AppState, batches: &Batches, b: &Batch) {
         }
         return;
     }
-    let records = match results(state, b).await {
+    // Once per results pass: what each item asked, kept at creation.
+    let asked = match repo.item_models(&b.id).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(batch = %b.id, error = %e, "reading an upstream batch's item models failed");
+            return;
+        }
+    };
+    let records = match results(state, b, &asked).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(batch = %b.id, error = %e, "reading an upstream batch's results failed");
@@ -186,8 +196,12 @@ pub(crate) async fn sync_one(state: &AppState, batches: &Batches, b: &Batch) {
 }
 
 /// The usage records of an ended upstream batch's result lines (succeeded and errored items; the
-/// canceled and expired never ran).
-async fn results(state: &AppState, b: &Batch) -> Result<Vec<UsageRecord>, String> {
+/// canceled and expired never ran), naming the model each item asked as `asked` keeps it.
+async fn results(
+    state: &AppState,
+    b: &Batch,
+    asked: &ItemModels,
+) -> Result<Vec<UsageRecord>, String> {
     let path = format!("/v1/messages/batches/{}/results", b.id);
     let resp = get(state, Route::BatchResults, &path)
         .await
@@ -210,7 +224,7 @@ async fn results(state: &AppState, b: &Batch) -> Result<Vec<UsageRecord>, String
             buf.extend_from_slice(&data);
             while let Some(nl) = buf.iter().position(|&c| c == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
-                if let Some(r) = record_of(state, b, &line, line_no, at) {
+                if let Some(r) = record_of(state, b, asked, &line, line_no, at) {
                     out.push(r);
                 }
                 line_no += 1;
@@ -218,16 +232,20 @@ async fn results(state: &AppState, b: &Batch) -> Result<Vec<UsageRecord>, String
         }
     }
     if !buf.iter().all(u8::is_ascii_whitespace)
-        && let Some(r) = record_of(state, b, &buf, line_no, at)
+        && let Some(r) = record_of(state, b, asked, &buf, line_no, at)
     {
         out.push(r);
     }
     Ok(out)
 }
 
+/// One result line's usage record: the model asked is the one kept for its `custom_id` (the
+/// answering model when none was kept: a batch created before they were kept, or an item that
+/// named none), the model served the one that answered (none for an errored item).
 fn record_of(
     state: &AppState,
     b: &Batch,
+    asked: &ItemModels,
     line: &[u8],
     n: u64,
     at: time::OffsetDateTime,
@@ -271,6 +289,12 @@ fn record_of(
     };
     let (w5, w1) = tokens.cache_writes();
     let custom_id = v.get("custom_id").and_then(Value::as_str).unwrap_or("");
+    // `""` is no item's id: a line without one has no kept model.
+    let requested = (!custom_id.is_empty())
+        .then(|| asked.asked(custom_id))
+        .flatten()
+        .or(model);
+    let name = |m: &str| m.chars().take(MAX_MODEL_CHARS).collect::<String>();
     Some(UsageRecord {
         id: item_usage_id(&b.id, n),
         at,
@@ -284,8 +308,8 @@ fn record_of(
         user_id: b.user_id,
         key_label: b.key_label.clone(),
         endpoint: ITEM_ENDPOINT.to_owned(),
-        model_requested: model.map(str::to_owned),
-        model_served: model.map(str::to_owned),
+        model_requested: requested.map(name),
+        model_served: model.map(name),
         status,
         error_type,
         input_tokens: tokens.input_tokens,

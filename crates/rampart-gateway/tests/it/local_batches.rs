@@ -1,6 +1,7 @@
 //! Message batches served from the store: local mode end to end against the simulator (mixed
 //! items, one usage record per item, retries and dead letters, cancel), scoping between teams,
-//! budgets refusing a batch up front, and items paced by their key's per-minute limits.
+//! budgets refusing a batch up front, and items paced by their key's per-minute limits; the
+//! usage records of upstream-mode items.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +188,21 @@ async fn item_records(db: &TestStore) -> u64 {
         .unwrap()
         .first()
         .map_or(0, |r| r.requests)
+}
+
+/// The usage records of batch items since `since`.
+async fn item_usage(
+    db: &TestStore,
+    since: time::OffsetDateTime,
+) -> Vec<rampart_store::UsageRecord> {
+    let now = time::OffsetDateTime::now_utc();
+    db.usage()
+        .list_usage_records(since, now + time::Duration::seconds(1), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.endpoint == rampart_gateway::batches::runner::ITEM_ENDPOINT)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,15 +556,7 @@ async fn local_items_wait_for_their_keys_requests_per_minute(redis: bool) {
         58 + 5,
         "each item called upstream once"
     );
-    let now = time::OffsetDateTime::now_utc();
-    let mut items: Vec<rampart_store::UsageRecord> =
-        f.db.usage()
-            .list_usage_records(before, now + time::Duration::seconds(1), 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.endpoint == rampart_gateway::batches::runner::ITEM_ENDPOINT)
-            .collect();
+    let mut items = item_usage(&f.db, before).await;
     assert_eq!(items.len(), 5);
     assert!(
         items
@@ -577,4 +585,87 @@ async fn local_items_wait_for_their_keys_requests_per_minute_in_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_items_wait_for_their_keys_requests_per_minute_on_redis() {
     local_items_wait_for_their_keys_requests_per_minute(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_items_record_the_model_asked_and_the_model_that_answered() {
+    let f = fixture("").await;
+    let key = f.key("alpha").await;
+    let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let ask =
+        |id: &str, model: &str| json!({"custom_id": id, "params": crate::harness::message(model)});
+    // The simulator answers an undated alias with its dated id; most items ask the same model.
+    let mut requests: Vec<Value> = (0..3)
+        .map(|i| ask(&format!("haiku{i}"), "claude-haiku-4-5"))
+        .collect();
+    requests.push(ask("opus", "claude-opus-4-5"));
+    requests.push(ask("sonnet", "claude-sonnet-4-6"));
+    // Errored: no max_tokens, and a model the upstream does not know.
+    requests.push(
+        json!({"custom_id": "bad", "params": {"model": "claude-sonnet-4-6",
+        "messages": [{"role": "user", "content": "hi"}]}}),
+    );
+    requests.push(ask("nope", "claude-nope"));
+    let resp =
+        f.gw.http
+            .post(format!("{}/v1/messages/batches", f.gw.url))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .header("x-rampart-batch-mode", "upstream")
+            .json(&json!({ "requests": requests }))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    let created: Value = resp.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let row = f.db.batches().get_batch(&id).await.unwrap();
+    assert_eq!(row.mode, rampart_store::batches::BatchMode::Upstream);
+
+    let ended = f.wait_ended(&id, &key).await;
+    assert_eq!(ended["request_counts"]["succeeded"], 5, "{ended}");
+    assert_eq!(ended["request_counts"]["errored"], 2, "{ended}");
+    let mut got: Vec<(String, Option<String>, Option<String>, u16)> = item_usage(&f.db, before)
+        .await
+        .into_iter()
+        .map(|r| {
+            let custom_id = r.request_id.rsplit(':').next().unwrap().to_owned();
+            (custom_id, r.model_requested, r.model_served, r.status)
+        })
+        .collect();
+    got.sort();
+    let want = |id: &str, asked: &str, served: Option<&str>, status: u16| {
+        (
+            id.to_owned(),
+            Some(asked.to_owned()),
+            served.map(str::to_owned),
+            status,
+        )
+    };
+    let haiku = Some("claude-haiku-4-5-20251001");
+    assert_eq!(
+        got,
+        [
+            want("bad", "claude-sonnet-4-6", None, 400),
+            want("haiku0", "claude-haiku-4-5", haiku, 200),
+            want("haiku1", "claude-haiku-4-5", haiku, 200),
+            want("haiku2", "claude-haiku-4-5", haiku, 200),
+            want("nope", "claude-nope", None, 404),
+            want(
+                "opus",
+                "claude-opus-4-5",
+                Some("claude-opus-4-5-20251101"),
+                200
+            ),
+            want(
+                "sonnet",
+                "claude-sonnet-4-6",
+                Some("claude-sonnet-4-6"),
+                200
+            ),
+        ]
+    );
+    // Kept only while the batch was open.
+    assert!(f.db.batches().item_models(&id).await.unwrap().is_empty());
+    f.stop().await;
 }
