@@ -568,6 +568,23 @@ impl std::io::Write for Lines {
     }
 }
 
+impl Lines {
+    /// What this thread logs from now until the guard drops.
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let lines = Self::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (lines, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
 /// Redis is down at exit: the gateway's flush, then `serve`'s after the batch workers, each
 /// leave the settlement unsent; it is logged once, by the first.
 #[tokio::test]
@@ -584,17 +601,11 @@ async fn a_settlement_left_unsent_at_exit_is_logged_once() {
         assert!(lost.elapsed() < Duration::from_secs(5), "never failed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (lines, _default) = Lines::capture();
     for _ in 0..2 {
         assert_eq!(limiter.flush(Duration::from_millis(500)).await, 1);
     }
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let text = lines.text();
     let unsent: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("settlements not sent"))
@@ -867,17 +878,11 @@ async fn a_refused_connection_is_reported_as_refused_not_as_a_timeout() {
         timeout,
         FailureMode::Closed,
     );
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (lines, _default) = Lines::capture();
     let started = tokio::time::Instant::now();
     assert!(!limiter.check_health().await);
     assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let text = lines.text();
     assert!(
         text.contains("limits backend unreachable") && text.contains("Connection refused"),
         "{text}"
