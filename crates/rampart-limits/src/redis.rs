@@ -539,6 +539,21 @@ mod tests {
 
     /// 2026-06-01T12:00:00Z.
     const T0: i64 = 1_780_315_200_000;
+
+    #[test]
+    fn a_dropped_connection_is_sent_again_a_refused_one_is_not() {
+        let io = |kind| redis::RedisError::from(std::io::Error::from(kind));
+        for kind in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(resendable(&io(kind)), "{kind:?}");
+        }
+        // The connection manager retried it with backoff before it said so.
+        assert!(!resendable(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(!resendable(&io(std::io::ErrorKind::TimedOut)));
+    }
     const LEASE: i64 = 900_000;
 
     fn backend() -> Option<RedisBackend> {
