@@ -75,10 +75,14 @@ fn peeked(
         model,
         model_span,
         stream: stream.is_some_and(|raw| raw.get() == "true"),
-        max_tokens: max_tokens
-            .map(rampart_api::tokens::whole_tokens_raw)
-            .filter(|&n| n > 0),
+        max_tokens: asked(max_tokens.map_or(0, rampart_api::tokens::whole_tokens_raw)),
     }
+}
+
+/// [`Peeked::max_tokens`] from the whole number read (0 when absent or not one): 0 asks for
+/// nothing the API generates, so it reads as absent. Both body readers go through here.
+fn asked(max_tokens: u64) -> Option<u64> {
+    Some(max_tokens).filter(|&n| n > 0)
 }
 
 /// [`peek`] and the body's token estimate for a reservation ([`Estimate`]), in one pass over the

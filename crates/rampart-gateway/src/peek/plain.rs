@@ -74,8 +74,7 @@ pub(super) fn read(text: &str) -> Option<(Peeked, Estimate)> {
         Peeked {
             model,
             stream,
-            // 0 asks for nothing the API generates: absent, as the general reader has it.
-            max_tokens: max_tokens.filter(|&n| n > 0),
+            max_tokens: super::asked(max_tokens.unwrap_or(0)),
             model_span,
         },
         Estimate {
