@@ -62,32 +62,61 @@ impl Dimension {
     }
 }
 
-/// A bucket's level after refilling it to `now`: full when it has no state (or the limit was
-/// lowered below its level), else `level + elapsed × limit`, capped at the capacity. The state is
-/// `(level, updated_at, limit it was kept at)`: a limit raised since then adds the raise to the
-/// level at once (what was used stays used; the rest of the new allowance is there now).
+/// A bucket's level after refilling it to `now`: full when it has no state, else the limit
+/// less what is still used. The state is `(level, updated_at, limit it was kept at)`; what it
+/// says is *used* (`limit kept at − level`), which refills at `limit` per minute, so a changed
+/// limit applies to what was used at once: a raise adds the raise (what was used stays used;
+/// the rest of the new allowance is there now); a lowered limit leaves at most the whole new
+/// allowance used (nothing is left, and the bucket is full again within a minute, as after a
+/// minute at the new limit). The state keeps no other history, so requests admitted and settled
+/// under different limits of one scope (a limit changed while requests ran; a rotated key's two
+/// credentials limited differently) all count against the one thing it holds: what was used.
 pub(crate) fn refill(state: Option<(i64, i64, u64)>, limit: u64, now: i64) -> i64 {
-    let scaled = |n: u64| {
-        i64::try_from(n)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(WINDOW_MS)
-    };
     let cap = scaled(limit);
     let Some((level, t, was)) = state else {
         return cap;
     };
-    let level = level.saturating_add(scaled(limit.saturating_sub(was)));
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let room = cap - level;
-    if room <= 0 {
+    let mut used = scaled(was).saturating_sub(level);
+    if was > limit {
+        used = used.min(cap);
+    }
+    if used <= 0 {
         return cap;
     }
     let elapsed = (now - t).max(0);
-    if elapsed >= ceil_div(room, limit) {
-        cap
-    } else {
-        level + elapsed * limit
-    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    cap - used.saturating_sub(elapsed.saturating_mul(limit)).max(0)
+}
+
+/// A bucket's state after a settlement at `now` gives back `refund` scaled units (negative: it
+/// charges usage beyond the reservation), refilled at the lower of the limit it is kept at and
+/// the request's own. It stays kept at the same limit: only an admission, under the limit in
+/// force, moves that (a settlement under the limit its request was admitted at, since changed,
+/// would otherwise count the change again, or cap what was used as if the old limit held).
+/// No state is a full bucket at the request's limit.
+pub(crate) fn settle(
+    state: Option<(i64, i64, u64)>,
+    limit: u64,
+    now: i64,
+    refund: i64,
+) -> (i64, i64, u64) {
+    let (level, t, was) = state.unwrap_or((scaled(limit), now, limit));
+    let rate = i64::try_from(was.min(limit)).unwrap_or(i64::MAX);
+    let elapsed = (now - t).max(0);
+    let used = scaled(was)
+        .saturating_sub(level)
+        .saturating_sub(elapsed.saturating_mul(rate))
+        .max(0)
+        .saturating_sub(refund)
+        .max(0);
+    (scaled(was) - used, now, was)
+}
+
+/// `n` units scaled to unit·milliseconds (saturating).
+fn scaled(n: u64) -> i64 {
+    i64::try_from(n)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(WINDOW_MS)
 }
 
 /// `a / b` rounded up, for `a >= 0` and `b > 0`.
@@ -515,9 +544,45 @@ mod tests {
         );
         // A raised limit adds the raise at once: 1 of 1 used, now 1 of 60 used.
         assert_eq!(refill(Some((0, 0, 1)), 60, 0), 59 * WINDOW_MS);
+        // A lowered one keeps what was used, up to all of it: 50 of 100 used, then 5 of 10
+        // lowered to 10; 2 of 100 used, 2 of 10.
+        assert_eq!(refill(Some((50 * WINDOW_MS, 0, 100)), 10, 0), 0);
+        assert_eq!(
+            refill(Some((50 * WINDOW_MS, 0, 100)), 10, 30_000),
+            5 * WINDOW_MS
+        );
+        assert_eq!(refill(Some((98 * WINDOW_MS, 0, 100)), 10, 0), 8 * WINDOW_MS);
         // Never overflows.
         assert_eq!(refill(Some((i64::MIN / 2, 0, 1)), 1, i64::MAX / 2), -1);
         assert_eq!(refill(Some((i64::MIN / 2, 0, 1)), 1, i64::MAX), WINDOW_MS);
+    }
+
+    #[test]
+    fn a_settlement_keeps_the_limit_its_bucket_is_kept_at() {
+        let w = WINDOW_MS;
+        // 40 of 100 used; a settlement giving 10 back leaves 30 used, at 100.
+        assert_eq!(
+            settle(Some((60 * w, 0, 100)), 100, 0, 10 * w),
+            (70 * w, 0, 100)
+        );
+        // Kept at 10 since (lowered): a request admitted at 100 settles at 10, refilled at 10.
+        assert_eq!(
+            settle(Some((0, 0, 10)), 100, 6_000, 2 * w),
+            (3 * w, 6_000, 10)
+        );
+        // Kept at 100 since (raised) a request admitted at 10 refills at 10, not 100.
+        assert_eq!(settle(Some((0, 0, 100)), 10, 6_000, 0), (w, 6_000, 100));
+        // Usage beyond the reservation is debt; what is given back never makes the level
+        // more than full; no state is a full bucket.
+        assert_eq!(
+            settle(Some((100 * w, 0, 100)), 100, 0, -150 * w),
+            (-50 * w, 0, 100)
+        );
+        assert_eq!(
+            settle(Some((99 * w, 0, 100)), 100, 0, 5 * w),
+            (100 * w, 0, 100)
+        );
+        assert_eq!(settle(None, 10, 7, -w), (9 * w, 7, 10));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 --
 -- KEYS, four per scope (all with the team's hash tag, so one script touches one slot):
 --   bucket hash (r|i|o)l = level scaled by 60000, (r|i|o)t = last update (ms),
---     (r|i|o)c = the limit it was kept at (a raised limit adds the raise at once),
+--     (r|i|o)c = the limit it was kept at (c * 60000 - l is what was used: a changed limit
+--     applies to that, as engine::refill says),
 --     (i|o)v = tokens reserved by requests still in flight (not settled yet)
 --   in-flight zset: '<ticket>:<input reserved>:<output reserved>' -> lease expiry (ms), one
 --     member per admitted ticket of a scope with rates or a concurrency limit
@@ -42,22 +43,23 @@ local function fmt(x)
   return string.format('%.0f', x)
 end
 
--- A bucket's level refilled to `now`, and the tokens reserved in it by requests in flight.
+-- A bucket's level refilled to `now` under `limit`, and the tokens reserved in it by requests
+-- in flight (engine::refill: what was used refills; a lowered limit sees at most all of it used).
 local function level_of(key, d, limit)
   local v = redis.call('HMGET', key, d .. 'l', d .. 't', d .. 'c', d .. 'v')
   local cap = limit * W
   local rsv = tonumber(v[4] or '0')
   if rsv < 0 then rsv = 0 end
   if not v[1] then return cap, rsv end
-  local level = tonumber(v[1])
   local was = tonumber(v[3] or limit)
-  if was < limit then level = level + (limit - was) * W end
-  local room = cap - level
-  if room <= 0 then return cap, rsv end
+  local used = was * W - tonumber(v[1])
+  if was > limit and used > cap then used = cap end
+  if used <= 0 then return cap, rsv end
   local elapsed = now - tonumber(v[2])
   if elapsed < 0 then elapsed = 0 end
-  if elapsed >= math.ceil(room / limit) then return cap, rsv end
-  return level + elapsed * limit, rsv
+  used = used - elapsed * limit
+  if used < 0 then used = 0 end
+  return cap - used, rsv
 end
 
 -- Store a level (and, for token buckets, what is reserved in it); returns how long the hash
@@ -72,6 +74,28 @@ local function store(key, d, level, limit, rsv)
   local ttl = math.ceil((limit * W - level) / limit) + 1000
   if rsv and rsv > 0 and lease + 1000 > ttl then ttl = lease + 1000 end
   return ttl
+end
+
+-- Settle bucket `d` of a ticket admitted under `limit` (engine::settle): refilled at the lower
+-- of that and the limit the bucket is kept at, `refund` (scaled) given back, `taken` tokens no
+-- longer reserved, and still kept at the same limit. Returns the hash's time to live.
+local function settle_bucket(key, d, limit, refund, taken)
+  local v = redis.call('HMGET', key, d .. 'l', d .. 't', d .. 'c', d .. 'v')
+  local rsv = tonumber(v[4] or '0') - taken
+  if rsv < 0 then rsv = 0 end
+  local level, t, was = limit * W, now, limit
+  if v[1] then
+    level, t, was = tonumber(v[1]), tonumber(v[2]), tonumber(v[3] or limit)
+  end
+  local rate = was
+  if limit < rate then rate = limit end
+  local elapsed = now - t
+  if elapsed < 0 then elapsed = 0 end
+  local used = was * W - level - elapsed * rate
+  if used < 0 then used = 0 end
+  used = used - refund
+  if used < 0 then used = 0 end
+  return store(key, d, was * W - used, was, rsv)
 end
 
 local function extend(key, ttl)
@@ -193,7 +217,8 @@ if op == 'a' or op == 'w' then
       local b, c, g, l, lim, conc, blimit, bexpire = scope(s)
       local ttl = 0
       for d = 1, 3 do
-        if lim[d] > 0 then
+        -- A bucket not drawn on is left as it is (see local.rs).
+        if lim[d] > 0 and need[d] > 0 then
           local rsv = nil
           if d > 1 then rsv = rsvs[s][d] + need[d] end
           local t = store(b, dims[d], levels[s][d] - need[d] * W, lim[d], rsv)
@@ -231,12 +256,7 @@ if op == 's' or op == 'r' then
       local ttl = 0
       for d = 2, 3 do
         if lim[d] > 0 then
-          local level, rsv = level_of(b, dims[d], lim[d])
-          level = level + (need[d] - used[d]) * W
-          if level > lim[d] * W then level = lim[d] * W end
-          rsv = rsv - need[d]
-          if rsv < 0 then rsv = 0 end
-          local t = store(b, dims[d], level, lim[d], rsv)
+          local t = settle_bucket(b, dims[d], lim[d], (need[d] - used[d]) * W, need[d])
           if t > ttl then ttl = t end
         end
       end

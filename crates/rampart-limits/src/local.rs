@@ -95,7 +95,12 @@ impl Local {
         for (s, snap) in policy.scopes.iter().zip(&snaps) {
             let st = shard.entry(s.scope).or_default();
             for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
-                if let Some(limit) = limit {
+                // A bucket drawn on is written under the limit in force; one not drawn on is left
+                // as it is (its level was read under this limit, which may cap what a lowered
+                // limit sees as used: written back, that cap would forget usage).
+                if let Some(limit) = limit
+                    && draw[i] > 0
+                {
                     let taken = i64::try_from(draw[i]).unwrap_or(i64::MAX) * WINDOW_MS;
                     st.buckets[i] = Some((snap.levels[i] - taken, now, limit));
                     if i > 0 {
@@ -103,7 +108,9 @@ impl Local {
                     }
                 }
             }
-            if s.rates.concurrency.is_some() {
+            // Counted in any scope with a limit, as the Redis backend does: a concurrency limit set
+            // while requests run counts those already running.
+            if !s.rates.is_empty() {
                 st.inflight += 1;
             }
             if s.budget.is_some()
@@ -146,16 +153,14 @@ impl Local {
             };
             for (i, limit) in s.rates.per_minute().into_iter().enumerate().skip(1) {
                 if let Some(limit) = limit {
-                    let cap = i64::try_from(limit).unwrap_or(i64::MAX) * WINDOW_MS;
                     let refund = (i64::try_from(reserved[i]).unwrap_or(i64::MAX)
                         - i64::try_from(spent[i]).unwrap_or(i64::MAX))
                         * WINDOW_MS;
-                    let level = engine::refill(st.buckets[i], limit, now) + refund;
-                    st.buckets[i] = Some((level.min(cap), now, limit));
+                    st.buckets[i] = Some(engine::settle(st.buckets[i], limit, now, refund));
                     st.reserved[i] = st.reserved[i].saturating_sub(reserved[i]);
                 }
             }
-            if s.rates.concurrency.is_some() {
+            if !s.rates.is_empty() {
                 st.inflight = st.inflight.saturating_sub(1);
             }
             if let Some(b) = s.budget

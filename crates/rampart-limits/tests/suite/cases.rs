@@ -50,6 +50,13 @@ fn itpm(n: u64) -> Rates {
     }
 }
 
+fn otpm(n: u64) -> Rates {
+    Rates {
+        otpm: Some(n),
+        ..Rates::default()
+    }
+}
+
 fn tokens(input: u64, output: u64) -> Demand {
     Demand {
         input_tokens: input,
@@ -596,4 +603,118 @@ pub async fn input_reservations_in_flight_are_waited_out_in_full(h: &Harness) {
     h.advance(1);
     admit(h, &p, tokens(904, 0)).await.unwrap();
     drop((a, b));
+}
+
+fn output_used(n: u64) -> Used {
+    Used {
+        output_tokens: n,
+        ..Used::default()
+    }
+}
+
+pub async fn a_limit_lowered_while_requests_run_holds_when_they_settle(h: &Harness) {
+    let (scope, group) = (key_scope(otpm(3_000), None), Uuid::new_v4());
+    let with = |rates: Rates| Policy::new(group, [ScopeLimits { rates, ..scope }]).unwrap();
+    let running = [
+        admit(h, &with(otpm(3_000)), tokens(0, 300)).await.unwrap(),
+        admit(h, &with(otpm(3_000)), tokens(0, 300)).await.unwrap(),
+        admit(h, &with(otpm(3_000)), tokens(0, 300)).await.unwrap(),
+    ];
+    // Lowered to 300 with 900 reserved: nothing is left.
+    let lowered = with(otpm(300));
+    assert!(admit(h, &lowered, tokens(0, 1)).await.is_err());
+    // The three end having used 100 each: 300 used this minute, the whole new limit. Each
+    // settles under the limit it was admitted at; none of them may hand that limit out again.
+    for t in running {
+        t.settle(output_used(100));
+    }
+    settled().await;
+    let r = admit(h, &lowered, tokens(0, 1)).await.unwrap_err();
+    assert_eq!(
+        (r.reason, r.limit),
+        (Reason::Rate(Dimension::OutputTokens), 300)
+    );
+    // Half a minute refills 150 at the new rate, and no more.
+    h.advance(30_000);
+    let t = admit(h, &lowered, tokens(0, 1)).await.unwrap();
+    assert_eq!(t.status().output_tokens.unwrap().remaining, 149);
+}
+
+pub async fn a_limit_raised_while_requests_run_keeps_what_was_used_since(h: &Harness) {
+    let (scope, group) = (key_scope(otpm(30), None), Uuid::new_v4());
+    let with = |rates: Rates| Policy::new(group, [ScopeLimits { rates, ..scope }]).unwrap();
+    let running = admit(h, &with(otpm(30)), tokens(0, 30)).await.unwrap();
+    // Raised to 1000: 30 used, 970 left; 500 more reserved under the new limit.
+    let raised = with(otpm(1_000));
+    let t = admit(h, &raised, tokens(0, 500)).await.unwrap();
+    assert_eq!(t.status().output_tokens.unwrap().remaining, 470);
+    // The request admitted under 30 ends using all of it: its settlement under its old limit
+    // neither forgets the 500 reserved since nor adds the raise a second time.
+    running.settle(output_used(30));
+    settled().await;
+    let t2 = admit(h, &raised, tokens(0, 1)).await.unwrap();
+    assert_eq!(t2.status().output_tokens.unwrap().remaining, 469);
+    drop((t, t2));
+}
+
+pub async fn two_credentials_limited_differently_on_one_scope_share_one_count(h: &Harness) {
+    // A rotated key's old and new credentials count against one scope; an admin may give them
+    // different limits during the overlap. Alternating between them must not refill the scope.
+    let (scope, group) = (key_scope(rpm(60), None), Uuid::new_v4());
+    let old = Policy::new(
+        group,
+        [ScopeLimits {
+            rates: rpm(60),
+            ..scope
+        }],
+    )
+    .unwrap();
+    let new = Policy::new(
+        group,
+        [ScopeLimits {
+            rates: rpm(30),
+            ..scope
+        }],
+    )
+    .unwrap();
+    let mut admitted = 0;
+    for i in 0..200 {
+        let p = if i % 2 == 0 { &old } else { &new };
+        if let Ok(t) = admit(h, p, Demand::default()).await {
+            admitted += 1;
+            t.settle(Used::default());
+        }
+    }
+    assert_eq!(
+        admitted, 60,
+        "within a minute, never more than the higher of the two limits"
+    );
+}
+
+pub async fn a_concurrency_limit_set_while_requests_run_counts_them(h: &Harness) {
+    let (scope, group) = (key_scope(rpm(1_000), None), Uuid::new_v4());
+    let with = |rates: Rates| Policy::new(group, [ScopeLimits { rates, ..scope }]).unwrap();
+    let mut running: Vec<Ticket> = Vec::new();
+    for _ in 0..3 {
+        running.push(
+            admit(h, &with(rpm(1_000)), Demand::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let capped = with(Rates {
+        concurrency: Some(2),
+        ..rpm(1_000)
+    });
+    let r = admit(h, &capped, Demand::default()).await.unwrap_err();
+    assert_eq!((r.reason, r.limit), (Reason::Concurrency, 2));
+    running.pop().unwrap().settle(Used::default());
+    settled().await;
+    assert!(
+        admit(h, &capped, Demand::default()).await.is_err(),
+        "2 still run"
+    );
+    running.pop().unwrap().settle(Used::default());
+    settled().await;
+    let _t = admit(h, &capped, Demand::default()).await.unwrap();
 }

@@ -121,6 +121,10 @@ on_both_backends!(
     a_budget_starts_from_what_the_ledger_says_was_spent_and_is_never_lowered,
     waits_do_not_count_reservations_in_flight_as_used,
     input_reservations_in_flight_are_waited_out_in_full,
+    a_limit_lowered_while_requests_run_holds_when_they_settle,
+    a_limit_raised_while_requests_run_keeps_what_was_used_since,
+    two_credentials_limited_differently_on_one_scope_share_one_count,
+    a_concurrency_limit_set_while_requests_run_counts_them,
 );
 
 /// A limiter on the Redis at `url`, keys under `prefix`, with a 900 s lease.
