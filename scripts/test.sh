@@ -219,9 +219,33 @@ stop_redis() {
   REDIS_DIR=""
 }
 
+# libfaketime (Debian's `faketime`, installed when missing): the suites that step the wall clock
+# under a running gateway (a clock corrected after start) preload it; they read
+# RAMPART_TEST_LIBFAKETIME. One already in the environment is used as it is.
+find_libfaketime() {
+  if [[ -n "${RAMPART_TEST_LIBFAKETIME:-}" ]]; then
+    banner "libfaketime: using the RAMPART_TEST_LIBFAKETIME from the environment"
+    return
+  fi
+  banner "libfaketime"
+  local lib
+  lib="$(find /usr/lib -name 'libfaketimeMT.so.1' 2>/dev/null | head -n 1)"
+  if [[ -z "$lib" ]]; then
+    echo "libfaketime not found: installing Debian's faketime"
+    [[ "$(id -u)" == 0 ]] || die "libfaketime is not installed and we are not root (apt-get install faketime)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null \
+      || die "apt-get install faketime failed"
+    lib="$(find /usr/lib -name 'libfaketimeMT.so.1' 2>/dev/null | head -n 1)"
+    [[ -n "$lib" ]] || die "faketime installed but libfaketimeMT.so.1 not found under /usr/lib"
+  fi
+  export RAMPART_TEST_LIBFAKETIME="$lib"
+  echo "$lib"
+}
+
 start_services() {
   start_postgres
   start_redis
+  find_libfaketime
 }
 
 stop_services() {

@@ -64,7 +64,7 @@ impl Limits {
         if let Err(e) = crate::telemetry::install() {
             tracing::warn!(error = %e, "metrics recorder unavailable; limits metrics are not exported");
         }
-        let limiter = Limiter::new(config, Arc::new(rampart_limits::TokioClock::new()))?;
+        let limiter = Limiter::new(config, Arc::new(rampart_limits::SystemClock))?;
         if !limiter.check_health().await {
             tracing::error!(
                 backend = limiter.backend_name(),

@@ -31,7 +31,7 @@ mod local;
 pub mod policy;
 mod redis;
 
-pub use clock::{Clock, ManualClock, TokioClock};
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use engine::{Dimension, IN_FLIGHT_WAIT_MS, Reason, Rejection, Snapshot, Status, Window};
 pub use limiter::{Admission, Backend, FailureMode, Limiter, LimiterConfig, MAX_REPAIRS, Ticket};
 pub use policy::{Budget, Demand, Period, Policy, Rates, Scope, ScopeKind, ScopeLimits, Used};

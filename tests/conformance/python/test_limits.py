@@ -14,12 +14,14 @@
   costs the requests nothing once the gateway knows: answered at once, not after the timeout.
 
 PostgreSQL comes from RAMPART_TEST_DATABASE_URL and Redis from RAMPART_TEST_REDIS_URL (both started
-by scripts/test.sh); without them these tests are skipped loudly, and fail when CI is set.
+by scripts/test.sh), and libfaketime from RAMPART_TEST_LIBFAKETIME (found or installed by it);
+without them these tests are skipped loudly, and fail when CI is set.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import json
 import os
 import re
@@ -301,6 +303,55 @@ def test_a_spent_budget_is_402_and_the_sdk_does_not_retry_it(single: Any) -> Non
     assert e.response.headers["x-should-retry"] == "false"
     # One refusal, no SDK retry (max_retries=2 would have made three).
     assert metric(url, "rampart_limits_decisions_total", refused) == before + 1
+
+
+class SteppedClock:
+    """A wall clock for a child process (libfaketime from RAMPART_TEST_LIBFAKETIME, preloaded),
+    set to a moment and stepped while the process runs, as an NTP step or a resumed VM does; the
+    monotonic clock is left alone."""
+
+    def __init__(self) -> None:
+        self.lib = need("RAMPART_TEST_LIBFAKETIME")
+        self.file = tempfile.NamedTemporaryFile(prefix="rampart-clock-", suffix=".rc", delete=False).name
+
+    def set(self, iso: str) -> None:
+        """The wall clock reads `iso` (UTC) now and runs on from there."""
+        target = datetime.datetime.fromisoformat(iso).replace(tzinfo=datetime.timezone.utc).timestamp()
+        with open(self.file, "w") as f:
+            f.write(f"{round(target - time.time()):+d}\n")
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LD_PRELOAD": self.lib,
+            "FAKETIME_TIMESTAMP_FILE": self.file,
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+
+
+def test_a_budget_follows_a_wall_clock_stepped_after_start(upstream: str) -> None:
+    """A gateway started on a clock 4 hours slow, stepped to the true time just after midnight:
+    the day's budget is a new day's at once (the 402 before the step names that midnight), and
+    the rate-limit resets are on the stepped clock, not hours in the past."""
+    clock = SteppedClock()
+    clock.set("2026-11-30T20:00:00")
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-clock-")]
+    key = create_key(store, "--rpm", "1000", "--budget-usd", "0.000001", "--budget-period", "day")
+    proc, url = serve(store, upstream, "limits-clock", clock.env())
+    try:
+        assert post(url, key).status_code == 200  # one micro-dollar left: admitted
+        r = post(url, key)
+        assert r.status_code == 402, r.text
+        assert "resets at 2026-12-01T00:00:00Z" in r.json()["error"]["message"]
+        clock.set("2026-12-01T00:00:30")
+        r = post(url, key)
+        assert r.status_code == 200, r.text
+        # (The `Date` header is the upstream's, on the true clock here: the step is the test's.)
+        reset = datetime.datetime.fromisoformat(r.headers["anthropic-ratelimit-requests-reset"].replace("Z", "+00:00"))
+        assert reset >= datetime.datetime(2026, 12, 1, 0, 0, 29, tzinfo=datetime.timezone.utc), reset
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
+        os.unlink(clock.file)
 
 
 def test_a_client_that_leaves_before_its_answer_still_pays_for_it(single: Any, upstream: str) -> None:
