@@ -32,7 +32,7 @@ pub enum FsyncPolicy {
 /// fsync = "interval"                              # or "always", "never"
 /// fsync_interval_ms = 1000
 /// segment_bytes = 8388608
-/// retention_days = 90                             # raw records; 0 keeps them forever
+/// retention_days = 90                             # raw records; 0 keeps them forever; at most 36500
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +56,10 @@ pub struct LedgerConfig {
     /// How often expired raw records are purged. Default 3600 s.
     pub purge_interval_secs: u64,
 }
+
+/// The longest raw-record retention accepted (100 years): any longer is forever in practice,
+/// and far past the calendar's end a cut-off cannot be worked out (0 is forever).
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
 
 impl Default for LedgerConfig {
     fn default() -> Self {
@@ -89,6 +93,11 @@ impl LedgerConfig {
         }
         if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.segment_bytes) {
             p.push("ledger.segment_bytes: must be between 65536 and 1073741824".to_owned());
+        }
+        if self.retention_days > MAX_RETENTION_DAYS {
+            p.push(format!(
+                "ledger.retention_days: must be at most {MAX_RETENTION_DAYS} (100 years); 0 keeps raw records forever"
+            ));
         }
         if self.purge_interval_secs == 0 {
             p.push("ledger.purge_interval_secs: must be greater than 0".to_owned());
@@ -133,7 +142,7 @@ mod tests {
     fn defaults_are_valid_and_bad_values_are_named() {
         assert!(LedgerConfig::default().problems().is_empty());
         let bad: LedgerConfig = toml::from_str(
-            "flush_interval_ms = 0\nbatch_max = 0\nsegment_bytes = 1\nfsync = \"always\"\npurge_interval_secs = 0\nfsync_interval_ms = 1",
+            "flush_interval_ms = 0\nbatch_max = 0\nsegment_bytes = 1\nfsync = \"always\"\npurge_interval_secs = 0\nfsync_interval_ms = 1\nretention_days = 4294967295",
         )
         .unwrap();
         assert_eq!(bad.fsync, FsyncPolicy::Always);
@@ -144,9 +153,12 @@ mod tests {
             "segment_bytes",
             "purge_interval_secs",
             "fsync_interval_ms",
+            "retention_days",
         ] {
             assert!(problems.contains(name), "{name}: {problems}");
         }
+        let longest: LedgerConfig = toml::from_str("retention_days = 36500").unwrap();
+        assert!(longest.problems().is_empty());
         assert!(toml::from_str::<LedgerConfig>("fsync = \"sometimes\"").is_err());
         assert!(toml::from_str::<LedgerConfig>("unknown = 1").is_err());
     }

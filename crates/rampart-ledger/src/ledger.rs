@@ -662,7 +662,14 @@ impl LedgerWriter {
         let Some(retention) = self.config.retention() else {
             return;
         };
-        let before = OffsetDateTime::now_utc() - retention;
+        // Checked: the configuration caps the retention, and a cut-off before the calendar's
+        // start has nothing older than it to purge.
+        let Some(before) = time::Duration::try_from(retention)
+            .ok()
+            .and_then(|r| OffsetDateTime::now_utc().checked_sub(r))
+        else {
+            return;
+        };
         loop {
             match store.usage().purge_usage_records(before, PURGE_CHUNK).await {
                 Ok(n) => {
