@@ -84,6 +84,8 @@ pub struct AppState {
     pub batches: Option<Arc<crate::batches::Batches>>,
     /// Reloads the key directory when a credential is unknown (only with a store).
     pub key_misses: Option<Arc<crate::keydir::MissRefresh>>,
+    /// Whether the store's background tasks still run (only with a store).
+    pub tasks: Option<Arc<crate::store_plane::TaskHealth>>,
     /// Set when SIGTERM arrived.
     pub shutting_down: AtomicBool,
 }
@@ -106,6 +108,9 @@ pub struct ProxyParts {
     pub batches: Option<Arc<crate::batches::Batches>>,
     /// Look an unknown credential up in the store: see [`crate::keydir::MissRefresh`].
     pub key_misses: Option<Arc<crate::keydir::MissRefresh>>,
+    /// Whether the store's background tasks still run (`/readyz`): see
+    /// [`crate::store_plane::TaskHealth`].
+    pub tasks: Option<Arc<crate::store_plane::TaskHealth>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -149,6 +154,7 @@ impl AppState {
             limits: parts.limits,
             batches: parts.batches,
             key_misses: parts.key_misses,
+            tasks: parts.tasks,
             shutting_down: AtomicBool::new(false),
         })
     }

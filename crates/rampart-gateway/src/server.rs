@@ -333,8 +333,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                 let st = ready_state.clone();
                 async move {
                     let limiter = st.limits.as_ref().map(|l| &l.limiter);
+                    let stopped = st.tasks.as_ref().and_then(|t| t.stopped());
                     if st.shutting_down.load(Ordering::Relaxed) {
                         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+                    } else if let Some(task) = stopped {
+                        let why = format!(
+                            "background task stopped: {task} (see the logs; restart the instance)\n"
+                        );
+                        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
                     } else if limiter.is_some_and(|l| !l.is_up() && l.fails_closed()) {
                         let why =
                             "limits backend (Redis) unreachable: requests with limits get 503\n";

@@ -11,6 +11,11 @@
 //!
 //! [`StorePlane::stop`] signals every task and waits for them, so the last uses and the queued
 //! audit rows are written before the process exits.
+//!
+//! A task that ends before that (a panic, a bug) is logged at once, counted in
+//! `rampart_background_task_failures_total{task}`, and makes `/readyz` fail from then on
+//! ([`TaskHealth`]): requests are still served and spooled, but a usage ledger whose writer is
+//! gone drains nothing, and nothing else would say so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,10 +95,60 @@ pub enum StartError {
     Upstream(StoredUpstreamError),
 }
 
+/// Whether every store task still runs (see the module docs): the first that stopped before
+/// shutdown, by name.
+#[derive(Debug, Default)]
+pub struct TaskHealth {
+    stopped: std::sync::OnceLock<&'static str>,
+}
+
+impl TaskHealth {
+    /// The first task that stopped before shutdown, if any did.
+    #[must_use]
+    pub fn stopped(&self) -> Option<&'static str> {
+        self.stopped.get().copied()
+    }
+}
+
+/// Run `task` as store task `name`: a task that ends before `stop` says so is logged, counted
+/// and marked in `health`.
+fn supervised(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+    stop: &watch::Sender<bool>,
+    health: &Arc<TaskHealth>,
+) -> tokio::task::JoinHandle<()> {
+    let inner = tokio::spawn(task);
+    let (stopping, health) = (stop.subscribe(), health.clone());
+    tokio::spawn(async move {
+        let outcome = inner.await;
+        if *stopping.borrow() {
+            if let Err(e) = outcome {
+                tracing::error!(task = name, error = %e, "a store task failed");
+            }
+            return;
+        }
+        match outcome {
+            Ok(()) => tracing::error!(
+                task = name,
+                "a store task stopped before shutdown; /readyz fails from now on: restart the instance"
+            ),
+            Err(e) => tracing::error!(
+                task = name,
+                error = %e,
+                "a store task failed; /readyz fails from now on: restart the instance"
+            ),
+        }
+        metrics::counter!("rampart_background_task_failures_total", "task" => name).increment(1);
+        let _ = health.stopped.set(name);
+    })
+}
+
 /// The running tasks. See the module docs.
 #[derive(Debug)]
 pub struct StorePlane {
     stop: watch::Sender<bool>,
+    health: Arc<TaskHealth>,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
 }
 
@@ -156,22 +211,33 @@ impl StorePlane {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
+        let health = Arc::new(TaskHealth::default());
         let mut tasks = vec![
             (
                 "key reload",
-                tokio::spawn(directory.clone().run_refresher(
-                    store.clone(),
-                    options.key_poll_every,
-                    signal(),
-                )),
+                supervised(
+                    "key reload",
+                    directory.clone().run_refresher(
+                        store.clone(),
+                        options.key_poll_every,
+                        signal(),
+                    ),
+                    &stop,
+                    &health,
+                ),
             ),
             (
                 "last-use flush",
-                tokio::spawn(directory.clone().run_last_used_flusher(
-                    store.clone(),
-                    options.last_used_flush_every,
-                    signal(),
-                )),
+                supervised(
+                    "last-use flush",
+                    directory.clone().run_last_used_flusher(
+                        store.clone(),
+                        options.last_used_flush_every,
+                        signal(),
+                    ),
+                    &stop,
+                    &health,
+                ),
             ),
         ];
         let mut parts = ProxyParts {
@@ -183,6 +249,7 @@ impl StorePlane {
                 directory.clone(),
                 store.clone(),
             ))),
+            tasks: Some(health.clone()),
             ..ProxyParts::default()
         };
         parts.target_keys = target_keys;
@@ -190,13 +257,25 @@ impl StorePlane {
             .into_iter()
             .chain(targets.into_iter().map(Arc::new));
         for up in refreshed {
+            let task = up.run_refresher(store.clone(), options.reload_every, signal());
             tasks.push((
                 "upstream reload",
-                tokio::spawn(up.run_refresher(store.clone(), options.reload_every, signal())),
+                supervised("upstream reload", task, &stop, &health),
             ));
         }
-        tasks.push(("denial audit", tokio::spawn(writer.run(store, signal()))));
-        Ok((Self { stop, tasks }, parts))
+        let task = writer.run(store, signal());
+        tasks.push((
+            "denial audit",
+            supervised("denial audit", task, &stop, &health),
+        ));
+        Ok((
+            Self {
+                stop,
+                health,
+                tasks,
+            },
+            parts,
+        ))
     }
 
     /// Also run the usage ledger's writer; [`StorePlane::stop`] then drains the spool into the
@@ -211,17 +290,62 @@ impl StorePlane {
         let signal = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        self.tasks
-            .push(("usage ledger", tokio::spawn(writer.run(store, signal))));
+        let task = supervised(
+            "usage ledger",
+            writer.run(store, signal),
+            &self.stop,
+            &self.health,
+        );
+        self.tasks.push(("usage ledger", task));
     }
 
     /// Stop every task, after the last key uses and queued audit rows are written.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for (name, task) in self.tasks {
-            if let Err(e) = task.await {
-                tracing::error!(task = name, error = %e, "a store task failed");
-            }
+        // Each supervisor logs its own task's failure.
+        for (_, task) in self.tasks {
+            let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that runs until `stop` says so, as every store task does.
+    fn until_stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
+        let mut on_stop = stop.subscribe();
+        async move {
+            let _ = on_stop.wait_for(|s| *s).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_before_shutdown_is_marked_and_one_that_ends_at_it_is_not() {
+        let (stop, _) = watch::channel(false);
+        let health = Arc::new(TaskHealth::default());
+        let running = supervised("runs", until_stopped(&stop), &stop, &health);
+        supervised("panics", async { panic!("a bug") }, &stop, &health)
+            .await
+            .unwrap();
+        assert_eq!(health.stopped(), Some("panics"));
+        supervised("returns", async {}, &stop, &health)
+            .await
+            .unwrap();
+        assert_eq!(
+            health.stopped(),
+            Some("panics"),
+            "the first one stays named"
+        );
+        // Tasks that end because shutdown began are not failures.
+        let (stop_b, _) = watch::channel(false);
+        let fresh = Arc::new(TaskHealth::default());
+        let task = supervised("runs", until_stopped(&stop_b), &stop_b, &fresh);
+        stop_b.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(fresh.stopped(), None);
+        stop.send(true).unwrap();
+        running.await.unwrap();
     }
 }
