@@ -295,6 +295,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // A `+` in a query string reads as a space (form encoding): an RFC 3339 offset written
+        // as is (`+02:00`) fails to parse with no hint of why.
+        let plus = parts.uri.query().is_some_and(|q| q.contains('+'));
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
@@ -306,6 +309,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
                 let mut msg: String = text.chars().take(200).collect();
                 if msg.is_empty() {
                     msg = "malformed query string".to_owned();
+                }
+                if plus {
+                    msg.push_str(
+                        " (a `+` in a query string reads as a space: write a time zone offset's `+` as %2B, or use Z)",
+                    );
                 }
                 ApiError::bad(format!("invalid query: {msg}"))
             })

@@ -336,6 +336,11 @@ async fn bad_parameters_are_400_and_no_token_is_401() {
             "from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z".to_owned(),
             "from and to may be at most 400 days apart",
         ),
+        // A `+` left unencoded reads as a space: the message says how to write it.
+        (
+            "from=2026-05-01T00:00:00+02:00".to_owned(),
+            "write a time zone offset's `+` as %2B",
+        ),
     ] {
         let (status, body) = usage(&w, &admin, &query).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
