@@ -447,9 +447,19 @@ impl Completion {
     /// an empty outcome.
     fn head(&self) -> UsageRecord {
         let now = time::OffsetDateTime::now_utc();
+        // An admitted request is recorded at its admission, the moment whose budget period it
+        // was charged to (so the ledger a budget is seeded from puts it in the same day or
+        // month, also for a body whose upload straddled midnight); any other at its arrival.
+        let admitted = self
+            .ticket
+            .as_ref()
+            .and_then(|(t, _)| t.admitted_ms())
+            .and_then(|ms| {
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+            });
         UsageRecord {
             id: ledger_id(now),
-            at: now - self.start.elapsed(),
+            at: admitted.unwrap_or_else(|| now - self.start.elapsed()),
             request_id: self.request_id.clone(),
             key_id: self.key_id,
             team_id: self.team_id,

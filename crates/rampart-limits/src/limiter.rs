@@ -954,6 +954,13 @@ impl Ticket {
         self.pending.as_ref().map(|p| &p.policy)
     }
 
+    /// When it was admitted (milliseconds since the epoch, the limiter's clock): the moment
+    /// whose budget period it is charged to.
+    #[must_use]
+    pub fn admitted_ms(&self) -> Option<i64> {
+        self.pending.as_ref().map(|p| p.admitted_ms)
+    }
+
     /// Replace the reservation with what the request used: unused tokens go back to the
     /// buckets, the budget is charged `used.cost_micros`, the concurrency slot frees.
     pub fn settle(mut self, used: Used) {

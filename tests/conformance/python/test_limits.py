@@ -354,6 +354,44 @@ def test_a_budget_follows_a_wall_clock_stepped_after_start(upstream: str) -> Non
         os.unlink(clock.file)
 
 
+def test_a_body_uploaded_across_midnight_is_charged_and_recorded_on_one_day(upstream: str) -> None:
+    """Headers just before midnight, the body's last bytes after it: the budget charges the day of
+    admission (the body read), and the usage record, which budgets are seeded from after a
+    restart, lands on that same day."""
+    clock = SteppedClock()
+    clock.set("2026-11-30T12:00:00")
+    store = ["--data-dir", tempfile.mkdtemp(prefix="rampart-limits-midnight-")]
+    key, kid = key_id(store, "--budget-usd", "1", "--budget-period", "day")
+    proc, url = serve(store, upstream, "limits-midnight", clock.env())
+    try:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        body = json.dumps(BODY).encode()
+        head = (
+            f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\nx-api-key: {key}\r\n"
+            f"anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        ).encode()
+        clock.set("2026-11-30T23:59:59")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(head + body[:10])
+            time.sleep(2.5)
+            s.sendall(body[10:])
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+        def days() -> list[str]:
+            out = cli("usage", "--json", "--group-by", "day", "--key", kid,
+                      "--from", "2026-11-30", "--to", "2026-12-02", store=store)
+            return [row["day"] for row in json.loads("\n".join(out))["data"]]
+
+        assert wait_until(days, timeout=10, what="the usage record") == ["2026-12-01"]
+    finally:
+        assert proc.terminate() == 0, proc.stderr_tail()
+        os.unlink(clock.file)
+
+
 def test_a_client_that_leaves_before_its_answer_still_pays_for_it(single: Any, upstream: str) -> None:
     """Leaving while the upstream works on the request (here the SDK's own timeout) does not make
     it free: the upstream may finish and bill it, so the key's budget is charged an estimate, a
