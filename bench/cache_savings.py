@@ -112,7 +112,7 @@ def run_config(name: str, extra_env: dict[str, str], sim_url: str, requests: lis
         "RAMPART_ADMIN_PASSWORD": ADMIN_PASSWORD,
         **extra_env,
     }
-    key = subprocess.run([BIN, "keys", "create", "--name", "bench", "--team", "payments", "--data-dir", data_dir],
+    key = subprocess.run([BIN, "keys", "create", "--name", "bench", "--team", "payments", "--create-team", "--data-dir", data_dir],
                          capture_output=True, text=True, check=True, env={**os.environ, **env}).stdout.strip().splitlines()[-1]
     httpx.post(f"{sim_url}/_sim/reset", timeout=10).raise_for_status()
     proc, url = start(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir], env)

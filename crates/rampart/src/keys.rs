@@ -8,17 +8,22 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use rampart_admin::validate;
 use rampart_crypto::Secret;
 use rampart_crypto::apikey::KeyHasher;
 use rampart_gateway::auth::Endpoint;
 use rampart_store::limits::MAX_BUDGET_MICROS;
 use rampart_store::{
     BudgetPeriod, BudgetSetting, LimitField, LimitSettings, NewApiKey, NewAuditEvent, StoreError,
+    Team,
 };
 use time::OffsetDateTime;
 
 use crate::cli::MigrateArgs;
-use crate::people::{actor, existing, opened};
+use crate::people::{actor, existing, lookup_team, no_team, opened};
+
+/// The team of keys created without `--team`.
+const DEFAULT_TEAM: &str = "default";
 
 /// `rampart keys …`
 #[derive(Debug, Subcommand)]
@@ -75,9 +80,13 @@ pub struct CreateArgs {
     /// A label for the key.
     #[arg(long)]
     name: String,
-    /// Team that owns the key (created when missing).
-    #[arg(long, default_value = "default")]
-    team: String,
+    /// Team that owns the key: its name or id (as `rampart teams list` shows). It must exist,
+    /// unless --create-team is given. Without --team: the team `default`, created when missing.
+    #[arg(long)]
+    team: Option<String>,
+    /// Create the --team (a name) when no team has it.
+    #[arg(long, requires = "team")]
+    create_team: bool,
     /// Allowed model pattern (`*` wildcard); repeat for several; none = all models.
     #[arg(long = "model")]
     models: Vec<String>,
@@ -266,35 +275,30 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(!args.name.trim().is_empty(), "--name must not be empty");
     let limits = args.limits.settings("--")?;
+    // Without --team, the key goes to the team `default`, made on first use: nothing was named,
+    // so nothing can be mistyped. A named team must exist unless --create-team says otherwise,
+    // so that a typo or an id (which is not a name) never makes a new, unlimited team.
+    let (team_ref, may_create) = match &args.team {
+        Some(t) => (t.as_str(), args.create_team),
+        None => (DEFAULT_TEAM, true),
+    };
+    // An id names an existing team; it is never the name of a new one.
+    let is_id = uuid::Uuid::parse_str(team_ref).is_ok();
+    let new_team_name = if may_create && !is_id {
+        Some(validate::name("--team", team_ref).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
     let hasher = key_hasher(&args.store.data_dir)?;
     let store = opened(&args.store).await?;
-    let team = match store
-        .list_teams()
-        .await?
-        .into_iter()
-        .find(|t| t.name == args.team)
-    {
-        Some(t) => t,
-        None => match store
-            .create_team(
-                &args.team,
-                Some(&NewAuditEvent::new(
-                    actor(),
-                    "team.create",
-                    format!("team:{}", args.team),
-                )),
-            )
-            .await
-        {
-            Ok(t) => t,
-            Err(StoreError::Conflict { .. }) => store
-                .list_teams()
-                .await?
-                .into_iter()
-                .find(|t| t.name == args.team)
-                .context("team vanished")?,
-            Err(e) => return Err(e.into()),
-        },
+    let (team, team_created) = match (lookup_team(&store, team_ref).await?, new_team_name) {
+        (Some(t), _) => (t, false),
+        (None, Some(name)) => (create_team(&store, &name).await?, true),
+        (None, None) if is_id => anyhow::bail!("--team: {}", no_team(team_ref)),
+        (None, None) => anyhow::bail!(
+            "--team: {}; create it with `rampart teams create`, or add --create-team",
+            no_team(team_ref)
+        ),
     };
     let new = hasher.generate("live");
     let expires_at = args
@@ -320,8 +324,11 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         .context("cannot create the key")?;
     store.close().await;
     println!(
-        "created key {} ({}) for team {}",
-        key.id, key.prefix, team.name
+        "created key {} ({}) for {}team {}",
+        key.id,
+        key.prefix,
+        if team_created { "new " } else { "" },
+        team.name
     );
     if !limits.is_empty() {
         println!("limits: {}", describe(&limits));
@@ -329,6 +336,19 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     println!("store it now: it is not shown again");
     println!("{}", new.key.expose());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new team for `rampart keys create`; one made meanwhile under the same name (another
+/// `keys create` racing this one) is taken as it is.
+async fn create_team(store: &rampart_store::Store, name: &str) -> anyhow::Result<Team> {
+    let audit = NewAuditEvent::new(actor(), "team.create", format!("team:{name}"));
+    match store.create_team(name, Some(&audit)).await {
+        Ok(t) => Ok(t),
+        Err(StoreError::Conflict { .. }) => lookup_team(store, name)
+            .await?
+            .context("the team vanished while it was being created"),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The audit event of a key creation: the team, and the limits when any (never the key).

@@ -219,15 +219,39 @@ fn password_from_stdin() -> anyhow::Result<Secret> {
 }
 
 pub(crate) async fn find_team(store: &Store, name_or_id: &str) -> anyhow::Result<Team> {
+    lookup_team(store, name_or_id)
+        .await?
+        .ok_or_else(|| no_team(name_or_id))
+}
+
+/// The team `name_or_id` names: an id (what `rampart teams list` and the admin API show) when it
+/// parses as one, else a name. `None` when there is none; only a store failure is an error, so a
+/// caller may decide what a missing team means.
+///
+/// # Errors
+/// A store failure.
+pub(crate) async fn lookup_team(store: &Store, name_or_id: &str) -> anyhow::Result<Option<Team>> {
     if let Ok(id) = uuid::Uuid::parse_str(name_or_id) {
-        return store.get_team(id).await.context("no such team");
+        return match store.get_team(id).await {
+            Ok(t) => Ok(Some(t)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        };
     }
-    store
+    Ok(store
         .list_teams()
         .await?
         .into_iter()
-        .find(|t| t.name == name_or_id)
-        .with_context(|| format!("no team named `{name_or_id}`"))
+        .find(|t| t.name == name_or_id))
+}
+
+/// The error for a team that [`lookup_team`] did not find.
+pub(crate) fn no_team(name_or_id: &str) -> anyhow::Error {
+    if uuid::Uuid::parse_str(name_or_id).is_ok() {
+        anyhow::anyhow!("no team with id `{name_or_id}`")
+    } else {
+        anyhow::anyhow!("no team named `{name_or_id}`")
+    }
 }
 
 async fn find_user(store: &Store, email_or_id: &str) -> anyhow::Result<User> {

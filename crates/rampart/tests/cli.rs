@@ -134,6 +134,60 @@ fn budgets_out_of_range_are_told_in_dollars_naming_the_flag() {
 }
 
 #[test]
+fn keys_create_takes_its_team_by_name_or_id_and_makes_one_only_when_asked() {
+    let s = Store::new();
+    let teams = s.ok(&["teams", "list"]);
+    let id = teams.split_whitespace().next().unwrap().to_owned();
+    // By id, as `teams list` shows it: the key joins that team.
+    let out = s.ok(&["keys", "create", "--name", "by-id", "--team", &id]);
+    assert!(out.contains(" for team t\n"), "{out}");
+    // A name or an id that no team has is refused, naming the flag, with nothing written; an id
+    // is not a new team's name even with --create-team.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    for (args, says) in [
+        (
+            vec!["--team", "tt"],
+            "--team: no team named `tt`; create it",
+        ),
+        (vec!["--team", &unknown], "--team: no team with id"),
+        (
+            vec!["--team", &unknown, "--create-team"],
+            "--team: no team with id",
+        ),
+    ] {
+        let all = [&["keys", "create", "--name", "x"][..], &args].concat();
+        let out = s.run(&all);
+        assert_eq!(out.status.code(), Some(1), "{all:?}: {}", text(&out));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
+    assert_eq!(s.ok(&["teams", "list"]), teams);
+    assert_eq!(s.ok(&["keys", "list"]).lines().count(), 2);
+    // --create-team makes a missing team, once.
+    let out = s.ok(&[
+        "keys",
+        "create",
+        "--name",
+        "x",
+        "--team",
+        "tt",
+        "--create-team",
+    ]);
+    assert!(out.contains(" for new team tt\n"), "{out}");
+    let out = s.ok(&[
+        "keys",
+        "create",
+        "--name",
+        "y",
+        "--team",
+        "tt",
+        "--create-team",
+    ]);
+    assert!(out.contains(" for team tt\n"), "{out}");
+    assert_eq!(s.ok(&["teams", "list"]).lines().count(), 2);
+}
+
+#[test]
 fn bad_usage_times_say_why_once_with_the_formats_accepted() {
     let s = Store::new();
     for (from, why) in [

@@ -50,7 +50,7 @@ def start_env(name: str, **config: str) -> tuple[Env, list[RampartProcess]]:
     sim = RampartProcess(["sim", "--listen", "127.0.0.1:0"], name=f"{name}-sim")
     sim_url = sim.listening_url()
     data_dir = tempfile.mkdtemp(prefix=f"rampart-{name}-")
-    keys = {team: keys_cli(data_dir, "create", "--name", f"k-{team}", "--team", f"team-{team}").stdout.strip().splitlines()[-1] for team in ("a", "b")}
+    keys = {team: keys_cli(data_dir, "create", "--name", f"k-{team}", "--team", f"team-{team}", "--create-team").stdout.strip().splitlines()[-1] for team in ("a", "b")}
     proc, url = start_serve(data_dir, serve_env(sim_url, RAMPART_UPSTREAM_API_KEY=UPSTREAM_KEY, **config), name)
     return Env(sim_url, url, data_dir, keys), [proc, sim]
 

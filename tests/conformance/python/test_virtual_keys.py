@@ -107,7 +107,7 @@ def new_key(data_dir: str, *args: str) -> tuple[str, str]:
 
 def test_a_created_key_works_within_a_second_and_is_stored_only_as_a_digest(store_serve) -> None:
     url, data_dir = store_serve
-    key, _ = new_key(data_dir, "--name", "svc-a", "--team", "payments")
+    key, _ = new_key(data_dir, "--name", "svc-a", "--team", "payments", "--create-team")
     assert key.startswith("rk_live_") and len(key) == len("rk_live_") + 43
     started = time.monotonic()
     msg = eventually(lambda: ask(url, key))
