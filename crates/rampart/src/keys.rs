@@ -275,6 +275,10 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(!args.name.trim().is_empty(), "--name must not be empty");
     let limits = args.limits.settings("--")?;
+    let expires_at = args
+        .expires_in_days
+        .map(|d| expiry(d, OffsetDateTime::now_utc()))
+        .transpose()?;
     // Without --team, the key goes to the team `default`, made on first use: nothing was named,
     // so nothing can be mistyped. A named team must exist unless --create-team says otherwise,
     // so that a typo or an id (which is not a name) never makes a new, unlimited team.
@@ -301,9 +305,6 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let new = hasher.generate("live");
-    let expires_at = args
-        .expires_in_days
-        .map(|d| OffsetDateTime::now_utc() + time::Duration::days(i64::from(d)));
     let key = store
         .limits()
         .create_api_key_with_limits(
@@ -336,6 +337,19 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     println!("store it now: it is not shown again");
     println!("{}", new.key.expose());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The expiry `days` after `now`: at least a day ahead (a key that has already expired is of no
+/// use) and at most the last day a date can hold (the year 9999).
+fn expiry(days: u32, now: OffsetDateTime) -> anyhow::Result<OffsetDateTime> {
+    let at = now.checked_add(time::Duration::days(i64::from(days)));
+    match at {
+        Some(at) if days >= 1 => Ok(at),
+        _ => {
+            let max = (time::PrimitiveDateTime::MAX.assume_utc() - now).whole_days();
+            anyhow::bail!("--expires-in-days must be between 1 and {max}")
+        }
+    }
 }
 
 /// A new team for `rampart keys create`; one made meanwhile under the same name (another
@@ -518,6 +532,21 @@ pub fn describe(l: &LimitSettings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiries_are_checked_not_overflowed() {
+        let now = time::macros::datetime!(2026-01-01 0:00 UTC);
+        assert_eq!(
+            expiry(1, now).unwrap(),
+            time::macros::datetime!(2026-01-02 0:00 UTC)
+        );
+        let last = expiry(2_912_442, now).unwrap();
+        assert_eq!(last.date(), time::macros::date!(9999 - 12 - 31));
+        for bad in [0, 2_912_443, u32::MAX] {
+            let err = expiry(bad, now).unwrap_err().to_string();
+            assert_eq!(err, "--expires-in-days must be between 1 and 2912442");
+        }
+    }
 
     #[test]
     fn dollars_become_micro_dollars_exactly() {

@@ -188,6 +188,42 @@ fn keys_create_takes_its_team_by_name_or_id_and_makes_one_only_when_asked() {
 }
 
 #[test]
+fn keys_create_refuses_a_bad_expiry_before_writing_anything() {
+    let s = Store::new();
+    let teams = s.ok(&["teams", "list"]);
+    let mut max = String::new();
+    for days in ["0", "3000000", "4294967295"] {
+        let args = [
+            "keys",
+            "create",
+            "--name",
+            "p",
+            "--team",
+            "new",
+            "--create-team",
+            "--rpm",
+            "5",
+            "--expires-in-days",
+            days,
+        ];
+        let out = s.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{days}: {}", text(&out));
+        let err = String::from_utf8(out.stderr).unwrap();
+        let (_, bound) = err
+            .trim_end()
+            .split_once("--expires-in-days must be between 1 and ")
+            .unwrap_or_else(|| panic!("{days}: {err}"));
+        assert!(!err.contains("panicked"), "{err}");
+        max = bound.to_owned();
+    }
+    // Neither the team nor a key was written.
+    assert_eq!(s.ok(&["teams", "list"]), teams);
+    assert_eq!(s.ok(&["keys", "list"]).lines().count(), 1);
+    // The largest accepted value is the one the message gives (the year 9999).
+    s.ok(&["keys", "create", "--name", "p", "--expires-in-days", &max]);
+}
+
+#[test]
 fn bad_usage_times_say_why_once_with_the_formats_accepted() {
     let s = Store::new();
     for (from, why) in [
