@@ -73,15 +73,35 @@ pub fn new_password(pw: &Secret, email: &str) -> Result<String, String> {
     password::hash(pw).map_err(|_| "password could not be hashed".to_owned())
 }
 
+/// How a message names a list and its items: the admin API by the body's field
+/// (`allowed_models[2]`), the CLI by its repeatable flag (`--model`, `--model #3` among several).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListName<'a> {
+    /// A JSON array field.
+    Field(&'a str),
+    /// A flag given once per item.
+    Flag(&'a str),
+}
+
+impl ListName<'_> {
+    /// Item `i` of `len`.
+    fn item(self, i: usize, len: usize) -> String {
+        match self {
+            ListName::Field(f) => format!("{f}[{i}]"),
+            ListName::Flag(f) if len == 1 => f.to_owned(),
+            ListName::Flag(f) => format!("{f} #{}", i + 1),
+        }
+    }
+}
+
 /// Model patterns: each 1–200 characters of `[A-Za-z0-9._:@/-]` or `*`, at most 64, de-duplicated.
 ///
 /// # Errors
-/// A message naming the first bad pattern's position.
-pub fn model_patterns(raw: &[String]) -> Result<Vec<String>, String> {
+/// A message naming the list (`allowed_models`, `--model`) and the first bad pattern's position.
+pub fn model_patterns(list: ListName<'_>, raw: &[String]) -> Result<Vec<String>, String> {
     if raw.len() > MAX_MODEL_PATTERNS {
-        return Err(format!(
-            "at most {MAX_MODEL_PATTERNS} allowed_models patterns"
-        ));
+        let (ListName::Field(name) | ListName::Flag(name)) = list;
+        return Err(format!("at most {MAX_MODEL_PATTERNS} {name} patterns"));
     }
     let mut out: Vec<String> = Vec::with_capacity(raw.len());
     for (i, p) in raw.iter().enumerate() {
@@ -94,7 +114,8 @@ pub fn model_patterns(raw: &[String]) -> Result<Vec<String>, String> {
             });
         if !ok {
             return Err(format!(
-                "allowed_models[{i}] must be 1-{MAX_MODEL_PATTERN} characters of letters, digits, . _ : @ / - and *"
+                "{} must be 1-{MAX_MODEL_PATTERN} characters of letters, digits, . _ : @ / - and *",
+                list.item(i, raw.len())
             ));
         }
         if !out.iter().any(|o| o == p) {
@@ -107,13 +128,15 @@ pub fn model_patterns(raw: &[String]) -> Result<Vec<String>, String> {
 /// Endpoint names from [`ENDPOINTS`], de-duplicated.
 ///
 /// # Errors
-/// A message naming the first unknown one's position.
-pub fn endpoints(raw: &[String]) -> Result<Vec<String>, String> {
+/// A message naming the list (`allowed_endpoints`, `--endpoint`) and the first unknown one's
+/// position.
+pub fn endpoints(list: ListName<'_>, raw: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
         if !ENDPOINTS.contains(&e.as_str()) {
             return Err(format!(
-                "allowed_endpoints[{i}] must be one of {}",
+                "{} must be one of {}",
+                list.item(i, raw.len()),
                 ENDPOINTS.join(", ")
             ));
         }
@@ -188,12 +211,22 @@ mod tests {
         assert!(name("name", "").is_err());
         assert!(name("name", "a\nb").is_err());
         assert!(name("name", &"x".repeat(101)).is_err());
+        let models = ListName::Field("allowed_models");
         assert_eq!(
-            model_patterns(&["claude-haiku-*".into(), "claude-haiku-*".into()]).unwrap(),
+            model_patterns(models, &["claude-haiku-*".into(), "claude-haiku-*".into()]).unwrap(),
             ["claude-haiku-*"]
         );
-        assert!(model_patterns(&["'; DROP TABLE api_keys; --".into()]).is_err());
-        assert!(endpoints(&["messages".into(), "admin".into()]).is_err());
+        assert!(model_patterns(models, &["'; DROP TABLE api_keys; --".into()]).is_err());
+        let two = ["messages".into(), "admin".into()];
+        let err = endpoints(ListName::Field("allowed_endpoints"), &two).unwrap_err();
+        assert!(
+            err.starts_with("allowed_endpoints[1] must be one of"),
+            "{err}"
+        );
+        let err = endpoints(ListName::Flag("--endpoint"), &two).unwrap_err();
+        assert!(err.starts_with("--endpoint #2 must be one of"), "{err}");
+        let err = model_patterns(ListName::Flag("--model"), &["a\u{1}".into()]).unwrap_err();
+        assert!(err.starts_with("--model must be 1-200 characters"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `rampart keys create|list|revoke|rotate`: virtual API keys in the store. Keys are shown once
 //! and stored only as peppered digests; a running `rampart serve` on the same store picks up
-//! changes within about a second. Every change is audited in its own transaction, with the actor
-//! `cli:<OS user>`.
+//! changes within about a second. `create` checks its inputs by the admin API's rules
+//! ([`rampart_admin::validate`]), all before it writes. Every change is audited in its own
+//! transaction, with the actor `cli:<OS user>`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,7 +12,6 @@ use clap::{Args, Subcommand};
 use rampart_admin::validate;
 use rampart_crypto::Secret;
 use rampart_crypto::apikey::KeyHasher;
-use rampart_gateway::auth::Endpoint;
 use rampart_store::limits::MAX_BUDGET_MICROS;
 use rampart_store::{
     BudgetPeriod, BudgetSetting, LimitField, LimitSettings, NewApiKey, NewAuditEvent, StoreError,
@@ -267,13 +267,12 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    for e in &args.endpoints {
-        anyhow::ensure!(
-            Endpoint::parse(e).is_some(),
-            "unknown endpoint `{e}` (messages, count_tokens, batches, models)"
-        );
-    }
-    anyhow::ensure!(!args.name.trim().is_empty(), "--name must not be empty");
+    // The admin API's rules, so that the store never holds a key that the API would refuse.
+    let name = validate::name("--name", &args.name).map_err(anyhow::Error::msg)?;
+    let models = validate::model_patterns(validate::ListName::Flag("--model"), &args.models)
+        .map_err(anyhow::Error::msg)?;
+    let endpoints = validate::endpoints(validate::ListName::Flag("--endpoint"), &args.endpoints)
+        .map_err(anyhow::Error::msg)?;
     let limits = args.limits.settings("--")?;
     let expires_at = args
         .expires_in_days
@@ -311,11 +310,11 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
             &NewApiKey {
                 team_id: team.id,
                 user_id: None,
-                name: args.name.trim().to_owned(),
+                name,
                 prefix: new.prefix.clone(),
                 key_hash: new.digest.0.to_vec(),
-                allowed_models: args.models,
-                allowed_endpoints: args.endpoints,
+                allowed_models: models,
+                allowed_endpoints: endpoints,
                 expires_at,
             },
             &limits,

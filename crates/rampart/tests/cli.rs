@@ -224,6 +224,42 @@ fn keys_create_refuses_a_bad_expiry_before_writing_anything() {
 }
 
 #[test]
+fn keys_create_refuses_the_names_and_patterns_the_admin_api_refuses() {
+    let s = Store::new();
+    let (name_100, name_101) = ("n".repeat(100), "n".repeat(101));
+    let (model_200, model_201) = ("m".repeat(200), "m".repeat(201));
+    for (args, says) in [
+        (
+            vec!["--name", "k", "--model", &model_201],
+            "--model must be 1-200 characters of letters, digits",
+        ),
+        (
+            vec!["--name", "k", "--model", "claude-*", "--model", "x\u{1}y"],
+            "--model #2 must be 1-200 characters",
+        ),
+        (
+            vec!["--name", "n\u{7}x"],
+            "--name must not contain control characters",
+        ),
+        (
+            vec!["--name", &name_101],
+            "--name is longer than 100 characters",
+        ),
+        (
+            vec!["--name", "k", "--endpoint", "admin"],
+            "--endpoint must be one of messages, count_tokens",
+        ),
+    ] {
+        let all = [&["keys", "create"][..], &args].concat();
+        let err = s.refused(&all);
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
+    assert_eq!(s.ok(&["keys", "list"]).lines().count(), 1);
+    // The bounds themselves are accepted.
+    s.ok(&["keys", "create", "--name", &name_100, "--model", &model_200]);
+}
+
+#[test]
 fn bad_usage_times_say_why_once_with_the_formats_accepted() {
     let s = Store::new();
     for (from, why) in [

@@ -22,6 +22,9 @@ use crate::views::{
 /// Default and longest rotation overlap.
 const DEFAULT_OVERLAP_SECS: u64 = 86_400;
 const MAX_OVERLAP_SECS: u64 = 30 * 86_400;
+/// The body's lists, as messages name them.
+const MODELS: validate::ListName<'static> = validate::ListName::Field("allowed_models");
+const ENDPOINTS: validate::ListName<'static> = validate::ListName::Field("allowed_endpoints");
 
 fn may_see(caller: &Caller, key: &ApiKey) -> bool {
     match caller.role() {
@@ -223,9 +226,9 @@ pub(crate) async fn create(
     let (team_id, user_id) = owner;
     let name = validate::name("name", &req.name).map_err(ApiError::BadRequest)?;
     let allowed_models =
-        validate::model_patterns(&req.allowed_models).map_err(ApiError::BadRequest)?;
+        validate::model_patterns(MODELS, &req.allowed_models).map_err(ApiError::BadRequest)?;
     let allowed_endpoints =
-        validate::endpoints(&req.allowed_endpoints).map_err(ApiError::BadRequest)?;
+        validate::endpoints(ENDPOINTS, &req.allowed_endpoints).map_err(ApiError::BadRequest)?;
     let expires_at = req
         .expires_at
         .map(|t| validate::expiry(t, OffsetDateTime::now_utc()))
@@ -303,13 +306,13 @@ pub(crate) async fn update(
         allowed_models: req
             .allowed_models
             .as_deref()
-            .map(validate::model_patterns)
+            .map(|m| validate::model_patterns(MODELS, m))
             .transpose()
             .map_err(ApiError::BadRequest)?,
         allowed_endpoints: req
             .allowed_endpoints
             .as_deref()
-            .map(validate::endpoints)
+            .map(|e| validate::endpoints(ENDPOINTS, e))
             .transpose()
             .map_err(ApiError::BadRequest)?,
         expires_at: match req.expires_at {
