@@ -563,23 +563,43 @@ pub enum PeriodName {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Requests per minute.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "limit_value"
+    )]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub rpm: Option<u64>,
     /// Input tokens per minute (uncached, cache writes and cache reads).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "limit_value"
+    )]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub itpm: Option<u64>,
     /// Output tokens per minute.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "limit_value"
+    )]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub otpm: Option<u64>,
     /// Requests in flight at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "limit_value"
+    )]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub concurrency: Option<u64>,
     /// Budget per period in micro-dollars (1 USD = 1 000 000); with `budget_period`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "limit_value"
+    )]
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub budget_micros: Option<u64>,
     /// The budget's period; with `budget_micros`.
@@ -592,10 +612,72 @@ pub struct Limits {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeamLimits {
-    /// Shared by all the team's keys.
-    #[serde(default)]
+    /// Shared by all the team's keys; absent or `null` is `{}` (none).
+    #[serde(default, deserialize_with = "null_is_none")]
+    #[schema(nullable)]
     pub team: Limits,
-    /// For each key that does not set its own.
-    #[serde(default)]
+    /// For each key that does not set its own; absent or `null` is `{}` (none).
+    #[serde(default, deserialize_with = "null_is_none")]
+    #[schema(nullable)]
     pub key_defaults: Limits,
+}
+
+/// A limit's value. An integer too large for a `u64` (serde_json reads it as a float) is taken as
+/// `u64::MAX`, which every range check refuses: the client is told the field's range, as for any
+/// other value too large, rather than serde's "floating point 1.8e19, expected u64". Everything
+/// else is as a plain `Option<u64>`, with serde's messages.
+fn limit_value<'de, D>(d: D) -> Result<Option<u64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Value;
+    impl<'de> serde::de::Visitor<'de> for Value {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("u64")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 2^64: the smallest integer a u64 cannot hold (every float this large is whole).
+            if v >= 18_446_744_073_709_551_616.0 {
+                Ok(Some(u64::MAX))
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_option(Value)
+}
+
+/// `null` as the default: a part of a body that `PUT` replaces, where `null` removes it as
+/// absence does (as `null` removes one field of [`Limits`]).
+fn null_is_none<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }

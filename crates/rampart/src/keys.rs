@@ -118,7 +118,9 @@ pub struct LimitArgs {
     #[arg(long)]
     concurrency: Option<u64>,
     /// Spending limit per period in US dollars (e.g. 12.50); needs --budget-period.
-    #[arg(long, requires = "budget_period")]
+    // A negative amount is taken as the value, so that the amount's own error is shown rather
+    // than clap's "unexpected argument '-5'".
+    #[arg(long, requires = "budget_period", allow_negative_numbers = true)]
     budget_usd: Option<String>,
     /// The budget's period (UTC): day or month.
     #[arg(long, value_parser = ["day", "month"], requires = "budget_usd")]

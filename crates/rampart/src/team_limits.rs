@@ -31,7 +31,8 @@ pub struct TeamLimitsArgs {
     #[arg(long)]
     key_concurrency: Option<u64>,
     /// Default budget of each key in US dollars; needs --key-budget-period.
-    #[arg(long, requires = "key_budget_period")]
+    // As --budget-usd: a negative amount gets the amount's error.
+    #[arg(long, requires = "key_budget_period", allow_negative_numbers = true)]
     key_budget_usd: Option<String>,
     /// The default budget's period: day or month.
     #[arg(long, value_parser = ["day", "month"], requires = "key_budget_usd")]

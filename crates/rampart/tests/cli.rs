@@ -116,6 +116,39 @@ fn budgets_out_of_range_are_told_in_dollars_naming_the_flag() {
             assert!(!err.contains("limits.budget"), "{err}");
         }
     }
+    // A negative amount gets the amount's message, not clap's "unexpected argument '-5'".
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &[
+                "keys",
+                "create",
+                "--name",
+                "b",
+                "--budget-usd",
+                "-5",
+                "--budget-period",
+                "day",
+            ],
+            "--budget-usd",
+        ),
+        (
+            &[
+                "teams",
+                "limits",
+                "t",
+                "--key-budget-usd",
+                "-5",
+                "--key-budget-period",
+                "day",
+            ],
+            "--key-budget-usd",
+        ),
+    ];
+    for (args, flag) in cases {
+        let err = s.refused(args);
+        let says = format!("{flag} must be an amount like 12.50");
+        assert!(err.contains(&says), "{args:?}: {err}");
+    }
     // Other limits name their flag too.
     let err = s.refused(&["teams", "limits", "t", "--key-rpm", "0"]);
     assert!(err.contains("--key-rpm must be between 1 and"), "{err}");

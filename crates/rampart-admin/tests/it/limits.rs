@@ -2,11 +2,11 @@
 //! validation, and the audit row.
 
 use http::StatusCode;
-use rampart_store::{AuditQuery, NewApiKey, NewUser, Role};
+use rampart_store::{AuditQuery, NewUser, Role};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{PASSWORD, assert_error, call, env, instance};
+use crate::{PASSWORD, assert_error, call, call_raw, env, instance, key};
 
 async fn person(env: &crate::Env, email: &str, role: Role, team: Option<Uuid>) {
     let hash =
@@ -53,30 +53,14 @@ async fn key_and_team_limits_follow_the_role_rules_and_are_audited() {
     ] {
         person(&env, email, role, t).await;
     }
-    let key = env
-        .store
-        .create_api_key(
-            &NewApiKey {
-                team_id: team.id,
-                user_id: None,
-                name: "ci".into(),
-                prefix: "rk_live_lim1".into(),
-                key_hash: vec![7; 32],
-                allowed_models: vec![],
-                allowed_endpoints: vec![],
-                expires_at: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let key_id = key(&env, team.id, None, 1).await;
     let root = token(&state, "root@example.com").await;
     let ta = token(&state, "ta@example.com").await;
     let dev = token(&state, "dev@example.com").await;
     let view = token(&state, "view@example.com").await;
     let auditor = token(&state, "audit@example.com").await;
     let ta2 = token(&state, "ta2@example.com").await;
-    let key_path = format!("/admin/v1/keys/{}/limits", key.id);
+    let key_path = format!("/admin/v1/keys/{key_id}/limits");
     let team_path = format!("/admin/v1/teams/{}/limits", team.id);
     let limits =
         json!({"rpm": 60, "itpm": 40000, "budget_micros": 12_500_000, "budget_period": "day"});
@@ -154,13 +138,19 @@ async fn key_and_team_limits_follow_the_role_rules_and_are_audited() {
     assert_eq!(details["limits"]["rpm"], 60);
 }
 
-#[tokio::test]
-async fn bad_limits_are_refused_with_nothing_written() {
+/// A store with team `t` (its id), an instance, and the admin's token.
+async fn team_t() -> (crate::Env, rampart_admin::AdminState, Uuid, String) {
     let env = env().await;
     let state = instance(&env);
-    let team = env.store.create_team("t", None).await.unwrap();
+    let team = env.store.create_team("t", None).await.unwrap().id;
     let root = token(&state, "root@example.com").await;
-    let path = format!("/admin/v1/teams/{}/limits", team.id);
+    (env, state, team, root)
+}
+
+#[tokio::test]
+async fn bad_limits_are_refused_with_nothing_written() {
+    let (env, state, team, root) = team_t().await;
+    let path = format!("/admin/v1/teams/{team}/limits");
     for bad in [
         json!({"team": {"rpm": 0}}),
         json!({"team": {"rpm": -1}}),
@@ -190,8 +180,45 @@ async fn bad_limits_are_refused_with_nothing_written() {
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{bad} -> {body}");
     }
+    // An integer too large for any limit gets the field's range, as a large one that fits a
+    // u64 does, not serde's "floating point …, expected u64"; a fraction keeps serde's message.
+    let key_path = format!("/admin/v1/keys/{}/limits", key(&env, team, None, 1).await);
+    for (path, bad, says) in [
+        (
+            &key_path,
+            r#"{"rpm": 18446744073709551616}"#,
+            "rpm must be between 1 and 1000000000",
+        ),
+        (
+            &key_path,
+            r#"{"rpm": 9223372036854775808}"#,
+            "rpm must be between 1 and 1000000000",
+        ),
+        (
+            &path,
+            r#"{"key_defaults": {"concurrency": 1e30}}"#,
+            "key_defaults.concurrency must be between 1 and 1000000",
+        ),
+        (
+            &path,
+            r#"{"team": {"budget_micros": 99999999999999999999999, "budget_period": "day"}}"#,
+            "team.budget_micros must be between 1 and 1000000000000000",
+        ),
+        (
+            &key_path,
+            r#"{"rpm": 1.5}"#,
+            "invalid type: floating point `1.5`, expected u64",
+        ),
+    ] {
+        let (s, _, body) = call_raw(&state, "PUT", path, Some(&root), Some(bad.into())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} -> {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{bad} -> {body}");
+    }
     let (_, _, body) = call(&state, "GET", &path, Some(&root), None).await;
     assert_eq!(body, json!({"team": {}, "key_defaults": {}}));
+    let (_, _, body) = call(&state, "GET", &key_path, Some(&root), None).await;
+    assert_eq!(body, json!({}));
     let (s, _, body) = call(
         &state,
         "PUT",
@@ -201,4 +228,33 @@ async fn bad_limits_are_refused_with_nothing_written() {
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn a_null_team_or_key_defaults_removes_them_as_absence_does() {
+    let (_env, state, team, root) = team_t().await;
+    let path = format!("/admin/v1/teams/{team}/limits");
+    let both = json!({"team": {"rpm": 5}, "key_defaults": {"otpm": 7}});
+    for (body, left) in [
+        (
+            json!({"team": null, "key_defaults": {"otpm": 7}}),
+            json!({"team": {}, "key_defaults": {"otpm": 7}}),
+        ),
+        (
+            json!({"team": {"rpm": 5}, "key_defaults": null}),
+            json!({"team": {"rpm": 5}, "key_defaults": {}}),
+        ),
+        (
+            json!({"team": null, "key_defaults": null}),
+            json!({"team": {}, "key_defaults": {}}),
+        ),
+    ] {
+        let (s, _, saved) = call(&state, "PUT", &path, Some(&root), Some(both.clone())).await;
+        assert_eq!(s, StatusCode::OK, "{saved}");
+        let (s, _, saved) = call(&state, "PUT", &path, Some(&root), Some(body.clone())).await;
+        assert_eq!(s, StatusCode::OK, "{body} -> {saved}");
+        assert_eq!(saved, left, "{body}");
+        let (_, _, read) = call(&state, "GET", &path, Some(&root), None).await;
+        assert_eq!(read, left, "{body}");
+    }
 }

@@ -14,9 +14,10 @@ use rampart_crypto::Secret;
 use rampart_crypto::apikey::KeyHasher;
 use rampart_crypto::envelope::MasterKeys;
 use rampart_crypto::jwt::JwtKeys;
-use rampart_store::{NewUser, Role, Store};
+use rampart_store::{NewApiKey, NewUser, Role, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+use uuid::Uuid;
 
 mod limits;
 mod usage;
@@ -87,6 +88,18 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, http::HeaderMap, Value) {
+    call_raw(state, method, path, token, body.map(|b| b.to_string())).await
+}
+
+/// As [`call`], with the JSON body as written (for what [`Value`] cannot hold, such as an
+/// integer too large for a `u64`).
+async fn call_raw(
+    state: &AdminState,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (StatusCode, http::HeaderMap, Value) {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -94,7 +107,7 @@ async fn call(
     let req = match body {
         Some(b) => req
             .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
+            .body(Body::from(b)),
         None => req.body(Body::empty()),
     }
     .unwrap();
@@ -112,6 +125,27 @@ async fn call(
             .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     (status, headers, value)
+}
+
+/// Key `n` of `team` (and `user`), with no limits of its own.
+async fn key(env: &Env, team: Uuid, user: Option<Uuid>, n: u8) -> Uuid {
+    env.store
+        .create_api_key(
+            &NewApiKey {
+                team_id: team,
+                user_id: user,
+                name: format!("k{n}"),
+                prefix: format!("rk_live_{n:04}"),
+                key_hash: vec![n; 32],
+                allowed_models: vec![],
+                allowed_endpoints: vec![],
+                expires_at: None,
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .id
 }
 
 async fn login(state: &AdminState) -> Value {

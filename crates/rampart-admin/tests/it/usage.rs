@@ -2,13 +2,13 @@
 //! scope (admin all; team admin and viewer their team; developer their own keys; auditor none).
 
 use http::StatusCode;
-use rampart_store::{NewApiKey, NewUser, Role, UsageRecord};
+use rampart_store::{NewUser, Role, UsageRecord};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::macros::datetime;
 use uuid::Uuid;
 
-use crate::{PASSWORD, assert_error, call, env, instance};
+use crate::{PASSWORD, assert_error, call, env, instance, key};
 
 const DAY: OffsetDateTime = datetime!(2026-06-01 00:00 UTC);
 const RANGE: &str = "from=2026-06-01T00:00:00Z&to=2026-06-03T00:00:00Z";
@@ -33,26 +33,6 @@ async fn user(env: &crate::Env, email: &str, role: Role, team: Option<Uuid>) -> 
                 password_hash: hash,
                 role,
                 team_id: team,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .id
-}
-
-async fn key(env: &crate::Env, team: Uuid, user: Option<Uuid>, n: u8) -> Uuid {
-    env.store
-        .create_api_key(
-            &NewApiKey {
-                team_id: team,
-                user_id: user,
-                name: format!("k{n}"),
-                prefix: format!("rk_live_{n:04}"),
-                key_hash: vec![n; 32],
-                allowed_models: vec![],
-                allowed_endpoints: vec![],
-                expires_at: None,
             },
             None,
         )
