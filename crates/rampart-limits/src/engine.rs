@@ -62,53 +62,57 @@ impl Dimension {
     }
 }
 
-/// A bucket's level after refilling it to `now`: full when it has no state, else the limit
-/// less what is still used. The state is `(level, updated_at, limit it was kept at)`; what it
-/// says is *used* (`limit kept at − level`), which refills at `limit` per minute, so a changed
-/// limit applies to what was used at once: a raise adds the raise (what was used stays used;
-/// the rest of the new allowance is there now); a lowered limit leaves at most the whole new
-/// allowance used (nothing is left, and the bucket is full again within a minute, as after a
-/// minute at the new limit). The state keeps no other history, so requests admitted and settled
-/// under different limits of one scope (a limit changed while requests ran; a rotated key's two
-/// credentials limited differently) all count against the one thing it holds: what was used.
+/// A bucket's level after refilling it to `now`, for a request under `limit`: full when it has
+/// no state, else the limit less what is still used. The state is `(level, updated_at, limit it
+/// is kept at)`; what it says is *used* (`limit kept at − level`), which refills at the limit it
+/// is kept at (the one in force at its last admission), so a changed limit applies to what was
+/// used at once: a raise adds the raise (what was used stays used; the rest of the new
+/// allowance is there now); under a lowered one, what was used under the old limit drains at
+/// the old rate (gone within a minute, as it would have been) until an admission under the new
+/// limit keeps the bucket at that. Nothing but time makes *used* smaller, whatever limits the
+/// requests reading it were admitted under (a limit changed while requests ran; a rotated key's
+/// two credentials limited differently): no order of admissions, settlements and limit changes
+/// hands out more than the highest of those limits allows.
 pub(crate) fn refill(state: Option<(i64, i64, u64)>, limit: u64, now: i64) -> i64 {
     let cap = scaled(limit);
-    let Some((level, t, was)) = state else {
-        return cap;
-    };
-    let mut used = scaled(was).saturating_sub(level);
-    if was > limit {
-        used = used.min(cap);
+    match state {
+        None => cap,
+        Some(state) => cap - used_at(state, now),
     }
-    if used <= 0 {
-        return cap;
-    }
+}
+
+/// What a bucket's state says is still used at `now` (scaled), refilled at the limit it is kept
+/// at.
+fn used_at((level, t, was): (i64, i64, u64), now: i64) -> i64 {
+    let rate = i64::try_from(was).unwrap_or(i64::MAX);
     let elapsed = (now - t).max(0);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    cap - used.saturating_sub(elapsed.saturating_mul(limit)).max(0)
+    scaled(was)
+        .saturating_sub(level)
+        .saturating_sub(elapsed.saturating_mul(rate))
+        .max(0)
+}
+
+/// The rate (per minute) a bucket in `state` refills at until its next admission: the limit it
+/// is kept at, or `limit` when it has no state.
+pub(crate) fn rate_of(state: Option<(i64, i64, u64)>, limit: u64) -> u64 {
+    state.map_or(limit, |(_, _, was)| was)
 }
 
 /// A bucket's state after a settlement at `now` gives back `refund` scaled units (negative: it
-/// charges usage beyond the reservation), refilled at the lower of the limit it is kept at and
-/// the request's own. It stays kept at the same limit: only an admission, under the limit in
-/// force, moves that (a settlement under the limit its request was admitted at, since changed,
-/// would otherwise count the change again, or cap what was used as if the old limit held).
-/// No state is a full bucket at the request's limit.
+/// charges usage beyond the reservation). It stays kept at the same limit, refilled at it: only
+/// an admission, under the limit in force, moves that (a settlement under the limit its request
+/// was admitted at, since changed, would otherwise count the change again, or make what was
+/// used under one limit refill at another's rate). No state is a full bucket at `limit`, the
+/// request's own.
 pub(crate) fn settle(
     state: Option<(i64, i64, u64)>,
     limit: u64,
     now: i64,
     refund: i64,
 ) -> (i64, i64, u64) {
-    let (level, t, was) = state.unwrap_or((scaled(limit), now, limit));
-    let rate = i64::try_from(was.min(limit)).unwrap_or(i64::MAX);
-    let elapsed = (now - t).max(0);
-    let used = scaled(was)
-        .saturating_sub(level)
-        .saturating_sub(elapsed.saturating_mul(rate))
-        .max(0)
-        .saturating_sub(refund)
-        .max(0);
+    let state = state.unwrap_or((scaled(limit), now, limit));
+    let was = state.2;
+    let used = used_at(state, now).saturating_sub(refund).max(0);
     (scaled(was) - used, now, was)
 }
 
@@ -184,6 +188,20 @@ pub struct Snapshot {
     /// Only the output tokens' shorten the waits reported (they are soon given back in part);
     /// input reservations count as spent there (see the module docs).
     pub reserved: [u64; 3],
+    /// The rate (per minute) each bucket refills at until its next admission: the limit it is
+    /// kept at ([`refill`]), which a changed limit makes differ from the request's own. 0 for an
+    /// unlimited bucket (and read as the request's limit).
+    pub rates: [u64; 3],
+}
+
+/// The rate bucket `i` of `snap` refills at (see [`Snapshot::rates`]) for a request under
+/// `limit`; once that request is admitted drawing on it, the bucket is kept at `limit`.
+fn refill_rate(snap: &Snapshot, i: usize, limit: u64, admitted_drawing: bool) -> u64 {
+    if admitted_drawing || snap.rates[i] == 0 {
+        limit
+    } else {
+        snap.rates[i]
+    }
 }
 
 /// How much of each bucket a demand draws on.
@@ -373,6 +391,7 @@ pub(crate) fn status(
             let Some(limit) = limit else { continue };
             // Once admitted, this request's own reservation is in flight too.
             let taken = if admitted { draw[i] } else { 0 };
+            let rate = refill_rate(snap, i, limit, taken > 0);
             let reserved = soon_given_back(DIMENSIONS[i], snap.reserved[i].saturating_add(taken));
             let taken = i64::try_from(taken)
                 .unwrap_or(i64::MAX)
@@ -383,10 +402,10 @@ pub(crate) fn status(
                 limit,
                 remaining: u64::try_from(level.max(0) / WINDOW_MS).unwrap_or(0),
                 reset_at_ms: now.saturating_add(
-                    i64::try_from(wait_ms(level, reserved, cap, limit)).unwrap_or(0),
+                    i64::try_from(wait_ms(level, reserved, cap, rate)).unwrap_or(0),
                 ),
                 full_at_ms: now
-                    .saturating_add(i64::try_from(ms_until(level, cap, limit)).unwrap_or(0)),
+                    .saturating_add(i64::try_from(ms_until(level, cap, rate)).unwrap_or(0)),
                 scope: s.scope.kind,
             };
             let slot = status.slot(DIMENSIONS[i]);
@@ -466,7 +485,7 @@ pub(crate) fn rejection(
                         snap.levels[i],
                         soon_given_back(DIMENSIONS[i], snap.reserved[i]),
                         WINDOW_MS,
-                        limit,
+                        refill_rate(snap, i, limit, false),
                     )
                     .max(1),
                     ..base
@@ -537,21 +556,28 @@ mod tests {
             -WINDOW_MS + 60
         );
         assert_eq!(refill(Some((5, 100, 10)), 10, 50), 5);
-        // A lowered limit caps at once.
+        // A lowered limit: nothing used, all of the new one left.
         assert_eq!(
             refill(Some((100 * WINDOW_MS, 0, 100)), 10, 0),
             10 * WINDOW_MS
         );
         // A raised limit adds the raise at once: 1 of 1 used, now 1 of 60 used.
         assert_eq!(refill(Some((0, 0, 1)), 60, 0), 59 * WINDOW_MS);
-        // A lowered one keeps what was used, up to all of it: 50 of 100 used, then 5 of 10
-        // lowered to 10; 2 of 100 used, 2 of 10.
-        assert_eq!(refill(Some((50 * WINDOW_MS, 0, 100)), 10, 0), 0);
+        // A lowered one keeps what was used, which refills at the rate it was used under until
+        // an admission under the new one: 50 of 100 used, lowered to 10: 40 over; 24 s later
+        // 40 of it refilled, none left; 30 s later all 10 left; 2 used, 8 of 10 left.
+        assert_eq!(
+            refill(Some((50 * WINDOW_MS, 0, 100)), 10, 0),
+            -40 * WINDOW_MS
+        );
+        assert_eq!(refill(Some((50 * WINDOW_MS, 0, 100)), 10, 24_000), 0);
         assert_eq!(
             refill(Some((50 * WINDOW_MS, 0, 100)), 10, 30_000),
-            5 * WINDOW_MS
+            10 * WINDOW_MS
         );
         assert_eq!(refill(Some((98 * WINDOW_MS, 0, 100)), 10, 0), 8 * WINDOW_MS);
+        assert_eq!(rate_of(Some((0, 0, 100)), 10), 100);
+        assert_eq!(rate_of(None, 10), 10);
         // Never overflows.
         assert_eq!(refill(Some((i64::MIN / 2, 0, 1)), 1, i64::MAX / 2), -1);
         assert_eq!(refill(Some((i64::MIN / 2, 0, 1)), 1, i64::MAX), WINDOW_MS);
@@ -570,8 +596,11 @@ mod tests {
             settle(Some((0, 0, 10)), 100, 6_000, 2 * w),
             (3 * w, 6_000, 10)
         );
-        // Kept at 100 since (raised) a request admitted at 10 refills at 10, not 100.
-        assert_eq!(settle(Some((0, 0, 100)), 10, 6_000, 0), (w, 6_000, 100));
+        // Kept at 100 since (raised): a request admitted at 10 settles at 100, refilled at 100.
+        assert_eq!(
+            settle(Some((0, 0, 100)), 10, 6_000, 0),
+            (10 * w, 6_000, 100)
+        );
         // Usage beyond the reservation is debt; what is given back never makes the level
         // more than full; no state is a full bucket.
         assert_eq!(

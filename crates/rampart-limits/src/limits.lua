@@ -6,8 +6,8 @@
 --
 -- KEYS, four per scope (all with the team's hash tag, so one script touches one slot):
 --   bucket hash (r|i|o)l = level scaled by 60000, (r|i|o)t = last update (ms),
---     (r|i|o)c = the limit it was kept at (c * 60000 - l is what was used: a changed limit
---     applies to that, as engine::refill says),
+--     (r|i|o)c = the limit it is kept at (c * 60000 - l is what was used, which refills at c:
+--     a changed limit applies to that, as engine::refill says),
 --     (i|o)v = tokens reserved by requests still in flight (not settled yet)
 --   in-flight zset: '<ticket>:<input reserved>:<output reserved>' -> lease expiry (ms), one
 --     member per admitted ticket of a scope with rates or a concurrency limit
@@ -19,7 +19,8 @@
 --   used_cost, then six per scope: rpm, itpm, otpm, concurrency, budget, budget keys' expiry
 --   (ms since the epoch, on the caller's clock: applied relative to `now`).
 -- Admission returns {admitted, then per scope: level r, level i, level o, in flight,
---   budget committed, input reserved, output reserved}, seen before the reservation; admitted
+--   budget committed, input reserved, output reserved, then the rate r, i, o each bucket
+--   refills at (the limit it is kept at; 0 when unlimited)}, seen before the reservation; admitted
 --   is 1 (also when this ticket was already admitted: a resend takes nothing twice), 0 (refused)
 --   or 2 (the ticket was released). Settlement, release and renewal return {1}.
 --
@@ -43,23 +44,21 @@ local function fmt(x)
   return string.format('%.0f', x)
 end
 
--- A bucket's level refilled to `now` under `limit`, and the tokens reserved in it by requests
--- in flight (engine::refill: what was used refills; a lowered limit sees at most all of it used).
+-- A bucket's level refilled to `now` for a request under `limit`, the tokens reserved in it by
+-- requests in flight, and the rate it refills at until its next admission (engine::refill: what
+-- was used refills at the limit the bucket is kept at).
 local function level_of(key, d, limit)
   local v = redis.call('HMGET', key, d .. 'l', d .. 't', d .. 'c', d .. 'v')
   local cap = limit * W
   local rsv = tonumber(v[4] or '0')
   if rsv < 0 then rsv = 0 end
-  if not v[1] then return cap, rsv end
+  if not v[1] then return cap, rsv, limit end
   local was = tonumber(v[3] or limit)
-  local used = was * W - tonumber(v[1])
-  if was > limit and used > cap then used = cap end
-  if used <= 0 then return cap, rsv end
   local elapsed = now - tonumber(v[2])
   if elapsed < 0 then elapsed = 0 end
-  used = used - elapsed * limit
+  local used = was * W - tonumber(v[1]) - elapsed * was
   if used < 0 then used = 0 end
-  return cap - used, rsv
+  return cap - used, rsv, was
 end
 
 -- Store a level (and, for token buckets, what is reserved in it); returns how long the hash
@@ -76,9 +75,9 @@ local function store(key, d, level, limit, rsv)
   return ttl
 end
 
--- Settle bucket `d` of a ticket admitted under `limit` (engine::settle): refilled at the lower
--- of that and the limit the bucket is kept at, `refund` (scaled) given back, `taken` tokens no
--- longer reserved, and still kept at the same limit. Returns the hash's time to live.
+-- Settle bucket `d` of a ticket admitted under `limit` (engine::settle): refilled at the limit
+-- it is kept at, `refund` (scaled) given back, `taken` tokens no longer reserved, and still
+-- kept at that limit. Returns the hash's time to live.
 local function settle_bucket(key, d, limit, refund, taken)
   local v = redis.call('HMGET', key, d .. 'l', d .. 't', d .. 'c', d .. 'v')
   local rsv = tonumber(v[4] or '0') - taken
@@ -87,11 +86,9 @@ local function settle_bucket(key, d, limit, refund, taken)
   if v[1] then
     level, t, was = tonumber(v[1]), tonumber(v[2]), tonumber(v[3] or limit)
   end
-  local rate = was
-  if limit < rate then rate = limit end
   local elapsed = now - t
   if elapsed < 0 then elapsed = 0 end
-  local used = was * W - level - elapsed * rate
+  local used = was * W - level - elapsed * was
   if used < 0 then used = 0 end
   used = used - refund
   if used < 0 then used = 0 end
@@ -177,13 +174,15 @@ if op == 'a' or op == 'w' then
   local out = {0}
   local levels = {}
   local rsvs = {}
+  local rates = {}
   for s = 0, n - 1 do
     local b, c, g, l, lim, conc, blimit = scope(s)
     levels[s] = {0, 0, 0}
     rsvs[s] = {0, 0, 0}
+    rates[s] = {0, 0, 0}
     for d = 1, 3 do
       if lim[d] > 0 then
-        levels[s][d], rsvs[s][d] = level_of(b, dims[d], lim[d])
+        levels[s][d], rsvs[s][d], rates[s][d] = level_of(b, dims[d], lim[d])
         if need[d] > 0 and levels[s][d] < W then ok = 0 end
       end
     end
@@ -205,6 +204,7 @@ if op == 'a' or op == 'w' then
     table.insert(out, comm)
     table.insert(out, rsvs[s][2])
     table.insert(out, rsvs[s][3])
+    for d = 1, 3 do table.insert(out, rates[s][d]) end
   end
   -- Admitted already (a resend after a lost answer): admitted, and nothing taken twice.
   if again then

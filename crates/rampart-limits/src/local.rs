@@ -71,6 +71,7 @@ impl Local {
             for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
                 if let Some(limit) = limit {
                     snap.levels[i] = engine::refill(st.buckets[i], limit, now);
+                    snap.rates[i] = engine::rate_of(st.buckets[i], limit);
                     snap.reserved[i] = st.reserved[i];
                 }
             }
@@ -95,9 +96,8 @@ impl Local {
         for (s, snap) in policy.scopes.iter().zip(&snaps) {
             let st = shard.entry(s.scope).or_default();
             for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
-                // A bucket drawn on is written under the limit in force; one not drawn on is left
-                // as it is (its level was read under this limit, which may cap what a lowered
-                // limit sees as used: written back, that cap would forget usage).
+                // A bucket drawn on is kept at the limit in force from now on; one not drawn on is
+                // left as it is.
                 if let Some(limit) = limit
                     && draw[i] > 0
                 {

@@ -312,23 +312,23 @@ impl RedisBackend {
             ));
         }
         let n = policy.scopes.len();
-        if reply.len() != 1 + 7 * n {
+        if reply.len() != 1 + 10 * n {
             return Err(RedisFailure::Command(format!(
                 "unexpected script reply of {} values",
                 reply.len()
             )));
         }
         let snaps = reply[1..]
-            .chunks_exact(7)
-            .map(|c| Snapshot {
-                levels: [c[0], c[1], c[2]],
-                inflight: u64::try_from(c[3]).unwrap_or(0),
-                committed: u64::try_from(c[4]).unwrap_or(0),
-                reserved: [
-                    0,
-                    u64::try_from(c[5]).unwrap_or(0),
-                    u64::try_from(c[6]).unwrap_or(0),
-                ],
+            .chunks_exact(10)
+            .map(|c| {
+                let count = |v: i64| u64::try_from(v).unwrap_or(0);
+                Snapshot {
+                    levels: [c[0], c[1], c[2]],
+                    inflight: count(c[3]),
+                    committed: count(c[4]),
+                    reserved: [0, count(c[5]), count(c[6])],
+                    rates: [count(c[7]), count(c[8]), count(c[9])],
+                }
             })
             .collect();
         Ok((reply[0] == 1, snaps))
@@ -596,6 +596,7 @@ mod tests {
     fn untouched() -> Snapshot {
         Snapshot {
             levels: [0, 0, 100 * WINDOW_MS],
+            rates: [0, 0, 100],
             ..Snapshot::default()
         }
     }
@@ -648,6 +649,7 @@ mod tests {
             inflight: 0,
             committed: 100,
             reserved: [0; 3],
+            rates: [0, 0, 100],
         };
         assert_eq!(snaps, [settled_once]);
     }
@@ -672,6 +674,7 @@ mod tests {
             inflight: 1,
             committed: 400,
             reserved: [0, 0, 30],
+            rates: [0, 0, 100],
         };
         assert_eq!(snaps, [once]);
     }

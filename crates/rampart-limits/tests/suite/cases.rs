@@ -634,12 +634,38 @@ pub async fn a_limit_lowered_while_requests_run_holds_when_they_settle(h: &Harne
         (r.reason, r.limit),
         (Reason::Rate(Dimension::OutputTokens), 300)
     );
-    // Half a minute refills 150 at the new rate, and no more.
-    h.advance(30_000);
+    // What was used under 3000 a minute refills at that rate (as it would have): 3 s, 150.
+    assert_eq!(r.retry_after_ms, 20);
+    h.advance(3_000);
     let t = admit(h, &lowered, tokens(0, 1)).await.unwrap();
     assert_eq!(t.status().output_tokens.unwrap().remaining, 149);
+    // From this admission on the bucket refills at 300 a minute: 300 more, all used, overdraw
+    // it by one reservation (151 over), waited out at the new rate.
+    let big = admit(h, &lowered, tokens(0, 300)).await.unwrap();
+    t.settle(output_used(1));
+    big.settle(output_used(300));
+    settled().await;
+    let r = admit(h, &lowered, tokens(0, 1)).await.unwrap_err();
+    assert_eq!(r.retry_after_ms, 30_400);
 }
 
+pub async fn a_lowered_limit_never_makes_what_was_used_smaller(h: &Harness) {
+    let (scope, group) = (key_scope(rpm(60), None), Uuid::new_v4());
+    let with = |rates: Rates| Policy::new(group, [ScopeLimits { rates, ..scope }]).unwrap();
+    let full = with(rpm(60));
+    for _ in 0..60 {
+        admit(h, &full, Demand::default()).await.unwrap();
+    }
+    // Lowered to 6, 10.3 s later: 49.7 of the 60 still used, so nothing under 6…
+    h.advance(10_300);
+    assert!(admit(h, &with(rpm(6)), Demand::default()).await.is_err());
+    // …and raised back to 60: the 10 that refilled, not a fresh 54.
+    let mut again = 0;
+    while admit(h, &full, Demand::default()).await.is_ok() {
+        again += 1;
+    }
+    assert_eq!(again, 10);
+}
 pub async fn a_limit_raised_while_requests_run_keeps_what_was_used_since(h: &Harness) {
     let (scope, group) = (key_scope(otpm(30), None), Uuid::new_v4());
     let with = |rates: Rates| Policy::new(group, [ScopeLimits { rates, ..scope }]).unwrap();
@@ -689,6 +715,15 @@ pub async fn two_credentials_limited_differently_on_one_scope_share_one_count(h:
         admitted, 60,
         "within a minute, never more than the higher of the two limits"
     );
+    // 10.3 s on, 10 have refilled: one request under the lower limit (refused: 49.7 still used)
+    // does not make room for more under the higher one.
+    h.advance(10_300);
+    assert!(admit(h, &new, Demand::default()).await.is_err());
+    let mut again = 0;
+    while admit(h, &old, Demand::default()).await.is_ok() {
+        again += 1;
+    }
+    assert_eq!(again, 10);
 }
 
 pub async fn a_concurrency_limit_set_while_requests_run_counts_them(h: &Harness) {

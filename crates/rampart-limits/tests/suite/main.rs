@@ -123,6 +123,7 @@ on_both_backends!(
     input_reservations_in_flight_are_waited_out_in_full,
     a_limit_lowered_while_requests_run_holds_when_they_settle,
     a_limit_raised_while_requests_run_keeps_what_was_used_since,
+    a_lowered_limit_never_makes_what_was_used_smaller,
     two_credentials_limited_differently_on_one_scope_share_one_count,
     a_concurrency_limit_set_while_requests_run_counts_them,
 );
