@@ -29,6 +29,9 @@
 -- settlement or release sent twice (retried after a lost answer) changes nothing the second
 -- time, and a release of a ticket that was never admitted only leaves its tombstone.
 local W = 60000
+-- A bucket written more than this far in the future was written before the clock was set back
+-- (instances' clocks agree far better: NTP).
+local STEP_MS = 5000
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
 local ticket = ARGV[3]
@@ -55,7 +58,13 @@ local function level_of(key, d, limit)
   if not v[1] then return cap, rsv, limit end
   local was = tonumber(v[3] or limit)
   local elapsed = now - tonumber(v[2])
-  if elapsed < 0 then elapsed = 0 end
+  if elapsed < 0 then
+    -- Written after `now`: by an instance whose clock is ahead (a skew, refilling nothing until
+    -- this clock catches up), or before this clock was set back by more than any skew, when the
+    -- bucket refills from now on (else it would wait for the clock to catch up).
+    if elapsed < -STEP_MS then redis.call('HSET', key, d .. 't', fmt(now)) end
+    elapsed = 0
+  end
   local used = was * W - tonumber(v[1]) - elapsed * was
   if used < 0 then used = 0 end
   return cap - used, rsv, was

@@ -70,6 +70,13 @@ impl Local {
             };
             for (i, limit) in s.rates.per_minute().into_iter().enumerate() {
                 if let Some(limit) = limit {
+                    // Written after `now`: the clock was set back. The bucket refills nothing for
+                    // the step, and from now on (else it would wait for the clock to catch up).
+                    if let Some(bucket) = &mut st.buckets[i]
+                        && bucket.1 > now
+                    {
+                        bucket.1 = now;
+                    }
                     snap.levels[i] = engine::refill(st.buckets[i], limit, now);
                     snap.rates[i] = engine::rate_of(st.buckets[i], limit);
                     snap.reserved[i] = st.reserved[i];

@@ -753,3 +753,17 @@ pub async fn a_concurrency_limit_set_while_requests_run_counts_them(h: &Harness)
     settled().await;
     let _t = admit(h, &capped, Demand::default()).await.unwrap();
 }
+
+pub async fn a_clock_set_back_refills_from_then_on(h: &Harness) {
+    let p = key_policy(rpm(3));
+    for _ in 0..3 {
+        admit(h, &p, Demand::default()).await.unwrap();
+    }
+    // The clock is set back an hour (a VM restored, an NTP step): nothing refills for the
+    // step, and the bucket refills from then on, not once the clock is back where it was.
+    h.clock.set(T0 - 3_600_000);
+    let r = admit(h, &p, Demand::default()).await.unwrap_err();
+    assert_eq!(r.retry_after_ms, 20_000);
+    h.advance(20_000);
+    admit(h, &p, Demand::default()).await.unwrap();
+}

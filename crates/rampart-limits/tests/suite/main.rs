@@ -126,6 +126,7 @@ on_both_backends!(
     a_lowered_limit_never_makes_what_was_used_smaller,
     two_credentials_limited_differently_on_one_scope_share_one_count,
     a_concurrency_limit_set_while_requests_run_counts_them,
+    a_clock_set_back_refills_from_then_on,
 );
 
 /// A limiter on the Redis at `url`, keys under `prefix`, with a 900 s lease.
