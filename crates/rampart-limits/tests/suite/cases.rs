@@ -660,12 +660,9 @@ pub async fn a_lowered_limit_never_makes_what_was_used_smaller(h: &Harness) {
     h.advance(10_300);
     assert!(admit(h, &with(rpm(6)), Demand::default()).await.is_err());
     // …and raised back to 60: the 10 that refilled, not a fresh 54.
-    let mut again = 0;
-    while admit(h, &full, Demand::default()).await.is_ok() {
-        again += 1;
-    }
-    assert_eq!(again, 10);
+    assert_eq!(admitted_until_refused(h, &full).await, 10);
 }
+
 pub async fn a_limit_raised_while_requests_run_keeps_what_was_used_since(h: &Harness) {
     let (scope, group) = (key_scope(otpm(30), None), Uuid::new_v4());
     let with = |rates: Rates| Policy::new(group, [ScopeLimits { rates, ..scope }]).unwrap();
@@ -719,11 +716,16 @@ pub async fn two_credentials_limited_differently_on_one_scope_share_one_count(h:
     // does not make room for more under the higher one.
     h.advance(10_300);
     assert!(admit(h, &new, Demand::default()).await.is_err());
-    let mut again = 0;
-    while admit(h, &old, Demand::default()).await.is_ok() {
-        again += 1;
+    assert_eq!(admitted_until_refused(h, &old).await, 10);
+}
+
+/// How many requests `p` gets admitted (and keeps running) before one is refused.
+async fn admitted_until_refused(h: &Harness, p: &Arc<Policy>) -> usize {
+    let mut admitted = 0;
+    while admit(h, p, Demand::default()).await.is_ok() {
+        admitted += 1;
     }
-    assert_eq!(again, 10);
+    admitted
 }
 
 pub async fn a_concurrency_limit_set_while_requests_run_counts_them(h: &Harness) {
