@@ -149,7 +149,8 @@ fn supervised(
 pub struct StorePlane {
     stop: watch::Sender<bool>,
     health: Arc<TaskHealth>,
-    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    /// Each task's supervisor ([`supervised`]), which logs the task's end.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl StorePlane {
@@ -213,31 +214,23 @@ impl StorePlane {
         };
         let health = Arc::new(TaskHealth::default());
         let mut tasks = vec![
-            (
+            supervised(
                 "key reload",
-                supervised(
-                    "key reload",
-                    directory.clone().run_refresher(
-                        store.clone(),
-                        options.key_poll_every,
-                        signal(),
-                    ),
-                    &stop,
-                    &health,
-                ),
+                directory
+                    .clone()
+                    .run_refresher(store.clone(), options.key_poll_every, signal()),
+                &stop,
+                &health,
             ),
-            (
+            supervised(
                 "last-use flush",
-                supervised(
-                    "last-use flush",
-                    directory.clone().run_last_used_flusher(
-                        store.clone(),
-                        options.last_used_flush_every,
-                        signal(),
-                    ),
-                    &stop,
-                    &health,
+                directory.clone().run_last_used_flusher(
+                    store.clone(),
+                    options.last_used_flush_every,
+                    signal(),
                 ),
+                &stop,
+                &health,
             ),
         ];
         let mut parts = ProxyParts {
@@ -258,16 +251,10 @@ impl StorePlane {
             .chain(targets.into_iter().map(Arc::new));
         for up in refreshed {
             let task = up.run_refresher(store.clone(), options.reload_every, signal());
-            tasks.push((
-                "upstream reload",
-                supervised("upstream reload", task, &stop, &health),
-            ));
+            tasks.push(supervised("upstream reload", task, &stop, &health));
         }
         let task = writer.run(store, signal());
-        tasks.push((
-            "denial audit",
-            supervised("denial audit", task, &stop, &health),
-        ));
+        tasks.push(supervised("denial audit", task, &stop, &health));
         Ok((
             Self {
                 stop,
@@ -296,14 +283,14 @@ impl StorePlane {
             &self.stop,
             &self.health,
         );
-        self.tasks.push(("usage ledger", task));
+        self.tasks.push(task);
     }
 
     /// Stop every task, after the last key uses and queued audit rows are written.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         // Each supervisor logs its own task's failure.
-        for (_, task) in self.tasks {
+        for task in self.tasks {
             let _ = task.await;
         }
     }

@@ -88,19 +88,11 @@ end
 -- it is kept at, `refund` (scaled) given back, `taken` tokens no longer reserved, and still
 -- kept at that limit. Returns the hash's time to live.
 local function settle_bucket(key, d, limit, refund, taken)
-  local v = redis.call('HMGET', key, d .. 'l', d .. 't', d .. 'c', d .. 'v')
-  local rsv = tonumber(v[4] or '0') - taken
+  local level, rsv, was = level_of(key, d, limit)
+  local used = limit * W - level - refund
+  if used < 0 then used = 0 end
+  rsv = rsv - taken
   if rsv < 0 then rsv = 0 end
-  local level, t, was = limit * W, now, limit
-  if v[1] then
-    level, t, was = tonumber(v[1]), tonumber(v[2]), tonumber(v[3] or limit)
-  end
-  local elapsed = now - t
-  if elapsed < 0 then elapsed = 0 end
-  local used = was * W - level - elapsed * was
-  if used < 0 then used = 0 end
-  used = used - refund
-  if used < 0 then used = 0 end
   return store(key, d, was * W - used, was, rsv)
 end
 
